@@ -1,0 +1,361 @@
+"""The memory: embeddings, labels, stable sample ids and reliabilities.
+
+One :class:`Memory` serves every estimator. It owns the host arrays (the one copy
+of the embeddings), keeps them consistent with its search engine, and never shows
+a half-updated state: every mutation validates first, writes new rows into spare
+capacity or into new arrays, and publishes them with a few plain assignments at
+the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from skknn._search import METRICS, make_engine
+
+# Queries per refinement chunk: bounds the (chunk, k, d) gather of neighbour vectors.
+_REFINE_CHUNK = 256
+
+
+class Memory:
+    """A searchable, editable set of ``(embedding, label, id, reliability)`` rows.
+
+    Parameters
+    ----------
+    n_features : int
+        Embedding width.
+    metric : {"cosine", "sqeuclidean", "euclidean"}
+        Distance reported by :meth:`search`; cosine expects unit vectors.
+    engine : str
+        "exact" (torch), "flat" (FAISS exact) or a ``faiss.index_factory`` string.
+    device : torch.device
+        Where the engine searches.
+    index_params : dict, optional
+        FAISS parameters by their FAISS names (``{"nprobe": 16}``).
+
+    Notes
+    -----
+    Labels are class *indices*; the estimator owns the class names. ``excluded``
+    marks hard-pruned samples: they are still retrieved, but do not vote.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        *,
+        metric: str,
+        engine: str,
+        device: torch.device,
+        index_params: dict | None = None,
+    ):
+        self.n_features = int(n_features)
+        self.metric = metric
+        self.engine_name = engine
+        self.device = torch.device(device)
+        self.index_params = dict(index_params or {})
+        self.engine = make_engine(engine, metric, self.device, self.index_params)
+        self._n = 0
+        self._X = np.empty((0, self.n_features), dtype=np.float32)
+        self._y = np.empty(0, dtype=np.int64)
+        self._ids = np.empty(0, dtype=np.int64)
+        self._rel = np.empty(0, dtype=np.float32)
+        self._excl = np.empty(0, dtype=bool)
+        self._next_id = 0
+        self._sorted = None  # (sorted ids, their rows): built lazily for id lookups
+
+    # -- views ----------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return self._n
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return self._X[: self._n]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._y[: self._n]
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        return self._ids[: self._n]
+
+    @property
+    def reliability(self) -> np.ndarray:
+        return self._rel[: self._n]
+
+    @property
+    def excluded(self) -> np.ndarray:
+        return self._excl[: self._n]
+
+    # -- ids ------------------------------------------------------------------
+    def new_ids(self, n: int) -> np.ndarray:
+        """Fresh ids for ``n`` samples: never used before in this memory."""
+        return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+
+    def check_new_ids(self, ids: np.ndarray, n: int) -> np.ndarray:
+        """Validate user-given ids for ``n`` new samples: integers, unique, unused."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.shape[0] != n:
+            raise ValueError(
+                f"sample_ids must be a 1-d array of {n} ids (one per sample); got "
+                f"shape {ids.shape}."
+            )
+        if n and not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"sample_ids must be integers; got dtype {ids.dtype}.")
+        ids = ids.astype(np.int64)
+        uniq, counts = np.unique(ids, return_counts=True)
+        if np.any(counts > 1):
+            raise ValueError(
+                f"sample_ids must be unique; duplicated: {uniq[counts > 1][:10].tolist()}."
+            )
+        if self._n and n:
+            # Ids above every id ever issued cannot collide; check only the rest.
+            low = ids[ids < self._next_id]
+            clash = low[np.isin(low, self.sample_ids)]
+            if clash.size:
+                raise ValueError(
+                    f"sample_ids already in memory: {np.sort(clash)[:10].tolist()}."
+                )
+        return ids
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Memory rows of the given sample ids (-1 stays -1)."""
+        if self._sorted is None:
+            order = np.argsort(self.sample_ids, kind="stable")
+            self._sorted = (self.sample_ids[order], order)
+        sorted_ids, order = self._sorted
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(sorted_ids, ids)
+        pos = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+        rows = order[pos] if len(order) else np.full_like(ids, -1)
+        found = (sorted_ids[pos] == ids) if len(order) else np.zeros(ids.shape, bool)
+        return np.where(found & (ids >= 0), rows, -1)
+
+    # -- mutation -------------------------------------------------------------
+    def add(
+        self,
+        X: np.ndarray,
+        labels: np.ndarray,
+        ids: np.ndarray,
+        *,
+        label_map: np.ndarray | None = None,
+    ) -> None:
+        """Append rows. ``ids`` must come from :meth:`new_ids` / :meth:`check_new_ids`.
+
+        ``label_map`` re-encodes the stored labels first (``new = label_map[old]``),
+        for classes inserted before existing ones; both happen, or neither.
+        """
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        m = X.shape[0]
+        n = self._n
+        if n + m > self._X.shape[0]:
+            # Amortised growth: partial_fit of a small batch into a large memory
+            # must not copy the whole memory each time.
+            cap = max(n + m, int(self._X.shape[0] * 1.5) + 16)
+            bufs = [_grow(b, n, cap) for b in (self._X, self._y, self._ids, self._rel, self._excl)]
+        else:
+            bufs = [self._X, self._y, self._ids, self._rel, self._excl]
+        Xb, yb, idb, rb, eb = bufs
+        if label_map is not None:
+            yb = yb.copy()
+            yb[:n] = label_map[yb[:n]]
+        for buf in (Xb, yb, idb, rb, eb):
+            if not buf.flags.writeable:  # e.g. loaded from a read-only memmap
+                raise RuntimeError("memory buffers are read-only")
+        Xb[n : n + m] = X
+        yb[n : n + m] = labels
+        idb[n : n + m] = ids
+        rb[n : n + m] = 1.0
+        eb[n : n + m] = False
+        if n == 0:
+            self.engine.build(Xb[: n + m], idb[: n + m])
+        else:
+            self.engine.add(Xb[: n + m], X, np.asarray(ids, dtype=np.int64))
+        # Publish.
+        self._X, self._y, self._ids, self._rel, self._excl = Xb, yb, idb, rb, eb
+        self._n = n + m
+        if m:
+            self._next_id = max(self._next_id, int(np.max(ids)) + 1)
+        self._sorted = None
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Physically delete the rows with these ids (all must exist)."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1:
+            raise ValueError(f"sample_ids must be 1-d; got shape {ids.shape}.")
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"sample_ids must be integers; got dtype {ids.dtype}.")
+        ids = ids.astype(np.int64)
+        uniq, counts = np.unique(ids, return_counts=True)
+        if np.any(counts > 1):
+            raise ValueError(
+                f"sample_ids to unlearn must be unique; duplicated: "
+                f"{uniq[counts > 1][:10].tolist()}."
+            )
+        gone = np.isin(self.sample_ids, uniq)
+        if int(gone.sum()) != uniq.size:
+            unknown = uniq[~np.isin(uniq, self.sample_ids)]
+            raise ValueError(
+                f"Cannot unlearn ids that are not in memory: {unknown[:10].tolist()}."
+            )
+        if not uniq.size:
+            return
+        keep = ~gone
+        # Fresh arrays (no spare capacity holding the removed rows), swapped in last.
+        X = self.embeddings[keep]
+        y, sid = self.labels[keep], self.sample_ids[keep]
+        rel, excl = self.reliability[keep], self.excluded[keep]
+        self.engine.remove(X, sid, uniq)
+        self._X, self._y, self._ids, self._rel, self._excl = X, y, sid, rel, excl
+        self._n = X.shape[0]
+        self._sorted = None
+
+    def set_votes(self, reliability: np.ndarray | None = None, excluded=None) -> None:
+        """Replace reliabilities and/or hard-pruning exclusions (aligned with rows)."""
+        n = self._n
+        rel = self._rel if reliability is None else _exact(reliability, n, np.float32)
+        excl = self._excl if excluded is None else _exact(excluded, n, bool)
+        if reliability is not None and (not np.all(np.isfinite(rel)) or np.any(rel <= 0)):
+            raise ValueError("reliability weights must be finite and > 0.")
+        self._rel, self._excl = rel, excl
+
+    # -- search ---------------------------------------------------------------
+    def search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest rows of each query, nearest first.
+
+        Returns ``(distances, rows)`` of shape ``(n_queries, min(k, n_samples))``;
+        rows are memory positions, -1 where an approximate index found fewer.
+        Distances are recomputed exactly for the retrieved pairs, so they do not
+        depend on the engine's blocking or on which other queries share the call.
+        """
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        k = min(int(k), self._n)
+        if k <= 0:
+            raise ValueError("The memory is empty: fit or partial_fit samples first.")
+        if Q.shape[0] == 0:
+            return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+        _, keys = self.engine.search(self.embeddings, Q, k)
+        keys = np.asarray(keys, dtype=np.int64)
+        rows = self.rows_of(keys) if self.engine.keys_are_ids else keys
+        return self._refine(Q, rows)
+
+    def _refine(self, Q: np.ndarray, rows: np.ndarray):
+        X = self.embeddings
+        spec = METRICS[self.metric]
+        dist = np.empty(rows.shape, dtype=np.float32)
+        for s in range(0, Q.shape[0], _REFINE_CHUNK):
+            r = rows[s : s + _REFINE_CHUNK]
+            q = Q[s : s + _REFINE_CHUNK, None, :]
+            nb = X[np.maximum(r, 0)]
+            if spec.inner_product:
+                d = 1.0 - (nb * q).sum(-1)
+            else:
+                diff = nb - q
+                d = (diff * diff).sum(-1)
+                if spec.sqrt:
+                    d = np.sqrt(d)
+            dist[s : s + _REFINE_CHUNK] = np.where(r >= 0, d, np.inf)
+        # Exact distances may reorder near-ties the engine's arithmetic saw apart.
+        order = np.argsort(dist, axis=1, kind="stable")
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(rows, order, 1)
+
+    def iter_loo(
+        self, k: int, rows: np.ndarray | None = None, block_size: int = 4096
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Leave-one-out neighbours of memory rows, in blocks (FORMULAS.md 2).
+
+        Searches ``k + 1`` and drops the query's own row *by sample id* (with
+        duplicate vectors, self is not always first); if self is not among them,
+        the last neighbour is dropped so exactly ``min(k, n - 1)`` remain.
+        Yields ``(query_rows, distances, neighbour_rows)`` per block.
+        """
+        rows = np.arange(self._n) if rows is None else np.asarray(rows, dtype=np.int64)
+        k = min(int(k), self._n - 1)
+        if k <= 0:
+            raise ValueError(
+                "Leave-one-out needs at least 2 samples in memory; it has "
+                f"{self._n}."
+            )
+        ids = self.sample_ids
+        for s in range(0, rows.shape[0], block_size):
+            qr = rows[s : s + block_size]
+            dist, nb = self.search(self.embeddings[qr], k + 1)
+            is_self = (nb >= 0) & (ids[np.maximum(nb, 0)] == ids[qr][:, None])
+            drop = np.where(is_self.any(1), np.argmax(is_self, 1), nb.shape[1] - 1)
+            keep = np.ones(nb.shape, dtype=bool)
+            keep[np.arange(nb.shape[0]), drop] = False
+            yield (
+                qr,
+                dist[keep].reshape(-1, k),
+                nb[keep].reshape(-1, k),
+            )
+
+    # -- persistence ----------------------------------------------------------
+    def state(self) -> tuple[dict, dict]:
+        """``(meta, arrays)``: everything needed to rebuild, trimmed to the rows."""
+        meta = {
+            "n_features": self.n_features,
+            "metric": self.metric,
+            "engine": self.engine_name,
+            "index_params": self.index_params,
+            "next_id": int(self._next_id),
+        }
+        arrays = {
+            "embeddings": np.ascontiguousarray(self.embeddings),
+            "labels": np.ascontiguousarray(self.labels),
+            "sample_ids": np.ascontiguousarray(self.sample_ids),
+            "reliability": np.ascontiguousarray(self.reliability),
+            "excluded": np.ascontiguousarray(self.excluded),
+        }
+        for name, value in self.engine.state().items():
+            arrays["engine/" + name] = value
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: dict, device: torch.device) -> Memory:
+        mem = cls(
+            meta["n_features"],
+            metric=meta["metric"],
+            engine=meta["engine"],
+            device=device,
+            index_params=meta.get("index_params"),
+        )
+        X = arrays["embeddings"]
+        mem._X, mem._y, mem._ids = X, arrays["labels"], arrays["sample_ids"]
+        mem._rel, mem._excl = arrays["reliability"], arrays["excluded"]
+        mem._n = X.shape[0]
+        mem._next_id = int(meta["next_id"])
+        engine_state = {
+            k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("engine/")
+        }
+        if mem._n:
+            mem.engine.load_state(engine_state, mem.embeddings, mem.sample_ids)
+        return mem
+
+    def __getstate__(self):
+        meta, arrays = self.state()
+        return {"meta": meta, "arrays": arrays, "device": str(self.device)}
+
+    def __setstate__(self, state):
+        from skknn._device import device_after_unpickling
+
+        device = device_after_unpickling(state["device"], owner="Memory")
+        other = Memory.from_state(state["meta"], state["arrays"], device)
+        self.__dict__.update(other.__dict__)
+
+
+def _grow(buf: np.ndarray, n: int, cap: int) -> np.ndarray:
+    new = np.empty((cap, *buf.shape[1:]), dtype=buf.dtype)
+    new[:n] = buf[:n]
+    return new
+
+
+def _exact(values, n: int, dtype) -> np.ndarray:
+    arr = np.array(values, dtype=dtype)  # a copy: callers keep their array
+    if arr.shape != (n,):
+        raise ValueError(f"expected {n} values aligned with the memory; got {arr.shape}.")
+    return arr

@@ -1,0 +1,32 @@
+"""Embedding pre-processing (FORMULAS.md 1): "l2", "center_l2" or None."""
+
+from __future__ import annotations
+
+import numpy as np
+
+PREPROCESSING = ("l2", "center_l2")
+_CHUNK = 65536
+
+
+def fit_center(X: np.ndarray) -> np.ndarray:
+    """Mean of the raw memory embeddings, accumulated in float64."""
+    return X.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def preprocess_inplace(
+    X: np.ndarray, *, center: np.ndarray | None, normalize: bool
+) -> np.ndarray:
+    """Centre and/or L2-normalise the rows of a float32 array, in place.
+
+    Works in chunks so no second full-size temporary is made; a zero row stays
+    zero (never divided by zero).
+    """
+    for s in range(0, X.shape[0], _CHUNK):
+        block = X[s : s + _CHUNK]
+        if center is not None:
+            block -= center
+        if normalize:
+            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+            norms[norms == 0] = 1.0
+            block /= norms[:, None]
+    return X

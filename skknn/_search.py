@@ -1,0 +1,314 @@
+"""Search engines behind :class:`~skknn._memory.Memory`.
+
+Two families, one interface (``build / add / remove / search``):
+
+* :class:`TorchExactEngine`: blocked matrix product + running top-k in torch, on the
+  CPU or a CUDA device ([VM] searched exactly this way, in blocks).
+* :class:`FaissFlatEngine` and :class:`FaissIndexEngine`: FAISS exact search over
+  the memory's own array, and any ``faiss.index_factory`` index (IVF, HNSW, PQ...)
+  with its knobs (``nprobe``, ``efSearch``) set by their FAISS names.
+
+Engines return *keys*: row positions in the memory (``keys_are_ids = False``) or
+sample ids (approximate indexes, which FAISS addresses by id). Missing neighbours
+have key -1. Distances follow the metric table :data:`METRICS`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from skknn._device import faiss_gpu_count, import_faiss
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How one metric is searched: by largest inner product or smallest squared L2,
+    and how that score becomes the distance skknn reports."""
+
+    inner_product: bool
+    sqrt: bool = False
+
+    def to_distance(self, score: np.ndarray) -> np.ndarray:
+        if self.inner_product:
+            return 1.0 - score  # cosine distance on unit vectors
+        score = np.maximum(score, 0.0)  # the expansion can go slightly negative
+        return np.sqrt(score) if self.sqrt else score
+
+
+# One table for every sign and square-root convention (cosine vectors are unit
+# length by the time they reach an engine).
+METRICS = {
+    "cosine": MetricSpec(inner_product=True),
+    "sqeuclidean": MetricSpec(inner_product=False),
+    "euclidean": MetricSpec(inner_product=False, sqrt=True),
+}
+
+
+def _faiss_metric(faiss, spec: MetricSpec):
+    return faiss.METRIC_INNER_PRODUCT if spec.inner_product else faiss.METRIC_L2
+
+
+class TorchExactEngine:
+    """Exact search: query blocks x memory blocks, matrix product, running top-k.
+
+    On the CPU it reads the memory's array in place (no copy); on CUDA it mirrors
+    the memory on the device once and updates the mirror on add/remove.
+    """
+
+    keys_are_ids = False
+    name = "exact"
+
+    def __init__(self, metric: str, device: torch.device, db_block: int = 32768):
+        self.spec = METRICS[metric]
+        self.device = torch.device(device)
+        self.db_block = db_block
+        self._mirror: torch.Tensor | None = None
+
+    def build(self, X: np.ndarray, ids: np.ndarray) -> None:
+        self._mirror = None
+        if self.device.type != "cpu":
+            self._mirror = torch.from_numpy(X).to(self.device)
+
+    def add(self, X_all: np.ndarray, X_new: np.ndarray, ids_new: np.ndarray) -> None:
+        if self._mirror is not None:
+            new = torch.from_numpy(X_new).to(self.device)
+            self._mirror = torch.cat([self._mirror, new])
+
+    def remove(self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed) -> None:
+        self.build(X_kept, ids_kept)
+
+    def search(self, X: np.ndarray, Q: np.ndarray, k: int):
+        db = self._mirror if self._mirror is not None else torch.from_numpy(X)
+        n = db.shape[0]
+        q = torch.from_numpy(Q).to(self.device)
+        best_s = best_i = None
+        largest = self.spec.inner_product
+        with torch.inference_mode():
+            for start in range(0, n, self.db_block):
+                block = db[start : start + self.db_block]
+                s = q @ block.T
+                if not largest:
+                    # ||q - x||^2 = ||q||^2 + ||x||^2 - 2 q.x; ||q||^2 is added after
+                    # top-k, since it does not change the order within a query.
+                    s = block.pow(2).sum(1) - 2.0 * s
+                kb = min(k, s.shape[1])
+                v, ix = torch.topk(s, kb, dim=1, largest=largest, sorted=False)
+                ix += start
+                if best_s is not None:
+                    v = torch.cat([best_s, v], 1)
+                    ix = torch.cat([best_i, ix], 1)
+                    if v.shape[1] > k:
+                        v, pos = torch.topk(v, k, dim=1, largest=largest, sorted=False)
+                        ix = torch.gather(ix, 1, pos)
+                best_s, best_i = v, ix
+            best_s, order = torch.sort(best_s, dim=1, descending=largest)
+            best_i = torch.gather(best_i, 1, order)
+            if not largest:
+                best_s = best_s + q.pow(2).sum(1, keepdim=True)
+        score = best_s.cpu().numpy()
+        return self.spec.to_distance(score), best_i.cpu().numpy().astype(np.int64)
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict, X: np.ndarray, ids: np.ndarray) -> None:
+        self.build(X, ids)
+
+
+class FaissFlatEngine:
+    """Exact FAISS search over the memory's own array (``faiss.knn``): no index,
+    hence no second copy of the vectors on the host. With FAISS GPU support and a
+    CUDA device, a ``GpuIndexFlat`` mirrors the memory on the GPU instead."""
+
+    keys_are_ids = False
+    name = "flat"
+
+    def __init__(self, metric: str, device: torch.device):
+        self.faiss = import_faiss("index='flat'")
+        self.spec = METRICS[metric]
+        self.device = torch.device(device)
+        self._gpu_index = None
+        self._res = None
+
+    def _use_gpu(self) -> bool:
+        return self.device.type == "cuda" and faiss_gpu_count() > 0
+
+    def build(self, X: np.ndarray, ids: np.ndarray) -> None:
+        self._gpu_index = None
+        if self._use_gpu():
+            faiss = self.faiss
+            if self._res is None:
+                self._res = faiss.StandardGpuResources()
+            cfg = faiss.GpuIndexFlatConfig()
+            cfg.device = self.device.index or 0
+            cls = faiss.GpuIndexFlatIP if self.spec.inner_product else faiss.GpuIndexFlatL2
+            self._gpu_index = cls(self._res, X.shape[1], cfg)
+            self._gpu_index.add(X)
+
+    def add(self, X_all: np.ndarray, X_new: np.ndarray, ids_new: np.ndarray) -> None:
+        if self._gpu_index is not None:
+            self._gpu_index.add(X_new)
+
+    def remove(self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed) -> None:
+        self.build(X_kept, ids_kept)
+
+    def search(self, X: np.ndarray, Q: np.ndarray, k: int):
+        if self._gpu_index is not None:
+            score, keys = self._gpu_index.search(Q, k)
+        else:
+            metric = _faiss_metric(self.faiss, self.spec)
+            score, keys = self.faiss.knn(Q, X, k, metric=metric)
+        return self.spec.to_distance(score), keys
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict, X: np.ndarray, ids: np.ndarray) -> None:
+        self.build(X, ids)
+
+
+class FaissIndexEngine:
+    """Any ``faiss.index_factory`` index, addressed by sample id.
+
+    The index keeps its own codes (compressed for PQ/SQ, full vectors for
+    ``IVF...,Flat`` and ``HNSW...``), trained on the memory at first build. Removal
+    uses the index's ``remove_ids`` where FAISS supports it, and otherwise rebuilds
+    the index from the remaining vectors, so removed vectors never stay in it.
+    """
+
+    keys_are_ids = True
+
+    def __init__(self, metric: str, device: torch.device, factory: str, params: dict):
+        self.faiss = import_faiss(f"index={factory!r}")
+        self.spec = METRICS[metric]
+        self.device = torch.device(device)
+        self.factory = factory
+        self.params = dict(params or {})
+        self.name = factory
+        self.index = None
+        self._res = None
+
+    # -- construction ---------------------------------------------------------
+    def _new_index(self, d: int):
+        faiss = self.faiss
+        try:
+            index = faiss.index_factory(d, self.factory, _faiss_metric(faiss, self.spec))
+        except RuntimeError as exc:
+            raise ValueError(
+                f"index={self.factory!r} is not a valid faiss.index_factory string: "
+                f"{str(exc).strip().splitlines()[-1]}"
+            ) from exc
+        if faiss.try_extract_index_ivf(index) is None:
+            # Only IVF indexes store ids natively; the others get an id map.
+            index = faiss.IndexIDMap2(index)
+        return index
+
+    def _train(self, index, X: np.ndarray) -> None:
+        if index.is_trained:
+            return
+        ivf = self.faiss.try_extract_index_ivf(index)
+        if ivf is not None and X.shape[0] < ivf.nlist:
+            raise ValueError(
+                f"index={self.factory!r} has {ivf.nlist} inverted lists and needs at "
+                f"least that many samples to train; the memory has {X.shape[0]}. "
+                "Use fewer lists (e.g. 'IVF64,Flat') or index='flat'."
+            )
+        try:
+            index.train(X)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"Training index={self.factory!r} on {X.shape[0]} samples failed: "
+                f"{str(exc).strip().splitlines()[-1]}"
+            ) from exc
+
+    def _apply_params(self, index) -> None:
+        faiss = self.faiss
+        space = faiss.GpuParameterSpace() if self._on_gpu(index) else faiss.ParameterSpace()
+        for name, value in self.params.items():
+            try:
+                space.set_index_parameter(index, name, value)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"index_params: FAISS index {self.factory!r} has no parameter "
+                    f"{name!r} (e.g. 'nprobe' for IVF, 'efSearch' for HNSW)."
+                ) from exc
+
+    def _on_gpu(self, index) -> bool:
+        return index is not None and "Gpu" in type(index).__name__
+
+    def _to_device(self, index):
+        if self.device.type != "cuda" or faiss_gpu_count() == 0:
+            return index
+        faiss = self.faiss
+        if self._res is None:
+            self._res = faiss.StandardGpuResources()
+        try:
+            return faiss.index_cpu_to_gpu(self._res, self.device.index or 0, index)
+        except RuntimeError:
+            return index  # not every index type runs on the GPU (HNSW): stay on CPU
+
+    def build(self, X: np.ndarray, ids: np.ndarray) -> None:
+        index = self._new_index(X.shape[1])
+        self._train(index, X)
+        index.add_with_ids(X, ids)
+        index = self._to_device(index)
+        self._apply_params(index)
+        self.index = index
+
+    def add(self, X_all: np.ndarray, X_new: np.ndarray, ids_new: np.ndarray) -> None:
+        self.index.add_with_ids(X_new, ids_new)
+
+    def remove(self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed) -> None:
+        cpu = self._cpu_index()
+        removable = cpu is self.index and self.faiss.try_extract_index_ivf(cpu) is not None
+        if removable:
+            n_removed = cpu.remove_ids(np.ascontiguousarray(ids_removed, dtype=np.int64))
+            if n_removed == len(ids_removed):
+                return
+        # Keep the trained quantizer, drop every stored code, add back the rest.
+        index = self.faiss.clone_index(cpu)
+        index.reset()
+        index.add_with_ids(X_kept, ids_kept)
+        index = self._to_device(index)
+        self._apply_params(index)
+        self.index = index
+
+    def _cpu_index(self):
+        if self._on_gpu(self.index):
+            return self.faiss.index_gpu_to_cpu(self.index)
+        return self.index
+
+    def search(self, X: np.ndarray, Q: np.ndarray, k: int):
+        score, keys = self.index.search(Q, k)
+        return self.spec.to_distance(score), keys
+
+    def state(self) -> dict:
+        data = self.faiss.serialize_index(self._cpu_index())
+        return {"faiss_index": np.asarray(data, dtype=np.uint8)}
+
+    def load_state(self, state: dict, X: np.ndarray, ids: np.ndarray) -> None:
+        index = self.faiss.deserialize_index(np.ascontiguousarray(state["faiss_index"]))
+        index = self._to_device(index)
+        self._apply_params(index)
+        self.index = index
+
+
+def make_engine(
+    engine: str, metric: str, device: torch.device, index_params: dict | None
+):
+    """The engine for a resolved ``engine`` name: "exact", "flat" or a factory string."""
+    if engine == "exact":
+        return TorchExactEngine(metric, device)
+    if engine == "flat":
+        return FaissFlatEngine(metric, device)
+    return FaissIndexEngine(metric, device, engine, index_params or {})
+
+
+def default_query_block(n_memory: int, k: int, d: int, budget_bytes: float = 64e6) -> int:
+    """Queries per search call so that the per-block working set stays bounded."""
+    per_query = 4.0 * (k * (d + 4)) + 8.0 * k
+    return int(max(64, min(8192, math.floor(budget_bytes / max(per_query, 1.0)))))

@@ -1,0 +1,81 @@
+"""Parameter checks with scikit-learn's wording, shared by every estimator.
+
+sklearn's own ``_param_validation`` is private and moves between releases, so the
+few checks skknn needs are written here once.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+
+import numpy as np
+
+
+def _owner(est) -> str:
+    return type(est).__name__
+
+
+def check_int(est, name: str, value, *, low: int | None = None, allow_none=False):
+    """An integer parameter ``>= low`` (``None`` allowed when ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or (low is not None and value < low):
+        rng = f" in the range [{low}, inf)" if low is not None else ""
+        none = " or None" if allow_none else ""
+        err = TypeError if not ok else ValueError
+        raise err(
+            f"The '{name}' parameter of {_owner(est)} must be an int{rng}{none}. "
+            f"Got {value!r} instead."
+        )
+    return int(value)
+
+
+def check_float(
+    est,
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+):
+    """A real parameter within ``[low, high]`` (open ends as requested)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    in_range = ok and np.isfinite(value)
+    if in_range and low is not None:
+        in_range = value >= low if low_inclusive else value > low
+    if in_range and high is not None:
+        in_range = value <= high if high_inclusive else value < high
+    if not in_range:
+        parts = []
+        if low is not None:
+            parts.append(f"{'>=' if low_inclusive else '>'} {low}")
+        if high is not None:
+            parts.append(f"{'<=' if high_inclusive else '<'} {high}")
+        cond = (" " + " and ".join(parts)) if parts else ""
+        raise (ValueError if ok else TypeError)(
+            f"The '{name}' parameter of {_owner(est)} must be a float{cond}. "
+            f"Got {value!r} instead."
+        )
+    return float(value)
+
+
+def check_option(est, name: str, value, options: Iterable):
+    """One of a fixed set of string options."""
+    options = list(options)
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(
+            f"The '{name}' parameter of {_owner(est)} must be a str among "
+            f"{options}. Got {value!r} instead."
+        )
+    return value
+
+
+def check_finite_array(name: str, X: np.ndarray) -> None:
+    """Reject NaN and infinity with the array's name (validate_data's message names
+    no array when called outside ``fit``)."""
+    if X.size and not np.isfinite(X).all():
+        raise ValueError(f"Input {name} contains NaN or infinity.")

@@ -1,0 +1,182 @@
+"""Neighbour weights, class scores and the tie rule (FORMULAS.md section 3).
+
+Pure functions over arrays shaped ``(n_queries, k)``, nearest neighbour first; no
+estimator state lives here. A neighbour slot is *valid* when it holds a retrieved
+sample that may vote; invalid slots (missing neighbours, hard-pruned samples) get
+weight 0 and do not advance the rank counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+VOTING_RULES = ("plurality", "distance", "softmax", "rank")
+
+# Scores within this relative distance of the top score count as tied. Scores are
+# float64 sums of float32 weights, so mathematically equal sums can differ in the
+# last bits depending on summation order; 1e-9 is far above that noise and far
+# below any real difference between two votes.
+TIE_RTOL = 1e-9
+
+
+def voting_mask(present: np.ndarray, excluded: np.ndarray | None) -> np.ndarray:
+    """Which neighbour slots vote: present and not excluded by hard pruning.
+
+    If every present neighbour of a query is excluded, they all vote after all
+    (FORMULAS.md 5: the all-excluded fallback), so no query is left without a vote.
+    """
+    if excluded is None:
+        return present.copy()
+    mask = present & ~excluded
+    orphan = ~mask.any(axis=1)
+    mask[orphan] = present[orphan]
+    return mask
+
+
+def ranks_from_mask(mask: np.ndarray) -> np.ndarray:
+    """0-based rank among voting neighbours; -1 where a slot does not vote.
+
+    Ranks close up over excluded neighbours (FORMULAS.md 5, hard pruning).
+    """
+    ranks = np.cumsum(mask, axis=1, dtype=np.int64) - 1
+    ranks[~mask] = -1
+    return ranks
+
+
+def neighbor_weights(
+    distances: np.ndarray,
+    mask: np.ndarray,
+    voting: str | Callable,
+    *,
+    temperature: float = 0.07,
+    rank_offset: float = 2.0,
+    distance_power: float = 1.0,
+) -> np.ndarray:
+    """Voting weight ``w_i`` of each neighbour (FORMULAS.md 3), 0 where not voting.
+
+    Parameters
+    ----------
+    distances : ndarray of shape (n_queries, k)
+        Distances, nearest first.
+    mask : ndarray of bool, shape (n_queries, k)
+        Slots that vote (see :func:`voting_mask`).
+    voting : {"plurality", "distance", "softmax", "rank"} or callable
+        The rule; a callable receives ``(distances, ranks)`` (``inf`` distance and
+        rank -1 in slots that do not vote) and returns weights of the same shape.
+    temperature, rank_offset, distance_power : float
+        Parameters of the softmax, rank and distance rules.
+
+    Returns
+    -------
+    weights : ndarray of shape (n_queries, k), float64
+        Non-negative; exponential rules are shifted by the nearest voting distance,
+        a constant per query that cancels in the probabilities and keeps the
+        nearest weight at 1, so small temperatures never underflow to 0/0.
+    """
+    distances = np.asarray(distances, dtype=np.float64)
+    ranks = ranks_from_mask(mask)
+    if callable(voting):
+        d_in = np.where(mask, distances, np.inf)
+        weights = np.asarray(voting(d_in, ranks), dtype=np.float64)
+        if weights.shape != distances.shape:
+            raise ValueError(
+                "The voting callable must return weights of shape "
+                f"{distances.shape}; got {weights.shape}."
+            )
+        if not np.all(np.isfinite(weights[mask])) or np.any(weights[mask] < 0):
+            raise ValueError(
+                "The voting callable returned negative, NaN or infinite weights."
+            )
+    elif voting == "plurality":
+        weights = np.ones_like(distances)
+    elif voting == "rank":
+        weights = 1.0 / (np.maximum(ranks, 0) + rank_offset)
+    elif voting in ("softmax", "distance"):
+        nearest = np.min(np.where(mask, distances, np.inf), axis=1, keepdims=True)
+        nearest[~np.isfinite(nearest)] = 0.0
+        scale = 1.0 / temperature if voting == "softmax" else distance_power
+        with np.errstate(invalid="ignore", over="ignore"):
+            weights = np.exp(-(distances - nearest) * scale)
+    else:  # validated by the estimators; a clear message for direct callers
+        raise ValueError(
+            f"Unknown voting {voting!r}. Valid rules are {list(VOTING_RULES)} "
+            "or a callable."
+        )
+    return np.where(mask, weights, 0.0)
+
+
+def class_scores(
+    weights: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    reliability: np.ndarray | None = None,
+) -> np.ndarray:
+    """Class scores ``s_c = sum_{i: y_i = c} w_i * r_i``, shape (n_queries, n_classes).
+
+    ``labels`` are class indices; slots with zero weight may hold any index >= 0.
+    """
+    n_queries = weights.shape[0]
+    w = weights if reliability is None else weights * reliability
+    flat = (np.arange(n_queries)[:, None] * n_classes + labels).ravel()
+    scores = np.bincount(flat, weights=w.ravel(), minlength=n_queries * n_classes)
+    return scores.reshape(n_queries, n_classes)
+
+
+def scores_to_proba(scores: np.ndarray) -> np.ndarray:
+    """Normalise class scores to probabilities; an all-zero row is an error, never
+    a NaN."""
+    total = scores.sum(axis=1, keepdims=True)
+    if np.any(total <= 0):
+        raise ValueError(
+            "All neighbour weights of a query are zero, so no class can be voted "
+            "for. A custom voting callable must give some neighbour a positive weight."
+        )
+    return scores / total
+
+
+def predict_with_ties(
+    scores: np.ndarray, labels: np.ndarray, mask: np.ndarray
+) -> np.ndarray:
+    """Class index per query; ties go to the class of the nearest tied neighbour.
+
+    Among classes whose score equals the top score (within :data:`TIE_RTOL`), the
+    winner is the class of the nearest-ranked voting neighbour that belongs to one
+    of them (FORMULAS.md 3). sklearn instead takes the lowest class index.
+    """
+    top = scores.max(axis=1, keepdims=True)
+    tied = scores >= top * (1.0 - TIE_RTOL)
+    rows = np.arange(scores.shape[0])[:, None]
+    tied_slot = tied[rows, labels] & mask & (top > 0)
+    has = tied_slot.any(axis=1)
+    first = np.argmax(tied_slot, axis=1)
+    pred = np.argmax(scores, axis=1)
+    pred[has] = labels[has, first[has]]
+    return pred
+
+
+def accuracy_by_k(
+    weights: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    y_true: np.ndarray,
+    n_classes: int,
+    reliability: np.ndarray | None = None,
+) -> np.ndarray:
+    """Accuracy at every ``k = 1..K`` from one retrieval of ``K`` neighbours.
+
+    The scores at ``k`` are prefix sums over the ranked neighbours (FORMULAS.md 3),
+    so one search serves every ``k``. ``weights`` must have been computed for the
+    full ``K`` (rank and exponential weights do not depend on ``K``).
+    """
+    n_queries, k_max = weights.shape
+    w = weights if reliability is None else weights * reliability
+    scores = np.zeros((n_queries, n_classes))
+    rows = np.arange(n_queries)
+    acc = np.empty(k_max)
+    for k in range(k_max):
+        scores[rows, labels[:, k]] += w[:, k]
+        pred = predict_with_ties(scores, labels[:, : k + 1], mask[:, : k + 1])
+        acc[k] = np.mean(pred == y_true)
+    return acc

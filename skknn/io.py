@@ -1,0 +1,204 @@
+"""Safe persistence: NumPy arrays + JSON in one zip file, never a pickle.
+
+``est.save(path)`` writes, :func:`load` reads. The file is a zip archive (stored,
+not compressed) with ``skknn.json`` (format, class, parameters, scalar state) and
+one ``.npy`` member per array, read back with ``allow_pickle=False``. Only skknn's
+own estimator classes can be named in a file, so loading runs no foreign code.
+Writes go to a temporary file in the same folder, are flushed to disk and then
+renamed over the target: a crash leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "skknn"
+VERSION = 1
+_META = "skknn.json"
+
+
+def _classes() -> dict:
+    from skknn.voter import KNNVoter
+
+    classes = {"KNNVoter": KNNVoter}
+    try:
+        from skknn.joint import JointKNNClassifier
+
+        classes["JointKNNClassifier"] = JointKNNClassifier
+    except ImportError:  # pragma: no cover - optional module during development
+        pass
+    try:
+        from skknn.pruning import MemoryPruner
+
+        classes["MemoryPruner"] = MemoryPruner
+    except ImportError:  # pragma: no cover
+        pass
+    return classes
+
+
+# -- parameters as JSON -------------------------------------------------------
+def params_to_json(est) -> dict:
+    """``get_params(deep=False)`` as JSON; nested skknn estimators recursively."""
+    from sklearn.base import BaseEstimator
+
+    out = {}
+    for name, value in est.get_params(deep=False).items():
+        if isinstance(value, BaseEstimator):
+            if type(value).__name__ not in _classes():
+                raise TypeError(
+                    f"save() can store skknn estimators only; parameter {name!r} is "
+                    f"a {type(value).__name__}. Use joblib.dump for this model."
+                )
+            value = {"__estimator__": type(value).__name__, "params": params_to_json(value)}
+        elif callable(value):
+            raise TypeError(
+                f"save() stores no code, and parameter {name!r} is a callable. "
+                "Use joblib.dump for this model, or a named option."
+            )
+        elif isinstance(value, tuple):
+            value = {"__tuple__": list(value)}
+        try:
+            json.dumps(value)
+        except TypeError as exc:
+            raise TypeError(
+                f"save() cannot store parameter {name!r}={value!r} as JSON."
+            ) from exc
+        out[name] = value
+    return out
+
+
+def params_from_json(params: dict) -> dict:
+    out = {}
+    for name, value in params.items():
+        if isinstance(value, dict) and "__estimator__" in value:
+            cls = _classes()[value["__estimator__"]]
+            value = cls(**params_from_json(value["params"]))
+        elif isinstance(value, dict) and "__tuple__" in value:
+            value = tuple(value["__tuple__"])
+        out[name] = value
+    return out
+
+
+def labels_to_json(classes: np.ndarray) -> dict:
+    """Class labels (numbers or strings) as JSON, with their dtype."""
+    return {"values": classes.tolist(), "dtype": classes.dtype.str}
+
+
+def labels_from_json(data: dict) -> np.ndarray:
+    dtype = np.dtype(data["dtype"])
+    if dtype.kind == "O":
+        return np.asarray(data["values"], dtype=object)
+    return np.asarray(data["values"], dtype=dtype)
+
+
+def subtree(arrays: dict, prefix: str) -> dict:
+    """The arrays under ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+# -- the archive ----------------------------------------------------------------
+def write_archive(path, meta: dict, arrays: dict) -> None:
+    """Write ``meta`` and ``arrays`` to ``path`` atomically."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Cannot save to {str(path)!r}: folder {str(folder)!r} does not exist.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                zf.writestr(_META, json.dumps(meta, indent=1, sort_keys=True))
+                for name, array in arrays.items():
+                    array = np.asarray(array)
+                    if array.dtype.kind == "O":
+                        raise TypeError(f"array {name!r} has object dtype; not storable safely.")
+                    with zf.open(f"arrays/{name}.npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, array, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_archive(path) -> tuple[dict, dict]:
+    """Read an archive written by :func:`write_archive` (no pickle anywhere)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No skknn model file at {str(path)!r}.")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            meta = json.loads(zf.read(_META))
+            arrays = {}
+            for name in zf.namelist():
+                if name.startswith("arrays/") and name.endswith(".npy"):
+                    data = _io.BytesIO(zf.read(name))
+                    arrays[name[len("arrays/") : -len(".npy")]] = np.lib.format.read_array(
+                        data, allow_pickle=False
+                    )
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{str(path)!r} is not a skknn model file.") from exc
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a skknn model file.")
+    if meta.get("version", 0) > VERSION:
+        raise ValueError(
+            f"{str(path)!r} was written by a newer skknn (format version "
+            f"{meta['version']}); upgrade skknn to read it."
+        )
+    return meta, arrays
+
+
+# -- estimators -----------------------------------------------------------------
+def save(est, path) -> None:
+    """Save a fitted skknn estimator to ``path`` (see module docstring)."""
+    name = type(est).__name__
+    if name not in _classes():
+        raise TypeError(f"save() supports skknn estimators; got {name}.")
+    state_meta, arrays = est._save_state()
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "class": name,
+        "params": params_to_json(est),
+        "state": state_meta,
+    }
+    write_archive(path, meta, arrays)
+
+
+def load(path):
+    """Load an estimator saved with ``est.save(path)``.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    estimator : KNNVoter, JointKNNClassifier or MemoryPruner
+        Fitted, on its saved device if present here, else the CPU.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, skknn
+    >>> knn = skknn.KNNVoter(n_neighbors=1, index="exact").fit([[0., 1.], [1., 0.]], [0, 1])
+    >>> path = os.path.join(tempfile.mkdtemp(), "memory.skknn")
+    >>> knn.save(path)
+    >>> skknn.load(path).predict([[0.1, 0.9]])
+    array([0])
+    """
+    meta, arrays = read_archive(path)
+    classes = _classes()
+    if meta.get("class") not in classes:
+        raise ValueError(f"{str(path)!r} holds an unknown class {meta.get('class')!r}.")
+    est = classes[meta["class"]](**params_from_json(meta["params"]))
+    est._load_state(meta["state"], arrays)
+    return est
