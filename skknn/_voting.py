@@ -156,6 +156,21 @@ def predict_with_ties(
     return pred
 
 
+def align_proba_with_ties(proba: np.ndarray, pred: np.ndarray) -> None:
+    """Make ``argmax(proba) == pred`` where the tie rule chose another tied class.
+
+    Tied probabilities are equal, so argmax would pick the lowest class index while
+    :func:`predict_with_ties` picks the nearest neighbour's class. The winner gets
+    a relative nudge of 1e-12 (far below any meaningful probability, far above
+    float64 resolution) so every sklearn tool that takes ``argmax(predict_proba)``
+    agrees with ``predict``. Rows are renormalised; in place.
+    """
+    rows = np.flatnonzero(np.argmax(proba, axis=1) != pred)
+    if rows.size:
+        proba[rows, pred[rows]] = proba[rows].max(axis=1) * (1.0 + 1e-12)
+        proba[rows] /= proba[rows].sum(axis=1, keepdims=True)
+
+
 def accuracy_by_k(
     weights: np.ndarray,
     labels: np.ndarray,

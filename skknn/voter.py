@@ -376,6 +376,7 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
         weights, labels, mask, scores = self._vote(dist, rows)
         proba = _voting.scores_to_proba(scores)
         pred = _voting.predict_with_ties(scores, labels, mask)
+        _voting.align_proba_with_ties(proba, pred)
         return proba, pred, (dist, rows, weights, labels)
 
     def predict_proba(self, X) -> np.ndarray:
@@ -403,7 +404,8 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
         -------
         y : ndarray of shape (n_queries,)
         """
-        return self.classes_[self._proba_and_pred(X)[1]]
+        pred = self._proba_and_pred(X)[1]
+        return self.classes_[pred]
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Nearest memory samples, as sample **ids**, nearest first.

@@ -1,0 +1,53 @@
+"""Shared fixtures and markers for the skknn test-suite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from skknn._device import faiss_available, faiss_gpu_count
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_FAISS = faiss_available()
+
+# The engines every equivalence test runs through; FAISS ones only when installed.
+ENGINES = ["exact"] + (["flat"] if HAS_FAISS else [])
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    skip_fgpu = pytest.mark.skip(reason="needs FAISS with GPU support and a GPU")
+    for item in items:
+        if "requires_cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_cuda)
+        if "requires_faiss_gpu" in item.keywords and faiss_gpu_count() == 0:
+            item.add_marker(skip_fgpu)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def blobs():
+    """Three well-separated Gaussian classes, 60 samples each, 8 features."""
+    gen = np.random.default_rng(42)
+    centers = gen.normal(scale=4.0, size=(3, 8))
+    y = np.repeat(np.arange(3), 60)
+    X = centers[y] + gen.normal(size=(180, 8))
+    perm = gen.permutation(180)
+    return X[perm].astype(np.float32), y[perm]
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """sklearn's 8x8 digits (real, offline), split 1,200 memory / rest queries."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    gen = np.random.default_rng(0)
+    perm = gen.permutation(len(y))
+    X, y = X[perm].astype(np.float32), y[perm]
+    return X[:1200], y[:1200], X[1200:], y[1200:]

@@ -1,0 +1,422 @@
+"""KNNVoter: equivalences, the memory's life cycle and its errors."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skknn import KNNVoter
+from tests.conftest import ENGINES, HAS_FAISS
+from tests.test_voting import reference_vote
+
+needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="needs faiss")
+
+
+def brute_force(X, Q, k, metric, preprocessing, mean=None):
+    """Ten-line reference: pre-process, all distances, stable top-k."""
+    def prep(A):
+        A = np.asarray(A, dtype=np.float64)
+        if preprocessing == "center_l2":
+            A = A - mean
+        if preprocessing is not None or metric == "cosine":
+            n = np.linalg.norm(A, axis=1, keepdims=True)
+            A = A / np.where(n == 0, 1, n)
+        return A
+    Xp, Qp = prep(X), prep(Q)
+    if metric == "cosine":
+        D = 1 - Qp @ Xp.T
+    else:
+        D = ((Qp[:, None, :] - Xp[None]) ** 2).sum(-1)
+        D = np.sqrt(D) if metric == "euclidean" else D
+    idx = np.argsort(D, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(D, idx, 1), idx
+
+
+def snapshot(est):
+    mem = est.memory_
+    return (mem.embeddings.copy(), mem.labels.copy(), mem.sample_ids.copy(),
+            est.classes_.copy(), mem.reliability.copy())
+
+
+def assert_unchanged(est, snap):
+    for before, after in zip(snap, snapshot(est)):
+        np.testing.assert_array_equal(before, after)
+
+
+# -- equivalences ----------------------------------------------------------------
+@pytest.mark.parametrize("engine", ENGINES)
+def test_plurality_euclidean_equals_sklearn(engine, rng):
+    X = rng.normal(size=(300, 6))
+    y = rng.integers(0, 4, 300)
+    Q = rng.normal(size=(80, 6))
+    ours = KNNVoter(15, voting="plurality", metric="euclidean", preprocessing=None,
+                    index=engine).fit(X, y)
+    ref = KNeighborsClassifier(15, weights="uniform", algorithm="brute").fit(X, y)
+    np.testing.assert_allclose(ours.predict_proba(Q), ref.predict_proba(Q), atol=1e-9)
+    dist, ids = ours.kneighbors(Q)
+    ref_dist, ref_ids = ref.kneighbors(Q)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("metric", "preprocessing"), [
+    ("cosine", "l2"), ("cosine", "center_l2"), ("sqeuclidean", None),
+    ("sqeuclidean", "l2"), ("euclidean", "center_l2"),
+])
+@pytest.mark.parametrize("voting", ["plurality", "distance", "softmax", "rank"])
+def test_voting_matches_numpy_reference(engine, metric, preprocessing, voting, rng):
+    X = rng.normal(loc=0.5, size=(120, 5))
+    y = rng.integers(0, 3, 120)
+    Q = rng.normal(loc=0.5, size=(30, 5))
+    est = KNNVoter(7, voting=voting, metric=metric, preprocessing=preprocessing,
+                   temperature=0.2, index=engine).fit(X, y)
+    mean = X.mean(0) if preprocessing == "center_l2" else None
+    dist, idx = brute_force(X, Q, 7, metric, preprocessing, mean)
+    ref_p, ref_y = reference_vote(dist, y[idx], 3, voting, T=0.2)
+    np.testing.assert_allclose(est.predict_proba(Q), ref_p, rtol=2e-4, atol=1e-6)
+    np.testing.assert_array_equal(est.predict(Q), ref_y)
+    np.testing.assert_array_equal(est.kneighbors(Q)[1], idx)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_reliability_weights_enter_the_vote(engine, rng):
+    X = rng.normal(size=(60, 4))
+    y = rng.integers(0, 3, 60)
+    Q = rng.normal(size=(20, 4))
+    est = KNNVoter(9, voting="rank", index=engine).fit(X, y)
+    rel = rng.uniform(0.05, 1.0, 60)
+    est.memory_.set_votes(reliability=rel)
+    dist, idx = brute_force(X, Q, 9, "cosine", "l2")
+    ref_p, ref_y = reference_vote(dist, y[idx], 3, "rank", rel=rel[idx])
+    np.testing.assert_allclose(est.predict_proba(Q), ref_p, rtol=1e-5)
+    np.testing.assert_array_equal(est.predict(Q), ref_y)
+
+
+def test_predict_breaks_ties_by_nearest_neighbour():
+    X = np.array([[0.0, 1.0], [1.0, 0.0]])
+    est = KNNVoter(2, voting="plurality", metric="euclidean", preprocessing=None,
+                   index="exact").fit(X, [0, 1])
+    # One neighbour per class: tied 1-1, the nearest one (class 1) wins.
+    assert est.predict([[0.9, 0.2]])[0] == 1
+    assert est.predict([[0.2, 0.9]])[0] == 0
+    proba = est.predict_proba([[0.9, 0.2]])
+    assert np.argmax(proba) == 1 and proba[0, 0] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_leave_one_out_with_duplicates_drops_self_by_id(engine):
+    base = np.eye(4)
+    X = np.vstack([np.repeat(base[:1], 5, 0), base[1:]])  # 5 copies of e0
+    y = np.array([0, 0, 0, 0, 0, 1, 2, 3])
+    est = KNNVoter(2, index=engine).fit(X, y, sample_ids=np.arange(10, 18))
+    dist, ids = est.kneighbors(None, n_neighbors=2)
+    assert ids.shape == (8, 2)
+    for row, sid in enumerate(range(10, 18)):
+        assert sid not in ids[row]
+    # Every copy of e0 finds two *other* copies at distance 0.
+    assert set(ids[:5].ravel()) <= set(range(10, 15))
+    np.testing.assert_allclose(dist[:5], 0.0, atol=1e-6)
+    # k = 1 with 5 copies: self may not be among the 2 retrieved; one remains.
+    ids1 = est.kneighbors(None, n_neighbors=1, return_distance=False)
+    assert ids1.shape == (8, 1) and all(ids1[r, 0] != 10 + r for r in range(8))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_engines_agree_with_brute_force_on_unit_vectors(engine, rng):
+    X = rng.normal(size=(500, 16)).astype(np.float32)
+    Q = rng.normal(size=(50, 16)).astype(np.float32)
+    est = KNNVoter(10, index=engine).fit(X, np.zeros(500, int))
+    _, idx = brute_force(X, Q, 10, "cosine", "l2")
+    np.testing.assert_array_equal(est.kneighbors(Q)[1], idx)
+
+
+@needs_faiss
+@pytest.mark.parametrize(("factory", "params"), [
+    ("IVF8,Flat", {"nprobe": 8}), ("HNSW16", {"efSearch": 256}),
+])
+def test_approximate_indexes_with_exhaustive_knobs_are_exact(factory, params, rng):
+    X = rng.normal(size=(800, 16)).astype(np.float32)
+    Q = rng.normal(size=(40, 16)).astype(np.float32)
+    y = rng.integers(0, 5, 800)
+    exact = KNNVoter(10, index="exact").fit(X, y)
+    approx = KNNVoter(10, index=factory, index_params=params).fit(X, y)
+    np.testing.assert_array_equal(approx.kneighbors(Q)[1], exact.kneighbors(Q)[1])
+    np.testing.assert_allclose(approx.predict_proba(Q), exact.predict_proba(Q), rtol=1e-5)
+    approx.unlearn(np.arange(0, 800, 3))
+    exact.unlearn(np.arange(0, 800, 3))
+    np.testing.assert_array_equal(approx.kneighbors(Q)[1], exact.kneighbors(Q)[1])
+
+
+@needs_faiss
+def test_index_errors_are_clear(rng):
+    X = rng.normal(size=(20, 4))
+    with pytest.raises(ValueError, match="at least that many samples"):
+        KNNVoter(index="IVF64,Flat").fit(X, np.zeros(20))
+    with pytest.raises(ValueError, match="not a valid faiss.index_factory"):
+        KNNVoter(index="NoSuchIndex42").fit(X, np.zeros(20))
+    with pytest.raises(ValueError, match="no parameter 'bogus'"):
+        KNNVoter(index="HNSW8", index_params={"bogus": 1}).fit(X, np.zeros(20))
+
+
+# -- growing, shrinking ------------------------------------------------------------
+@pytest.mark.parametrize("engine", ENGINES)
+def test_partial_fit_adds_a_new_class_without_retraining(engine, blobs):
+    X, y = blobs
+    held = y == 1
+    est = KNNVoter(5, index=engine).fit(X[~held], y[~held] + 10)  # labels 10, 12
+    assert list(est.classes_) == [10, 12]
+    before = est.predict_proba(X[~held])
+    # Class 11 sorts between the known ones: stored labels are re-encoded.
+    est.partial_fit(X[held][:40], y[held][:40] + 10)
+    assert list(est.classes_) == [10, 11, 12]
+    assert np.mean(est.predict(X[held][40:]) == 11) > 0.9
+    after = est.predict_proba(X[~held])
+    np.testing.assert_allclose(after[:, [0, 2]], before, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_repeated_partial_fit_equals_fit(engine, blobs):
+    X, y = blobs
+    one = KNNVoter(7, preprocessing="center_l2", index=engine).fit(X, y)
+    parts = KNNVoter(7, preprocessing="center_l2", index=engine)
+    for chunk in np.array_split(np.arange(len(y)), 4):
+        parts.partial_fit(X[chunk], y[chunk], classes=[0, 1, 2])
+    np.testing.assert_array_equal(parts.sample_ids_, one.sample_ids_)
+    # The centre is frozen at the first call, as FORMULAS.md 1 demands.
+    np.testing.assert_allclose(parts.mean_, X[:45].mean(0), rtol=1e-5)
+    parts_same_mean = KNNVoter(7, preprocessing="l2", index=engine)
+    for chunk in np.array_split(np.arange(len(y)), 4):
+        parts_same_mean.partial_fit(X[chunk], y[chunk])
+    ref = KNNVoter(7, preprocessing="l2", index=engine).fit(X, y)
+    np.testing.assert_allclose(parts_same_mean.predict_proba(X), ref.predict_proba(X))
+
+
+def test_partial_fit_classes_are_known_before_samples(blobs):
+    X, y = blobs
+    est = KNNVoter(3, index="exact").partial_fit(X[y == 0], y[y == 0], classes=[0, 1, 2])
+    assert list(est.classes_) == [0, 1, 2]
+    proba = est.predict_proba(X[:5])
+    assert proba.shape == (5, 3) and np.all(proba[:, 1:] == 0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_unlearned_ids_never_return(engine, blobs):
+    X, y = blobs
+    est = KNNVoter(20, index=engine).fit(X, y, sample_ids=np.arange(1000, 1180))
+    gone = np.arange(1000, 1180, 4)
+    est.unlearn(gone)
+    assert not np.isin(gone, est.sample_ids_).any()
+    ids = est.kneighbors(X, n_neighbors=60, return_distance=False)
+    assert not np.isin(ids, gone).any()
+    assert not np.isin(est.kneighbors(None, return_distance=False), gone).any()
+    assert not np.isin(est.explain(X[:10]).neighbor_ids, gone).any()
+    # Fresh ids never reuse unlearned ones.
+    est.partial_fit(X[:2], y[:2])
+    assert est.sample_ids_[-2:].min() >= 1180
+
+
+@pytest.mark.parametrize("engine", ENGINES + (["IVF4,Flat"] if HAS_FAISS else []))
+def test_unlearn_then_save_leaves_no_bytes_of_removed_vectors(engine, tmp_path, rng):
+    X = rng.normal(size=(200, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 200)
+    est = KNNVoter(5, index=engine).fit(X, y)
+    removed = np.arange(0, 200, 7)
+    stored_bytes = [est.memory_.embeddings[i].tobytes() for i in removed]
+    raw_bytes = [X[i].tobytes() for i in removed]
+    est.unlearn(removed)
+    path = tmp_path / "memory.skknn"
+    est.save(path)
+    blob = path.read_bytes()
+    kept = est.memory_.embeddings[0].tobytes()
+    assert kept in blob  # the check can see vectors at all
+    for b in stored_bytes + raw_bytes:
+        assert b not in blob
+    pkl = tmp_path / "memory.joblib"
+    joblib.dump(est, pkl)
+    assert not any(b in pkl.read_bytes() for b in stored_bytes)
+
+
+# -- explain, persistence, composition ------------------------------------------------
+def test_explain_reports_the_vote(blobs):
+    X, y = blobs
+    est = KNNVoter(5, voting="rank", index="exact").fit(X, y, sample_ids=np.arange(180) * 2)
+    ex = est.explain(X[:4])
+    assert ex.neighbor_ids.shape == ex.distances.shape == ex.weights.shape == (4, 5)
+    assert np.all(ex.neighbor_ids % 2 == 0)
+    np.testing.assert_allclose(ex.weights.sum(1), 1.0)
+    np.testing.assert_allclose(ex.weights[0], np.array([1/2, 1/3, 1/4, 1/5, 1/6]) / 1.45)
+    np.testing.assert_array_equal(ex.neighbor_labels, y[ex.neighbor_ids // 2])
+    assert np.all(np.diff(ex.distances, axis=1) >= 0)
+    np.testing.assert_array_equal(ex.prediction, est.predict(X[:4]))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_joblib_and_safe_save_round_trip(engine, blobs, tmp_path):
+    import skknn
+
+    X, y = blobs
+    est = KNNVoter(5, voting="softmax", preprocessing="center_l2", index=engine)
+    est.fit(X, y.astype(str))
+    est.unlearn([3, 4])
+    joblib.dump(est, tmp_path / "m.joblib")
+    est.save(tmp_path / "m.skknn")
+    for loaded in (joblib.load(tmp_path / "m.joblib"), skknn.load(tmp_path / "m.skknn")):
+        np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+        np.testing.assert_array_equal(loaded.sample_ids_, est.sample_ids_)
+        assert loaded.get_params() == est.get_params()
+        loaded.partial_fit(X[:3], ["0", "1", "new"])  # still editable
+        assert "new" in loaded.classes_
+
+
+def test_save_is_atomic_and_load_refuses_foreign_files(blobs, tmp_path):
+    import skknn
+
+    X, y = blobs
+    est = KNNVoter(3, index="exact").fit(X, y)
+    path = tmp_path / "m.skknn"
+    est.save(path)
+    good = path.read_bytes()
+    bad = KNNVoter(3, voting=lambda d, r: np.ones_like(d), index="exact").fit(X, y)
+    with pytest.raises(TypeError, match="callable"):
+        bad.save(path)
+    assert path.read_bytes() == good and len(list(tmp_path.iterdir())) == 1
+    (tmp_path / "junk").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a skknn model file"):
+        skknn.load(tmp_path / "junk")
+    with pytest.raises(FileNotFoundError):
+        skknn.load(tmp_path / "missing.skknn")
+
+
+def test_pipeline_and_grid_search(digits):
+    X, y, Xt, yt = digits
+    pipe = make_pipeline(StandardScaler(), KNNVoter(index="exact"))
+    grid = GridSearchCV(pipe, {"knnvoter__n_neighbors": [1, 10],
+                               "knnvoter__voting": ["plurality", "rank"]}, cv=3)
+    grid.fit(X, y)
+    assert len(grid.cv_results_["params"]) == 4
+    assert grid.best_estimator_.score(Xt, yt) > 0.9
+
+
+def test_rank_voting_does_not_decay_with_k_on_real_digits(digits):
+    """[VM]'s claim: plurality decays as k grows, rank voting stays (nearly) flat."""
+    X, y, Xt, yt = digits
+    acc = {}
+    for voting in ("plurality", "rank"):
+        for k in (10, 100):
+            acc[voting, k] = KNNVoter(k, voting=voting, index="exact").fit(X, y).score(Xt, yt)
+    drop_plurality = acc["plurality", 10] - acc["plurality", 100]
+    drop_rank = acc["rank", 10] - acc["rank", 100]
+    assert drop_plurality > 0.03
+    assert drop_rank < drop_plurality / 3
+    assert acc["rank", 100] > acc["plurality", 100] + 0.03
+
+
+def test_zero_vector_stays_zero():
+    est = KNNVoter(1, index="exact").fit([[0.0, 0.0], [1.0, 0.0]], [0, 1])
+    np.testing.assert_array_equal(est.memory_.embeddings[0], [0.0, 0.0])
+    assert np.all(np.isfinite(est.predict_proba([[0.0, 0.0]])))
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cuda_matches_cpu(engine, blobs):
+    X, y = blobs
+    cpu = KNNVoter(9, index=engine, device="cpu").fit(X, y)
+    gpu = KNNVoter(9, index=engine, device="cuda").fit(X, y)
+    np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), rtol=1e-4)
+    gpu.unlearn([0, 1])
+    cpu.unlearn([0, 1])
+    np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), rtol=1e-4)
+
+
+def test_cuda_request_without_cuda_is_an_error(monkeypatch, blobs):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    X, y = blobs
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        KNNVoter(device="cuda").fit(X, y)
+
+
+def test_model_fitted_on_gpu_loads_on_cpu(monkeypatch, blobs, tmp_path):
+    """A GPU-fitted memory (device_ saved as cuda) loads on a CPU box, warning."""
+    import torch
+
+    import skknn
+
+    X, y = blobs
+    est = KNNVoter(5, index="exact").fit(X, y)
+    est.memory_.device = torch.device("cuda:0")
+    est.device_ = torch.device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(skknn.DeviceWarning):
+        loaded = joblib.load(_dump(est, tmp_path))
+    assert loaded.device_.type == "cpu"
+    est.memory_.device = torch.device("cpu")
+    np.testing.assert_allclose(loaded.predict_proba(X), est.predict_proba(X))
+
+
+def _dump(est, tmp_path):
+    path = tmp_path / "gpu.joblib"
+    joblib.dump(est, path)
+    return path
+
+
+# -- errors leave the memory untouched ------------------------------------------------
+@pytest.fixture
+def fitted(blobs):
+    X, y = blobs
+    return KNNVoter(5, index="exact").fit(X, y), X, y
+
+
+@pytest.mark.parametrize(("call", "err", "match"), [
+    (lambda e, X, y: e.partial_fit(np.where(X == X[0, 0], np.nan, X), y), ValueError, "NaN"),
+    (lambda e, X, y: e.partial_fit(np.full_like(X, np.inf), y), ValueError, "infinity"),
+    (lambda e, X, y: e.partial_fit(X[:, :3], y), ValueError, "features"),
+    (lambda e, X, y: e.partial_fit(X[:0], y[:0]), ValueError, "minimum of 1"),
+    (lambda e, X, y: e.partial_fit(X[:2], ["a", "b"]), TypeError, "one type"),
+    (lambda e, X, y: e.partial_fit(X[:2], y[:2], sample_ids=[0, 1]), ValueError, "already in memory"),
+    (lambda e, X, y: e.partial_fit(X[:2], y[:2], sample_ids=[500, 500]), ValueError, "unique"),
+    (lambda e, X, y: e.unlearn([0, 99999]), ValueError, "not in memory"),
+    (lambda e, X, y: e.unlearn([3, 3]), ValueError, "unique"),
+    (lambda e, X, y: e.set_params(n_neighbors=0).predict(X), ValueError, "n_neighbors"),
+    (lambda e, X, y: e.set_params(voting="majority").predict(X), ValueError, "voting"),
+    (lambda e, X, y: e.set_params(temperature=0.0).predict(X), ValueError, "temperature"),
+    (lambda e, X, y: e.set_params(temperature=-1).partial_fit(X[:2], y[:2]), ValueError, "temperature"),
+    (lambda e, X, y: e.set_params(metric="cosine", index="flat").partial_fit(X, y), ValueError, "cannot change"),
+    (lambda e, X, y: e.predict(np.full((2, X.shape[1]), np.nan)), ValueError, "NaN"),
+    (lambda e, X, y: e.predict(X[:, :2]), ValueError, "features"),
+    (lambda e, X, y: e.kneighbors(X, n_neighbors=0), ValueError, "n_neighbors"),
+])
+def test_bad_input_is_refused_and_memory_unchanged(fitted, call, err, match):
+    est, X, y = fitted
+    snap = snapshot(est)
+    with pytest.raises(err, match=match):
+        call(est, X, y)
+    assert_unchanged(est, snap)
+
+
+def test_mixed_labels_within_one_call_and_fit_errors(blobs):
+    X, y = blobs
+    with pytest.raises((TypeError, ValueError)):
+        KNNVoter().fit(X[:4], np.array(["a", 1, "b", 2], dtype=object))
+    with pytest.raises(ValueError, match="voting"):
+        KNNVoter(voting="bogus").fit(X, y)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        KNNVoter(n_neighbors=0).fit(X, y)
+    with pytest.raises(ValueError, match="preprocessing"):
+        KNNVoter(preprocessing="zscore").fit(X, y)
+
+
+def test_predict_before_fit():
+    with pytest.raises(NotFittedError):
+        KNNVoter().predict([[0.0, 1.0]])
+    with pytest.raises(NotFittedError):
+        KNNVoter().unlearn([0])
