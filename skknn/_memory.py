@@ -143,19 +143,23 @@ class Memory:
         ids: np.ndarray,
         *,
         label_map: np.ndarray | None = None,
+        prepare=None,
     ) -> None:
         """Append rows. ``ids`` must come from :meth:`new_ids` / :meth:`check_new_ids`.
 
+        ``X`` is copied once, into the memory's own buffer, where ``prepare`` (if
+        given) transforms the new rows in place: the memory is the only copy.
         ``label_map`` re-encodes the stored labels first (``new = label_map[old]``),
         for classes inserted before existing ones; both happen, or neither.
         """
-        X = np.ascontiguousarray(X, dtype=np.float32)
         m = X.shape[0]
         n = self._n
         if n + m > self._X.shape[0]:
-            # Amortised growth: partial_fit of a small batch into a large memory
-            # must not copy the whole memory each time.
-            cap = max(n + m, int(self._X.shape[0] * 1.5) + 16)
+            # Amortised growth, with headroom from the start: partial_fit of a
+            # small batch into a large memory must not copy the whole memory.
+            cap = n + m + max(1024, (n + m) // 16) if n == 0 else max(
+                n + m, int(self._X.shape[0] * 1.5) + 16
+            )
             bufs = [_grow(b, n, cap) for b in (self._X, self._y, self._ids, self._rel, self._excl)]
         else:
             bufs = [self._X, self._y, self._ids, self._rel, self._excl]
@@ -167,6 +171,8 @@ class Memory:
             if not buf.flags.writeable:  # e.g. loaded from a read-only memmap
                 raise RuntimeError("memory buffers are read-only")
         Xb[n : n + m] = X
+        if prepare is not None:
+            prepare(Xb[n : n + m])
         yb[n : n + m] = labels
         idb[n : n + m] = ids
         rb[n : n + m] = 1.0
@@ -174,7 +180,7 @@ class Memory:
         if n == 0:
             self.engine.build(Xb[: n + m], idb[: n + m])
         else:
-            self.engine.add(Xb[: n + m], X, np.asarray(ids, dtype=np.int64))
+            self.engine.add(Xb[: n + m], Xb[n : n + m], np.asarray(ids, dtype=np.int64))
         # Publish.
         self._X, self._y, self._ids, self._rel, self._excl = Xb, yb, idb, rb, eb
         self._n = n + m
@@ -252,10 +258,10 @@ class Memory:
             q = Q[s : s + _REFINE_CHUNK, None, :]
             nb = X[np.maximum(r, 0)]
             if spec.inner_product:
-                d = 1.0 - (nb * q).sum(-1)
+                d = 1.0 - np.matmul(nb, q.transpose(0, 2, 1))[..., 0]
             else:
-                diff = nb - q
-                d = (diff * diff).sum(-1)
+                diff = nb - q  # direct differences: no cancellation for near pairs
+                d = np.einsum("ijk,ijk->ij", diff, diff)
                 if spec.sqrt:
                     d = np.sqrt(d)
             dist[s : s + _REFINE_CHUNK] = np.where(r >= 0, d, np.inf)

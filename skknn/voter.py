@@ -242,10 +242,7 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
                 "metric, preprocessing, index and index_params cannot change after "
                 f"fit (fitted with {self._fitted_config_}); call fit to rebuild."
             )
-        X_in = X
-        X, y = validate_data(
-            self, X, y, reset=first_call, dtype=np.float32, order="C"
-        )
+        X, y = validate_data(self, X, y, reset=first_call, dtype=np.float32)
         check_classification_targets(y)
         old_classes = None if first_call else self.classes_
         check_label_kind(y, old_classes, type(self).__name__)
@@ -271,16 +268,18 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
             ids = memory.new_ids(X.shape[0])
         else:
             ids = memory.check_new_ids(sample_ids, X.shape[0])
-        # validate_data may hand back the caller's own array: copy before mutating.
-        if X is X_in or (
-            isinstance(X_in, np.ndarray) and np.may_share_memory(X, X_in)
-        ):
-            X = X.copy()
-        mean = fit_center(X) if first_call and self.preprocessing == "center_l2" else (
-            None if first_call else self.mean_
+        if first_call:
+            mean = fit_center(X) if self.preprocessing == "center_l2" else None
+        else:
+            mean = self.mean_
+        normalize = self._normalizes()
+
+        def prepare(rows):  # runs on the memory's own copy of X, in place
+            preprocess_inplace(rows, center=mean, normalize=normalize)
+
+        memory.add(
+            X, encode(new_classes, y), ids, label_map=old_to_new, prepare=prepare
         )
-        preprocess_inplace(X, center=mean, normalize=self._normalizes())
-        memory.add(X, encode(new_classes, y), ids, label_map=old_to_new)
         # Publish the estimator's view only once the memory holds the samples.
         self.classes_ = new_classes
         if first_call:
