@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timer, clustered_unit_vectors, peak_rss_mb, record, run_worker  # noqa: E402
+from _common import (  # noqa: E402
+    Timer,
+    clustered_unit_vectors,
+    peak_rss_mb,
+    record,
+    reset_peak_rss,
+    run_worker,
+)
 
 CONTENDERS = ["faiss_raw", "knnvoter_flat", "knnvoter_exact", "sklearn_brute"]
 
@@ -44,7 +51,7 @@ def worker(name: str, data: Path, k: int) -> dict:
     from skknn import KNNVoter
 
     n_classes = int(y.max()) + 1
-    base = peak_rss_mb()
+    base = reset_peak_rss()
     with Timer() as fit:
         if name == "faiss_raw":
             import faiss

@@ -9,7 +9,10 @@ the end.
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -18,6 +21,8 @@ from skknn._search import METRICS, make_engine
 
 # Queries per refinement chunk: bounds the (chunk, k, d) gather of neighbour vectors.
 _REFINE_CHUNK = 256
+# Rows per step when compacting in place: bounds NumPy's overlap buffer (~6 MB).
+_MOVE_CHUNK = 4096
 
 
 class Memory:
@@ -210,15 +215,23 @@ class Memory:
             )
         if not uniq.size:
             return
-        keep = ~gone
-        # Fresh arrays (no spare capacity holding the removed rows), swapped in last.
-        X = self.embeddings[keep]
-        y, sid = self.labels[keep], self.sample_ids[keep]
-        rel, excl = self.reliability[keep], self.excluded[keep]
-        self.engine.remove(X, sid, uniq)
-        self._X, self._y, self._ids, self._rel, self._excl = X, y, sid, rel, excl
-        self._n = X.shape[0]
-        self._sorted = None
+        runs = _kept_runs(np.flatnonzero(gone), self._n)
+        n_old, n_new = self._n, self._n - uniq.size
+        bufs = [self._X, self._y, self._ids, self._rel, self._excl]
+        with _uninterrupted():
+            if all(b.flags.writeable for b in bufs):
+                # In place, order kept: a fresh 1.5 GB array costs more in page
+                # faults than the copy itself. The vacated tail is zeroed, so no
+                # spare capacity keeps a removed vector's bytes.
+                for b in bufs:
+                    _compact_inplace(b, runs)
+                    b[n_new:n_old] = 0
+            else:  # read-only buffers (a memmap from joblib): compact into copies
+                bufs = [_compact_inplace(np.array(b[:n_old]), runs) for b in bufs]
+            self._X, self._y, self._ids, self._rel, self._excl = bufs
+            self._n = n_new
+            self._sorted = None
+        self.engine.remove(self.embeddings, self.sample_ids, uniq)
 
     def set_votes(self, reliability: np.ndarray | None = None, excluded=None) -> None:
         """Replace reliabilities and/or hard-pruning exclusions (aligned with rows)."""
@@ -354,8 +367,49 @@ class Memory:
         self.__dict__.update(other.__dict__)
 
 
+def _kept_runs(removed_rows: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """Maximal ``[start, stop)`` row ranges that survive a removal."""
+    starts = np.concatenate([[0], removed_rows + 1])
+    stops = np.concatenate([removed_rows, [n]])
+    return [(int(a), int(b)) for a, b in zip(starts, stops) if b > a]
+
+
+def _compact_inplace(a: np.ndarray, runs: list[tuple[int, int]]) -> np.ndarray:
+    """Move the kept runs down to the front of ``a``, in order, in place.
+
+    Copies go front to back in bounded chunks, so an overlapping move never makes
+    NumPy buffer more than one chunk.
+    """
+    pos = 0
+    for s, b in runs:
+        if s != pos:
+            for c in range(s, b, _MOVE_CHUNK):
+                e = min(c + _MOVE_CHUNK, b)
+                a[pos + c - s : pos + e - s] = a[c:e]
+        pos += b - s
+    return a
+
+
+@contextmanager
+def _uninterrupted():
+    """Hold Ctrl-C back until the block ends, so an edit of the memory is never
+    left half-done by a KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *sig: received.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(*received[0])
+
+
 def _grow(buf: np.ndarray, n: int, cap: int) -> np.ndarray:
-    new = np.empty((cap, *buf.shape[1:]), dtype=buf.dtype)
+    # calloc'd: free until touched, and spare rows never hold stale process memory.
+    new = np.zeros((cap, *buf.shape[1:]), dtype=buf.dtype)
     new[:n] = buf[:n]
     return new
 
