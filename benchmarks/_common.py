@@ -103,5 +103,7 @@ def record(section: str, body: str, command: str) -> None:
     )
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(block + "\n", text) if pattern.search(text) else text + "\n" + block
+    text = (
+        pattern.sub(block + "\n", text) if pattern.search(text) else text + "\n" + block
+    )
     RESULTS.write_text(text)

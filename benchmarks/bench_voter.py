@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     Timer,
     clustered_unit_vectors,
     peak_rss_mb,
@@ -36,7 +36,9 @@ def _rank_vote(idx, y, n_classes):
     w = 1.0 / (np.arange(idx.shape[1]) + 2.0)
     labels = y[idx]
     flat = (np.arange(len(idx))[:, None] * n_classes + labels).ravel()
-    scores = np.bincount(flat, np.broadcast_to(w, idx.shape).ravel(), len(idx) * n_classes)
+    scores = np.bincount(
+        flat, np.broadcast_to(w, idx.shape).ravel(), len(idx) * n_classes
+    )
     return scores.reshape(len(idx), n_classes).argmax(1)
 
 
@@ -45,7 +47,7 @@ def worker(name: str, data: Path, k: int) -> dict:
     y = np.load(data / "y.npy")
     Q = np.load(data / "Q.npy")
     yq = np.load(data / "yq.npy")
-    import faiss  # noqa: F401  (imports and their memory count for everybody)
+    import faiss
     import torch  # noqa: F401
 
     from skknn import KNNVoter
@@ -121,13 +123,18 @@ def main() -> None:
         np.save(tmp / "Q.npy", X[n:])
         np.save(tmp / "yq.npy", y[n:])
         del X, y
-        rows = {c: run_worker(__file__, "--worker", c, "--data", str(tmp), "--k", str(args.k))
-                for c in CONTENDERS}
+        rows = {
+            c: run_worker(
+                __file__, "--worker", c, "--data", str(tmp), "--k", str(args.k)
+            )
+            for c in CONTENDERS
+        }
     edit = run_worker(__file__, "--worker", "edit", "--edit-n", str(edit_n))
 
     ref = rows["faiss_raw"]
     lines = [
-        f"{n:,} x 384 float32 unit vectors (300 clusters), {nq:,} queries, k = {args.k}, "
+        f"{n:,} x 384 float32 unit vectors (300 clusters), {nq:,} queries, "
+        f"k = {args.k}, "
         "rank voting (raw FAISS: IndexFlatIP.search + a NumPy rank vote).",
         "",
         "| contender | fit s | predict s | queries/s | peak MB (fit+predict) | "
@@ -144,8 +151,9 @@ def main() -> None:
     sk = rows["sklearn_brute"]["predict_s"]
     lines += [
         "",
-        f"sklearn brute / KNNVoter(flat): {sk / rows['knnvoter_flat']['predict_s']:.1f}x; "
-        f"sklearn brute / KNNVoter(exact): {sk / rows['knnvoter_exact']['predict_s']:.1f}x.",
+        "sklearn brute / KNNVoter(flat): "
+        f"{sk / rows['knnvoter_flat']['predict_s']:.1f}x; sklearn brute / "
+        f"KNNVoter(exact): {sk / rows['knnvoter_exact']['predict_s']:.1f}x.",
         "",
         f"Editing a {edit['n']:,}-sample flat memory (384-d): partial_fit of "
         f"{edit['batch']:,} samples "
@@ -156,7 +164,9 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.quick:
-        record("KNNVoter vs raw FAISS vs sklearn", body, "python benchmarks/bench_voter.py")
+        record(
+            "KNNVoter vs raw FAISS vs sklearn", body, "python benchmarks/bench_voter.py"
+        )
 
 
 if __name__ == "__main__":

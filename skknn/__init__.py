@@ -1,4 +1,4 @@
-"""skknn: scikit-learn classifiers that retrieve from an editable memory of embeddings."""
+"""skknn: scikit-learn classifiers retrieving from an editable memory of embeddings."""
 
 from skknn._device import DeviceWarning
 from skknn.io import load

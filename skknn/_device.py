@@ -16,7 +16,9 @@ class DeviceWarning(UserWarning):
     """Warned when a model saved on a GPU is loaded where that GPU is missing."""
 
 
-def resolve_device(device: str | torch.device, *, owner: str = "estimator") -> torch.device:
+def resolve_device(
+    device: str | torch.device, *, owner: str = "estimator"
+) -> torch.device:
     """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a ``torch.device``.
 
     ``"auto"`` picks the first CUDA device when one is present, else the CPU. An

@@ -115,7 +115,8 @@ class Memory:
         uniq, counts = np.unique(ids, return_counts=True)
         if np.any(counts > 1):
             raise ValueError(
-                f"sample_ids must be unique; duplicated: {uniq[counts > 1][:10].tolist()}."
+                "sample_ids must be unique; duplicated: "
+                f"{uniq[counts > 1][:10].tolist()}."
             )
         if self._n and n:
             # Ids above every id ever issued cannot collide; check only the rest.
@@ -162,10 +163,15 @@ class Memory:
         if n + m > self._X.shape[0]:
             # Amortised growth, with headroom from the start: partial_fit of a
             # small batch into a large memory must not copy the whole memory.
-            cap = n + m + max(1024, (n + m) // 16) if n == 0 else max(
-                n + m, int(self._X.shape[0] * 1.5) + 16
+            cap = (
+                n + m + max(1024, (n + m) // 16)
+                if n == 0
+                else max(n + m, int(self._X.shape[0] * 1.5) + 16)
             )
-            bufs = [_grow(b, n, cap) for b in (self._X, self._y, self._ids, self._rel, self._excl)]
+            bufs = [
+                _grow(b, n, cap)
+                for b in (self._X, self._y, self._ids, self._rel, self._excl)
+            ]
         else:
             bufs = [self._X, self._y, self._ids, self._rel, self._excl]
         Xb, yb, idb, rb, eb = bufs
@@ -238,7 +244,9 @@ class Memory:
         n = self._n
         rel = self._rel if reliability is None else _exact(reliability, n, np.float32)
         excl = self._excl if excluded is None else _exact(excluded, n, bool)
-        if reliability is not None and (not np.all(np.isfinite(rel)) or np.any(rel <= 0)):
+        if reliability is not None and (
+            not np.all(np.isfinite(rel)) or np.any(rel <= 0)
+        ):
             raise ValueError("reliability weights must be finite and > 0.")
         self._rel, self._excl = rel, excl
 
@@ -296,8 +304,7 @@ class Memory:
         k = min(int(k), self._n - 1)
         if k <= 0:
             raise ValueError(
-                "Leave-one-out needs at least 2 samples in memory; it has "
-                f"{self._n}."
+                f"Leave-one-out needs at least 2 samples in memory; it has {self._n}."
             )
         ids = self.sample_ids
         for s in range(0, rows.shape[0], block_size):
@@ -417,5 +424,7 @@ def _grow(buf: np.ndarray, n: int, cap: int) -> np.ndarray:
 def _exact(values, n: int, dtype) -> np.ndarray:
     arr = np.array(values, dtype=dtype)  # a copy: callers keep their array
     if arr.shape != (n,):
-        raise ValueError(f"expected {n} values aligned with the memory; got {arr.shape}.")
+        raise ValueError(
+            f"expected {n} values aligned with the memory; got {arr.shape}."
+        )
     return arr

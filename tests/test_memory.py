@@ -66,8 +66,9 @@ def test_failed_engine_build_publishes_nothing(rng, monkeypatch):
 
     monkeypatch.setattr(mem.engine, "add", boom)
     with pytest.raises(RuntimeError):
-        mem.add(unit(rng, 3), np.ones(3, np.int64), mem.new_ids(3),
-                label_map=np.array([1]))
+        mem.add(
+            unit(rng, 3), np.ones(3, np.int64), mem.new_ids(3), label_map=np.array([1])
+        )
     assert mem.n_samples == 5
     for a, b in zip(before, (mem.embeddings, mem.sample_ids, mem.labels)):
         np.testing.assert_array_equal(a, b)
@@ -92,7 +93,9 @@ def test_remove_compacts_and_rows_of_follows(rng):
     keep = ~np.isin(ids, [0, 100, 490])
     np.testing.assert_array_equal(mem.embeddings, X[keep])
     np.testing.assert_allclose(mem.reliability, np.linspace(0.1, 1, 50)[keep])
-    np.testing.assert_array_equal(mem.rows_of(np.array([10, 480, 100, -1])), [0, 46, -1, -1])
+    np.testing.assert_array_equal(
+        mem.rows_of(np.array([10, 480, 100, -1])), [0, 46, -1, -1]
+    )
     assert mem.new_ids(1)[0] == 491  # ids are never reused
 
 
@@ -120,10 +123,12 @@ def test_leave_one_out_blocks_match_one_block(engine, rng):
     np.testing.assert_array_equal(whole[0][2], np.concatenate([p[2] for p in parts]))
     D = 1 - X @ X.T
     np.fill_diagonal(D, np.inf)
-    np.testing.assert_array_equal(whole[0][2], np.argsort(D, axis=1, kind="stable")[:, :5])
+    np.testing.assert_array_equal(
+        whole[0][2], np.argsort(D, axis=1, kind="stable")[:, :5]
+    )
+    small = make(engine)
+    small.add(X[:1], np.zeros(1, np.int64), small.new_ids(1))
     with pytest.raises(ValueError, match="at least 2"):
-        small = make(engine)
-        small.add(X[:1], np.zeros(1, np.int64), small.new_ids(1))
         next(small.iter_loo(3))
 
 

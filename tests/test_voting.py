@@ -13,8 +13,18 @@ from hypothesis.extra.numpy import arrays
 from skknn import _voting
 
 
-def reference_vote(dist, labels, n_classes, voting, *, T=0.07, offset=2.0, p=1.0,
-                   rel=None, excluded=None):
+def reference_vote(
+    dist,
+    labels,
+    n_classes,
+    voting,
+    *,
+    T=0.07,
+    offset=2.0,
+    p=1.0,
+    rel=None,
+    excluded=None,
+):
     """One query at a time, loops only: the formulas as written."""
     n, k = dist.shape
     probas, preds = [], []
@@ -47,7 +57,9 @@ def run_vote(dist, labels, n_classes, voting, rel=None, excluded=None, **kw):
     if rel is not None:
         w = w * rel
     scores = _voting.class_scores(w, labels, n_classes)
-    return _voting.scores_to_proba(scores), _voting.predict_with_ties(scores, labels, mask)
+    return _voting.scores_to_proba(scores), _voting.predict_with_ties(
+        scores, labels, mask
+    )
 
 
 @pytest.fixture
@@ -110,13 +122,14 @@ def test_softmax_never_nan_at_tiny_temperature():
     dist = np.array([[50.0, 60.0, 70.0]])
     mask = np.ones((1, 3), bool)
     w = _voting.neighbor_weights(dist, mask, "softmax", temperature=1e-4)
-    assert np.all(np.isfinite(w)) and w[0, 0] == 1.0
+    assert np.all(np.isfinite(w))
+    assert w[0, 0] == 1.0
     scores = _voting.class_scores(w, np.array([[1, 0, 0]]), 2)
     np.testing.assert_allclose(_voting.scores_to_proba(scores), [[0.0, 1.0]])
 
 
 def test_softmax_equals_vm_and_nn_forms(rng):
-    """exp(-d/T) on cosine distance == [VM]'s exp(cos/T) == [NN]'s exp(-||q-x||^2/2T)."""
+    """exp(-d/T) on cosine d == [VM]'s exp(cos/T) == [NN]'s exp(-||q-x||^2/2T)."""
     q = rng.normal(size=8)
     q /= np.linalg.norm(q)
     X = rng.normal(size=(5, 8))
