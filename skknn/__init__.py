@@ -1,8 +1,18 @@
 """skknn: scikit-learn classifiers retrieving from an editable memory of embeddings."""
 
 from skknn._device import DeviceWarning
+from skknn.features import TorchFeatureExtractor, available_models, register_model
 from skknn.io import load
+from skknn.joint import JointKNNClassifier
 from skknn.voter import KNNVoter
 
-__all__ = ["DeviceWarning", "KNNVoter", "load"]
+__all__ = [
+    "DeviceWarning",
+    "JointKNNClassifier",
+    "KNNVoter",
+    "TorchFeatureExtractor",
+    "available_models",
+    "load",
+    "register_model",
+]
 __version__ = "0.1.0"

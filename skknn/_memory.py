@@ -199,8 +199,8 @@ class Memory:
             self._next_id = max(self._next_id, int(np.max(ids)) + 1)
         self._sorted = None
 
-    def remove(self, ids: np.ndarray) -> None:
-        """Physically delete the rows with these ids (all must exist)."""
+    def check_removable(self, ids) -> np.ndarray:
+        """Validate ids to delete (1-d ints, unique, all in memory); sorted copy."""
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise ValueError(f"sample_ids must be 1-d; got shape {ids.shape}.")
@@ -213,14 +213,19 @@ class Memory:
                 f"sample_ids to unlearn must be unique; duplicated: "
                 f"{uniq[counts > 1][:10].tolist()}."
             )
-        gone = np.isin(self.sample_ids, uniq)
-        if int(gone.sum()) != uniq.size:
-            unknown = uniq[~np.isin(uniq, self.sample_ids)]
+        unknown = uniq[~np.isin(uniq, self.sample_ids)]
+        if unknown.size:
             raise ValueError(
                 f"Cannot unlearn ids that are not in memory: {unknown[:10].tolist()}."
             )
+        return uniq
+
+    def remove(self, ids) -> None:
+        """Physically delete the rows with these ids (all must exist)."""
+        uniq = self.check_removable(ids)
         if not uniq.size:
             return
+        gone = np.isin(self.sample_ids, uniq)
         runs = _kept_runs(np.flatnonzero(gone), self._n)
         n_old, n_new = self._n, self._n - uniq.size
         bufs = [self._X, self._y, self._ids, self._rel, self._excl]
@@ -238,6 +243,10 @@ class Memory:
             self._n = n_new
             self._sorted = None
         self.engine.remove(self.embeddings, self.sample_ids, uniq)
+
+    def relabel(self, label_map: np.ndarray) -> None:
+        """Re-encode stored labels, ``new = label_map[old]`` (classes inserted)."""
+        self._y = np.ascontiguousarray(label_map[self._y[: self._n]])
 
     def set_votes(self, reliability: np.ndarray | None = None, excluded=None) -> None:
         """Replace reliabilities and/or hard-pruning exclusions (aligned with rows)."""

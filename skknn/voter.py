@@ -290,6 +290,14 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
             self._fitted_config_ = self._memory_config()
         return self
 
+    def _learn_classes(self, classes: np.ndarray) -> None:
+        """Know labels before any of their samples arrive (no sample added)."""
+        check_label_kind(classes, self.classes_, type(self).__name__)
+        merged, old_to_new = merge_classes(self.classes_, classes)
+        if old_to_new is not None:
+            self.memory_.relabel(old_to_new)
+        self.classes_ = merged
+
     def _normalizes(self) -> bool:
         return self.preprocessing is not None or self.metric == "cosine"
 
@@ -438,6 +446,34 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
             dist, rows = self._search(self._queries(X), k)
         ids = np.where(rows >= 0, mem.sample_ids[np.maximum(rows, 0)], -1)
         return (dist, ids) if return_distance else ids
+
+    def loo_proba(self, rows=None) -> np.ndarray:
+        """Leave-one-out class probabilities of the memory's own samples.
+
+        Each sample votes among its ``n_neighbors`` nearest *other* samples
+        (self dropped by id, FORMULAS.md 2): [NN]'s training-set ``p_kNN``.
+
+        Parameters
+        ----------
+        rows : array-like of int, default=None
+            Memory rows to score (positions in :attr:`sample_ids_`); all if None.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_rows, n_classes)
+        """
+        check_is_fitted(self)
+        self._check_vote_params()
+        mem = self.memory_
+        n = mem.n_samples if rows is None else len(rows)
+        proba = np.empty((n, len(self.classes_)))
+        pos = 0
+        blocks = mem.iter_loo(self.n_neighbors, rows=rows, block_size=self.batch_size)
+        for query_rows, dist, nb in blocks:
+            scores = self._vote(dist, nb)[3]
+            proba[pos : pos + len(query_rows)] = _voting.scores_to_proba(scores)
+            pos += len(query_rows)
+        return proba
 
     def explain(self, X) -> Bunch:
         """Every decision with the neighbours that made it.

