@@ -244,10 +244,6 @@ class Memory:
             self._sorted = None
         self.engine.remove(self.embeddings, self.sample_ids, uniq)
 
-    def relabel(self, label_map: np.ndarray) -> None:
-        """Re-encode stored labels, ``new = label_map[old]`` (classes inserted)."""
-        self._y = np.ascontiguousarray(label_map[self._y[: self._n]])
-
     def set_votes(self, reliability: np.ndarray | None = None, excluded=None) -> None:
         """Replace reliabilities and/or hard-pruning exclusions (aligned with rows)."""
         n = self._n

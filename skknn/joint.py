@@ -178,22 +178,34 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         check_int(self, "batch_size", self.batch_size, low=1)
         check_int(self, "max_epochs", self.max_epochs, low=1)
         check_float(self, "warmup_epochs", self.warmup_epochs, low=0)
-        check_float(self, "momentum", self.momentum, low=0, high=1, high_inclusive=False)
+        check_float(
+            self, "momentum", self.momentum, low=0, high=1, high_inclusive=False
+        )
         check_float(self, "weight_decay", self.weight_decay, low=0)
         if self.validation_fraction is not None:
             check_float(
-                self, "validation_fraction", self.validation_fraction,
-                low=0, high=1, low_inclusive=False, high_inclusive=False,
+                self,
+                "validation_fraction",
+                self.validation_fraction,
+                low=0,
+                high=1,
+                low_inclusive=False,
+                high_inclusive=False,
             )
-        check_int(self, "n_iter_no_change", self.n_iter_no_change, low=1, allow_none=True)
+        check_int(
+            self, "n_iter_no_change", self.n_iter_no_change, low=1, allow_none=True
+        )
 
     def _generator(self) -> torch.Generator:
         seed = check_random_state(self.random_state).randint(0, 2**31 - 1)
         return torch.Generator().manual_seed(int(seed))
 
     def _loss_kwargs(self) -> dict:
-        return {"alpha": float(self.alpha), "modulation": self.modulation,
-                "gamma": float(self.gamma)}
+        return {
+            "alpha": float(self.alpha),
+            "modulation": self.modulation,
+            "gamma": float(self.gamma),
+        }
 
     # -- fitting --------------------------------------------------------------
     def fit(self, X, y, sample_ids=None):
@@ -212,18 +224,20 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         """
         return self._fit(X, y, sample_ids, max_epochs=self.max_epochs)
 
-    def _fit(self, X, y, sample_ids, *, max_epochs: int):
+    def _fit(self, X, y, sample_ids, *, max_epochs: int, classes=None):
         self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
-        if np.unique(y).shape[0] < 2:
+        known = np.unique(y if classes is None else np.r_[np.unique(y), classes])
+        if known.shape[0] < 2:
             raise ValueError(
-                "JointKNNClassifier needs samples of at least 2 classes in y; "
-                f"got 1 class ({np.unique(y)[0]!r})."
+                "JointKNNClassifier needs at least 2 classes (in y, or passed as "
+                f"classes= to the first partial_fit); got 1 class ({known[0]!r})."
             )
         device = resolve_device(self.device, owner=type(self).__name__)
         knn = clone(self.knn if self.knn is not None else _default_knn())
-        knn.fit(X, y, sample_ids=sample_ids)
+        # A fresh clone's first partial_fit is its fit, with extra classes known.
+        knn.partial_fit(X, y, classes=classes, sample_ids=sample_ids)
         codes = np.searchsorted(knn.classes_, y)
         p_true = knn.loo_proba()[np.arange(len(y)), codes].astype(np.float32)
 
@@ -235,16 +249,31 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
             X_val, y_val = X[val], codes[val]
         x_mean, x_scale = _heads.input_stats(X[train])
         head = _heads.build_head(
-            X.shape[1], len(knn.classes_), tuple(self.hidden_layer_sizes),
-            generator=gen, x_mean=x_mean, x_scale=x_scale,
+            X.shape[1],
+            len(knn.classes_),
+            tuple(self.hidden_layer_sizes),
+            generator=gen,
+            x_mean=x_mean,
+            x_scale=x_scale,
         )
         result = _heads.train_head(
-            head, X[train], codes[train], p_true[train], **self._loss_kwargs(),
-            base_lr=self.base_lr, batch_size=self._batch_size(len(train)),
-            max_epochs=max_epochs, warmup_epochs=min(self.warmup_epochs, max_epochs),
-            momentum=self.momentum, weight_decay=self.weight_decay,
-            X_val=X_val, y_val=y_val, n_iter_no_change=self.n_iter_no_change,
-            generator=gen, device=device, verbose=self.verbose,
+            head,
+            X[train],
+            codes[train],
+            p_true[train],
+            **self._loss_kwargs(),
+            base_lr=self.base_lr,
+            batch_size=self._batch_size(len(train)),
+            max_epochs=max_epochs,
+            warmup_epochs=min(self.warmup_epochs, max_epochs),
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            X_val=X_val,
+            y_val=y_val,
+            n_iter_no_change=self.n_iter_no_change,
+            generator=gen,
+            device=device,
+            verbose=self.verbose,
         )
         head.load_state_dict(result["state_dict"])
         self.knn_ = knn
@@ -272,7 +301,7 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         val = []
         for c in np.unique(codes):
             members = perm[codes[perm] == c]
-            n_val = int(round(self.validation_fraction * len(members)))
+            n_val = round(self.validation_fraction * len(members))
             val.extend(members[: min(n_val, len(members) - 1)])
         val = np.sort(np.asarray(val, dtype=np.int64))
         if val.size == 0:
@@ -301,20 +330,7 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         self : JointKNNClassifier
         """
         if not hasattr(self, "head_"):
-            classes_all = y if classes is None else np.concatenate(
-                [np.asarray(y), np.asarray(classes)]
-            )
-            if np.unique(classes_all).shape[0] < 2:
-                raise ValueError(
-                    "JointKNNClassifier needs at least 2 classes; pass classes= to "
-                    "the first partial_fit when its batch holds one class."
-                )
-            self._fit(X, y, sample_ids, max_epochs=1)
-            if classes is not None:
-                old = self.classes_
-                self.knn_._learn_classes(np.asarray(classes))
-                self._sync_head_classes(old)
-            return self
+            return self._fit(X, y, sample_ids, max_epochs=1, classes=classes)
         self._check_params()
         X, y = validate_data(self, X, y, reset=False, dtype=np.float32)
         check_classification_targets(y)
@@ -332,15 +348,22 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         batch_size = self._batch_size(len(self._X_train))
         lr = self.base_lr * batch_size / 256 * PARTIAL_FIT_LR_FACTOR
         loss = _heads.one_pass(
-            self.head_, X, codes, p_true, **self._loss_kwargs(), lr=lr,
-            batch_size=batch_size, momentum=self.momentum,
-            weight_decay=self.weight_decay, generator=gen, device=self.device_,
+            self.head_,
+            X,
+            codes,
+            p_true,
+            **self._loss_kwargs(),
+            lr=lr,
+            batch_size=batch_size,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            generator=gen,
+            device=self.device_,
         )
         self._generator_state = gen.get_state()
         self.loss_curve_.append(loss)
         self.knn_train_proba_ = np.concatenate([self.knn_train_proba_, p_true])
         return self
-
 
     def _sync_head_classes(self, old: np.ndarray) -> None:
         """Give the head an output per class of the grown ``knn_.classes_``."""
@@ -515,7 +538,9 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         if hasattr(knn, "feature_names_in_"):
             self.feature_names_in_ = knn.feature_names_in_
         self.head_ = _heads.head_from_state_dict(state)
-        self.device_ = device_after_unpickling(meta["device"], owner=type(self).__name__)
+        self.device_ = device_after_unpickling(
+            meta["device"], owner=type(self).__name__
+        )
         self._X_train = arrays["X_train"]
         self.knn_train_proba_ = arrays["knn_train_proba"]
         self._generator_state = torch.from_numpy(arrays["generator_state"].copy())

@@ -290,14 +290,6 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
             self._fitted_config_ = self._memory_config()
         return self
 
-    def _learn_classes(self, classes: np.ndarray) -> None:
-        """Know labels before any of their samples arrive (no sample added)."""
-        check_label_kind(classes, self.classes_, type(self).__name__)
-        merged, old_to_new = merge_classes(self.classes_, classes)
-        if old_to_new is not None:
-            self.memory_.relabel(old_to_new)
-        self.classes_ = merged
-
     def _normalizes(self) -> bool:
         return self.preprocessing is not None or self.metric == "cosine"
 

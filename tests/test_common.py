@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skknn import KNNVoter
+from skknn import JointKNNClassifier, KNNVoter
 from tests.conftest import ENGINES
 
 VOTER_INSTANCES = [
@@ -16,4 +16,21 @@ VOTER_INSTANCES = [
 
 @parametrize_with_checks(VOTER_INSTANCES)
 def test_sklearn_compatible_voter(estimator, check):
+    check(estimator)
+
+
+JOINT_INSTANCES = [
+    JointKNNClassifier(
+        KNNVoter(3, index="exact"), max_epochs=5, random_state=0, **params
+    )
+    for params in (
+        {},
+        {"interpolation": 0.0, "modulation": "focal"},
+        {"interpolation": 1.0, "hidden_layer_sizes": (8,)},
+    )
+]
+
+
+@parametrize_with_checks(JOINT_INSTANCES)
+def test_sklearn_compatible_joint(estimator, check):
     check(estimator)
