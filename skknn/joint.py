@@ -112,8 +112,10 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
     >>> clf = JointKNNClassifier(KNNVoter(5, index="exact"), random_state=0)
     >>> clf.fit(X, y).score(X, y)
     1.0
-    >>> clf.predict_proba(X[:1]).round(2)
-    array([[1., 0.]])
+    >>> clf.predict(X[[0, -1]])
+    array([0, 1])
+    >>> clf.predict_proba(X[:1]).sum().round(6)
+    np.float64(1.0)
     """
 
     def __init__(

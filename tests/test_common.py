@@ -25,8 +25,8 @@ JOINT_INSTANCES = [
     )
     for params in (
         {},
-        {"interpolation": 0.0, "modulation": "focal"},
-        {"interpolation": 1.0, "hidden_layer_sizes": (8,)},
+        {"interpolation": 0.0, "hidden_layer_sizes": (8,)},
+        {"interpolation": 1.0, "modulation": "focal"},
     )
 ]
 
