@@ -20,7 +20,7 @@ from skknn.voter import KNNVoter
 # partial_fit's single pass runs at this fraction of the peak learning rate: new
 # samples should move a trained head, not undo it.
 PARTIAL_FIT_LR_FACTOR = 0.1
-_MIN_STEPS = 10
+_MIN_STEPS = 20
 
 
 def _default_knn() -> KNNVoter:
