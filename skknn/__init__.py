@@ -4,12 +4,14 @@ from skknn._device import DeviceWarning
 from skknn.features import TorchFeatureExtractor, available_models, register_model
 from skknn.io import load
 from skknn.joint import JointKNNClassifier
+from skknn.pruning import MemoryPruner
 from skknn.voter import KNNVoter
 
 __all__ = [
     "DeviceWarning",
     "JointKNNClassifier",
     "KNNVoter",
+    "MemoryPruner",
     "TorchFeatureExtractor",
     "available_models",
     "load",

