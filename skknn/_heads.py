@@ -60,13 +60,6 @@ DEFAULT_WEIGHT_DECAY = 1e-3
 
 MODULATIONS = ("nll", "focal")
 
-# Below this many floating-point operations per SGD step, training on the CPU runs
-# on one intra-op thread. Each op of a small step is a parallel region whose thread
-# synchronisation costs more than the split saves (2 threads: 1.4x faster on an idle
-# 2-core machine for 512 x 512 x 100), and when other processes share the cores a
-# descheduled thread stalls every region (measured 20-50x slower than one thread).
-_MIN_FLOPS_PER_THREADED_STEP = 1e9
-
 # -log(p) is clamped here, as torch's BCELoss clamps its log at -100 (FORMULAS.md 4).
 _NLL_CLAMP = 100.0
 
@@ -580,28 +573,13 @@ def _to_device(
     )
 
 
-def _step_flops(head: Head, batch_size: int) -> float:
-    # Forward, input-gradient and weight-gradient matmuls: ~6 flops per weight
-    # per sample.
-    n_weights = sum(p.numel() for p in head.parameters() if p.ndim > 1)
-    return 6.0 * batch_size * n_weights
-
-
 @contextlib.contextmanager
-def _training_threads(
-    head: Head, batch_size: int, device: torch.device, n_threads: int | None
-) -> Iterator[None]:
+def _training_threads(device: torch.device, n_threads: int | None) -> Iterator[None]:
     """Set torch's intra-op thread count for a training loop, then restore it."""
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    if n_threads is None:
-        small = _step_flops(head, batch_size) < _MIN_FLOPS_PER_THREADED_STEP
-        n_threads = 1 if small else previous
-    if int(n_threads) != n_threads or n_threads < 1:
+    if n_threads is not None and (int(n_threads) != n_threads or n_threads < 1):
         raise ValueError(f"n_threads must be a positive integer. Got {n_threads!r}.")
-    if n_threads == previous:
+    previous = torch.get_num_threads()
+    if device.type != "cpu" or n_threads is None or n_threads == previous:
         yield
         return
     torch.set_num_threads(int(n_threads))
@@ -728,9 +706,10 @@ def train_head(
         change the learning rate).
     n_threads : int, default=None
         Torch intra-op threads during training on the CPU, restored afterwards.
-        ``None`` uses one thread when a step is small (under 1e9 flops, such as
-        a linear head on 512-d inputs), all of torch's threads otherwise: small
-        steps gain little from threads and lose much on a busy machine.
+        ``None`` keeps ``torch.get_num_threads()``: on an idle 2-core machine two
+        threads train a 512 x 100 linear head 1.4x faster than one. On a machine
+        shared with other busy processes, one thread avoids stalls on descheduled
+        threads.
 
     Returns
     -------
@@ -786,7 +765,7 @@ def train_head(
     val_scores: list[float] = []
     best_score, best_epoch, best_state = -1.0, 0, None
     bar = tqdm(range(max_epochs), disable=not verbose, desc="head", unit="epoch")
-    with bar, _training_threads(head, batch_size, device, n_threads):
+    with bar, _training_threads(device, n_threads):
         for epoch in bar:
             head.train()
             loss = _epoch(
@@ -894,7 +873,7 @@ def one_pass(
     )
     head.train()
     try:
-        with _training_threads(head, batch_size, device, n_threads):
+        with _training_threads(device, n_threads):
             loss = _epoch(
                 head,
                 Xs,
@@ -910,7 +889,12 @@ def one_pass(
 
 
 def predict_logits(
-    head: Head, X: np.ndarray, *, device: torch.device, batch_size: int = 8192
+    head: Head,
+    X: np.ndarray,
+    *,
+    device: torch.device,
+    batch_size: int = 8192,
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """Logits of ``X``, computed in blocks under ``torch.inference_mode()``.
 
@@ -925,11 +909,16 @@ def predict_logits(
         Where to compute.
     batch_size : int, default=8192
         Rows per block, which bounds device memory.
+    dtype : torch.dtype, default=torch.float32
+        Arithmetic precision. ``torch.float64`` computes on a float64 copy of the
+        head: float32 GEMM results depend on how many rows share a call, float64
+        ones agree to far below float32 resolution, so a sample's logits no longer
+        depend on its batch.
 
     Returns
     -------
-    ndarray of shape (n_samples, n_classes), float32
-        On the CPU.
+    ndarray of shape (n_samples, n_classes)
+        On the CPU, in ``dtype``.
     """
     _check_positive_int(batch_size, "batch_size")
     X = np.asarray(X, dtype=np.float32)
@@ -938,13 +927,16 @@ def predict_logits(
     # The head goes back where it was, so that predicting never changes the
     # device an estimator's fitted head (and hence its pickle) lives on.
     home = head.x_mean.device
-    head.to(device).eval()
-    out = np.empty((X.shape[0], head.n_classes), dtype=np.float32)
+    model = head if dtype == torch.float32 else copy.deepcopy(head).to(dtype)
+    model.to(device).eval()
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    out = np.empty((X.shape[0], head.n_classes), dtype=np_dtype)
     try:
         with torch.inference_mode():
             for start in range(0, X.shape[0], batch_size):
-                block = torch.from_numpy(X[start : start + batch_size]).to(device)
-                out[start : start + batch_size] = head(block).float().cpu().numpy()
+                block = torch.from_numpy(X[start : start + batch_size])
+                block = block.to(device=device, dtype=dtype)
+                out[start : start + batch_size] = model(block).cpu().numpy()
     finally:
         head.to(home)
     return out

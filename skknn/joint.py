@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import io as _io
 
 import numpy as np
@@ -414,14 +413,10 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
 
     # -- prediction -----------------------------------------------------------
     def _head_proba(self, X: np.ndarray) -> np.ndarray:
-        # float64 inference: float32 GEMM results depend on how many rows share a
-        # call, and a query's probabilities must not depend on its batch.
-        head = copy.deepcopy(self.head_).double().to(self.device_).eval()
-        logits = np.empty((X.shape[0], len(self.classes_)))
-        with torch.inference_mode():
-            for s in range(0, X.shape[0], 8192):
-                block = torch.from_numpy(X[s : s + 8192]).to(self.device_).double()
-                logits[s : s + 8192] = head(block).cpu().numpy()
+        # float64: a query's probabilities must not depend on its batch.
+        logits = _heads.predict_logits(
+            self.head_, X, device=self.device_, dtype=torch.float64
+        )
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)

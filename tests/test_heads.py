@@ -478,3 +478,19 @@ def test_predict_logits_matches_forward_in_blocks():
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="n_samples, 5"):
         _heads.predict_logits(head, X[:, :3], device=CPU)
+
+
+def test_predict_logits_float64_matches_a_float64_reference():
+    head = _heads.build_head(
+        7, 3, (), generator=gen(1), x_mean=np.full(7, 0.5), x_scale=np.full(7, 2.0)
+    )
+    X = np.random.default_rng(1).normal(size=(30, 7)).astype(np.float32)
+    out = _heads.predict_logits(head, X, device=CPU, batch_size=8, dtype=torch.float64)
+    assert out.dtype == np.float64
+    sd = {k: v.double().numpy() for k, v in head.state_dict().items()}
+    W = next(v for k, v in sd.items() if k.endswith("weight"))
+    b = next(v for k, v in sd.items() if k.endswith("bias"))
+    ref = ((X.astype(np.float64) - 0.5) / 2.0) @ W.T + b
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    # The head itself stays float32 and where it was.
+    assert next(head.parameters()).dtype == torch.float32
