@@ -11,7 +11,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skknn import _heads
+from skknn import _head_training, _heads
 from skknn._device import resolve_device
 from skknn._validation import check_float, check_int, check_option
 from skknn.voter import KNNVoter
@@ -126,12 +126,12 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         gamma: float = 2.0,
         interpolation: float = 0.5,
         hidden_layer_sizes: tuple = (),
-        base_lr: float = _heads.DEFAULT_BASE_LR,
-        batch_size: int = _heads.DEFAULT_BATCH_SIZE,
-        max_epochs: int = _heads.DEFAULT_MAX_EPOCHS,
-        warmup_epochs: float = _heads.DEFAULT_WARMUP_EPOCHS,
+        base_lr: float = _head_training.DEFAULT_BASE_LR,
+        batch_size: int = _head_training.DEFAULT_BATCH_SIZE,
+        max_epochs: int = _head_training.DEFAULT_MAX_EPOCHS,
+        warmup_epochs: float = _head_training.DEFAULT_WARMUP_EPOCHS,
         momentum: float = 0.9,
-        weight_decay: float = _heads.DEFAULT_WEIGHT_DECAY,
+        weight_decay: float = _head_training.DEFAULT_WEIGHT_DECAY,
         validation_fraction: float | None = None,
         n_iter_no_change: int | None = None,
         device: str = "auto",
@@ -164,7 +164,7 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
                 f"None. Got {type(self.knn).__name__} instead."
             )
         check_float(self, "alpha", self.alpha, low=0)
-        check_option(self, "modulation", self.modulation, _heads.MODULATIONS)
+        check_option(self, "modulation", self.modulation, _head_training.MODULATIONS)
         check_float(self, "gamma", self.gamma, low=0)
         check_float(self, "interpolation", self.interpolation, low=0, high=1)
         sizes = self.hidden_layer_sizes
@@ -257,7 +257,7 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
             x_mean=x_mean,
             x_scale=x_scale,
         )
-        result = _heads.train_head(
+        result = _head_training.train_head(
             head,
             X[train],
             codes[train],
@@ -348,7 +348,7 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         gen.set_state(self._generator_state)
         batch_size = self._batch_size(len(self._X_train))
         lr = self.base_lr * batch_size / 256 * PARTIAL_FIT_LR_FACTOR
-        loss = _heads.one_pass(
+        loss = _head_training.one_pass(
             self.head_,
             X,
             codes,
