@@ -18,324 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-# MNIST digits through EfficientNet-Lite0 (ImageNet weights), 5,000 digits split
-# 80/20, KNNVoter(10, "rank"); measured on 2 CPU cores (time for 5,000 images):
-#   raw pixels                                   94.0%
-#   final pooled embedding (1280-d), 64 px       85.7%  (128 px: 91.2%, 6x slower)
-#   block 10 feature map, 32 px (448-d)          96.8%
-#   block 10 feature map, 48 px (1008-d)         97.9%  <- demo default, 4 s
-#   block 10 feature map, 64 px (1792-d)         98.6%  (2x slower)
-# The last blocks hold ImageNet-specific features computed on 1-2 pixel maps at
-# these sizes; the mid-level block-10 map keeps the layout of the strokes, and
-# stopping the forward pass there makes it about 1.4x cheaper.
-DEMO_IMAGE_SIZE = 48
-QUICK_IMAGE_SIZE = 32
-DEMO_LAYER = "_blocks.10"
-DEMO_N_SAMPLES = 5000
-QUICK_N_SAMPLES = 1000
-TABLE_KS = (1, 10, 20, 50, 100, 200, 500, 1000)
-
-
-# -- output helpers -------------------------------------------------------------
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    # First column left-aligned (names), the others right-aligned (numbers).
-    fmt = "  ".join(
-        f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths)
-    )
-    line = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt.format(*header), line, *(fmt.format(*r) for r in rows)])
-
-
-def _step(title: str) -> None:
-    print(f"\n== {title}")
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def _accuracy_table(acc: dict[str, np.ndarray], ks=None) -> str:
-    """Rows = voting rules, columns = selected k, plus the best k ([VM] Table 1)."""
-    n = len(next(iter(acc.values())))
-    wanted = list(ks or TABLE_KS)
-    ks = [k for k in wanted if k <= n]
-    if n < max(wanted) and n not in ks:
-        ks.append(n)  # the memory or --max-k capped k: show the largest k evaluated
-    rows = []
-    for rule, a in acc.items():
-        best = int(np.argmax(a))
-        rows.append(
-            [rule, *(_pct(a[k - 1]) for k in ks), f"{_pct(a[best])} @ k={best + 1}"]
-        )
-    return _table(["voting", *(f"k={k}" for k in ks), "best"], rows)
-
-
-def _neighbour_table(expl, q: int = 0) -> str:
-    rows = [
-        [
-            str(r + 1),
-            str(expl.neighbor_ids[q, r]),
-            str(expl.neighbor_labels[q, r]),
-            f"{expl.distances[q, r]:.4f}",
-            f"{expl.weights[q, r]:.3f}",
-        ]
-        for r in range(expl.neighbor_ids.shape[1])
-    ]
-    return _table(["rank", "sample id", "label", "distance", "vote share"], rows)
-
-
-def _set_threads(n: int | None) -> None:
-    # The command is the application, so it may set torch's thread count: on a
-    # CPU shared with other busy processes, fewer threads than cores avoids
-    # OpenMP threads spinning while they wait for each other.
-    if n is not None:
-        import torch
-
-        if n < 1:
-            raise ValueError(f"--threads must be >= 1. Got {n} instead.")
-        torch.set_num_threads(n)
-
-
-# -- MNIST through the pretrained encoder ----------------------------------------
-def _mnist_subset(n_samples: int, seed: int):
-    """MNIST images (n, side, side), flat pixels, labels and the data set's name."""
-    from sklearn.model_selection import train_test_split
-
-    from skknn.datasets import load_mnist
-
-    if n_samples < 200:
-        raise ValueError(f"--n-samples must be >= 200. Got {n_samples} instead.")
-    X, y, name = load_mnist()
-    if n_samples < len(y):
-        keep, _ = train_test_split(
-            np.arange(len(y)), train_size=n_samples, stratify=y, random_state=seed
-        )
-        keep = np.sort(keep)
-        X, y = X[keep], y[keep]
-    side = round(np.sqrt(X.shape[1]))
-    return X.reshape(-1, side, side), X, y, name
-
-
-def _embed(images, image_size: int | None, layer: str | None, batch_size: int = 128):
-    """Embeddings of ``images`` by EfficientNet-Lite0, and the seconds it took."""
-    from skknn.features import TorchFeatureExtractor
-
-    extractor = TorchFeatureExtractor(
-        "efficientnet-lite0",
-        layer=layer,
-        pooling="none" if layer else "avg",
-        image_size=image_size,
-        batch_size=batch_size,
-        progress=True,
-    )
-    t = time.perf_counter()
-    E = extractor.fit(images[:1]).transform(images)
-    return E, time.perf_counter() - t
-
-
-def _describe_encoder(layer: str | None, image_size: int, dim: int) -> str:
-    where = f"feature map of {layer}" if layer else "final pooled embedding"
-    return (
-        f"encoder: EfficientNet-Lite0 (ImageNet weights, frozen), "
-        f"{image_size}x{image_size} input, {where} ({dim}-d)"
-    )
-
-
-# -- skknn demo -----------------------------------------------------------------
-def demo(args: argparse.Namespace) -> int:
-    """A visual memory on real digits embedded by a pretrained EfficientNet-Lite0.
-
-    Voting rules at several k from one retrieval, kNN against a linear probe and
-    the JOINT head, a new class added without training, unlearning, pruning, and
-    one decision explained by its neighbours.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from skknn.datasets import stratified_split
-    from skknn.evaluation import voting_accuracy_by_k
-    from skknn.joint import JointKNNClassifier
-    from skknn.voter import KNNVoter
-
-    _set_threads(args.threads)
-    n_samples = args.n_samples or (QUICK_N_SAMPLES if args.quick else DEMO_N_SAMPLES)
-    size = args.image_size or (QUICK_IMAGE_SIZE if args.quick else DEMO_IMAGE_SIZE)
-    layer = None if args.layer == "none" else args.layer
-    t0 = time.perf_counter()
-    images, X, y, name = _mnist_subset(n_samples, args.seed)
-    held = args.held_out_class
-    if held not in y:
-        raise ValueError(
-            f"--held-out-class must be one of the labels {np.unique(y).tolist()}. "
-            f"Got {held} instead."
-        )
-    E, t_embed = _embed(images, size, layer)
-    train, test = stratified_split(y, 0.2, seed=args.seed)
-    print(f"skknn demo: {name}; memory {len(train):,} images, {len(test):,} queries")
-    print(_describe_encoder(layer, size, E.shape[1]))
-    print(
-        f"embedded {len(y):,} images in {t_embed:.1f} s "
-        f"({len(y) / t_embed:.0f} images/s)"
-    )
-
-    def new_voter():
-        return KNNVoter(n_neighbors=10, voting="rank", preprocessing="center_l2")
-
-    voter = new_voter().fit(E[train], y[train], sample_ids=train)
-
-    _step("(a) Accuracy (%) by voting rule and k, from one retrieval")
-    acc = voting_accuracy_by_k(voter, E[test], y[test], max_k=100)
-    print(_accuracy_table(acc, ks=(1, 10, 50, 100)))
-
-    _step("(b) kNN against a linear probe on the same embeddings")
-    rows = []
-    t = time.perf_counter()
-    pixels = new_voter().fit(X[train], y[train])
-    rows.append(
-        [
-            "kNN on raw pixels (k=10, rank)",
-            _pct(pixels.score(X[test], y[test])),
-            f"{time.perf_counter() - t:.2f}",
-        ]
-    )
-    t = time.perf_counter()
-    voter = new_voter().fit(E[train], y[train], sample_ids=train)
-    rows.append(
-        [
-            "kNN on embeddings (k=10, rank)",
-            _pct(voter.score(E[test], y[test])),
-            f"{time.perf_counter() - t:.2f}",
-        ]
-    )
-    t = time.perf_counter()
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    probe.fit(E[train], y[train])
-    rows.append(
-        [
-            "linear probe (LogisticRegression)",
-            _pct(probe.score(E[test], y[test])),
-            f"{time.perf_counter() - t:.2f}",
-        ]
-    )
-    t = time.perf_counter()
-    joint = JointKNNClassifier(
-        knn=new_voter(), alpha=0.01, interpolation=0.5, random_state=args.seed
-    ).fit(E[train], y[train])
-    rows.append(
-        [
-            "JOINT (kNN-guided head, lambda=0.5)",
-            _pct(joint.score(E[test], y[test])),
-            f"{time.perf_counter() - t:.2f}",
-        ]
-    )
-    print(_table(["method", "accuracy (%)", "fit (s)"], rows))
-
-    _step(f"(c) Class {held} held out of memory, then added without training")
-    in_mem = train[y[train] != held]
-    voter = new_voter().fit(E[in_mem], y[in_mem], sample_ids=in_mem)
-    new = test[y[test] == held]
-    before = np.mean(voter.predict(E[new]) == held)
-    add = train[y[train] == held]
-    t = time.perf_counter()
-    voter.partial_fit(E[add], y[add], sample_ids=add)
-    dt = time.perf_counter() - t
-    after = np.mean(voter.predict(E[new]) == held)
-    print(
-        f"partial_fit of {len(add)} images of class {held}: {1e3 * dt:.1f} ms; "
-        f"classes_ = {voter.classes_.tolist()}"
-    )
-    print(
-        f"class-{held} queries recognised: {_pct(before)}% before -> "
-        f"{_pct(after)}% after; all queries: {_pct(voter.score(E[test], y[test]))}%"
-    )
-
-    _step("(d) Unlearning")
-    rng = np.random.default_rng(args.seed)
-    forget = rng.choice(
-        voter.sample_ids_, size=min(500, voter.memory_.n_samples // 4), replace=False
-    )
-    t = time.perf_counter()
-    voter.unlearn(forget)
-    dt = time.perf_counter() - t
-    k_check = min(100, voter.memory_.n_samples - 1)
-    ids_q = voter.kneighbors(E[test], n_neighbors=k_check, return_distance=False)
-    ids_m = voter.kneighbors(None, n_neighbors=k_check, return_distance=False)
-    hits = int(np.isin(ids_q, forget).sum() + np.isin(ids_m, forget).sum())
-    print(
-        f"unlearned {len(forget)} images in {1e3 * dt:.1f} ms; memory now "
-        f"{voter.memory_.n_samples:,} images"
-    )
-    print(
-        f"appearances of unlearned ids among the {k_check} nearest neighbours of "
-        f"every query and every memory sample: {hits}"
-    )
-    print(f"accuracy after unlearning: {_pct(voter.score(E[test], y[test]))}%")
-
-    _step("(e) Pruning unreliable memory samples (MemoryPruner, soft)")
-    _demo_pruning(new_voter(), E[train], y[train], E[test], y[test], args.seed)
-
-    _step("(f) One decision explained by its neighbours")
-    voter = new_voter().fit(E[train], y[train], sample_ids=train)
-    q = _interesting_query(voter, E[test], args.query_index)
-    expl = voter.explain(E[test][q : q + 1])
-    pred = expl.prediction[0]
-    p = expl.proba[0, np.searchsorted(expl.classes, pred)]
-    print(
-        f"query image {test[q]} (true label {y[test][q]}) -> predicted {pred} "
-        f"(p = {p:.2f})"
-    )
-    print(_neighbour_table(expl))
-    print(f"\ndone in {time.perf_counter() - t0:.1f} s")
-    return 0 if hits == 0 else 1
-
-
-def _demo_pruning(voter, X_train, y_train, X_test, y_test, seed: int) -> None:
-    try:
-        from skknn.pruning import MemoryPruner
-    except ImportError:  # the module is optional while it is being written
-        print("pruning: not available")
-        return
-    rng = np.random.default_rng(seed)
-    y_noisy = y_train.copy()
-    flip = rng.random(len(y_train)) < 0.2
-    classes = np.unique(y_train)
-    # Each flipped label moves to a different class, chosen at random.
-    shift = rng.integers(1, len(classes), flip.sum())
-    codes = np.searchsorted(classes, y_noisy[flip])
-    y_noisy[flip] = classes[(codes + shift) % len(classes)]
-    rows = []
-    for what, labels in (("clean", y_train), ("20% flipped", y_noisy)):
-        base = voter.fit(X_train, labels).score(X_test, y_test)
-        pruner = MemoryPruner(voter, mode="soft").fit(X_train, labels)
-        rows.append(
-            [
-                what,
-                _pct(base),
-                _pct(pruner.score(X_test, y_test)),
-                f"{len(pruner.pruned_ids_):,}",
-            ]
-        )
-    print(
-        _table(
-            ["memory labels", "no pruning (%)", "soft pruning (%)", "down-weighted"],
-            rows,
-        )
-    )
-
-
-def _interesting_query(voter, Q: np.ndarray, index: int | None) -> int:
-    """``index``, or the first query whose neighbours disagree (else query 0)."""
-    if index is not None:
-        if not 0 <= index < len(Q):
-            raise ValueError(
-                f"--query-index must be in [0, {len(Q) - 1}]. Got {index} instead."
-            )
-        return index
-    labels = voter.explain(Q[:200]).neighbor_labels
-    mixed = np.flatnonzero((labels != labels[:, :1]).any(axis=1))
-    return int(mixed[0]) if len(mixed) else 0
+from skknn._demo import (
+    DEMO_IMAGE_SIZE,
+    DEMO_LAYER,
+    DEMO_N_SAMPLES,
+    QUICK_IMAGE_SIZE,
+    QUICK_N_SAMPLES,
+    demo,
+    embed,
+    mnist_subset,
+    set_threads,
+)
+from skknn._report import TABLE_KS, accuracy_table, neighbour_table
 
 
 # -- skknn evaluate ---------------------------------------------------------------
@@ -398,7 +92,7 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"note: {unknown} queries have labels absent from the memory (errors)")
     print("\nAccuracy (%) by voting rule and k")
     ks = TABLE_KS if args.k is None else _parse_ks(args.k)
-    print(_accuracy_table(acc, ks))
+    print(accuracy_table(acc, ks))
     if out is not None:
         _write_results(out, acc, args, len(y_mem), len(y_q))
         print(f"\nwrote {out} (accuracy at k = 1..{n_k})")
@@ -471,7 +165,7 @@ def explain(args: argparse.Namespace) -> int:
     from skknn._gallery import _figure, draw_gallery
 
     _figure(10, 10)  # fail before embedding anything when matplotlib is missing
-    _set_threads(args.threads)
+    set_threads(args.threads)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1. Got {args.k} instead.")
     if args.query is not None and args.images is None:
@@ -502,7 +196,7 @@ def explain(args: argparse.Namespace) -> int:
     )
     truth = "" if true_label is None else f" (true label {true_label})"
     print(f"query{truth} -> predicted {pred}")
-    print(_neighbour_table(expl))
+    print(neighbour_table(expl))
     print(f"wrote {args.out} ({width}x{height} px)")
     return 0
 
@@ -513,7 +207,7 @@ def _explain_mnist(args):
     size = args.image_size or DEMO_IMAGE_SIZE
     layer = DEMO_LAYER if args.layer is None else args.layer
     layer = None if layer == "none" else layer
-    images, _, y, name = _mnist_subset(args.n_samples, args.seed)
+    images, _, y, name = mnist_subset(args.n_samples, args.seed)
     train, test = stratified_split(y, 0.2, seed=args.seed)
     q = args.query_index
     if not 0 <= q < len(test):
@@ -521,7 +215,7 @@ def _explain_mnist(args):
             f"--query-index must be in [0, {len(test) - 1}] (the {name} test "
             f"split). Got {q} instead."
         )
-    E, _ = _embed(images, size, layer)
+    E, _ = embed(images, size, layer)
     print(f"memory: {len(train):,} {name} images; query: test image {q}")
 
     def show(sample_id):
@@ -547,7 +241,7 @@ def _explain_folder(args):
     if args.query is not None:
         if not Path(args.query).is_file():
             raise FileNotFoundError(f"No such file: {args.query!r}.")
-        E, _ = _embed([*paths, args.query], args.image_size, layer, batch_size=32)
+        E, _ = embed([*paths, args.query], args.image_size, layer, batch_size=32)
         E_mem, y_mem, ids = E[:-1], labels, np.arange(len(paths))
         query = (E[-1], None, _read_rgb(args.query))
     else:
@@ -559,7 +253,7 @@ def _explain_folder(args):
             )
         if len(paths) < 2:
             raise ValueError(f"{args.images!r} must hold at least 2 images.")
-        E, _ = _embed(paths, args.image_size, layer, batch_size=32)
+        E, _ = embed(paths, args.image_size, layer, batch_size=32)
         # Leave the query out of memory, so it does not find itself.
         keep = np.flatnonzero(np.arange(len(paths)) != q)
         E_mem, y_mem, ids = E[keep], labels[keep], keep
