@@ -52,6 +52,7 @@ def _run(model, Xtr, ytr, Xte, yte):
 
 
 def real_data(shots: list[int | None], seeds: int) -> str:
+    _warm_up()
     X, y, name = load_mnist()
     train, test = stratified_split(y, 0.2, seed=0)
     lines = [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from skknn._memory import Memory
+from skknn._memory import Memory, _pair_scores
 from tests.conftest import ENGINES
 
 
@@ -142,3 +142,34 @@ def test_state_round_trip(rng):
         np.testing.assert_array_equal(getattr(back, name), getattr(mem, name))
     Q = unit(rng, 4)
     np.testing.assert_array_equal(back.search(Q, 5)[1], mem.search(Q, 5)[1])
+
+
+@pytest.mark.parametrize("inner_product", [True, False])
+@pytest.mark.parametrize("with_faiss", [True, False])
+def test_pair_scores_match_float64_and_ignore_batching(
+    inner_product, with_faiss, monkeypatch
+):
+    if with_faiss:
+        pytest.importorskip("faiss")
+    else:
+        import sys
+
+        monkeypatch.setitem(sys.modules, "faiss", None)  # the NumPy fallback
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 37)).astype(np.float32)
+    Q = rng.normal(size=(600, 37)).astype(np.float32)
+    rows = rng.integers(0, 300, size=(600, 9))
+    rows[3, 4] = -1
+    got = _pair_scores(X, Q, rows, inner_product)
+    x64, q64 = X.astype(np.float64)[np.maximum(rows, 0)], Q.astype(np.float64)
+    if inner_product:
+        ref = np.einsum("ijk,ik->ij", x64, q64)
+    else:
+        ref = ((x64 - q64[:, None, :]) ** 2).sum(-1)
+    valid = rows >= 0
+    np.testing.assert_allclose(got[valid], ref[valid], rtol=1e-5, atol=1e-4)
+    # A query's values do not depend on the other queries of the call.
+    for part in (slice(0, 1), slice(5, 262), slice(599, 600)):
+        np.testing.assert_array_equal(
+            _pair_scores(X, Q[part], rows[part], inner_product), got[part]
+        )
