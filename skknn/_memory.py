@@ -221,11 +221,19 @@ class Memory:
             )
         return uniq
 
-    def remove(self, ids) -> None:
-        """Physically delete the rows with these ids (all must exist)."""
+    def remove(self, ids, retrain_index: bool = False) -> None:
+        """Physically delete the rows with these ids (all must exist).
+
+        ``retrain_index`` retrains an approximate index's trained parts (IVF
+        centroids, PQ/SQ codebooks) on the remaining rows; otherwise they are
+        kept and only the removed codes leave the index.
+        """
         uniq = self.check_removable(ids)
         if not uniq.size:
             return
+        check = getattr(self.engine, "check_remove", None)
+        if check is not None:
+            check(self.n_features, self._n - uniq.size, retrain_index)
         gone = np.isin(self.sample_ids, uniq)
         runs = _kept_runs(np.flatnonzero(gone), self._n)
         n_old, n_new = self._n, self._n - uniq.size
@@ -243,7 +251,9 @@ class Memory:
             self._X, self._y, self._ids, self._rel, self._excl = bufs
             self._n = n_new
             self._sorted = None
-        self.engine.remove(self.embeddings, self.sample_ids, uniq)
+        self.engine.remove(
+            self.embeddings, self.sample_ids, uniq, retrain=retrain_index
+        )
 
     def set_votes(self, reliability: np.ndarray | None = None, excluded=None) -> None:
         """Replace reliabilities and/or hard-pruning exclusions (aligned with rows)."""

@@ -15,7 +15,7 @@ have key -1. Distances follow the metric table :data:`METRICS`.
 
 from __future__ import annotations
 
-import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,7 +87,9 @@ class TorchExactEngine:
             new = torch.from_numpy(X_new).to(self.device)
             self._mirror = torch.cat([self._mirror, new])
 
-    def remove(self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed) -> None:
+    def remove(
+        self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed, retrain=False
+    ) -> None:
         self.build(X_kept, ids_kept)
 
     def search(self, X: np.ndarray, Q: np.ndarray, k: int):
@@ -175,7 +177,9 @@ class FaissFlatEngine:
         if self._gpu_index is not None:
             self._gpu_index.add(X_new)
 
-    def remove(self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed) -> None:
+    def remove(
+        self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed, retrain=False
+    ) -> None:
         self.build(X_kept, ids_kept)
 
     def search(self, X: np.ndarray, Q: np.ndarray, k: int):
@@ -198,8 +202,10 @@ class FaissIndexEngine:
 
     The index keeps its own codes (compressed for PQ/SQ, full vectors for
     ``IVF...,Flat`` and ``HNSW...``), trained on the memory at first build. Removal
-    uses the index's ``remove_ids`` where FAISS supports it, and otherwise rebuilds
-    the index from the remaining vectors, so removed vectors never stay in it.
+    with ``retrain=True`` trains a fresh index on the remaining vectors (centroids
+    and codebooks fitted with the removed vectors would still carry them);
+    otherwise it uses the index's ``remove_ids`` where FAISS supports it, or
+    rebuilds the codes on the kept trained parts. Removed vectors' codes never stay.
     """
 
     keys_are_ids = True
@@ -288,7 +294,41 @@ class FaissIndexEngine:
     def add(self, X_all: np.ndarray, X_new: np.ndarray, ids_new: np.ndarray) -> None:
         self.index.add_with_ids(X_new, ids_new)
 
-    def remove(self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed) -> None:
+    def _min_train_samples(self, d: int) -> int:
+        """0 when the index has no trained parts, else the fewest samples that can
+        train it (IVF: one per list)."""
+        index = self._new_index(d)
+        if index.is_trained:
+            return 0
+        ivf = self.faiss.try_extract_index_ivf(index)
+        return int(ivf.nlist) if ivf is not None else 1
+
+    def check_remove(self, d: int, n_kept: int, retrain: bool) -> None:
+        """Raise, before the memory changes, if retraining on what is kept fails."""
+        need = self._min_train_samples(d) if retrain else 0
+        if 0 < n_kept < need:
+            raise ValueError(
+                f"Retraining index={self.factory!r} after unlearning needs at least "
+                f"{need} remaining samples; {n_kept} would remain. Pass "
+                "retrain_index=False to keep the trained centroids instead."
+            )
+
+    def remove(
+        self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed, retrain=False
+    ) -> None:
+        if retrain and len(ids_kept) and self._min_train_samples(X_kept.shape[1]):
+            # A fresh index trained on what remains: centroids and codebooks
+            # fitted while the removed vectors were present would still carry them.
+            try:
+                self.build(X_kept, ids_kept)
+                return
+            except ValueError as exc:
+                warnings.warn(
+                    f"{exc} The trained parts of index={self.factory!r} were kept: "
+                    "they still reflect the unlearned samples.",
+                    UserWarning,
+                    stacklevel=4,
+                )
         cpu = self._cpu_index()
         removable = (
             cpu is self.index and self.faiss.try_extract_index_ivf(cpu) is not None
@@ -336,11 +376,3 @@ def make_engine(
     if engine == "flat":
         return FaissFlatEngine(metric, device)
     return FaissIndexEngine(metric, device, engine, index_params or {})
-
-
-def default_query_block(
-    n_memory: int, k: int, d: int, budget_bytes: float = 64e6
-) -> int:
-    """Queries per search call so that the per-block working set stays bounded."""
-    per_query = 4.0 * (k * (d + 4)) + 8.0 * k
-    return int(max(64, min(8192, math.floor(budget_bytes / max(per_query, 1.0)))))

@@ -294,20 +294,28 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
         return self.preprocessing is not None or self.metric == "cosine"
 
     # -- editing --------------------------------------------------------------
-    def unlearn(self, sample_ids):
+    def unlearn(self, sample_ids, retrain_index: bool = True):
         """Delete samples from the memory: they vote and appear nowhere again.
 
         Parameters
         ----------
         sample_ids : array-like of int
             Ids (as in :attr:`sample_ids_`) to remove; all must be in memory.
+        retrain_index : bool, default=True
+            For an approximate index with trained parts (the centroids of
+            ``"IVF..."``, the codebooks of PQ/SQ), train a fresh index on the
+            remaining samples: centroids fitted while the removed samples were
+            present would still carry a trace of them. The result equals a fresh
+            :meth:`fit` on what remains with the same ids. False keeps the trained
+            parts and only removes the codes (faster on large memories). Exact
+            engines and HNSW have nothing to retrain.
 
         Returns
         -------
         self : KNNVoter
         """
         check_is_fitted(self)
-        self.memory_.remove(np.asarray(sample_ids))
+        self.memory_.remove(np.asarray(sample_ids), retrain_index=bool(retrain_index))
         return self
 
     @property

@@ -275,6 +275,54 @@ def test_unlearn_then_save_leaves_no_bytes_of_removed_vectors(engine, tmp_path, 
     assert not any(b in pkl.read_bytes() for b in stored_bytes)
 
 
+@needs_faiss
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "IVF4,PQ4x4"])
+def test_unlearn_retrains_the_index_as_a_fresh_fit_would(factory, rng):
+    import faiss
+
+    # 1,600 samples: enough that PQ's 16-centroid codebooks train without warnings.
+    X = rng.normal(size=(1600, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 1600)
+    removed = np.arange(0, 1600, 4)
+    kept = np.setdiff1d(np.arange(1600), removed)
+
+    def index_bytes(est):
+        return est.memory_.engine.state()["faiss_index"].tobytes()
+
+    def centroids(est):
+        ivf = faiss.extract_index_ivf(est.memory_.engine.index)
+        return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+    est = KNNVoter(5, index=factory).fit(X, y)
+    before = centroids(est)
+    est.unlearn(removed)
+    fresh = KNNVoter(5, index=factory).fit(X[kept], y[kept], sample_ids=kept)
+    assert index_bytes(est) == index_bytes(fresh)
+    assert not np.array_equal(centroids(est), before)
+    np.testing.assert_array_equal(
+        est.kneighbors(X[:20])[1], fresh.kneighbors(X[:20])[1]
+    )
+
+    kept_parts = KNNVoter(5, index=factory).fit(X, y)
+    kept_parts.unlearn(removed, retrain_index=False)
+    np.testing.assert_array_equal(centroids(kept_parts), before)
+    assert kept_parts.memory_.n_samples == len(kept)
+
+
+@needs_faiss
+def test_unlearn_refuses_to_retrain_on_too_few_samples(rng):
+    X = rng.normal(size=(40, 8)).astype(np.float32)
+    est = KNNVoter(3, index="IVF16,Flat").fit(X, rng.integers(0, 2, 40))
+    ids = est.sample_ids_
+    with pytest.raises(ValueError, match="at least 16 remaining samples"):
+        est.unlearn(np.arange(30))
+    np.testing.assert_array_equal(est.sample_ids_, ids)  # nothing removed
+    est.unlearn(np.arange(30), retrain_index=False)
+    assert est.memory_.n_samples == 10
+    est.unlearn(est.sample_ids_)  # emptying the memory needs no training
+    assert est.memory_.n_samples == 0
+
+
 # -- explain, persistence, composition ------------------------------------------------
 def test_explain_reports_the_vote(blobs):
     X, y = blobs
