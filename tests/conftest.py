@@ -51,3 +51,10 @@ def digits():
     perm = gen.permutation(len(y))
     X, y = X[perm].astype(np.float32), y[perm]
     return X[:1200], y[:1200], X[1200:], y[1200:]
+
+
+@pytest.fixture
+def images():
+    """Five 32x32 RGB uint8 images (tiny-cnn's input size: no resizing)."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
