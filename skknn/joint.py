@@ -81,8 +81,11 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         The fitted memory.
     head_ : torch.nn.Module
         The trained head, on the CPU between calls.
-    knn_train_proba_ : ndarray of shape (n_samples,)
-        Leave-one-out ``p_kNN`` of the true class of each training sample.
+    knn_train_proba_ : ndarray of shape (n_samples,) or None
+        Leave-one-out ``p_kNN`` of the true class of each training sample. None
+        when the loss does not use it (``alpha=0`` with ``modulation="nll"``, plain
+        cross-entropy): the leave-one-out search of the memory, most of the fit's
+        time, is then skipped.
     loss_curve_ : list of float
         Mean training loss per epoch.
     validation_scores_ : list of float
@@ -240,7 +243,7 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         # A fresh clone's first partial_fit is its fit, with extra classes known.
         knn.partial_fit(X, y, classes=classes, sample_ids=sample_ids)
         codes = np.searchsorted(knn.classes_, y)
-        p_true = knn.loo_proba()[np.arange(len(y)), codes].astype(np.float32)
+        p_true = self._p_true(knn, codes) if self._uses_p_knn() else None
 
         gen = self._generator()
         train = np.arange(len(y))
@@ -261,7 +264,7 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
             head,
             X[train],
             codes[train],
-            p_true[train],
+            np.ones(len(train), np.float32) if p_true is None else p_true[train],
             **self._loss_kwargs(),
             base_lr=self.base_lr,
             batch_size=self._batch_size(len(train)),
@@ -342,8 +345,11 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         self._sync_head_classes(old)
         codes = np.searchsorted(self.classes_, y)
         rows = np.arange(n_before, n_before + len(y))
-        p_true = self.knn_.loo_proba(rows)[np.arange(len(y)), codes]
-        p_true = p_true.astype(np.float32)
+        tracked = self.knn_train_proba_ is not None
+        if tracked or self._uses_p_knn():
+            p_true = self._p_true(self.knn_, codes, rows)
+        else:
+            p_true = np.ones(len(y), np.float32)  # unused by plain cross-entropy
         gen = torch.Generator()
         gen.set_state(self._generator_state)
         batch_size = self._batch_size(len(self._X_train))
@@ -363,8 +369,17 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         )
         self._generator_state = gen.get_state()
         self.loss_curve_.append(loss)
-        self.knn_train_proba_ = np.concatenate([self.knn_train_proba_, p_true])
+        if tracked:
+            self.knn_train_proba_ = np.concatenate([self.knn_train_proba_, p_true])
         return self
+
+    def _uses_p_knn(self) -> bool:
+        return not (self.modulation == "nll" and self.alpha == 0)
+
+    @staticmethod
+    def _p_true(knn: KNNVoter, codes: np.ndarray, rows=None) -> np.ndarray:
+        """Leave-one-out ``p_kNN`` of each row's own class."""
+        return knn.loo_proba(rows)[np.arange(len(codes)), codes].astype(np.float32)
 
     def _sync_head_classes(self, old: np.ndarray) -> None:
         """Give the head an output per class of the grown ``knn_.classes_``."""
@@ -408,7 +423,8 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         else:
             self.knn_.unlearn(ids)
             self._X_train = self._X_train[keep]
-            self.knn_train_proba_ = self.knn_train_proba_[keep]
+            if self.knn_train_proba_ is not None:
+                self.knn_train_proba_ = self.knn_train_proba_[keep]
         return self
 
     # -- prediction -----------------------------------------------------------
@@ -507,7 +523,8 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         arrays = {"knn/" + k: v for k, v in knn_arrays.items()}
         arrays["head"] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
         arrays["X_train"] = self._X_train
-        arrays["knn_train_proba"] = self.knn_train_proba_
+        if self.knn_train_proba_ is not None:
+            arrays["knn_train_proba"] = self.knn_train_proba_
         arrays["generator_state"] = self._generator_state.numpy()
         meta = {
             "knn": knn_meta,
@@ -539,7 +556,7 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
             meta["device"], owner=type(self).__name__
         )
         self._X_train = arrays["X_train"]
-        self.knn_train_proba_ = arrays["knn_train_proba"]
+        self.knn_train_proba_ = arrays.get("knn_train_proba")
         self._generator_state = torch.from_numpy(arrays["generator_state"].copy())
         self.loss_curve_ = meta["loss_curve"]
         self.validation_scores_ = meta["validation_scores"]

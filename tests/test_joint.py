@@ -62,6 +62,42 @@ def test_training_proba_is_leave_one_out(blobs):
     assert clf.knn_train_proba_.min() < 1.0  # some samples are hard for the memory
 
 
+def test_plain_cross_entropy_skips_the_leave_one_out_search(
+    blobs, monkeypatch, tmp_path
+):
+    import skknn
+
+    X, y = blobs
+    # The reference: the same fit with p_kNN computed and handed to the loop.
+    monkeypatch.setattr(JointKNNClassifier, "_uses_p_knn", lambda self: True)
+    ref = small_joint(alpha=0.0).fit(X[:150], y[:150]).partial_fit(X[150:], y[150:])
+    assert ref.knn_train_proba_ is not None
+    monkeypatch.undo()
+
+    def no_loo(self, rows=None):
+        raise AssertionError("leave-one-out search with alpha=0")
+
+    monkeypatch.setattr(KNNVoter, "loo_proba", no_loo)
+    clf = small_joint(alpha=0.0).fit(X[:150], y[:150]).partial_fit(X[150:], y[150:])
+    assert clf.knn_train_proba_ is None
+    for (k, a), (_, b) in zip(
+        clf.head_.state_dict().items(), ref.head_.state_dict().items()
+    ):
+        assert torch.equal(a, b), k  # the weights ignore p_kNN when alpha=0
+    clf.save(tmp_path / "m.skknn")
+    loaded = skknn.load(tmp_path / "m.skknn")
+    assert loaded.knn_train_proba_ is None
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    loaded.unlearn([0, 1], retrain=False)
+    assert loaded.knn_train_proba_ is None
+    # A loss that uses p_kNN does search.
+    monkeypatch.undo()
+    assert (
+        small_joint(modulation="focal", alpha=0.0).fit(X, y).knn_train_proba_
+        is not None
+    )
+
+
 def test_fit_is_bit_for_bit_repeatable(blobs):
     X, y = blobs
     a = small_joint(random_state=3).fit(X, y)
