@@ -251,9 +251,10 @@ class Memory:
             self._X, self._y, self._ids, self._rel, self._excl = bufs
             self._n = n_new
             self._sorted = None
-        self.engine.remove(
-            self.embeddings, self.sample_ids, uniq, retrain=retrain_index
-        )
+            # Inside the guard: rows and index change together or not at all.
+            self.engine.remove(
+                self.embeddings, self.sample_ids, uniq, retrain=retrain_index
+            )
 
     def set_votes(self, reliability: np.ndarray | None = None, excluded=None) -> None:
         """Replace reliabilities and/or hard-pruning exclusions (aligned with rows)."""

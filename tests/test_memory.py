@@ -173,3 +173,27 @@ def test_pair_scores_match_float64_and_ignore_batching(
         np.testing.assert_array_equal(
             _pair_scores(X, Q[part], rows[part], inner_product), got[part]
         )
+
+
+def test_ctrl_c_during_removal_lands_after_rows_and_index_agree(monkeypatch):
+    import os
+    import signal
+
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 8)).astype(np.float32)
+    mem = make("IVF4,Flat", "sqeuclidean")
+    mem.add(X, np.zeros(300, np.int64), mem.new_ids(300))
+    real_remove = mem.engine.remove
+
+    def interrupted_remove(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the index is rebuilt
+        return real_remove(*args, **kwargs)
+
+    monkeypatch.setattr(mem.engine, "remove", interrupted_remove)
+    with pytest.raises(KeyboardInterrupt):
+        mem.remove(np.arange(0, 300, 3), retrain_index=True)
+    # The interrupt was held until both were done: nothing half-updated.
+    assert mem.n_samples == mem.engine.index.ntotal == 200
+    _, rows = mem.search(X[:20], 5)
+    assert not np.isin(mem.sample_ids[rows], np.arange(0, 300, 3)).any()
