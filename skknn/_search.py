@@ -219,6 +219,7 @@ class FaissIndexEngine:
         self.name = factory
         self.index = None
         self._res = None
+        self._min_train: tuple[int, int] | None = None
 
     # -- construction ---------------------------------------------------------
     def _new_index(self, d: int):
@@ -296,12 +297,13 @@ class FaissIndexEngine:
 
     def _min_train_samples(self, d: int) -> int:
         """0 when the index has no trained parts, else the fewest samples that can
-        train it (IVF: one per list)."""
-        index = self._new_index(d)
-        if index.is_trained:
-            return 0
-        ivf = self.faiss.try_extract_index_ivf(index)
-        return int(ivf.nlist) if ivf is not None else 1
+        train it (IVF: one per list). Depends on the factory string and ``d`` only."""
+        if self._min_train is None or self._min_train[0] != d:
+            index = self._new_index(d)
+            ivf = self.faiss.try_extract_index_ivf(index)
+            need = 0 if index.is_trained else int(ivf.nlist) if ivf is not None else 1
+            self._min_train = (d, need)
+        return self._min_train[1]
 
     def check_remove(self, d: int, n_kept: int, retrain: bool) -> None:
         """Raise, before the memory changes, if retraining on what is kept fails."""

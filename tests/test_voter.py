@@ -323,6 +323,26 @@ def test_unlearn_refuses_to_retrain_on_too_few_samples(rng):
     assert est.memory_.n_samples == 0
 
 
+@needs_faiss
+def test_unlearn_keeps_trained_parts_with_a_warning_when_retraining_fails(rng):
+    import faiss
+
+    # PQ4x8 codebooks have 256 centroids: 100 remaining samples cannot train them,
+    # which no check can tell before k-means runs.
+    X = rng.normal(size=(400, 16)).astype(np.float32)
+    est = KNNVoter(3, index="IVF2,PQ4x8").fit(X, rng.integers(0, 2, 400))
+    ivf = faiss.extract_index_ivf(est.memory_.engine.index)
+    before = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    with pytest.warns(UserWarning, match="trained parts .* were kept"):
+        est.unlearn(np.arange(300))
+    assert est.memory_.n_samples == est.memory_.engine.index.ntotal == 100
+    ivf = faiss.extract_index_ivf(est.memory_.engine.index)
+    np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, ivf.nlist), before)
+    assert np.isin(
+        est.kneighbors(X[:10], return_distance=False), np.arange(300, 400)
+    ).all()
+
+
 # -- explain, persistence, composition ------------------------------------------------
 def test_explain_reports_the_vote(blobs):
     X, y = blobs
