@@ -282,10 +282,15 @@ def test_verbose_shows_progress(capsys):
     assert "loss=" in capsys.readouterr().err
 
 
-def test_training_restores_thread_count():
+def test_training_restores_thread_count(monkeypatch):
     X, y = blobs(100, 4, 2)
     threads = torch.get_num_threads()
+    calls = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
     fit(X, y, max_epochs=1)
+    assert calls == []  # n_threads=None leaves torch's thread count to the user
+    monkeypatch.setattr(torch, "set_num_threads", real_set)
     fit(X, y, max_epochs=1, n_threads=1)
     assert torch.get_num_threads() == threads
     with pytest.raises(ValueError, match="n_threads"):
