@@ -32,7 +32,8 @@ def two_digit_mnist_embeddings(
     if path.exists():
         with np.load(path) as f:
             arrays = [f[k] for k in ("Xtr", "ytr", "Xte", "yte")]
-        return (*arrays, _describe(n_train, n_test, dim, float(np.load(path)["t"])))
+            seconds = float(f["t"])
+        return (*arrays, _describe(n_train, n_test, dim, seconds))
 
     from sklearn.decomposition import PCA
 
