@@ -72,10 +72,3 @@ def check_option(est, name: str, value, options: Iterable):
             f"{options}. Got {value!r} instead."
         )
     return value
-
-
-def check_finite_array(name: str, X: np.ndarray) -> None:
-    """Reject NaN and infinity with the array's name (validate_data's message names
-    no array when called outside ``fit``)."""
-    if X.size and not np.isfinite(X).all():
-        raise ValueError(f"Input {name} contains NaN or infinity.")
