@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_WEIGHT_DECAY",
     "MODULATIONS",
     "knn_weighted_loss",
+    "loss_uses_p_knn",
     "lr_at",
     "modulation_weights",
     "one_pass",
@@ -93,6 +94,12 @@ def _weighted_ce(
     return (weights * F.cross_entropy(logits, targets, reduction="none")).mean()
 
 
+def loss_uses_p_knn(*, alpha: float, modulation: str) -> bool:
+    """Whether JOINT's loss depends on ``p_kNN``: ``"nll"`` with ``alpha = 0``
+    multiplies every sample by exactly 1 (plain cross-entropy)."""
+    return not (modulation == "nll" and alpha == 0)
+
+
 def _loss_weights(
     p_knn: torch.Tensor,
     *,
@@ -101,9 +108,9 @@ def _loss_weights(
     gamma: float,
     sample_weight: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    # None is the plain-CE fast path: alpha = 0 with "nll" multiplies every sample
-    # by exactly 1, and torch's fused mean is then the exact answer.
-    if modulation == "nll" and alpha == 0 and sample_weight is None:
+    # None is the plain-CE fast path: torch's fused mean is then the exact answer.
+    plain = not loss_uses_p_knn(alpha=alpha, modulation=modulation)
+    if plain and sample_weight is None:
         return None
     weights = modulation_weights(p_knn, alpha=alpha, modulation=modulation, gamma=gamma)
     return weights if sample_weight is None else weights * sample_weight

@@ -374,7 +374,9 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _uses_p_knn(self) -> bool:
-        return not (self.modulation == "nll" and self.alpha == 0)
+        return _head_training.loss_uses_p_knn(
+            alpha=self.alpha, modulation=self.modulation
+        )
 
     @staticmethod
     def _p_true(knn: KNNVoter, codes: np.ndarray, rows=None) -> np.ndarray:
