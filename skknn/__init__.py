@@ -1,6 +1,9 @@
 """skknn: scikit-learn classifiers retrieving from an editable memory of embeddings."""
 
 from skknn._device import DeviceWarning
+from skknn._neighbors import Neighbors
+from skknn._protocols import SearchEngine, Store
+from skknn._store import VectorStore
 from skknn.features import TorchFeatureExtractor, available_models, register_model
 from skknn.io import load
 from skknn.joint import JointKNNClassifier
@@ -12,7 +15,11 @@ __all__ = [
     "JointKNNClassifier",
     "KNNVoter",
     "MemoryPruner",
+    "Neighbors",
+    "SearchEngine",
+    "Store",
     "TorchFeatureExtractor",
+    "VectorStore",
     "available_models",
     "load",
     "register_model",

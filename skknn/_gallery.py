@@ -19,7 +19,7 @@ CELL_PX = 160
 GALLERY_HEIGHT_PX = 230
 
 
-def _figure(width_px: int, height_px: int):
+def new_figure(width_px: int, height_px: int):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -86,7 +86,7 @@ def draw_gallery(
     """
     k = len(neighbor_images)
     width, height = (k + 1) * CELL_PX, GALLERY_HEIGHT_PX
-    fig = _figure(width, height)
+    fig = new_figure(width, height)
     axes = fig.subplots(1, k + 1, squeeze=False)[0]
     fig.subplots_adjust(left=0.01, right=0.99, top=0.70, bottom=0.02, wspace=0.08)
     _show(axes[0], query_image)
@@ -129,7 +129,7 @@ def plot_accuracy_by_k(
         returns it.
     title : str, default="Accuracy by k"
     """
-    fig = _figure(720, 460)
+    fig = new_figure(720, 460)
     ax = fig.subplots()
     for rule, acc in accuracy.items():
         ks = np.arange(1, len(acc) + 1)

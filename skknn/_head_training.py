@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from skknn._heads import Head, _check_positive_int
+from skknn._heads import Head, check_positive_int
 
 __all__ = [
     "DEFAULT_BASE_LR",
@@ -398,8 +398,8 @@ def train_head(
     """
     from tqdm.auto import tqdm
 
-    _check_positive_int(batch_size, "batch_size")
-    _check_positive_int(max_epochs, "max_epochs")
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(max_epochs, "max_epochs")
     if (X_val is None) != (y_val is None):
         raise ValueError("X_val and y_val must be given together.")
     head = head.to(device)
@@ -529,7 +529,7 @@ def one_pass(
     float
         Mean training loss over the pass.
     """
-    _check_positive_int(batch_size, "batch_size")
+    check_positive_int(batch_size, "batch_size")
     head = head.to(device)
     Xt, yt, pt, sw = _to_device(
         X, y, p_knn, sample_weight, head.n_classes, head.n_features, device

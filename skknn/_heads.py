@@ -126,7 +126,7 @@ class Head(nn.Module):
         return self.layers(self.standardize(x))
 
 
-def _check_positive_int(value: int, name: str) -> None:
+def check_positive_int(value: int, name: str) -> None:
     if int(value) != value or value < 1:
         raise ValueError(f"{name} must be a positive integer. Got {value!r} instead.")
 
@@ -214,10 +214,10 @@ def build_head(
     The standardisation is what lets one default learning rate fit standardised and
     unit-norm embeddings alike; the estimator should pass ``input_stats(X)``.
     """
-    _check_positive_int(n_features, "n_features")
-    _check_positive_int(n_classes, "n_classes")
+    check_positive_int(n_features, "n_features")
+    check_positive_int(n_classes, "n_classes")
     for h in hidden_layer_sizes:
-        _check_positive_int(h, "Each hidden layer size")
+        check_positive_int(h, "Each hidden layer size")
     bias = _prior_bias(prior_pi)
     head = Head(n_features, n_classes, hidden_layer_sizes)
     linears = [m for m in head.layers if isinstance(m, nn.Linear)]
@@ -389,7 +389,7 @@ def predict_logits(
     ndarray of shape (n_samples, n_classes)
         On the CPU, in ``dtype``.
     """
-    _check_positive_int(batch_size, "batch_size")
+    check_positive_int(batch_size, "batch_size")
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or X.shape[1] != head.n_features:
         raise ValueError(f"X must be (n_samples, {head.n_features}). Got {X.shape}.")

@@ -14,12 +14,18 @@ def fit_center(X: np.ndarray) -> np.ndarray:
 
 
 def preprocess_inplace(
-    X: np.ndarray, *, center: np.ndarray | None, normalize: bool
+    X: np.ndarray,
+    *,
+    center: np.ndarray | None,
+    normalize: bool,
+    norms_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Centre and/or L2-normalise the rows of a float32 array, in place.
 
     Works in chunks so no second full-size temporary is made; a zero row stays
-    zero (never divided by zero).
+    zero (never divided by zero). ``norms_out`` receives each centred row's
+    length before normalisation, so the raw row can be rebuilt as
+    ``row * norm + center``.
     """
     for s in range(0, X.shape[0], _CHUNK):
         block = X[s : s + _CHUNK]
@@ -27,6 +33,8 @@ def preprocess_inplace(
             block -= center
         if normalize:
             norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+            if norms_out is not None:
+                norms_out[s : s + _CHUNK] = norms
             norms[norms == 0] = 1.0
             block /= norms[:, None]
     return X

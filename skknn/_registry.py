@@ -67,6 +67,9 @@ class ModelSpec:
     embedding_method : str or None
         Method called instead of ``forward`` to get the embedding, e.g.
         ``"extract_features"``; ignored when ``embedding_layer`` is set.
+    accepts_rows : bool
+        Whether the model embeds 2-D tabular input (one vector per sample), not
+        only images; the extractor's sklearn tags say so.
     """
 
     name: str
@@ -76,12 +79,13 @@ class ModelSpec:
     std: tuple[float, ...] | None
     embedding_layer: str | None = None
     embedding_method: str | None = None
+    accepts_rows: bool = False
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def _as_size(value, what: str) -> tuple[int, int] | None:
+def as_size(value, what: str) -> tuple[int, int] | None:
     if value is None:
         return None
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
@@ -126,6 +130,7 @@ def register_model(
     std: Sequence[float] | None,
     embedding_layer: str | None = None,
     embedding_method: str | None = None,
+    accepts_rows: bool = False,
     overwrite: bool = False,
 ) -> None:
     """Register a backbone so that ``TorchFeatureExtractor(model=name)`` finds it.
@@ -152,6 +157,9 @@ def register_model(
     embedding_method : str, default=None
         Name of a module method returning the embedding (such as
         ``"extract_features"`` or timm's ``"forward_features"``); None: ``forward``.
+    accepts_rows : bool, default=False
+        True when the model also embeds 2-D input (one feature vector per
+        sample); image backbones do not.
     overwrite : bool, default=False
         Replace an existing registration instead of raising.
 
@@ -200,12 +208,23 @@ def register_model(
     _REGISTRY[name] = ModelSpec(
         name=name,
         factory=factory,
-        input_size=_as_size(input_size, "input_size"),
+        input_size=as_size(input_size, "input_size"),
         mean=mean_t,
         std=std_t,
         embedding_layer=embedding_layer,
         embedding_method=embedding_method,
+        accepts_rows=bool(accepts_rows),
     )
+
+
+def accepts_rows(model) -> bool:
+    """Whether ``model`` (a name, module or factory) takes 2-D input. Only
+    registered names are known not to; without looking, nothing is refused."""
+    if isinstance(model, str) and model.startswith(_PREFIXES):
+        return False  # torchvision / timm / hub backbones take images
+    if isinstance(model, str) and model in _REGISTRY:
+        return _REGISTRY[model].accepts_rows
+    return True
 
 
 def available_models() -> list[str]:
@@ -325,7 +344,9 @@ def _efficientnet_lite0() -> nn.Module:
     return model
 
 
-register_model("identity", _identity, input_size=None, mean=None, std=None)
+register_model(
+    "identity", _identity, input_size=None, mean=None, std=None, accepts_rows=True
+)
 register_model(
     "tiny-cnn", _tiny_cnn, input_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
 )
@@ -399,7 +420,7 @@ def _torchvision_spec(name: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         factory=functools.partial(_load_torchvision, arch),
-        input_size=_as_size(crop[0] if len(crop) == 1 else crop[-2:], "crop_size"),
+        input_size=as_size(crop[0] if len(crop) == 1 else crop[-2:], "crop_size"),
         mean=tuple(float(v) for v in preprocess.mean),
         std=tuple(float(v) for v in preprocess.std),
     )
@@ -463,7 +484,7 @@ def _timm_spec(name: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         factory=functools.partial(_load_timm, arch, path),
-        input_size=_as_size(tuple(cfg.input_size)[-2:], "input_size"),
+        input_size=as_size(tuple(cfg.input_size)[-2:], "input_size"),
         mean=tuple(float(v) for v in cfg.mean),
         std=tuple(float(v) for v in cfg.std),
     )

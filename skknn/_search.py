@@ -1,6 +1,6 @@
-"""Search engines behind :class:`~skknn._memory.Memory`.
+"""Search engines behind :class:`~skknn.VectorStore`.
 
-Two families, one interface (``build / add / remove / search``):
+Two families, one protocol (:class:`skknn.SearchEngine`):
 
 * :class:`TorchExactEngine`: blocked matrix product + running top-k in torch, on the
   CPU or a CUDA device ([VM] searched exactly this way, in blocks).
@@ -10,90 +10,86 @@ Two families, one interface (``build / add / remove / search``):
 
 Engines return *keys*: row positions in the memory (``keys_are_ids = False``) or
 sample ids (approximate indexes, which FAISS addresses by id). Missing neighbours
-have key -1. Distances follow the metric table :data:`METRICS`.
+have key -1. Distances follow :class:`~skknn._metric.Metric`, the one place that
+converts scores to distances.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from skknn._device import faiss_gpu_count, import_faiss
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """How one metric is searched: by largest inner product or smallest squared L2,
-    and how that score becomes the distance skknn reports."""
-
-    inner_product: bool
-    sqrt: bool = False
-
-    def to_distance(self, score: np.ndarray) -> np.ndarray:
-        if self.inner_product:
-            return 1.0 - score  # cosine distance on unit vectors
-        score = np.maximum(score, 0.0)  # the expansion can go slightly negative
-        return np.sqrt(score) if self.sqrt else score
-
-
-# One table for every sign and square-root convention (cosine vectors are unit
-# length by the time they reach an engine).
-METRICS = {
-    "cosine": MetricSpec(inner_product=True),
-    "sqeuclidean": MetricSpec(inner_product=False),
-    "euclidean": MetricSpec(inner_product=False, sqrt=True),
-}
-
-
-def _faiss_metric(faiss, spec: MetricSpec):
-    return faiss.METRIC_INNER_PRODUCT if spec.inner_product else faiss.METRIC_L2
+from skknn._device import DeviceWarning, faiss_gpu_count, import_faiss
+from skknn._metric import Metric
 
 
 class TorchExactEngine:
     """Exact search: query blocks x memory blocks, matrix product, running top-k.
 
-    On the CPU it reads the memory's array in place (no copy); on CUDA it mirrors
-    the memory on the device once and updates the mirror on add/remove.
+    On the CPU it reads the store's array in place (no copy); on CUDA it mirrors
+    the store on the device, with amortised headroom like the store's own
+    buffers, so ``partial_fit`` of a small batch does not copy the mirror.
     """
 
     keys_are_ids = False
-    name = "exact"
 
     def __init__(
         self,
-        metric: str,
+        metric: Metric,
         device: torch.device,
         query_block: int = 1024,
         db_block: int = 16384,
     ):
-        self.spec = METRICS[metric]
+        self.metric = metric
         self.device = torch.device(device)
         # 1024 x 16384 float32 scores = 64 MB per step: near-peak GEMM speed on
         # the CPU while the working set stays small beside the memory itself.
         self.query_block = query_block
         self.db_block = db_block
-        self._mirror: torch.Tensor | None = None
+        self._mirror: torch.Tensor | None = None  # device rows, with headroom
+        self._n = 0
 
     def build(self, X: np.ndarray, ids: np.ndarray) -> None:
-        self._mirror = None
+        mirror = None
         if self.device.type != "cpu":
-            self._mirror = torch.from_numpy(X).to(self.device)
+            cap = X.shape[0] + max(1024, X.shape[0] // 16)
+            mirror = torch.zeros((cap, X.shape[1]), device=self.device)
+            mirror[: X.shape[0]] = torch.from_numpy(np.ascontiguousarray(X))
+        self._mirror, self._n = mirror, X.shape[0]
 
-    def add(self, X_all: np.ndarray, X_new: np.ndarray, ids_new: np.ndarray) -> None:
-        if self._mirror is not None:
-            new = torch.from_numpy(X_new).to(self.device)
-            self._mirror = torch.cat([self._mirror, new])
+    def add(self, X_new: np.ndarray, ids_new: np.ndarray) -> None:
+        n, m = self._n, X_new.shape[0]
+        mirror = self._mirror
+        if mirror is not None:
+            if n + m > mirror.shape[0]:
+                grown = torch.zeros(
+                    (max(n + m, int(mirror.shape[0] * 1.5) + 16), mirror.shape[1]),
+                    device=self.device,
+                )
+                grown[:n] = mirror[:n]
+                mirror = grown
+            mirror[n : n + m] = torch.from_numpy(np.ascontiguousarray(X_new))
+        self._mirror, self._n = mirror, n + m
+
+    def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
+        return None  # nothing trained: any removal works
 
     def remove(
-        self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed, retrain=False
+        self,
+        X_kept: np.ndarray,
+        ids_kept: np.ndarray,
+        ids_removed: np.ndarray,
+        retrain: bool = False,
     ) -> None:
         self.build(X_kept, ids_kept)
 
     def search(self, X: np.ndarray, Q: np.ndarray, k: int):
-        db = self._mirror if self._mirror is not None else torch.from_numpy(X)
+        if self._mirror is not None:
+            db = self._mirror[: self._n]
+        else:
+            db = torch.from_numpy(X)
         parts = [
             self._search_block(db, Q[s : s + self.query_block], k)
             for s in range(0, Q.shape[0], self.query_block)
@@ -106,7 +102,7 @@ class TorchExactEngine:
         n = db.shape[0]
         q = torch.from_numpy(Q).to(self.device)
         best_s = best_i = None
-        largest = self.spec.inner_product
+        largest = self.metric.inner_product
         with torch.inference_mode():
             for start in range(0, n, self.db_block):
                 block = db[start : start + self.db_block]
@@ -130,7 +126,7 @@ class TorchExactEngine:
             if not largest:
                 best_s = best_s + q.pow(2).sum(1, keepdim=True)
         score = best_s.cpu().numpy()
-        return self.spec.to_distance(score), best_i.cpu().numpy().astype(np.int64)
+        return self.metric.to_distance(score), best_i.cpu().numpy().astype(np.int64)
 
     def state(self) -> dict:
         return {}
@@ -140,16 +136,15 @@ class TorchExactEngine:
 
 
 class FaissFlatEngine:
-    """Exact FAISS search over the memory's own array (``faiss.knn``): no index,
+    """Exact FAISS search over the store's own array (``faiss.knn``): no index,
     hence no second copy of the vectors on the host. With FAISS GPU support and a
-    CUDA device, a ``GpuIndexFlat`` mirrors the memory on the GPU instead."""
+    CUDA device, a ``GpuIndexFlat`` mirrors the store on the GPU instead."""
 
     keys_are_ids = False
-    name = "flat"
 
-    def __init__(self, metric: str, device: torch.device):
+    def __init__(self, metric: Metric, device: torch.device):
         self.faiss = import_faiss("index='flat'")
-        self.spec = METRICS[metric]
+        self.metric = metric
         self.device = torch.device(device)
         self._gpu_index = None
         self._res = None
@@ -158,7 +153,7 @@ class FaissFlatEngine:
         return self.device.type == "cuda" and faiss_gpu_count() > 0
 
     def build(self, X: np.ndarray, ids: np.ndarray) -> None:
-        self._gpu_index = None
+        gpu_index = None
         if self._use_gpu():
             faiss = self.faiss
             if self._res is None:
@@ -167,18 +162,26 @@ class FaissFlatEngine:
             cfg.device = self.device.index or 0
             cls = (
                 faiss.GpuIndexFlatIP
-                if self.spec.inner_product
+                if self.metric.inner_product
                 else faiss.GpuIndexFlatL2
             )
-            self._gpu_index = cls(self._res, X.shape[1], cfg)
-            self._gpu_index.add(X)
+            gpu_index = cls(self._res, X.shape[1], cfg)
+            gpu_index.add(X)
+        self._gpu_index = gpu_index
 
-    def add(self, X_all: np.ndarray, X_new: np.ndarray, ids_new: np.ndarray) -> None:
+    def add(self, X_new: np.ndarray, ids_new: np.ndarray) -> None:
         if self._gpu_index is not None:
             self._gpu_index.add(X_new)
 
+    def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
+        return None  # nothing trained: any removal works
+
     def remove(
-        self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed, retrain=False
+        self,
+        X_kept: np.ndarray,
+        ids_kept: np.ndarray,
+        ids_removed: np.ndarray,
+        retrain: bool = False,
     ) -> None:
         self.build(X_kept, ids_kept)
 
@@ -186,9 +189,9 @@ class FaissFlatEngine:
         if self._gpu_index is not None:
             score, keys = self._gpu_index.search(Q, k)
         else:
-            metric = _faiss_metric(self.faiss, self.spec)
-            score, keys = self.faiss.knn(Q, X, k, metric=metric)
-        return self.spec.to_distance(score), keys
+            faiss_metric = self.metric.faiss_metric(self.faiss)
+            score, keys = self.faiss.knn(Q, X, k, metric=faiss_metric)
+        return self.metric.to_distance(score), keys
 
     def state(self) -> dict:
         return {}
@@ -210,13 +213,14 @@ class FaissIndexEngine:
 
     keys_are_ids = True
 
-    def __init__(self, metric: str, device: torch.device, factory: str, params: dict):
+    def __init__(
+        self, metric: Metric, device: torch.device, factory: str, params: dict
+    ):
         self.faiss = import_faiss(f"index={factory!r}")
-        self.spec = METRICS[metric]
+        self.metric = metric
         self.device = torch.device(device)
         self.factory = factory
         self.params = dict(params or {})
-        self.name = factory
         self.index = None
         self._res = None
         self._min_train: tuple[int, int] | None = None
@@ -226,7 +230,7 @@ class FaissIndexEngine:
         faiss = self.faiss
         try:
             index = faiss.index_factory(
-                d, self.factory, _faiss_metric(faiss, self.spec)
+                d, self.factory, self.metric.faiss_metric(faiss)
             )
         except RuntimeError as exc:
             raise ValueError(
@@ -281,8 +285,19 @@ class FaissIndexEngine:
             self._res = faiss.StandardGpuResources()
         try:
             return faiss.index_cpu_to_gpu(self._res, self.device.index or 0, index)
-        except RuntimeError:
-            return index  # not every index type runs on the GPU (HNSW): stay on CPU
+        except RuntimeError as exc:
+            # Not every index type runs on the GPU (HNSW does not). Searching on
+            # the CPU still answers correctly, but far slower than the user
+            # expects on a GPU: say so, once per build, rather than hide it.
+            warnings.warn(
+                f"index={self.factory!r} cannot run on {self.device} in FAISS "
+                f"({str(exc).strip().splitlines()[-1]}); it searches on the CPU. "
+                "Pass device='cpu' to silence this, or pick a GPU-capable index "
+                "('flat', 'IVF...,Flat', 'IVF...,PQ...').",
+                DeviceWarning,
+                stacklevel=2,
+            )
+            return index
 
     def build(self, X: np.ndarray, ids: np.ndarray) -> None:
         index = self._new_index(X.shape[1])
@@ -292,7 +307,7 @@ class FaissIndexEngine:
         self._apply_params(index)
         self.index = index
 
-    def add(self, X_all: np.ndarray, X_new: np.ndarray, ids_new: np.ndarray) -> None:
+    def add(self, X_new: np.ndarray, ids_new: np.ndarray) -> None:
         self.index.add_with_ids(X_new, ids_new)
 
     def _min_train_samples(self, d: int) -> int:
@@ -305,9 +320,9 @@ class FaissIndexEngine:
             self._min_train = (d, need)
         return self._min_train[1]
 
-    def check_remove(self, d: int, n_kept: int, retrain: bool) -> None:
-        """Raise, before the memory changes, if retraining on what is kept fails."""
-        need = self._min_train_samples(d) if retrain else 0
+    def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
+        """Raise, before the store changes, if retraining on what is kept fails."""
+        need = self._min_train_samples(n_features) if retrain else 0
         if 0 < n_kept < need:
             raise ValueError(
                 f"Retraining index={self.factory!r} after unlearning needs at least "
@@ -356,7 +371,7 @@ class FaissIndexEngine:
 
     def search(self, X: np.ndarray, Q: np.ndarray, k: int):
         score, keys = self.index.search(Q, k)
-        return self.spec.to_distance(score), keys
+        return self.metric.to_distance(score), keys
 
     def state(self) -> dict:
         data = self.faiss.serialize_index(self._cpu_index())
@@ -370,7 +385,7 @@ class FaissIndexEngine:
 
 
 def make_engine(
-    engine: str, metric: str, device: torch.device, index_params: dict | None
+    engine: str, metric: Metric, device: torch.device, index_params: dict | None
 ):
     """The engine for a resolved name: "exact", "flat" or a factory string."""
     if engine == "exact":

@@ -7,7 +7,8 @@ few checks skknn needs are written here once.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -72,3 +73,25 @@ def check_option(est, name: str, value, options: Iterable):
             f"{options}. Got {value!r} instead."
         )
     return value
+
+
+_ABSENT = object()
+
+
+@contextmanager
+def restore_attributes_on_error(est, names: Iterable[str]) -> Iterator[None]:
+    """Put these attributes back as they were (or absent) if the block raises.
+
+    ``validate_data(reset=True)`` sets ``n_features_in_`` before later checks
+    (ids, labels) can fail; a failed ``fit`` must leave the estimator unchanged.
+    """
+    saved = {name: est.__dict__.get(name, _ABSENT) for name in names}
+    try:
+        yield
+    except BaseException:
+        for name, value in saved.items():
+            if value is _ABSENT:
+                est.__dict__.pop(name, None)
+            else:
+                est.__dict__[name] = value
+        raise

@@ -9,8 +9,11 @@ weight 0 and do not advance the rank counter.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+
+from skknn._neighbors import Neighbors
 
 VOTING_RULES = ("plurality", "distance", "softmax", "rank")
 
@@ -107,20 +110,15 @@ def neighbor_weights(
     return np.where(mask, weights, 0.0)
 
 
-def class_scores(
-    weights: np.ndarray,
-    labels: np.ndarray,
-    n_classes: int,
-    reliability: np.ndarray | None = None,
-) -> np.ndarray:
-    """Class scores ``s_c = sum_{i: y_i = c} w_i * r_i``, shape (n_queries, n_classes).
+def class_scores(weights: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class scores ``s_c = sum_{i: y_i = c} w_i``, shape (n_queries, n_classes).
 
-    ``labels`` are class indices; slots with zero weight may hold any index >= 0.
+    ``weights`` already include the reliabilities ``r_i``; ``labels`` are class
+    indices; slots with zero weight may hold any index >= 0.
     """
     n_queries = weights.shape[0]
-    w = weights if reliability is None else weights * reliability
     flat = (np.arange(n_queries)[:, None] * n_classes + labels).ravel()
-    scores = np.bincount(flat, weights=w.ravel(), minlength=n_queries * n_classes)
+    scores = np.bincount(flat, weights=weights.ravel(), minlength=n_queries * n_classes)
     return scores.reshape(n_queries, n_classes)
 
 
@@ -195,3 +193,63 @@ def accuracy_by_k(
         pred = predict_with_ties(scores, labels[:, : k + 1], mask[:, : k + 1])
         acc[k] = np.mean(pred == y_true)
     return acc
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The outcome of voting over one :class:`~skknn.Neighbors` record.
+
+    ``weights`` (n_queries, k): each neighbour's weight times its reliability (0
+    where it does not vote); ``mask``: the slots that vote; ``scores`` and
+    ``proba`` (n_queries, n_classes); ``winner``: the predicted class code per
+    query (ties by the nearest tied neighbour); ``classes``: the labels the codes
+    index.
+    """
+
+    weights: np.ndarray
+    mask: np.ndarray
+    scores: np.ndarray
+    proba: np.ndarray
+    winner: np.ndarray
+    classes: np.ndarray
+
+    @property
+    def prediction(self) -> np.ndarray:
+        return self.classes[self.winner]
+
+
+def record_mask(neighbors: Neighbors) -> np.ndarray:
+    """Voting mask of a record: present, not excluded (with the fallback)."""
+    excluded = neighbors.excluded if neighbors.excluded.any() else None
+    return voting_mask(neighbors.present, excluded)
+
+
+def vote(
+    neighbors: Neighbors,
+    voting: str | Callable,
+    *,
+    temperature: float = 0.07,
+    rank_offset: float = 2.0,
+    distance_power: float = 1.0,
+) -> Vote:
+    """Vote over retrieved neighbours (FORMULAS.md 3 and 5).
+
+    Weights by ``voting``, times reliabilities; hard-pruned neighbours do not
+    vote and ranks close up over them; probabilities are normalised scores and
+    ``argmax(proba)`` agrees with the tie rule.
+    """
+    mask = record_mask(neighbors)
+    weights = neighbor_weights(
+        neighbors.distances,
+        mask,
+        voting,
+        temperature=temperature,
+        rank_offset=rank_offset,
+        distance_power=distance_power,
+    )
+    weights = weights * neighbors.reliability
+    scores = class_scores(weights, neighbors.labels, len(neighbors.classes))
+    proba = scores_to_proba(scores)
+    winner = predict_with_ties(scores, neighbors.labels, mask)
+    align_proba_with_ties(proba, winner)
+    return Vote(weights, mask, scores, proba, winner, neighbors.classes)

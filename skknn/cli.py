@@ -64,9 +64,9 @@ def evaluate(args: argparse.Namespace) -> int:
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out must end in .csv or .json. Got {str(out)!r} instead.")
     if args.plot:
-        from skknn._gallery import _figure
+        from skknn._gallery import new_figure
 
-        _figure(10, 10)  # fails now, not after the search, without matplotlib
+        new_figure(10, 10)  # fails now, not after the search, without matplotlib
     X_mem, y_mem = load_embeddings(args.memory, label_column=args.label_column)
     X_q, y_q = load_embeddings(args.queries, label_column=args.label_column)
     if X_mem.shape[1] != X_q.shape[1]:
@@ -162,9 +162,9 @@ def explain(args: argparse.Namespace) -> int:
     DIR/<label>/<file>, embedded by EfficientNet-Lite0 at its own 224 px; the
     query is --query FILE, or image --query-index of DIR left out of memory.
     """
-    from skknn._gallery import _figure, draw_gallery
+    from skknn._gallery import draw_gallery, new_figure
 
-    _figure(10, 10)  # fail before embedding anything when matplotlib is missing
+    new_figure(10, 10)  # fail before embedding anything when matplotlib is missing
     set_threads(args.threads)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1. Got {args.k} instead.")

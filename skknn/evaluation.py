@@ -47,22 +47,16 @@ def voting_accuracy_by_k(
     """
     check_is_fitted(voter)
     y = np.asarray(y)
-    Q = voter._queries(X)
-    dist, rows = voter._search(Q, max_k)
-    mem = voter.memory_
-    present = rows >= 0
-    safe = np.maximum(rows, 0)
-    excluded = mem.excluded[safe] if mem.excluded.any() else None
-    mask = _voting.voting_mask(present, excluded)
-    labels = mem.labels[safe]
-    rel = mem.reliability[safe]
-    known = np.isin(y, voter.classes_)
+    nb = voter.neighbors(X, max_k)
+    mask = _voting.record_mask(nb)
+    classes = nb.classes
+    known = np.isin(y, classes)
     y_idx = np.full(y.shape, -1, dtype=np.int64)
-    y_idx[known] = np.searchsorted(voter.classes_, y[known])
+    y_idx[known] = np.searchsorted(classes, y[known])
     out = {}
     for voting in votings:
         weights = _voting.neighbor_weights(
-            dist,
+            nb.distances,
             mask,
             voting,
             temperature=voter.temperature,
@@ -70,6 +64,6 @@ def voting_accuracy_by_k(
             distance_power=voter.distance_power,
         )
         out[voting] = _voting.accuracy_by_k(
-            weights, labels, mask, y_idx, len(voter.classes_), reliability=rel
+            weights, nb.labels, mask, y_idx, len(classes), reliability=nb.reliability
         )
     return out

@@ -34,7 +34,8 @@ from skknn._image_pipeline import (
 )
 from skknn._registry import (
     ModelSpec,
-    _as_size,
+    accepts_rows,
+    as_size,
     available_models,
     get_model_spec,
     register_model,
@@ -213,7 +214,7 @@ class TorchFeatureExtractor(
                 f"Got {self.layer!r} instead."
             )
         check_option(self, "pooling", self.pooling, _POOLINGS)
-        image_size = _as_size(self.image_size, f"The 'image_size' parameter of {owner}")
+        image_size = as_size(self.image_size, f"The 'image_size' parameter of {owner}")
         check_int(self, "batch_size", self.batch_size, low=1)
         check_option(self, "dtype", self.dtype, list(_DTYPES))
         if not isinstance(self.progress, bool):
@@ -403,8 +404,10 @@ class TorchFeatureExtractor(
         tags = super().__sklearn_tags__()
         # Embeddings are float32 whatever the input dtype.
         tags.transformer_tags.preserves_dtype = ["float32"]
-        # (n, H, W) greyscale image batches are valid input.
+        # (n, H, W) greyscale image batches are valid input; 2-D rows only for
+        # models that embed vectors (sklearn skips its 2-D checks for the rest).
         tags.input_tags.three_d_array = True
+        tags.input_tags.two_d_array = accepts_rows(self.model)
         return tags
 
     # -- pickling -------------------------------------------------------------------

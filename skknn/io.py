@@ -20,27 +20,49 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = "skknn"
-VERSION = 1
+# 2: the memory is a self-contained store (classes, centre, vector lengths in it).
+# 1 (skknn 0.1) still loads.
+VERSION = 2
 _META = "skknn.json"
 
+# Estimator classes a file may name, by class name: filled by @register.
+_REGISTRY: dict[str, type] = {}
 
-def _classes() -> dict:
-    from skknn.voter import KNNVoter
 
-    classes = {"KNNVoter": KNNVoter}
-    try:
-        from skknn.joint import JointKNNClassifier
+def register(cls: type) -> type:
+    """Class decorator: let :func:`load` rebuild ``cls`` from a file.
 
-        classes["JointKNNClassifier"] = JointKNNClassifier
-    except ImportError:  # pragma: no cover - optional module during development
-        pass
-    try:
-        from skknn.pruning import MemoryPruner
+    The class implements ``__skknn_save__() -> (meta, arrays)`` (JSON-able
+    scalars, NumPy arrays) and ``__skknn_load__(meta, arrays, version)``; only
+    registered classes can be named in a file, so loading runs no foreign code.
+    """
+    _REGISTRY[cls.__name__] = cls
+    return cls
 
-        classes["MemoryPruner"] = MemoryPruner
-    except ImportError:  # pragma: no cover
-        pass
-    return classes
+
+def registered(name: str) -> type:
+    """The registered class of this name; ValueError for any other."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"{name!r} is not a skknn estimator that files can hold; known: "
+            f"{sorted(_REGISTRY)}."
+        )
+    return _REGISTRY[name]
+
+
+class Persistable:
+    """Mixin: ``save(path)`` for a registered estimator."""
+
+    def save(self, path) -> None:
+        """Write the fitted estimator to ``path`` safely: NumPy arrays + JSON in
+        one zip file, no pickle, replaced atomically. Read it back with
+        :func:`skknn.load`.
+
+        Parameters
+        ----------
+        path : str or path-like
+        """
+        save(self, path)
 
 
 # -- parameters as JSON -------------------------------------------------------
@@ -51,7 +73,7 @@ def params_to_json(est) -> dict:
     out = {}
     for name, value in est.get_params(deep=False).items():
         if isinstance(value, BaseEstimator):
-            if type(value).__name__ not in _classes():
+            if type(value).__name__ not in _REGISTRY:
                 raise TypeError(
                     f"save() can store skknn estimators only; parameter {name!r} is "
                     f"a {type(value).__name__}. Use joblib.dump for this model."
@@ -81,7 +103,7 @@ def params_from_json(params: dict) -> dict:
     out = {}
     for name, value in params.items():
         if isinstance(value, dict) and "__estimator__" in value:
-            cls = _classes()[value["__estimator__"]]
+            cls = registered(value["__estimator__"])
             value = cls(**params_from_json(value["params"]))
         elif isinstance(value, dict) and "__tuple__" in value:
             value = tuple(value["__tuple__"])
@@ -170,9 +192,9 @@ def read_archive(path) -> tuple[dict, dict]:
 def save(est, path) -> None:
     """Save a fitted skknn estimator to ``path`` (see module docstring)."""
     name = type(est).__name__
-    if name not in _classes():
+    if _REGISTRY.get(name) is not type(est):
         raise TypeError(f"save() supports skknn estimators; got {name}.")
-    state_meta, arrays = est._save_state()
+    state_meta, arrays = est.__skknn_save__()
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -206,9 +228,9 @@ def load(path):
     array([0])
     """
     meta, arrays = read_archive(path)
-    classes = _classes()
-    if meta.get("class") not in classes:
-        raise ValueError(f"{str(path)!r} holds an unknown class {meta.get('class')!r}.")
-    est = classes[meta["class"]](**params_from_json(meta["params"]))
-    est._load_state(meta["state"], arrays)
+    name = meta.get("class")
+    if name not in _REGISTRY:
+        raise ValueError(f"{str(path)!r} holds an unknown class {name!r}.")
+    est = _REGISTRY[name](**params_from_json(meta["params"]))
+    est.__skknn_load__(meta["state"], arrays, int(meta["version"]))
     return est

@@ -12,8 +12,10 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn import _head_training, _heads
-from skknn._device import resolve_device
+from skknn._device import device_after_unpickling, resolve_device
+from skknn._store import store_from_v1_state
 from skknn._validation import check_float, check_int, check_option
+from skknn.io import Persistable, params_from_json, params_to_json, register, subtree
 from skknn.voter import KNNVoter
 
 # partial_fit's single pass runs at this fraction of the peak learning rate: new
@@ -26,7 +28,8 @@ def _default_knn() -> KNNVoter:
     return KNNVoter(voting="softmax", preprocessing="center_l2")
 
 
-class JointKNNClassifier(ClassifierMixin, BaseEstimator):
+@register
+class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
     """A linear (or MLP) head trained with kNN guidance, interpolated with the kNN.
 
     Training follows [NN] (FORMULAS.md 4): the leave-one-out kNN probability of
@@ -57,7 +60,7 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
     max_epochs : int, default=30
     warmup_epochs : float, default=2
     momentum : float, default=0.9
-    weight_decay : float, default=1e-4
+    weight_decay : float, default=1e-3
         L2 penalty on weights, never on biases.
     validation_fraction : float, default=None
         Hold out this fraction of the training set for the head (stratified);
@@ -78,11 +81,14 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
     classes_ : ndarray of shape (n_classes,)
     n_features_in_ : int
     knn_ : KNNVoter
-        The fitted memory.
+        The fitted kNN.
+    memory_ : VectorStore
+        Its memory (``knn_.memory_``), what :class:`~skknn.MemoryPruner` prunes.
     head_ : torch.nn.Module
         The trained head, on the CPU between calls.
     knn_train_proba_ : ndarray of shape (n_samples,) or None
-        Leave-one-out ``p_kNN`` of the true class of each training sample. None
+        Leave-one-out ``p_kNN`` of the true class of each training sample
+        (aligned with ``knn_.sample_ids_`` after :meth:`unlearn`). None
         when the loss does not use it (``alpha=0`` with ``modulation="nll"``, plain
         cross-entropy): the leave-one-out search of the memory, most of the fit's
         time, is then skipped.
@@ -100,9 +106,10 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
 
     Notes
     -----
-    The estimator keeps its raw training inputs (aligned with the memory's
-    sample ids) so that :meth:`unlearn` can retrain exactly as a fresh fit on
-    what remains would, including the centre of ``preprocessing="center_l2"``.
+    The memory is the only copy of the training inputs: :meth:`unlearn` with
+    ``retrain=True`` asks it for the remaining samples' raw vectors (rebuilt from
+    the normalised vectors and their lengths, to float32 rounding) and refits
+    on them, the centre of ``preprocessing="center_l2"`` included.
 
     Examples
     --------
@@ -240,10 +247,12 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
             )
         device = resolve_device(self.device, owner=type(self).__name__)
         knn = clone(self.knn if self.knn is not None else _default_knn())
+        # KNNVoter's default ids, made explicit: p_kNN is looked up by id.
+        ids = np.arange(len(y)) if sample_ids is None else np.asarray(sample_ids)
         # A fresh clone's first partial_fit is its fit, with extra classes known.
-        knn.partial_fit(X, y, classes=classes, sample_ids=sample_ids)
+        knn.partial_fit(X, y, classes=classes, sample_ids=ids)
         codes = np.searchsorted(knn.classes_, y)
-        p_true = self._p_true(knn, codes) if self._uses_p_knn() else None
+        p_true = self._p_true(knn, codes, ids) if self._uses_p_knn() else None
 
         gen = self._generator()
         train = np.arange(len(y))
@@ -289,7 +298,7 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         self.validation_scores_ = list(result["val_scores"])
         self.best_epoch_ = int(result["best_epoch"])
         self.n_iter_ = int(result["n_epochs"])
-        self._X_train = X
+        self._train_ids = np.asarray(ids, dtype=np.int64)  # validated by the store
         self._generator_state = gen.get_state()
         return self
 
@@ -338,21 +347,22 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         self._check_params()
         X, y = validate_data(self, X, y, reset=False, dtype=np.float32)
         check_classification_targets(y)
-        n_before = self.knn_.memory_.n_samples
         old = self.classes_
-        self.knn_.partial_fit(X, y, classes=classes, sample_ids=sample_ids)
-        self._X_train = np.concatenate([self._X_train, X])
+        store = self.knn_.memory_
+        ids = store.next_ids(len(y)) if sample_ids is None else sample_ids
+        self.knn_.partial_fit(X, y, classes=classes, sample_ids=ids)
+        ids = np.asarray(ids, dtype=np.int64)
+        self._train_ids = np.concatenate([self._train_ids, ids])
         self._sync_head_classes(old)
         codes = np.searchsorted(self.classes_, y)
-        rows = np.arange(n_before, n_before + len(y))
         tracked = self.knn_train_proba_ is not None
         if tracked or self._uses_p_knn():
-            p_true = self._p_true(self.knn_, codes, rows)
+            p_true = self._p_true(self.knn_, codes, ids)
         else:
             p_true = np.ones(len(y), np.float32)  # unused by plain cross-entropy
         gen = torch.Generator()
         gen.set_state(self._generator_state)
-        batch_size = self._batch_size(len(self._X_train))
+        batch_size = self._batch_size(len(self._train_ids))
         lr = self.base_lr * batch_size / 256 * PARTIAL_FIT_LR_FACTOR
         loss = _head_training.one_pass(
             self.head_,
@@ -379,9 +389,9 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         )
 
     @staticmethod
-    def _p_true(knn: KNNVoter, codes: np.ndarray, rows=None) -> np.ndarray:
-        """Leave-one-out ``p_kNN`` of each row's own class."""
-        return knn.loo_proba(rows)[np.arange(len(codes)), codes].astype(np.float32)
+    def _p_true(knn: KNNVoter, codes: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Leave-one-out ``p_kNN`` of each sample's own class (``codes``)."""
+        return knn.loo_proba(ids)[np.arange(len(codes)), codes].astype(np.float32)
 
     def _sync_head_classes(self, old: np.ndarray) -> None:
         """Give the head an output per class of the grown ``knn_.classes_``."""
@@ -395,7 +405,11 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
             self._generator_state = gen.get_state()
         self.classes_ = new
 
-    def unlearn(self, sample_ids, retrain: bool = True):
+    @property
+    def memory_(self):
+        return self.knn_.memory_
+
+    def unlearn(self, sample_ids, retrain: bool = True, retrain_index: bool = True):
         """Remove samples from the memory and, by default, from the head.
 
         Parameters
@@ -409,22 +423,27 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
             centre, the leave-one-out ``p_kNN``; a class left without samples
             disappears, as it would from a fresh fit). With False only the
             memory forgets: the head still carries what it learnt from them.
+        retrain_index : bool, default=True
+            With ``retrain=False``: see :meth:`KNNVoter.unlearn` (a retrained
+            JOINT builds a fresh index anyway).
 
         Returns
         -------
         self : JointKNNClassifier
         """
         check_is_fitted(self)
-        ids = np.asarray(sample_ids)
-        mem = self.knn_.memory_
-        keep = ~np.isin(mem.sample_ids, ids)
+        store = self.knn_.memory_
+        removed = store.check_removable(sample_ids)
+        keep = ~np.isin(self._train_ids, removed)
         if retrain:
-            mem.check_removable(ids)
-            X, y = self._X_train[keep], self.classes_[mem.labels[keep]]
-            self.fit(X, y, sample_ids=mem.sample_ids[keep])
+            # The memory is the one copy of the training set: refit on what it
+            # keeps, in training order.
+            kept_ids = self._train_ids[keep]
+            data = store.get(kept_ids)
+            self.fit(data.X, data.labels, sample_ids=kept_ids)
         else:
-            self.knn_.unlearn(ids)
-            self._X_train = self._X_train[keep]
+            self.knn_.unlearn(removed, retrain_index=retrain_index)
+            self._train_ids = self._train_ids[keep]
             if self.knn_train_proba_ is not None:
                 self.knn_train_proba_ = self.knn_train_proba_[keep]
         return self
@@ -508,29 +527,20 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         return ex
 
     # -- persistence ----------------------------------------------------------
-    def save(self, path) -> None:
-        """Safe save (NumPy + JSON, head weights as a ``weights_only`` torch file):
-        see :func:`skknn.load`."""
-        from skknn import io
-
-        io.save(self, path)
-
-    def _save_state(self) -> tuple[dict, dict]:
-        from skknn import io
-
+    def __skknn_save__(self) -> tuple[dict, dict]:
         check_is_fitted(self)
-        knn_meta, knn_arrays = self.knn_._save_state()
+        knn_meta, knn_arrays = self.knn_.__skknn_save__()
         buf = _io.BytesIO()
         torch.save(self.head_.state_dict(), buf)
         arrays = {"knn/" + k: v for k, v in knn_arrays.items()}
         arrays["head"] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
-        arrays["X_train"] = self._X_train
+        arrays["train_ids"] = self._train_ids
         if self.knn_train_proba_ is not None:
             arrays["knn_train_proba"] = self.knn_train_proba_
         arrays["generator_state"] = self._generator_state.numpy()
         meta = {
             "knn": knn_meta,
-            "knn_params": io.params_to_json(self.knn_),
+            "knn_params": params_to_json(self.knn_),
             "device": str(self.device_),
             "loss_curve": [float(v) for v in self.loss_curve_],
             "validation_scores": [float(v) for v in self.validation_scores_],
@@ -539,12 +549,21 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         }
         return meta, arrays
 
-    def _load_state(self, meta: dict, arrays: dict) -> None:
-        from skknn import io
-        from skknn._device import device_after_unpickling
-
-        knn = KNNVoter(**io.params_from_json(meta["knn_params"]))
-        knn._load_state(meta["knn"], io.subtree(arrays, "knn/"))
+    def __skknn_load__(self, meta: dict, arrays: dict, version: int) -> None:
+        knn = KNNVoter(**params_from_json(meta["knn_params"]))
+        knn.__skknn_load__(meta["knn"], subtree(arrays, "knn/"), version)
+        if version < 2:
+            # skknn 0.1 kept the raw training inputs beside the memory (rows
+            # aligned): they give the vector lengths the store now keeps.
+            knn.memory_ = store_from_v1_state(
+                meta["knn"]["memory"],
+                subtree(arrays, "knn/memory/"),
+                preprocessing=knn.memory_.preprocessing,
+                classes=knn.memory_.classes,
+                mean=knn.memory_.mean,
+                device=knn.memory_.device,
+                raw=arrays["X_train"],
+            )
         state = torch.load(
             _io.BytesIO(arrays["head"].tobytes()), map_location="cpu", weights_only=True
         )
@@ -557,7 +576,7 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         self.device_ = device_after_unpickling(
             meta["device"], owner=type(self).__name__
         )
-        self._X_train = arrays["X_train"]
+        self._train_ids = arrays.get("train_ids", knn.sample_ids_)
         self.knn_train_proba_ = arrays.get("knn_train_proba")
         self._generator_state = torch.from_numpy(arrays["generator_state"].copy())
         self.loss_curve_ = meta["loss_curve"]
@@ -566,8 +585,6 @@ class JointKNNClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = meta["n_iter"]
 
     def __setstate__(self, state):
-        from skknn._device import device_after_unpickling
-
         super().__setstate__(state)
         if "device_" in self.__dict__:
             self.device_ = device_after_unpickling(

@@ -23,11 +23,22 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from skknn._protocols import Store
 from skknn._validation import check_float, check_int, check_option
 from skknn._wrong_decisions import (
+    IdPositions,
     count_wrong_decisions,
     soft_reliability,
-    within_radius,
+)
+from skknn.io import (
+    Persistable,
+    labels_from_json,
+    labels_to_json,
+    params_from_json,
+    params_to_json,
+    register,
+    registered,
+    subtree,
 )
 from skknn.voter import KNNVoter
 
@@ -45,7 +56,8 @@ MODES = ("soft", "hard")
 DEFAULT_N_NEIGHBORS = {"hard": 100, "soft": 10}
 
 
-class MemoryPruner(ClassifierMixin, BaseEstimator):
+@register
+class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
     """Hard or soft pruning of a kNN memory by leave-one-out wrong decisions.
 
     Wraps an estimator that has a memory (a :class:`~skknn.KNNVoter`, or a
@@ -113,9 +125,11 @@ class MemoryPruner(ClassifierMixin, BaseEstimator):
     :meth:`unlearn` equal those of a fresh fit on the resulting memory. With an
     approximate index they follow what the index retrieves, and an HNSW graph
     that changes as samples are added may make them drift slightly from a refit.
-    A :class:`~skknn.JointKNNClassifier` that retrains on :meth:`unlearn` builds
-    a new memory, which is then counted afresh; so is a memory edited behind the
-    pruner's back, or counted with another ``n_neighbors``.
+    The pruner follows the memory through its public surface only: it keeps
+    the memory's ``(uid, version)`` after its own edits, and a memory edited
+    behind its back (another version), replaced (a
+    :class:`~skknn.JointKNNClassifier` that retrains on :meth:`unlearn` builds a
+    new one) or counted with another ``n_neighbors`` is counted afresh.
 
     Counting costs one leave-one-out search of the memory, ``m + 2`` neighbours
     per query. :meth:`partial_fit` of ``b`` samples costs a ``b``-query search,
@@ -193,14 +207,14 @@ class MemoryPruner(ClassifierMixin, BaseEstimator):
         return KNNVoter() if self.estimator is None else clone(self.estimator)
 
     @staticmethod
-    def _voter(est):
-        voter = getattr(est, "knn_", est)
-        if not hasattr(voter, "memory_"):
+    def _store(est) -> Store:
+        store = getattr(est, "memory_", None)
+        if not isinstance(store, Store):
             raise TypeError(
                 "MemoryPruner needs an estimator with a kNN memory (KNNVoter, "
                 f"JointKNNClassifier); the fitted {type(est).__name__} has none."
             )
-        return voter
+        return store
 
     def _require(self, est, method: str) -> None:
         if not hasattr(est, method):
@@ -270,48 +284,40 @@ class MemoryPruner(ClassifierMixin, BaseEstimator):
 
         est = self.estimator_
         self._require(est, "partial_fit")
-        voter = self._voter(est)
-        memory = voter.memory_
+        store = self._store(est)
         m = self._m()
-        n_old = memory.n_samples
-        in_sync = self._in_sync(memory) and m == self.n_neighbors_
+        in_sync = self._in_sync(store) and m == self.n_neighbors_
         if in_sync:
             # Queries whose lists the new samples enter: remove their old votes
             # now, while the memory still holds their old lists.
-            new_vectors = voter._queries(X)
-            affected = np.flatnonzero(
-                within_radius(memory, None, self._radii, new_vectors, self.batch_size)
-            )
-            counts = self.wrong_counts_ - self._count(memory, m, affected)[0]
+            near = store.within_radius(self._ids, self._radii, X=X)
+            affected = self._ids[near]
+            counts = self.wrong_counts_ - self._count(store, m, affected)[0]
         est.partial_fit(X, y, **kwargs)
-        new_voter = self._voter(est)
-        if not (
-            in_sync
-            and new_voter is voter
-            and new_voter.memory_ is memory
-            and np.array_equal(memory.sample_ids[:n_old], self._ids)
-        ):
+        if not (in_sync and self._edited_once(est, store)):
             logger.debug("memory changed outside MemoryPruner: counting afresh")
             self._publish_recount(est)
             return self
-        n_new = memory.n_samples
-        counts = np.concatenate([counts, np.zeros(n_new - n_old, np.int64)])
+        all_ids = store.ids()
+        new_ids = all_ids[~np.isin(all_ids, self._ids)]
+        ids = np.concatenate([self._ids, new_ids])
+        counts = np.concatenate([counts, np.zeros(len(new_ids), np.int64)])
         radii = np.concatenate(
-            [self._radii, np.full(n_new - n_old, np.inf, dtype=np.float32)]
+            [self._radii, np.full(len(new_ids), np.inf, dtype=np.float32)]
         )
-        rows = np.concatenate([affected, np.arange(n_old, n_new)])
-        delta, rows_radii = self._count(memory, m, rows)
+        queries = np.concatenate([affected, new_ids])
+        delta, query_radii = self._count(store, m, queries, ids)
         counts += delta
-        radii[rows] = rows_radii
+        radii[IdPositions(ids)(queries)] = query_radii
         logger.debug(
             "partial_fit: %d new samples, %d old queries re-searched",
-            n_new - n_old,
+            len(new_ids),
             affected.size,
         )
-        self._publish(est, counts, radii)
+        self._publish(est, ids, counts, radii)
         return self
 
-    def unlearn(self, sample_ids):
+    def unlearn(self, sample_ids, *, retrain=None, retrain_index=None):
         """Remove samples from the memory and their part in everyone's counts.
 
         Their own queries' wrong decisions are withdrawn, and memory samples
@@ -323,6 +329,12 @@ class MemoryPruner(ClassifierMixin, BaseEstimator):
         ----------
         sample_ids : array-like of int
             Ids (as in :attr:`sample_ids_`) to remove; all must be in memory.
+        retrain : bool, default=None
+            Passed to the estimator's ``unlearn`` when given
+            (:meth:`JointKNNClassifier.unlearn`).
+        retrain_index : bool, default=None
+            Passed to the estimator's ``unlearn`` when given
+            (:meth:`KNNVoter.unlearn`).
 
         Returns
         -------
@@ -332,79 +344,84 @@ class MemoryPruner(ClassifierMixin, BaseEstimator):
         self._check_params()
         est = self.estimator_
         self._require(est, "unlearn")
-        voter = self._voter(est)
-        memory = voter.memory_
-        ids = memory.check_removable(sample_ids)
+        store = self._store(est)
+        removed = store.check_removable(sample_ids)
+        options = {
+            name: value
+            for name, value in (("retrain", retrain), ("retrain_index", retrain_index))
+            if value is not None
+        }
         m = self._m()
-        in_sync = self._in_sync(memory) and m == self.n_neighbors_
+        in_sync = self._in_sync(store) and m == self.n_neighbors_
         if in_sync:
-            gone = np.isin(memory.sample_ids, ids)
-            gone_rows, kept_rows = np.flatnonzero(gone), np.flatnonzero(~gone)
-            near = within_radius(
-                memory,
-                kept_rows,
-                self._radii[kept_rows],
-                memory.embeddings[gone_rows],
-                self.batch_size,
-            )
-            affected_ids = memory.sample_ids[kept_rows[near]]
-            rows = np.concatenate([kept_rows[near], gone_rows])
-            counts = self.wrong_counts_ - self._count(memory, m, rows)[0]
-        est.unlearn(ids)
-        new_voter = self._voter(est)
-        if not (
-            in_sync
-            and new_voter is voter
-            and new_voter.memory_ is memory
-            and np.array_equal(memory.sample_ids, self._ids[~gone])
-        ):
+            gone = np.isin(self._ids, removed)
+            kept_ids = self._ids[~gone]
+            near = store.within_radius(kept_ids, self._radii[~gone], ids=removed)
+            affected = kept_ids[near]
+            queries = np.concatenate([affected, removed])
+            counts = self.wrong_counts_ - self._count(store, m, queries)[0]
+        est.unlearn(removed, **options)
+        if not (in_sync and self._edited_once(est, store)):
             logger.debug("memory rebuilt by the estimator: counting afresh")
             self._publish_recount(est)
             return self
         counts, radii = counts[~gone], self._radii[~gone]
-        rows = memory.rows_of(affected_ids)
-        delta, rows_radii = self._count(memory, m, rows)
+        delta, query_radii = self._count(store, m, affected, kept_ids)
         counts += delta
-        radii[rows] = rows_radii
-        if memory.n_samples < 2:
+        radii[IdPositions(kept_ids)(affected)] = query_radii
+        if store.n_samples < 2:
             radii[:] = np.inf
-        self._publish(est, counts, radii)
+        self._publish(est, kept_ids, counts, radii)
         return self
 
     # -- counting -------------------------------------------------------------
-    def _count(self, memory, m: int, rows=None):
-        """Wrong decisions charged by the queries ``rows`` and their radii."""
-        n_rows = memory.n_samples if rows is None else len(rows)
+    def _count(self, store, m: int, query_ids=None, sample_ids=None):
+        """Wrong decisions charged by ``query_ids`` (all if None), in the order
+        of ``sample_ids`` (the pruner's own ids if None), and the queries' radii."""
+        n_queries = store.n_samples if query_ids is None else len(query_ids)
         progress = None
-        if self.verbose and n_rows > self.batch_size:
+        if self.verbose and n_queries > self.batch_size:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=n_rows, desc="MemoryPruner", unit="query")
+            progress = tqdm(total=n_queries, desc="MemoryPruner", unit="query")
         try:
             return count_wrong_decisions(
-                memory, m, rows=rows, block_size=self.batch_size, progress=progress
+                store,
+                m,
+                query_ids,
+                sample_ids=self._ids if sample_ids is None else sample_ids,
+                batch_size=self.batch_size,
+                progress=progress,
             )
         finally:
             if progress is not None:
                 progress.close()
 
-    def _in_sync(self, memory) -> bool:
-        return memory.n_samples == len(self._ids) and np.array_equal(
-            memory.sample_ids, self._ids
+    def _in_sync(self, store) -> bool:
+        """The memory is in the state the pruner last left it in."""
+        return (store.uid, store.version) == self._store_version
+
+    def _edited_once(self, est, store) -> bool:
+        """The estimator's edit was the one edit of the memory we counted for."""
+        now = self._store(est)
+        return now is store and (store.uid, store.version) == (
+            self._store_version[0],
+            self._store_version[1] + 1,
         )
 
     def _publish_recount(self, est) -> None:
-        memory = self._voter(est).memory_
-        m = self._m()
-        counts, radii = self._count(memory, m)
-        self._publish(est, counts, radii)
+        store = self._store(est)
+        ids = store.ids()
+        counts, radii = self._count(store, self._m(), None, ids)
+        self._publish(est, ids, counts, radii)
 
-    def _publish(self, est, counts: np.ndarray, radii: np.ndarray) -> None:
+    def _publish(self, est, ids, counts: np.ndarray, radii: np.ndarray) -> None:
         """Apply the pruning rule to the memory, then expose the fitted state."""
+        store = self._store(est)
         if np.any(counts < 0):  # cannot happen with exact search: a safety net
             logger.warning("negative wrong-decision counts; counting afresh")
-            counts, radii = self._count(self._voter(est).memory_, self._m())
-        memory = self._voter(est).memory_
+            ids = store.ids()
+            counts, radii = self._count(store, self._m(), None, ids)
         if self.mode == "hard":
             reliability = np.ones(counts.shape[0])
             excluded = counts >= self.threshold
@@ -413,15 +430,17 @@ class MemoryPruner(ClassifierMixin, BaseEstimator):
             reliability = soft_reliability(counts, self.reliability_scale)
             excluded = np.zeros(counts.shape[0], dtype=bool)
             pruned = reliability < 1.0
-        memory.set_votes(reliability=reliability, excluded=excluded)
+        store.set_reliability(ids, reliability)
+        store.set_excluded(ids, excluded)
         self.estimator_ = est
         self.classes_ = est.classes_
         self.n_neighbors_ = self._m()
         self.wrong_counts_ = counts
         self.reliability_ = reliability
-        self.pruned_ids_ = memory.sample_ids[pruned].copy()
-        self._ids = memory.sample_ids.copy()
+        self.pruned_ids_ = ids[pruned].copy()
+        self._ids = ids
         self._radii = radii
+        self._store_version = (store.uid, store.version)
 
     @property
     def sample_ids_(self) -> np.ndarray:
@@ -517,25 +536,17 @@ class MemoryPruner(ClassifierMixin, BaseEstimator):
         return self.estimator_.explain(X)
 
     # -- persistence ----------------------------------------------------------
-    def save(self, path) -> None:
-        """Write the fitted pruner to ``path`` safely (NumPy arrays + JSON, no
-        pickle); read it back with :func:`skknn.load`."""
-        from skknn import io
-
-        io.save(self, path)
-
-    def _save_state(self) -> tuple[dict, dict]:
-        from skknn import io
-
+    def __skknn_save__(self) -> tuple[dict, dict]:
         check_is_fitted(self)
-        est_meta, est_arrays = self.estimator_._save_state()
+        est_meta, est_arrays = self.estimator_.__skknn_save__()
         meta = {
             "estimator_class": type(self.estimator_).__name__,
-            "estimator_params": io.params_to_json(self.estimator_),
+            "estimator_params": params_to_json(self.estimator_),
             "estimator": est_meta,
-            "classes": io.labels_to_json(self.classes_),
+            "classes": labels_to_json(self.classes_),
             "n_features_in": int(self.n_features_in_),
             "n_neighbors": int(self.n_neighbors_),
+            "store_version": list(self._store_version),
         }
         if hasattr(self, "feature_names_in_"):
             meta["feature_names_in"] = [str(f) for f in self.feature_names_in_]
@@ -549,17 +560,12 @@ class MemoryPruner(ClassifierMixin, BaseEstimator):
         )
         return meta, arrays
 
-    def _load_state(self, meta: dict, arrays: dict) -> None:
-        from skknn import io
-
-        classes = io._classes()
-        name = meta["estimator_class"]
-        if name not in classes:
-            raise ValueError(f"The saved MemoryPruner wraps an unknown class {name!r}.")
-        est = classes[name](**io.params_from_json(meta["estimator_params"]))
-        est._load_state(meta["estimator"], io.subtree(arrays, "estimator/"))
+    def __skknn_load__(self, meta: dict, arrays: dict, version: int) -> None:
+        cls = registered(meta["estimator_class"])
+        est = cls(**params_from_json(meta["estimator_params"]))
+        est.__skknn_load__(meta["estimator"], subtree(arrays, "estimator/"), version)
         self.estimator_ = est
-        self.classes_ = io.labels_from_json(meta["classes"])
+        self.classes_ = labels_from_json(meta["classes"])
         self.n_features_in_ = meta["n_features_in"]
         if "feature_names_in" in meta:
             self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
@@ -569,6 +575,12 @@ class MemoryPruner(ClassifierMixin, BaseEstimator):
         self.pruned_ids_ = arrays["pruned_ids"]
         self._ids = arrays["sample_ids"]
         self._radii = arrays["radii"]
+        store = self._store(est)
+        # A file of skknn 0.1 has no version: its memory is as the pruner left it.
+        saved = meta.get("store_version")
+        self._store_version = (
+            (store.uid, store.version) if saved is None else tuple(saved)
+        )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -12,17 +12,29 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn import _voting
-from skknn._device import faiss_available, faiss_gpu_count, resolve_device
-from skknn._labels import check_label_kind, encode, merge_classes
-from skknn._memory import Memory
-from skknn._preprocessing import PREPROCESSING, fit_center, preprocess_inplace
-from skknn._search import METRICS
-from skknn._validation import check_float, check_int, check_option
+from skknn._device import (
+    device_after_unpickling,
+    faiss_available,
+    faiss_gpu_count,
+    resolve_device,
+)
+from skknn._metric import METRICS
+from skknn._neighbors import Neighbors
+from skknn._preprocessing import PREPROCESSING
+from skknn._store import VectorStore, store_from_v1_state
+from skknn._validation import (
+    check_float,
+    check_int,
+    check_option,
+    restore_attributes_on_error,
+)
+from skknn.io import Persistable, labels_from_json, register, subtree
 
 logger = logging.getLogger(__name__)
 
 
-class KNNVoter(ClassifierMixin, BaseEstimator):
+@register
+class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     """Classify by voting among nearest neighbours in an explicit memory.
 
     The memory holds embeddings, labels, stable sample ids and reliability
@@ -77,10 +89,11 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
         Embedding width.
     sample_ids_ : ndarray of shape (n_samples,)
         Stable int64 ids of the memory's samples, in memory order.
-    memory_ : Memory
-        The memory (embeddings after pre-processing, labels, ids, reliabilities).
+    memory_ : VectorStore
+        The memory: pre-processed embeddings, labels, ids, reliabilities; every
+        search of it returns a :class:`~skknn.Neighbors` record.
     mean_ : ndarray of shape (n_features,) or None
-        Centre used by ``preprocessing="center_l2"``.
+        Centre used by ``preprocessing="center_l2"`` (held by the memory).
     engine_ : str
         The search engine ``index`` resolved to.
     device_ : torch.device
@@ -200,7 +213,7 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
         y : array-like of shape (n_samples,)
             Labels.
         sample_ids : array-like of shape (n_samples,), default=None
-            Unique int ids; default ``0 .. n_samples - 1``.
+            Unique int ids ``>= 0``; default ``0 .. n_samples - 1``.
 
         Returns
         -------
@@ -222,8 +235,8 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
         classes : array-like, default=None
             Labels to know even before any of their samples arrive.
         sample_ids : array-like of shape (n_samples,), default=None
-            Unique int ids not yet used; default: fresh ids after the largest
-            ever issued.
+            Unique int ids ``>= 0`` not yet used; default: fresh ids after the
+            largest ever issued.
 
         Returns
         -------
@@ -242,56 +255,28 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
                 "metric, preprocessing, index and index_params cannot change after "
                 f"fit (fitted with {self._fitted_config_}); call fit to rebuild."
             )
-        X, y = validate_data(self, X, y, reset=first_call, dtype=np.float32)
-        check_classification_targets(y)
-        old_classes = None if first_call else self.classes_
-        check_label_kind(y, old_classes, type(self).__name__)
-        if classes is not None:
-            classes = np.asarray(classes)
-            check_label_kind(classes, old_classes, type(self).__name__)
-            y_all = np.concatenate([np.unique(classes), y]) if len(classes) else y
-        else:
-            y_all = y
-        new_classes, old_to_new = merge_classes(old_classes, y_all)
+        # validate_data sets n_features_in_ on a first call: undo it if the call
+        # fails later (bad ids, labels), so a failed fit changes nothing.
+        with restore_attributes_on_error(self, ("n_features_in_", "feature_names_in_")):
+            X, y = validate_data(self, X, y, reset=first_call, dtype=np.float32)
+            check_classification_targets(y)
+            if first_call:
+                device = resolve_device(self.device, owner=type(self).__name__)
+                store = VectorStore(
+                    X.shape[1],
+                    metric=self.metric,
+                    preprocessing=self.preprocessing,
+                    engine=self._resolve_engine(device),
+                    device=device,
+                    index_params=self.index_params,
+                )
+            else:
+                store = self.memory_
+            store.add(X, y, sample_ids, classes=classes)
         if first_call:
-            device = resolve_device(self.device, owner=type(self).__name__)
-            memory = Memory(
-                X.shape[1],
-                metric=self.metric,
-                engine=self._resolve_engine(device),
-                device=device,
-                index_params=self.index_params,
-            )
-        else:
-            memory = self.memory_
-        if sample_ids is None:
-            ids = memory.new_ids(X.shape[0])
-        else:
-            ids = memory.check_new_ids(sample_ids, X.shape[0])
-        if first_call:
-            mean = fit_center(X) if self.preprocessing == "center_l2" else None
-        else:
-            mean = self.mean_
-        normalize = self._normalizes()
-
-        def prepare(rows):  # runs on the memory's own copy of X, in place
-            preprocess_inplace(rows, center=mean, normalize=normalize)
-
-        memory.add(
-            X, encode(new_classes, y), ids, label_map=old_to_new, prepare=prepare
-        )
-        # Publish the estimator's view only once the memory holds the samples.
-        self.classes_ = new_classes
-        if first_call:
-            self.memory_ = memory
-            self.mean_ = mean
-            self.engine_ = memory.engine_name
-            self.device_ = memory.device
+            self.memory_ = store
             self._fitted_config_ = self._memory_config()
         return self
-
-    def _normalizes(self) -> bool:
-        return self.preprocessing is not None or self.metric == "cosine"
 
     # -- editing --------------------------------------------------------------
     def unlearn(self, sample_ids, retrain_index: bool = True):
@@ -318,73 +303,78 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
         self.memory_.remove(np.asarray(sample_ids), retrain_index=bool(retrain_index))
         return self
 
+    # -- what the memory holds --------------------------------------------------
+    @property
+    def classes_(self) -> np.ndarray:
+        return self.memory_.classes
+
     @property
     def sample_ids_(self) -> np.ndarray:
-        return self.memory_.sample_ids.copy()
+        return self.memory_.ids()
+
+    @property
+    def mean_(self) -> np.ndarray | None:
+        return self.memory_.mean
+
+    @property
+    def engine_(self) -> str:
+        return self.memory_.engine_name
+
+    @property
+    def device_(self):
+        return self.memory_.device
 
     # -- querying -------------------------------------------------------------
-    def _queries(self, X) -> np.ndarray:
+    def neighbors(self, X=None, n_neighbors=None) -> Neighbors:
+        """The neighbour record of queries: what every vote is computed from.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features), default=None
+            Raw queries (never modified). None queries the memory with its own
+            samples, each left out by id (FORMULAS.md 2).
+        n_neighbors : int, default=None
+            Defaults to ``n_neighbors``; capped at the memory size (minus one
+            when leaving one out).
+
+        Returns
+        -------
+        neighbors : Neighbors
+            Distances, ids, labels, reliabilities and exclusions, each
+            ``(n_queries, k)``.
+        """
         check_is_fitted(self)
-        X_in = X
-        X = validate_data(self, X, reset=False, dtype=np.float32, order="C")
-        if self._normalizes():
-            if X is X_in or (
-                isinstance(X_in, np.ndarray) and np.may_share_memory(X, X_in)
-            ):
-                X = X.copy()
-            preprocess_inplace(X, center=self.mean_, normalize=True)
-        return X
+        k = self.n_neighbors if n_neighbors is None else n_neighbors
+        check_int(self, "n_neighbors", k, low=1)
+        check_int(self, "batch_size", self.batch_size, low=1)
+        options = {"batch_size": self.batch_size, "progress": self.verbose}
+        if X is None:
+            return self.memory_.search_self(None, k, **options)
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        return self.memory_.search(X, k, **options)
 
-    def _blocks(self, n: int):
-        starts = range(0, n, self.batch_size)
-        if self.verbose and n > self.batch_size:
-            from tqdm.auto import tqdm
+    def vote(self, neighbors: Neighbors) -> _voting.Vote:
+        """Vote over a neighbour record with this voter's rule (FORMULAS.md 3).
 
-            return tqdm(starts, desc="KNNVoter", unit="block")
-        return starts
+        Parameters
+        ----------
+        neighbors : Neighbors
+            From :meth:`neighbors` (or any search of :attr:`memory_`).
 
-    def _search(self, Q: np.ndarray, k: int):
-        """Neighbours of pre-processed queries, in blocks of ``batch_size``."""
-        k = min(k, self.memory_.n_samples)
-        if k == 0:
-            raise ValueError("The memory is empty: fit or partial_fit samples first.")
-        dist = np.empty((Q.shape[0], k), dtype=np.float32)
-        rows = np.empty((Q.shape[0], k), dtype=np.int64)
-        for s in self._blocks(Q.shape[0]):
-            d, r = self.memory_.search(Q[s : s + self.batch_size], k)
-            dist[s : s + len(d)], rows[s : s + len(d)] = d, r
-        return dist, rows
-
-    def _vote(self, dist: np.ndarray, rows: np.ndarray):
-        """Weights, class scores and the voting mask for retrieved neighbours."""
-        mem = self.memory_
-        present = rows >= 0
-        safe = np.maximum(rows, 0)
-        excluded = mem.excluded[safe] if mem.excluded.any() else None
-        mask = _voting.voting_mask(present, excluded)
-        weights = _voting.neighbor_weights(
-            dist,
-            mask,
+        Returns
+        -------
+        vote : Vote
+            ``weights``, ``mask``, ``scores``, ``proba``, ``winner`` (class codes)
+            and ``prediction`` (labels).
+        """
+        self._check_vote_params()
+        return _voting.vote(
+            neighbors,
             self.voting,
             temperature=self.temperature,
             rank_offset=self.rank_offset,
             distance_power=self.distance_power,
         )
-        labels = mem.labels[safe]
-        rel = mem.reliability[safe]
-        weights = weights * rel
-        scores = _voting.class_scores(weights, labels, len(self.classes_))
-        return weights, labels, mask, scores
-
-    def _proba_and_pred(self, X):
-        self._check_vote_params()
-        Q = self._queries(X)
-        dist, rows = self._search(Q, self.n_neighbors)
-        weights, labels, mask, scores = self._vote(dist, rows)
-        proba = _voting.scores_to_proba(scores)
-        pred = _voting.predict_with_ties(scores, labels, mask)
-        _voting.align_proba_with_ties(proba, pred)
-        return proba, pred, (dist, rows, weights, labels)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``p(c | x) = s_c / sum_c' s_c'`` (FORMULAS.md 3).
@@ -398,7 +388,8 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
         proba : ndarray of shape (n_queries, n_classes)
             Columns follow :attr:`classes_`.
         """
-        return self._proba_and_pred(X)[0]
+        self._check_vote_params()
+        return self.vote(self.neighbors(X)).proba
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels, ties broken by the nearest tied neighbour.
@@ -411,8 +402,8 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
         -------
         y : ndarray of shape (n_queries,)
         """
-        pred = self._proba_and_pred(X)[1]
-        return self.classes_[pred]
+        self._check_vote_params()
+        return self.vote(self.neighbors(X)).prediction
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Nearest memory samples, as sample **ids**, nearest first.
@@ -434,20 +425,10 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
         ids : ndarray of shape (n_queries, k)
             Sample ids (-1 where an approximate index found fewer).
         """
-        check_is_fitted(self)
-        k = self.n_neighbors if n_neighbors is None else n_neighbors
-        check_int(self, "n_neighbors", k, low=1)
-        mem = self.memory_
-        if X is None:
-            blocks = list(mem.iter_loo(k, block_size=self.batch_size))
-            dist = np.concatenate([b[1] for b in blocks])
-            rows = np.concatenate([b[2] for b in blocks])
-        else:
-            dist, rows = self._search(self._queries(X), k)
-        ids = np.where(rows >= 0, mem.sample_ids[np.maximum(rows, 0)], -1)
-        return (dist, ids) if return_distance else ids
+        nb = self.neighbors(X, n_neighbors)
+        return (nb.distances, nb.ids) if return_distance else nb.ids
 
-    def loo_proba(self, rows=None) -> np.ndarray:
+    def loo_proba(self, sample_ids=None) -> np.ndarray:
         """Leave-one-out class probabilities of the memory's own samples.
 
         Each sample votes among its ``n_neighbors`` nearest *other* samples
@@ -455,25 +436,20 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        rows : array-like of int, default=None
-            Memory rows to score (positions in :attr:`sample_ids_`); all if None.
+        sample_ids : array-like of int, default=None
+            Memory samples to score, in this order; all (as in
+            :attr:`sample_ids_`) if None.
 
         Returns
         -------
-        proba : ndarray of shape (n_rows, n_classes)
+        proba : ndarray of shape (n_samples, n_classes)
         """
         check_is_fitted(self)
         self._check_vote_params()
-        mem = self.memory_
-        n = mem.n_samples if rows is None else len(rows)
-        proba = np.empty((n, len(self.classes_)))
-        pos = 0
-        blocks = mem.iter_loo(self.n_neighbors, rows=rows, block_size=self.batch_size)
-        for query_rows, dist, nb in blocks:
-            scores = self._vote(dist, nb)[3]
-            proba[pos : pos + len(query_rows)] = _voting.scores_to_proba(scores)
-            pos += len(query_rows)
-        return proba
+        nb = self.memory_.search_self(
+            sample_ids, self.n_neighbors, batch_size=self.batch_size
+        )
+        return self.vote(nb).proba
 
     def explain(self, X) -> Bunch:
         """Every decision with the neighbours that made it.
@@ -491,67 +467,52 @@ class KNNVoter(ClassifierMixin, BaseEstimator):
             ``proba`` (n_queries, n_classes); ``prediction`` (n_queries,);
             ``classes``.
         """
-        proba, pred, (dist, rows, weights, labels) = self._proba_and_pred(X)
-        mem = self.memory_
-        share = weights / weights.sum(axis=1, keepdims=True)
+        self._check_vote_params()
+        nb = self.neighbors(X)
+        vote = self.vote(nb)
         return Bunch(
-            neighbor_ids=np.where(rows >= 0, mem.sample_ids[np.maximum(rows, 0)], -1),
-            neighbor_labels=self.classes_[labels],
-            distances=dist,
-            weights=share,
-            proba=proba,
-            prediction=self.classes_[pred],
-            classes=self.classes_,
+            neighbor_ids=nb.ids,
+            neighbor_labels=nb.label_values(),
+            distances=nb.distances,
+            weights=vote.weights / vote.weights.sum(axis=1, keepdims=True),
+            proba=vote.proba,
+            prediction=vote.prediction,
+            classes=nb.classes,
         )
 
     # -- persistence ----------------------------------------------------------
-    def save(self, path) -> None:
-        """Write the fitted voter to ``path`` safely: NumPy arrays + JSON in one
-        zip file, no pickle, replaced atomically. Read it back with
-        :func:`skknn.load`."""
-        from skknn import io
-
-        io.save(self, path)
-
-    def _save_state(self) -> tuple[dict, dict]:
-        from skknn import io
-
+    def __skknn_save__(self) -> tuple[dict, dict]:
         check_is_fitted(self)
-        mem_meta, mem_arrays = self.memory_.state()
+        store_meta, store_arrays = self.memory_.state()
         meta = {
-            "classes": io.labels_to_json(self.classes_),
             "n_features_in": int(self.n_features_in_),
             "device": str(self.device_),
-            "memory": mem_meta,
+            "memory": store_meta,
             "fitted_config": self._fitted_config_,
         }
         if hasattr(self, "feature_names_in_"):
             meta["feature_names_in"] = [str(f) for f in self.feature_names_in_]
-        arrays = {"memory/" + k: v for k, v in mem_arrays.items()}
-        if self.mean_ is not None:
-            arrays["mean"] = self.mean_
+        arrays = {"memory/" + k: v for k, v in store_arrays.items()}
         return meta, arrays
 
-    def _load_state(self, meta: dict, arrays: dict) -> None:
-        from skknn import io
-        from skknn._device import device_after_unpickling
-
+    def __skknn_load__(self, meta: dict, arrays: dict, version: int) -> None:
         device = device_after_unpickling(meta["device"], owner=type(self).__name__)
-        mem_arrays = io.subtree(arrays, "memory/")
-        self.memory_ = Memory.from_state(meta["memory"], mem_arrays, device)
-        self.classes_ = io.labels_from_json(meta["classes"])
+        mem_arrays = subtree(arrays, "memory/")
+        if version < 2:  # skknn 0.1 kept classes, the centre and config outside
+            self.memory_ = store_from_v1_state(
+                meta["memory"],
+                mem_arrays,
+                preprocessing=meta["fitted_config"]["preprocessing"],
+                classes=labels_from_json(meta["classes"]),
+                mean=arrays.get("mean"),
+                device=device,
+            )
+        else:
+            self.memory_ = VectorStore.from_state(meta["memory"], mem_arrays, device)
         self.n_features_in_ = meta["n_features_in"]
         if "feature_names_in" in meta:
             self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
-        self.mean_ = arrays.get("mean")
-        self.engine_ = self.memory_.engine_name
-        self.device_ = device
         self._fitted_config_ = meta["fitted_config"]
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        if "memory_" in self.__dict__:
-            self.device_ = self.memory_.device  # CPU if the GPU it used is gone
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -58,3 +58,14 @@ def images():
     """Five 32x32 RGB uint8 images (tiny-cnn's input size: no resizing)."""
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+
+
+def stored(store):
+    """What a store holds, oldest first, through its public surface only: ids,
+    raw vectors ``X``, pre-processed ``vectors`` (as searched), labels,
+    reliabilities and exclusions."""
+    ids = store.ids()
+    data = store.get(ids)
+    data.vectors = store.prepare(data.X)
+    data.ids = ids
+    return data

@@ -389,3 +389,26 @@ def test_cuda_matches_cpu(images):
         loaded = _loads(_dumps(gpu))
     assert loaded.device_.type == "cuda"
     np.testing.assert_array_equal(loaded.transform(images), gpu.transform(images))
+
+
+@pytest.mark.parametrize(
+    ("model", "two_d"),
+    [("efficientnet-lite0", False), ("tiny-cnn", False), ("identity", True)],
+)
+def test_tags_say_which_input_the_model_takes(model, two_d):
+    from sklearn.utils import get_tags
+
+    tags = get_tags(TorchFeatureExtractor(model))
+    assert tags.input_tags.two_d_array is two_d
+    assert tags.input_tags.three_d_array
+
+
+def test_the_default_extractor_passes_the_estimator_checks():
+    """sklearn's checks feed 2-D rows; an image backbone's tags say it takes
+    none, so sklearn skips those checks instead of failing 20 of them."""
+    from sklearn.exceptions import SkipTestWarning
+    from sklearn.utils.estimator_checks import check_estimator
+
+    with pytest.warns(SkipTestWarning):
+        results = check_estimator(TorchFeatureExtractor(), on_fail=None)
+    assert [r for r in results if r["status"] == "failed"] == []

@@ -14,7 +14,7 @@ import skknn
 import skknn.pruning as pruning
 from skknn import JointKNNClassifier, KNNVoter, MemoryPruner
 from skknn.datasets import load_mnist
-from tests.conftest import ENGINES
+from tests.conftest import ENGINES, stored
 from tests.test_voting import reference_vote
 
 MODES = ["soft", "hard"]
@@ -76,9 +76,10 @@ class CountingSpy:
         self.queries = []
         original = pruning.count_wrong_decisions
 
-        def spy(memory, m, rows=None, **kw):
-            self.queries.append(memory.n_samples if rows is None else len(rows))
-            return original(memory, m, rows=rows, **kw)
+        def spy(store, m, query_ids=None, **kw):
+            n = store.n_samples if query_ids is None else len(query_ids)
+            self.queries.append(n)
+            return original(store, m, query_ids, **kw)
 
         monkeypatch.setattr(pruning, "count_wrong_decisions", spy)
 
@@ -98,8 +99,8 @@ def test_counts_match_numpy_reference_with_duplicates(
     voter = KNNVoter(5, index=engine, metric=metric, preprocessing=preprocessing)
     pruner = MemoryPruner(voter, mode=mode, n_neighbors=m, threshold=3)
     pruner.fit(X, y, sample_ids=ids)
-    mem = pruner.estimator_.memory_
-    ref = reference_counts(mem.embeddings, y, ids, m, metric)
+    mem = stored(pruner.estimator_.memory_)
+    ref = reference_counts(mem.vectors, y, ids, m, metric)
     np.testing.assert_array_equal(pruner.wrong_counts_, ref)
     assert pruner.wrong_counts_.dtype == np.int64
     np.testing.assert_array_equal(pruner.sample_ids_, ids)
@@ -130,7 +131,7 @@ def test_published_reliabilities_and_default_m():
     soft = MemoryPruner(KNNVoter(3, index="exact")).fit(X, y)
     hard = MemoryPruner(KNNVoter(3, index="exact"), mode="hard").fit(X, y)
     assert (soft.n_neighbors_, hard.n_neighbors_) == (10, 100)
-    E, ids = soft.estimator_.memory_.embeddings, np.arange(150)
+    E, ids = stored(soft.estimator_.memory_).vectors, np.arange(150)
     np.testing.assert_array_equal(soft.wrong_counts_, reference_counts(E, y, ids, 10))
     np.testing.assert_array_equal(hard.wrong_counts_, reference_counts(E, y, ids, 100))
 
@@ -146,7 +147,7 @@ def test_hard_pruning_votes_like_reference(voting, threshold, rng):
         n_neighbors=5,
         threshold=threshold,
     ).fit(X, y)
-    E = pruner.estimator_.memory_.embeddings.astype(np.float64)
+    E = stored(pruner.estimator_.memory_).vectors.astype(np.float64)
     excluded = reference_counts(E, y, np.arange(150), 5) >= threshold
     Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
     D = 1.0 - Qn @ E.T
@@ -169,7 +170,7 @@ def test_soft_pruning_votes_like_reference(rng):
     X, y = noisy_data(rng, n=150)
     Q = rng.normal(size=(60, 6))
     pruner = MemoryPruner(KNNVoter(6, index="exact"), n_neighbors=5).fit(X, y)
-    E = pruner.estimator_.memory_.embeddings.astype(np.float64)
+    E = stored(pruner.estimator_.memory_).vectors.astype(np.float64)
     counts = reference_counts(E, y, np.arange(150), 5)
     rel = np.where(counts >= 1, 1.75 / (1 + counts), 1.0)
     Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
@@ -285,12 +286,14 @@ def test_unlearn_down_to_tiny_memories(rng):
     for left in (8, 5, 2, 1):
         pruner.unlearn(pruner.sample_ids_[: len(pruner.sample_ids_) - left])
         ids = pruner.sample_ids_
-        ref = reference_counts(pruner.estimator_.memory_.embeddings, y[ids], ids, 4)
+        ref = reference_counts(
+            stored(pruner.estimator_.memory_).vectors, y[ids], ids, 4
+        )
         np.testing.assert_array_equal(pruner.wrong_counts_, ref)
     pruner.partial_fit(X[:4], y[:4], sample_ids=np.arange(100, 104))
     ids = pruner.sample_ids_
     labels = np.r_[y[11], y[:4]]
-    ref = reference_counts(pruner.estimator_.memory_.embeddings, labels, ids, 4)
+    ref = reference_counts(stored(pruner.estimator_.memory_).vectors, labels, ids, 4)
     np.testing.assert_array_equal(pruner.wrong_counts_, ref)
 
 
@@ -311,7 +314,7 @@ def test_joint_classifier_memory_is_pruned(rng):
     pruner = MemoryPruner(joint, n_neighbors=5).fit(X, y)
     plain = MemoryPruner(knn, n_neighbors=5).fit(X, y)
     np.testing.assert_array_equal(pruner.wrong_counts_, plain.wrong_counts_)
-    mem = pruner.estimator_.knn_.memory_
+    mem = stored(pruner.estimator_.memory_)
     np.testing.assert_allclose(mem.reliability, pruner.reliability_, rtol=1e-6)
     assert hasattr(pruner, "decision_function")
     assert not hasattr(plain, "decision_function")
@@ -321,22 +324,23 @@ def test_joint_classifier_memory_is_pruned(rng):
     pruner.partial_fit(X[:10] + 0.01, y[:10])
     pruner.unlearn(pruner.sample_ids_[:20])  # retrains: a new memory, recounted
     ids = pruner.sample_ids_
-    E = pruner.estimator_.knn_.memory_.embeddings
-    labels = pruner.classes_[pruner.estimator_.knn_.memory_.labels]
+    data = stored(pruner.estimator_.memory_)
+    E, labels = data.vectors, data.labels
     ref = reference_counts(E, labels, ids, 5)
     np.testing.assert_array_equal(pruner.wrong_counts_, ref)
 
 
 def test_pruned_estimator_stays_editable(rng):
-    """The pruned memory keeps growing: set_votes must leave the memory's spare
-    capacity for the rows that partial_fit writes in place."""
+    """The pruned memory keeps growing: setting reliabilities and exclusions
+    must leave the memory's spare capacity for the rows partial_fit writes."""
     X, y = noisy_data(rng, n=100)
     pruner = MemoryPruner(KNNVoter(5, index="exact"), mode="hard", threshold=2)
     est = pruner.fit(X[:90], y[:90]).estimator_
-    assert est.memory_.excluded.any()
+    assert stored(est.memory_).excluded.any()
     est.partial_fit(X[90:], y[90:])  # the estimator itself, behind the pruner
-    assert est.memory_.reliability.shape == (100,)
-    np.testing.assert_array_equal(est.memory_.excluded[90:], False)
+    after = stored(est.memory_)
+    assert after.reliability.shape == (100,)
+    np.testing.assert_array_equal(after.excluded[90:], False)
     est.predict(X)
 
 
@@ -415,8 +419,8 @@ def test_save_load_joint_classifier(tmp_path, rng):
     loaded = skknn.load(tmp_path / "j.skknn")
     np.testing.assert_allclose(loaded.predict_proba(X), pruner.predict_proba(X))
     np.testing.assert_array_equal(
-        loaded.estimator_.knn_.memory_.reliability,
-        pruner.estimator_.knn_.memory_.reliability,
+        stored(loaded.estimator_.memory_).reliability,
+        stored(pruner.estimator_.memory_).reliability,
     )
 
 
@@ -494,3 +498,66 @@ def test_soft_pruning_finds_flipped_labels_on_real_mnist():
     )
     assert acc["soft"] > acc["none"] + 0.004  # 20 more of 5,000 queries right
     assert np.mean(precision) >= 0.5
+
+
+# -- following the memory through its public surface ---------------------------------
+def test_edits_behind_the_pruners_back_are_seen_by_version(rng, monkeypatch):
+    X, y = noisy_data(rng, n=160)
+    pruner = MemoryPruner(KNNVoter(5, index="exact"), n_neighbors=4).fit(
+        X[:120], y[:120]
+    )
+    store = pruner.estimator_.memory_
+    # Same object, same size, same ids, other reliabilities: only the version
+    # tells the pruner that its stored counts and radii no longer describe it.
+    store.set_reliability(store.ids()[:3], [0.2, 0.2, 0.2])
+    spy = CountingSpy(monkeypatch)
+    pruner.partial_fit(X[120:], y[120:])
+    assert spy.queries == [160]  # counted afresh, not incrementally
+    np.testing.assert_array_equal(
+        pruner.wrong_counts_,
+        reference_counts(stored(store).vectors, y, np.arange(160), 4),
+    )
+    spy.queries.clear()
+    pruner.partial_fit(X[:2] + 0.01, y[:2])  # in sync again: incremental
+    assert spy.queries[0] < 160
+
+
+def test_unlearn_passes_retrain_options_through(rng):
+    X, y = noisy_data(rng, n=150)
+    joint = JointKNNClassifier(KNNVoter(5, index="exact"), max_epochs=2, random_state=0)
+    pruner = MemoryPruner(joint, n_neighbors=4).fit(X, y)
+    head = {k: v.clone() for k, v in pruner.estimator_.head_.state_dict().items()}
+    store = pruner.estimator_.memory_
+    pruner.unlearn([0, 5, 9], retrain=False)  # the memory forgets, the head stays
+    assert pruner.estimator_.memory_ is store  # no refit: counted incrementally
+    for k, v in pruner.estimator_.head_.state_dict().items():
+        assert (v == head[k]).all()
+    keep = np.setdiff1d(np.arange(150), [0, 5, 9])
+    np.testing.assert_array_equal(
+        pruner.wrong_counts_,
+        reference_counts(stored(store).vectors, y[keep], keep, 4),
+    )
+    pruner.unlearn([1])  # retrains by default: a new memory, counted afresh
+    assert pruner.estimator_.memory_ is not store
+    with pytest.raises(TypeError, match="retrain"):
+        MemoryPruner(KNNVoter(5, index="exact")).fit(X, y).unlearn([0], retrain=True)
+
+
+@pytest.mark.skipif(not skknn._device.faiss_available(), reason="needs faiss")
+def test_unlearn_passes_retrain_index_through(rng):
+    import faiss
+
+    X = rng.normal(size=(400, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 400)
+    pruner = MemoryPruner(KNNVoter(5, index="IVF4,Flat"), n_neighbors=3).fit(X, y)
+
+    def centroids():
+        index = pruner.estimator_.memory_.engine.index
+        ivf = faiss.extract_index_ivf(index)
+        return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+    before = centroids()
+    pruner.unlearn(np.arange(0, 400, 2), retrain_index=False)
+    np.testing.assert_array_equal(centroids(), before)
+    pruner.unlearn([1, 3])  # retrains the index by default
+    assert not np.array_equal(centroids(), before)

@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skknn import KNNVoter
-from tests.conftest import ENGINES, HAS_FAISS
+from tests.conftest import ENGINES, HAS_FAISS, stored
 from tests.test_voting import reference_vote
 
 needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="needs faiss")
@@ -41,13 +41,15 @@ def brute_force(X, Q, k, metric, preprocessing, mean=None):
 
 
 def snapshot(est):
-    mem = est.memory_
+    mem = stored(est.memory_)
     return (
-        mem.embeddings.copy(),
-        mem.labels.copy(),
-        mem.sample_ids.copy(),
+        mem.vectors,
+        mem.labels,
+        mem.ids,
         est.classes_.copy(),
-        mem.reliability.copy(),
+        mem.reliability,
+        est.n_features_in_,
+        est.memory_.version,
     )
 
 
@@ -112,7 +114,7 @@ def test_reliability_weights_enter_the_vote(engine, rng):
     Q = rng.normal(size=(20, 4))
     est = KNNVoter(9, voting="rank", index=engine).fit(X, y)
     rel = rng.uniform(0.05, 1.0, 60)
-    est.memory_.set_votes(reliability=rel)
+    est.memory_.set_reliability(est.sample_ids_, rel)
     dist, idx = brute_force(X, Q, 9, "cosine", "l2")
     ref_p, ref_y = reference_vote(dist, y[idx], 3, "rank", rel=rel[idx])
     np.testing.assert_allclose(est.predict_proba(Q), ref_p, rtol=1e-5)
@@ -260,13 +262,14 @@ def test_unlearn_then_save_leaves_no_bytes_of_removed_vectors(engine, tmp_path, 
     y = rng.integers(0, 3, 200)
     est = KNNVoter(5, index=engine).fit(X, y)
     removed = np.arange(0, 200, 7)
-    stored_bytes = [est.memory_.embeddings[i].tobytes() for i in removed]
+    prepared = est.memory_.prepare(X)  # as the memory stores them
+    stored_bytes = [prepared[i].tobytes() for i in removed]
     raw_bytes = [X[i].tobytes() for i in removed]
     est.unlearn(removed)
     path = tmp_path / "memory.skknn"
     est.save(path)
     blob = path.read_bytes()
-    kept = est.memory_.embeddings[0].tobytes()
+    kept = prepared[1].tobytes()
     assert kept in blob  # the check can see vectors at all
     for b in stored_bytes + raw_bytes:
         assert b not in blob
@@ -433,7 +436,7 @@ def test_rank_voting_does_not_decay_with_k_on_real_digits(digits):
 
 def test_zero_vector_stays_zero():
     est = KNNVoter(1, index="exact").fit([[0.0, 0.0], [1.0, 0.0]], [0, 1])
-    np.testing.assert_array_equal(est.memory_.embeddings[0], [0.0, 0.0])
+    np.testing.assert_array_equal(stored(est.memory_).vectors[0], [0.0, 0.0])
     assert np.all(np.isfinite(est.predict_proba([[0.0, 0.0]])))
 
 
@@ -467,7 +470,6 @@ def test_model_fitted_on_gpu_loads_on_cpu(monkeypatch, blobs, tmp_path):
     X, y = blobs
     est = KNNVoter(5, index="exact").fit(X, y)
     est.memory_.device = torch.device("cuda:0")
-    est.device_ = torch.device("cuda:0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.warns(skknn.DeviceWarning):
         loaded = joblib.load(_dump(est, tmp_path))
@@ -514,6 +516,18 @@ def fitted(blobs):
             lambda e, X, y: e.partial_fit(X[:2], y[:2], sample_ids=[500, 500]),
             ValueError,
             "unique",
+        ),
+        # A failed fit changes nothing, n_features_in_ included (ids are checked
+        # after validate_data has already seen the narrower X).
+        (
+            lambda e, X, y: e.fit(X[:, :3], y, sample_ids=np.zeros(len(y), int)),
+            ValueError,
+            "unique",
+        ),
+        (
+            lambda e, X, y: e.partial_fit(X[:2], y[:2], sample_ids=[-5, 7000]),
+            ValueError,
+            ">= 0",
         ),
         (lambda e, X, y: e.unlearn([0, 99999]), ValueError, "not in memory"),
         (lambda e, X, y: e.unlearn([3, 3]), ValueError, "unique"),

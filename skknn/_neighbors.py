@@ -1,0 +1,116 @@
+"""The neighbour record: what every search of a store returns.
+
+One object with named ``(n_queries, k)`` fields instead of ``(D, I)`` pairs
+that every caller must keep aligned and resolve against the store's rows.
+Voting, explanation, pruning counts, JOINT's ``p_kNN``, evaluation and the CLI
+all read it; none of them touches the store's arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+# The id of an empty slot (an approximate index found fewer than k). Ids users
+# give are >= 0, so it can never be confused with a sample.
+MISSING = -1
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """Retrieved neighbours of a batch of queries, nearest first.
+
+    Every field but ``classes`` and the ``query_*`` fields has shape
+    ``(n_queries, k)``.
+
+    Attributes
+    ----------
+    distances : ndarray of float32
+        Distance to each neighbour under the store's metric; ``inf`` in empty
+        slots.
+    ids : ndarray of int64
+        Sample ids; ``-1`` in empty slots.
+    labels : ndarray of int64
+        Class codes, indices into ``classes``; 0 in empty slots (mask them with
+        :attr:`present`).
+    reliability : ndarray of float32
+        Voting weight of each neighbour (1.0 unless pruned softly).
+    excluded : ndarray of bool
+        Hard-pruned neighbours (retrieved, but they do not vote).
+    classes : ndarray
+        The store's class labels when the search ran.
+    query_ids : ndarray of int64 or None
+        For a leave-one-out search of the store's own samples, their ids.
+    query_labels : ndarray of int64 or None
+        For a leave-one-out search, the queries' own class codes.
+    """
+
+    distances: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+    reliability: np.ndarray
+    excluded: np.ndarray
+    classes: np.ndarray
+    query_ids: np.ndarray | None = None
+    query_labels: np.ndarray | None = None
+
+    @property
+    def n_queries(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def present(self) -> np.ndarray:
+        """Slots that hold a retrieved sample."""
+        return self.ids != MISSING
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """0-based rank of each slot, ``(n_queries, k)`` (a broadcast view)."""
+        return np.broadcast_to(np.arange(self.k), self.ids.shape)
+
+    def label_values(self) -> np.ndarray:
+        """The neighbours' labels as class values (not codes)."""
+        return self.classes[self.labels]
+
+    def first(self, k: int) -> Neighbors:
+        """The ``k`` nearest of each query's neighbours."""
+        return replace(self, **{f: getattr(self, f)[:, :k] for f in _GRID_FIELDS})
+
+    def select(self, queries) -> Neighbors:
+        """The records of some queries (an index or a boolean mask)."""
+        out = {f: getattr(self, f)[queries] for f in _GRID_FIELDS}
+        for f in ("query_ids", "query_labels"):
+            value = getattr(self, f)
+            out[f] = None if value is None else value[queries]
+        return replace(self, **out)
+
+    @classmethod
+    def concatenate(cls, parts: list[Neighbors]) -> Neighbors:
+        """Stack the records of consecutive query blocks (same ``k``)."""
+        if len(parts) == 1:
+            return parts[0]
+        out = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _GRID_FIELDS}
+        for f in ("query_ids", "query_labels"):
+            values = [getattr(p, f) for p in parts]
+            out[f] = None if values[0] is None else np.concatenate(values)
+        return cls(classes=parts[-1].classes, **out)
+
+    @classmethod
+    def empty(cls, k: int, classes: np.ndarray) -> Neighbors:
+        shape = (0, k)
+        return cls(
+            distances=np.empty(shape, np.float32),
+            ids=np.empty(shape, np.int64),
+            labels=np.empty(shape, np.int64),
+            reliability=np.empty(shape, np.float32),
+            excluded=np.empty(shape, bool),
+            classes=classes,
+        )
+
+
+_GRID_FIELDS = ("distances", "ids", "labels", "reliability", "excluded")
