@@ -42,7 +42,7 @@ def _rank_vote(idx, y, n_classes):
     return scores.reshape(len(idx), n_classes).argmax(1)
 
 
-def worker(name: str, data: Path, k: int) -> dict:
+def worker(name: str, data: Path, k: int, repeats: int) -> dict:
     X = np.load(data / "X.npy")
     y = np.load(data / "y.npy")
     Q = np.load(data / "Q.npy")
@@ -66,26 +66,29 @@ def worker(name: str, data: Path, k: int) -> dict:
             from sklearn.neighbors import KNeighborsClassifier
 
             model = KNeighborsClassifier(k, algorithm="brute").fit(X, y)
-    with Timer() as pred:
-        if name == "faiss_raw":
-            _, idx = model.search(Q, k)
-            yhat = _rank_vote(idx, y, n_classes)
-        else:
-            yhat = model.predict(Q)
+    best = np.inf
+    for _ in range(repeats):  # best of several: the 2-core machine is noisy
+        with Timer() as pred:
+            if name == "faiss_raw":
+                _, idx = model.search(Q, k)
+                yhat = _rank_vote(idx, y, n_classes)
+            else:
+                yhat = model.predict(Q)
+        best = min(best, pred.seconds)
     return {
         "name": name,
         "fit_s": fit.seconds,
-        "predict_s": pred.seconds,
+        "predict_s": best,
         "peak_mb": peak_rss_mb() - base,
         "accuracy": float(np.mean(yhat == yq)),
     }
 
 
-def edit_worker(n: int, d: int, batch: int) -> dict:
+def edit_worker(n: int, d: int, batch: int, index: str) -> dict:
     from skknn import KNNVoter
 
     X, y = clustered_unit_vectors(n + 3 * batch, d, 300, seed=1)
-    est = KNNVoter(50, index="flat").fit(X[:n], y[:n])
+    est = KNNVoter(50, index=index).fit(X[:n], y[:n])
     times = []
     for i in range(3):  # the first add uses the headroom reserved at fit
         part = slice(n + i * batch, n + (i + 1) * batch)
@@ -95,7 +98,13 @@ def edit_worker(n: int, d: int, batch: int) -> dict:
     ids = np.random.default_rng(0).choice(est.sample_ids_, batch, replace=False)
     with Timer() as u:
         est.unlearn(ids)
-    return {"partial_fit_s": times, "unlearn_s": u.seconds, "n": n, "batch": batch}
+    return {
+        "partial_fit_s": times,
+        "unlearn_s": u.seconds,
+        "n": n,
+        "batch": batch,
+        "index": index,
+    }
 
 
 def main() -> None:
@@ -104,13 +113,15 @@ def main() -> None:
     ap.add_argument("--worker")
     ap.add_argument("--data")
     ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3, help="predict runs, best kept")
     ap.add_argument("--edit-n", type=int, default=1_000_000)
+    ap.add_argument("--edit-index", default="flat")
     args = ap.parse_args()
     if args.worker == "edit":
-        print(json.dumps(edit_worker(args.edit_n, 384, 1000)))
+        print(json.dumps(edit_worker(args.edit_n, 384, 1000, args.edit_index)))
         return
     if args.worker:
-        print(json.dumps(worker(args.worker, Path(args.data), args.k)))
+        print(json.dumps(worker(args.worker, Path(args.data), args.k, args.repeats)))
         return
 
     n, nq = (20_000, 500) if args.quick else (200_000, 5_000)
@@ -125,17 +136,31 @@ def main() -> None:
         del X, y
         rows = {
             c: run_worker(
-                __file__, "--worker", c, "--data", str(tmp), "--k", str(args.k)
+                __file__,
+                *("--worker", c, "--data", str(tmp), "--k", str(args.k)),
+                *("--repeats", str(args.repeats)),
             )
             for c in CONTENDERS
         }
-    edit = run_worker(__file__, "--worker", "edit", "--edit-n", str(edit_n))
+    edits = [
+        run_worker(
+            __file__,
+            "--worker",
+            "edit",
+            "--edit-n",
+            str(edit_n),
+            "--edit-index",
+            index,
+        )
+        for index in ("flat", "exact")
+    ]
 
     ref = rows["faiss_raw"]
     lines = [
         f"{n:,} x 384 float32 unit vectors (300 clusters), {nq:,} queries, "
         f"k = {args.k}, "
-        "rank voting (raw FAISS: IndexFlatIP.search + a NumPy rank vote).",
+        "rank voting (raw FAISS: IndexFlatIP.search + a NumPy rank vote); "
+        f"predict: best of {args.repeats} runs.",
         "",
         "| contender | fit s | predict s | queries/s | peak MB (fit+predict) | "
         "predict / raw FAISS | peak / raw FAISS | accuracy |",
@@ -154,13 +179,16 @@ def main() -> None:
         "sklearn brute / KNNVoter(flat): "
         f"{sk / rows['knnvoter_flat']['predict_s']:.1f}x; sklearn brute / "
         f"KNNVoter(exact): {sk / rows['knnvoter_exact']['predict_s']:.1f}x.",
-        "",
-        f"Editing a {edit['n']:,}-sample flat memory (384-d): partial_fit of "
-        f"{edit['batch']:,} samples "
-        + ", ".join(f"{t * 1e3:.1f} ms" for t in edit["partial_fit_s"])
-        + f" (three successive calls); unlearn of {edit['batch']:,} ids "
-        f"{edit['unlearn_s'] * 1e3:.0f} ms.",
     ]
+    for edit in edits:
+        lines += [
+            "",
+            f"Editing a {edit['n']:,}-sample {edit['index']} memory (384-d): "
+            f"partial_fit of {edit['batch']:,} samples "
+            + ", ".join(f"{t * 1e3:.1f} ms" for t in edit["partial_fit_s"])
+            + f" (three successive calls); unlearn of {edit['batch']:,} ids "
+            f"{edit['unlearn_s'] * 1e3:.0f} ms.",
+        ]
     body = "\n".join(lines)
     print(body)
     if not args.quick:

@@ -13,10 +13,7 @@ the store as it was.
 
 from __future__ import annotations
 
-import signal
-import threading
 import uuid
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -26,10 +23,9 @@ from skknn._labels import check_label_kind, encode, merge_classes
 from skknn._metric import METRICS, Metric
 from skknn._neighbors import MISSING, Neighbors
 from skknn._preprocessing import PREPROCESSING, fit_center, preprocess_inplace
+from skknn._rows import compact_inplace, expand_inplace, grow, kept_runs, uninterrupted
 from skknn._search import make_engine
 
-# Rows per step when compacting in place: bounds NumPy's overlap buffer (~6 MB).
-_MOVE_CHUNK = 4096
 DEFAULT_BATCH_SIZE = 4096
 
 
@@ -71,10 +67,11 @@ class VectorStore:
     (to float32 rounding) without a second copy.
 
     Distances of retrieved pairs are always recomputed exactly (one pair at a
-    time) and the neighbours re-sorted on them. Engines compute them by BLAS,
-    whose rounding depends on how many queries share a call, and from compressed
-    codes for PQ/SQ indexes; refining makes a query's answer independent of its
-    batch and of the engine's arithmetic, at about 4% of a flat search.
+    time) and the neighbours re-sorted on them. Engines compute them from
+    compressed codes (PQ/SQ), by the cancelling expansion of squared L2, or by a
+    matmul whose rounding depends on how many queries share a call (torch);
+    refining makes a query's answer independent of its batch and of the engine's
+    arithmetic, for 0.5% of a flat search (docs/architecture.md).
 
     Examples
     --------
@@ -222,9 +219,9 @@ class VectorStore:
                 if n == 0
                 else max(n + m, int(self._X.shape[0] * 1.5) + 16)
             )
-            bufs = [_grow(b, n, cap) for b in bufs]
+            bufs = [grow(b, n, cap) for b in bufs]
         elif not all(b.flags.writeable for b in bufs):  # a read-only memmap
-            bufs = [_grow(b, n, b.shape[0]) for b in bufs]
+            bufs = [grow(b, n, b.shape[0]) for b in bufs]
         Xb, yb, idb, rb, eb, nb = bufs + [None] * (6 - len(bufs))
         if old_to_new is not None:
             yb = yb.copy()
@@ -394,9 +391,9 @@ class VectorStore:
         n_old, n_new = self._n, self._n - uniq.size
         self.engine.check_remove(self.n_features, n_new, bool(retrain_index))
         gone_rows = np.sort(self._rows_of(uniq))
-        runs = _kept_runs(gone_rows, n_old)
+        runs = kept_runs(gone_rows, n_old)
         old = self._buffers()
-        with _uninterrupted():
+        with uninterrupted():
             in_place = all(b.flags.writeable for b in old)
             if in_place:
                 # Order kept: a fresh 1.5 GB array costs more in page faults than
@@ -404,11 +401,11 @@ class VectorStore:
                 # capacity keeps a removed vector's bytes.
                 removed = [b[gone_rows].copy() for b in old]
                 for b in old:
-                    _compact_inplace(b, runs)
+                    compact_inplace(b, runs)
                     b[n_new:n_old] = 0
                 bufs = old
             else:  # read-only buffers (a memmap from joblib): compact into copies
-                bufs = [_compact_inplace(np.array(b[:n_old]), runs) for b in old]
+                bufs = [compact_inplace(np.array(b[:n_old]), runs) for b in old]
             try:
                 self.engine.remove(
                     bufs[0][:n_new], bufs[2][:n_new], uniq, retrain=bool(retrain_index)
@@ -416,7 +413,7 @@ class VectorStore:
             except BaseException:
                 if in_place:  # put every row back where it was
                     for b, saved in zip(old, removed):
-                        _expand_inplace(b, runs)
+                        expand_inplace(b, runs)
                         b[gone_rows] = saved
                 raise
             self._set_buffers(bufs)
@@ -719,65 +716,6 @@ def _blocks(n: int, size: int, progress: bool, desc: str):
 
         return tqdm(starts, desc=desc, unit="block")
     return starts
-
-
-def _kept_runs(removed_rows: np.ndarray, n: int) -> list[tuple[int, int]]:
-    """Maximal ``[start, stop)`` row ranges that survive a removal."""
-    starts = np.concatenate([[0], removed_rows + 1])
-    stops = np.concatenate([removed_rows, [n]])
-    return [(int(a), int(b)) for a, b in zip(starts, stops) if b > a]
-
-
-def _compact_inplace(a: np.ndarray, runs: list[tuple[int, int]]) -> np.ndarray:
-    """Move the kept runs down to the front of ``a``, in order, in place.
-
-    Copies go front to back in bounded chunks, so an overlapping move never makes
-    NumPy buffer more than one chunk.
-    """
-    pos = 0
-    for s, b in runs:
-        if s != pos:
-            for c in range(s, b, _MOVE_CHUNK):
-                e = min(c + _MOVE_CHUNK, b)
-                a[pos + c - s : pos + e - s] = a[c:e]
-        pos += b - s
-    return a
-
-
-def _expand_inplace(a: np.ndarray, runs: list[tuple[int, int]]) -> np.ndarray:
-    """Undo :func:`_compact_inplace`: move each run back up, last run first and
-    back to front, so no move overwrites rows still to be moved."""
-    dests = np.cumsum([0] + [b - s for s, b in runs[:-1]])
-    for (s, b), pos in zip(reversed(runs), reversed(dests.tolist())):
-        if s != pos:
-            for e in range(b, s, -_MOVE_CHUNK):
-                c = max(e - _MOVE_CHUNK, s)
-                a[c:e] = a[pos + c - s : pos + e - s]
-    return a
-
-
-@contextmanager
-def _uninterrupted():
-    """Hold Ctrl-C back until the block ends, so an edit of the memory is never
-    left half-done by a KeyboardInterrupt."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *sig: received.append(sig))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and callable(previous):
-            previous(*received[0])
-
-
-def _grow(buf: np.ndarray, n: int, cap: int) -> np.ndarray:
-    # calloc'd: free until touched, and spare rows never hold stale process memory.
-    new = np.zeros((cap, *buf.shape[1:]), dtype=buf.dtype)
-    new[:n] = buf[:n]
-    return new
 
 
 def store_from_v1_state(
