@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -136,7 +137,8 @@ def timing(Xtr, ytr, Xte, yte, description: str, variants=tuple(VARIANTS)) -> st
 
 def gaussian_classes(n: int, d: int, n_classes: int, noise: float = 2.0):
     """Isotropic Gaussian classes around random centres: far apart in 512-d, so
-    the classes are linearly separable and L-BFGS converges in a few steps."""
+    the classes are linearly separable and L-BFGS converges in a few steps
+    (larger ``noise`` makes them overlap)."""
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((n_classes, d)).astype(np.float32)
     y = rng.integers(0, n_classes, n + 5000)
@@ -146,7 +148,97 @@ def gaussian_classes(n: int, d: int, n_classes: int, noise: float = 2.0):
         y[:n],
         X[n:],
         y[n:],
-        f"Isotropic Gaussian classes (noise {noise}, linearly separable)",
+        f"Isotropic Gaussian classes (noise {noise})",
+    )
+
+
+def _busy_process() -> subprocess.Popen:
+    """Another process keeping one core busy, as a second job on the machine."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def threads_and_load(n: int = 20_000, d: int = 256, n_classes: int = 50) -> str:
+    """JOINT.fit with torch at 1 and 2 threads, idle and beside a busy process,
+    for each solver; LogisticRegression(lbfgs) idle as the reference."""
+    import torch
+
+    Xtr, ytr, _, _, description = gaussian_classes(n, d, n_classes, noise=6.0)
+    _warm_up()
+    lr = LogisticRegression()
+    with Timer() as ref:
+        lr.fit(Xtr, ytr)
+    lines = [
+        f"{description}; {n:,} x {d}, {n_classes} classes. Torch threads set for "
+        "the fit (`torch.set_num_threads`); 'loaded': another process spins on "
+        "one of the 2 cores throughout.",
+        "",
+        f"LogisticRegression(lbfgs), idle: {ref.seconds:.1f} s "
+        f"({int(lr.n_iter_[0])} iterations).",
+        "",
+        "| solver | torch threads | idle s | loaded s | idle / LogisticRegression |",
+        "|---|---|---|---|---|",
+    ]
+    before = torch.get_num_threads()
+    try:
+        for solver in ("lbfgs", "sgd"):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)  # SGD steps: n_threads; the rest
+                times = []
+                for loaded in (False, True):
+                    busy = _busy_process() if loaded else None
+                    try:
+                        model = JointKNNClassifier(
+                            solver=solver, n_threads=threads, random_state=0
+                        )
+                        with Timer() as t:
+                            model.fit(Xtr, ytr)
+                    finally:
+                        if busy is not None:
+                            busy.kill()
+                            busy.wait()
+                    times.append(t.seconds)
+                lines.append(
+                    f"| {solver} | {threads} | {times[0]:.1f} | {times[1]:.1f} | "
+                    f"{times[0] / ref.seconds:.1f}x |"
+                )
+    finally:
+        torch.set_num_threads(before)
+    return "\n".join(lines)
+
+
+def new_class_by_partial_fit(seeds: int = 3) -> str:
+    """9 digits fitted, 30 samples of the 10th added by partial_fit: recall of
+    the new digit and accuracy on the old ones, JOINT against KNNVoter."""
+    X, y, name = load_mnist()
+    train, test = stratified_split(y, 0.2, seed=0)
+    rows = []
+    for new in range(10):
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            old = train[y[train] != new]
+            added = rng.choice(train[y[train] == new], 30, replace=False)
+            is_new = y[test] == new
+            out = []
+            for model in (_model("kNN", seed), _model("JOINT", seed)):
+                model.fit(X[old], y[old]).partial_fit(X[added], y[added])
+                pred = model.predict(X[test])
+                out += [
+                    np.mean(pred[is_new] == new),
+                    np.mean(pred[~is_new] == y[test][~is_new]),
+                ]
+            rows.append(out)
+    knn_new, knn_old, joint_new, joint_old = np.mean(rows, axis=0)
+    return "\n".join(
+        [
+            f"{name}: each digit in turn held out of the first fit, then 30 of its "
+            f"training images added by partial_fit; mean over 10 digits x {seeds} "
+            "seeds.",
+            "",
+            "| model | new digit recall | old digits accuracy |",
+            "|---|---|---|",
+            f"| KNNVoter | {knn_new:.4f} | {knn_old:.4f} |",
+            f"| JointKNNClassifier | {joint_new:.4f} | {joint_old:.4f} |",
+        ]
     )
 
 
@@ -167,6 +259,10 @@ def main() -> None:
                 "### The fit-time target: 50,000 x 512 embeddings, 100 classes",
                 timing(*two_digit_mnist_embeddings()),
                 timing(*gaussian_classes(50_000, 512, 100), variants=("JOINT",)),
+                "### Threads and load: 20,000 x 256, 50 classes",
+                threads_and_load(),
+                "### A new class from partial_fit",
+                new_class_by_partial_fit(),
             ]
         )
     print(body)

@@ -10,6 +10,7 @@ its CPU thread count only for the duration of a training loop when asked (see
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 
@@ -31,6 +32,7 @@ __all__ = [
     "lr_at",
     "modulation_weights",
     "one_pass",
+    "threads_for",
     "train_head",
 ]
 
@@ -242,6 +244,21 @@ def _to_device(
         torch.from_numpy(p_knn).to(device),
         sw,
     )
+
+
+# Multiply-adds per SGD step below which training runs on one torch thread: at
+# that size torch's threads hand work over more than they compute, and beside
+# another busy process they spin against it (benchmarks/RESULTS.md, "Threads
+# and load": 20,000 x 256 x 50 at batch 512 is 6.6 M per step).
+ONE_THREAD_BELOW_MACS = 16_000_000
+
+
+def threads_for(head: Head, batch_size: int) -> int | None:
+    """Torch threads for SGD steps of ``head`` on batches of ``batch_size``: 1
+    for small steps, None (torch's own count) for large ones."""
+    widths = (head.n_features, *head.hidden_layer_sizes, head.n_classes)
+    macs = batch_size * sum(a * b for a, b in itertools.pairwise(widths))
+    return 1 if macs < ONE_THREAD_BELOW_MACS else None
 
 
 @contextlib.contextmanager

@@ -35,7 +35,8 @@ class Neighbors:
         Class codes, indices into ``classes``; 0 in empty slots (mask them with
         :attr:`present`).
     reliability : ndarray of float32
-        Voting weight of each neighbour (1.0 unless pruned softly).
+        Voting weight of each neighbour: its pruning reliability (1.0 unless
+        pruned softly) times its sample weight (1.0 unless one was given).
     excluded : ndarray of bool
         Hard-pruned neighbours (retrieved, but they do not vote).
     classes : ndarray
@@ -44,6 +45,10 @@ class Neighbors:
         For a leave-one-out search of the store's own samples, their ids.
     query_labels : ndarray of int64 or None
         For a leave-one-out search, the queries' own class codes.
+    directionless : ndarray of bool or None
+        Queries that are zero vectors (after centring) under a normalising
+        pre-processing: every memory sample is equally far from them, so their
+        neighbours carry no information (voting answers uniformly).
     """
 
     distances: np.ndarray
@@ -54,6 +59,7 @@ class Neighbors:
     classes: np.ndarray
     query_ids: np.ndarray | None = None
     query_labels: np.ndarray | None = None
+    directionless: np.ndarray | None = None
 
     @property
     def n_queries(self) -> int:
@@ -84,7 +90,7 @@ class Neighbors:
     def select(self, queries) -> Neighbors:
         """The records of some queries (an index or a boolean mask)."""
         out = {f: getattr(self, f)[queries] for f in _GRID_FIELDS}
-        for f in ("query_ids", "query_labels"):
+        for f in _QUERY_FIELDS:
             value = getattr(self, f)
             out[f] = None if value is None else value[queries]
         return replace(self, **out)
@@ -95,7 +101,7 @@ class Neighbors:
         if len(parts) == 1:
             return parts[0]
         out = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _GRID_FIELDS}
-        for f in ("query_ids", "query_labels"):
+        for f in _QUERY_FIELDS:
             values = [getattr(p, f) for p in parts]
             out[f] = None if values[0] is None else np.concatenate(values)
         return cls(classes=parts[-1].classes, **out)
@@ -114,3 +120,4 @@ class Neighbors:
 
 
 _GRID_FIELDS = ("distances", "ids", "labels", "reliability", "excluded")
+_QUERY_FIELDS = ("query_ids", "query_labels", "directionless")

@@ -51,6 +51,10 @@ class SearchEngine(Protocol):
     ) -> None:
         """Forget ``ids_removed``; ``X_kept`` / ``ids_kept`` are what remains."""
 
+    def set_params(self, params: dict) -> None:
+        """Set search knobs by their FAISS names (``nprobe``, ``efSearch``);
+        ValueError for a knob the engine does not have, with nothing changed."""
+
     def search(
         self, X: np.ndarray, Q: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -130,3 +134,6 @@ class Store(Protocol):
 
     def set_excluded(self, ids, excluded) -> None:
         """Hard-pruning flags of stored samples."""
+
+    def set_index_params(self, params: dict) -> None:
+        """Search knobs of the index (``nprobe``, ``efSearch``)."""

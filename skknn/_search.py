@@ -76,6 +76,9 @@ class TorchExactEngine:
     def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
         return None  # nothing trained: any removal works
 
+    def set_params(self, params: dict) -> None:
+        _no_params("exact", params)
+
     def remove(
         self,
         X_kept: np.ndarray,
@@ -176,6 +179,9 @@ class FaissFlatEngine:
     def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
         return None  # nothing trained: any removal works
 
+    def set_params(self, params: dict) -> None:
+        _no_params("flat", params)
+
     def remove(
         self,
         X_kept: np.ndarray,
@@ -274,6 +280,17 @@ class FaissIndexEngine:
                     f"{name!r} (e.g. 'nprobe' for IVF, 'efSearch' for HNSW)."
                 ) from exc
 
+    def set_params(self, params: dict) -> None:
+        """Apply search knobs by their FAISS names; all or none."""
+        old = self.params
+        self.params = dict(params)
+        try:
+            self._apply_params(self.index)
+        except ValueError:
+            self.params = old
+            self._apply_params(self.index)
+            raise
+
     def _on_gpu(self, index) -> bool:
         return index is not None and "Gpu" in type(index).__name__
 
@@ -333,7 +350,13 @@ class FaissIndexEngine:
     def remove(
         self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed, retrain=False
     ) -> None:
-        if retrain and len(ids_kept) and self._min_train_samples(X_kept.shape[1]):
+        if not self._min_train_samples(X_kept.shape[1]):
+            # Nothing trained (HNSW, PQ-less flat codes): a fresh build is as cheap
+            # as re-adding into a clone, and equals a fresh fit (a clone would
+            # carry the HNSW level generator's state on).
+            self.build(X_kept, ids_kept)
+            return
+        if retrain and len(ids_kept):
             # A fresh index trained on what remains: centroids and codebooks
             # fitted while the removed vectors were present would still carry them.
             try:
@@ -384,12 +407,22 @@ class FaissIndexEngine:
         self.index = index
 
 
+def _no_params(name: str, params: dict) -> None:
+    if params:
+        raise ValueError(
+            f"index={name!r} is an exact search and takes no index_params; got "
+            f"{params!r}. Search knobs such as nprobe or efSearch belong to a "
+            "faiss.index_factory index ('IVF1024,Flat', 'HNSW32')."
+        )
+
+
 def make_engine(
     engine: str, metric: Metric, device: torch.device, index_params: dict | None
 ):
     """The engine for a resolved name: "exact", "flat" or a factory string."""
-    if engine == "exact":
-        return TorchExactEngine(metric, device)
-    if engine == "flat":
+    if engine in ("exact", "flat"):
+        _no_params(engine, index_params)
+        if engine == "exact":
+            return TorchExactEngine(metric, device)
         return FaissFlatEngine(metric, device)
     return FaissIndexEngine(metric, device, engine, index_params or {})

@@ -14,22 +14,27 @@ the store as it was.
 from __future__ import annotations
 
 import uuid
+import warnings
+from contextlib import AbstractContextManager
+from dataclasses import replace
 
 import numpy as np
 import torch
 from sklearn.utils import Bunch
 
 from skknn._labels import check_label_kind, encode, merge_classes
+from skknn._locks import GuardedState, edits, reads
 from skknn._metric import METRICS, Metric
 from skknn._neighbors import MISSING, Neighbors
 from skknn._preprocessing import PREPROCESSING, fit_center, preprocess_inplace
 from skknn._rows import compact_inplace, expand_inplace, grow, kept_runs, uninterrupted
 from skknn._search import make_engine
+from skknn._store_state import MAX_ID, check_state
 
 DEFAULT_BATCH_SIZE = 4096
 
 
-class VectorStore:
+class VectorStore(GuardedState):
     """A searchable, editable memory of labelled embeddings, in RAM.
 
     Parameters
@@ -127,8 +132,10 @@ class VectorStore:
         self._ids = np.empty(0, dtype=np.int64)
         self._rel = np.empty(0, dtype=np.float32)
         self._excl = np.empty(0, dtype=bool)
+        self._sw = np.empty(0, dtype=np.float32)  # sample weights given to add
         self._next_id = 0
         self._sorted = None  # (sorted ids, their rows): built lazily for lookups
+        self._lock()  # made now: searches must not add attributes
 
     # -- what it holds ------------------------------------------------------------
     @property
@@ -155,16 +162,36 @@ class VectorStore:
         """Centre of ``"center_l2"`` (None for other pre-processing)."""
         return self._mean
 
+    def reading(self) -> AbstractContextManager[None]:
+        """Hold one state of the store across several reads.
+
+        Every method is consistent on its own; hold this to read several things
+        (a search and a :meth:`get`, say) from the same state while other threads
+        edit. Edits wait until it is released.
+        """
+        return self._reading()
+
+    @reads
     def ids(self) -> np.ndarray:
         """Ids of every stored sample, oldest first (a copy)."""
         return self._ids[: self._n].copy()
 
+    @reads
     def next_ids(self, n: int) -> np.ndarray:
         """The ids :meth:`add` gives ``n`` samples by default: never used before."""
+        if self._next_id + n - 1 > MAX_ID:
+            raise ValueError(
+                f"No fresh sample ids are left above the largest ever issued "
+                f"({self._next_id - 1}; ids must be <= 2**63 - 1). Pass sample_ids "
+                "explicitly (unused ids below it are still free)."
+            )
         return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
 
     # -- adding ---------------------------------------------------------------------
-    def add(self, X, labels, ids=None, *, classes=None) -> np.ndarray:
+    @edits
+    def add(
+        self, X, labels, ids=None, *, classes=None, sample_weight=None
+    ) -> np.ndarray:
         """Store raw vectors with their labels; returns their ids.
 
         Parameters
@@ -179,6 +206,9 @@ class VectorStore:
             Unique int ids, none stored before; default :meth:`next_ids`.
         classes : array-like, default=None
             Labels to know before any of their samples arrive.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Each sample's weight in every vote it takes part in (finite, > 0;
+            multiplies pruning's reliability). Default 1.
 
         Returns
         -------
@@ -205,6 +235,7 @@ class VectorStore:
                 y_all = np.concatenate([np.unique(classes), labels])
         new_classes, old_to_new = merge_classes(self._classes, y_all)
         ids = self.next_ids(m) if ids is None else self._check_new_ids(ids, m)
+        weights = _checked_weights(sample_weight, m)
         mean = self._mean
         if mean is None and self.preprocessing == "center_l2" and m:
             mean = fit_center(X)
@@ -222,7 +253,7 @@ class VectorStore:
             bufs = [grow(b, n, cap) for b in bufs]
         elif not all(b.flags.writeable for b in bufs):  # a read-only memmap
             bufs = [grow(b, n, b.shape[0]) for b in bufs]
-        Xb, yb, idb, rb, eb, nb = bufs + [None] * (6 - len(bufs))
+        Xb, yb, idb, rb, eb, wb, nb = bufs + [None] * (7 - len(bufs))
         if old_to_new is not None:
             yb = yb.copy()
             yb[:n] = old_to_new[yb[:n]]
@@ -235,13 +266,13 @@ class VectorStore:
         idb[n : n + m] = ids
         rb[n : n + m] = 1.0
         eb[n : n + m] = False
+        wb[n : n + m] = weights
         if n == 0:
             self.engine.build(Xb[: n + m], idb[: n + m])
         else:
             self.engine.add(Xb[n : n + m], ids)
         # Publish.
-        self._X, self._y, self._ids, self._rel, self._excl = Xb, yb, idb, rb, eb
-        self._norm = nb
+        self._set_buffers([Xb, yb, idb, rb, eb, wb, nb])
         self._classes, self._mean = new_classes, mean
         self._n = n + m
         if m:
@@ -251,13 +282,14 @@ class VectorStore:
         return ids.copy()
 
     def _buffers(self) -> list[np.ndarray]:
-        bufs = [self._X, self._y, self._ids, self._rel, self._excl]
+        """Every per-row array, in one order (the lengths only when normalising)."""
+        bufs = [self._X, self._y, self._ids, self._rel, self._excl, self._sw]
         return bufs if self._norm is None else [*bufs, self._norm]
 
-    def _set_buffers(self, bufs: list[np.ndarray]) -> None:
-        self._X, self._y, self._ids, self._rel, self._excl = bufs[:5]
+    def _set_buffers(self, bufs: list) -> None:
+        self._X, self._y, self._ids, self._rel, self._excl, self._sw = bufs[:6]
         if self._norm is not None:
-            self._norm = bufs[5]
+            self._norm = bufs[6]
 
     def _check_new_ids(self, ids, n: int) -> np.ndarray:
         ids = np.asarray(ids)
@@ -266,13 +298,7 @@ class VectorStore:
                 f"sample_ids must be a 1-d array of {n} ids (one per sample); got "
                 f"shape {ids.shape}."
             )
-        if n and not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"sample_ids must be integers; got dtype {ids.dtype}.")
-        ids = ids.astype(np.int64)
-        if n and ids.min() < 0:
-            raise ValueError(
-                f"sample_ids must be >= 0; got {np.sort(ids[ids < 0])[:10].tolist()}."
-            )
+        ids = _checked_id_values(ids)
         uniq, counts = np.unique(ids, return_counts=True)
         if np.any(counts > 1):
             raise ValueError(
@@ -314,6 +340,7 @@ class VectorStore:
             raise ValueError(f"{what} not in memory: {unknown[:10].tolist()}.")
         return rows
 
+    @reads
     def get(self, ids) -> Bunch:
         """Raw vectors, labels, reliabilities and exclusions of stored samples.
 
@@ -327,7 +354,8 @@ class VectorStore:
         data : Bunch
             ``X`` (float32, the raw vectors as added, to float32 rounding of the
             pre-processing and its inverse), ``labels`` (class values),
-            ``reliability``, ``excluded``; rows in the order of ``ids``.
+            ``sample_weight``, ``reliability``, ``excluded``; rows in the order
+            of ``ids``.
         """
         rows = self._stored_rows(ids)
         X = self._X[rows].copy()
@@ -346,9 +374,11 @@ class VectorStore:
             labels=self.classes[self._y[rows]],
             reliability=self._rel[rows].copy(),
             excluded=self._excl[rows].copy(),
+            sample_weight=self._sw[rows].copy(),
         )
 
     # -- removing -------------------------------------------------------------------
+    @reads
     def check_removable(self, ids) -> np.ndarray:
         """Validate ids to remove (1-d ints, unique, all stored); a sorted copy.
 
@@ -357,9 +387,7 @@ class VectorStore:
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise ValueError(f"sample_ids must be 1-d; got shape {ids.shape}.")
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"sample_ids must be integers; got dtype {ids.dtype}.")
-        ids = ids.astype(np.int64)
+        ids = _checked_id_values(ids)
         uniq, counts = np.unique(ids, return_counts=True)
         if np.any(counts > 1):
             raise ValueError(
@@ -373,6 +401,7 @@ class VectorStore:
             )
         return uniq
 
+    @edits
     def remove(self, ids, *, retrain_index: bool = False) -> None:
         """Delete stored samples from the rows and the index (all or nothing).
 
@@ -422,6 +451,7 @@ class VectorStore:
             self._version += 1
 
     # -- reliabilities and exclusions -------------------------------------------------
+    @edits
     def set_reliability(self, ids, reliability) -> None:
         """Set the voting weights of stored samples (finite, > 0; FORMULAS.md 5)."""
         rows = self._stored_rows(ids)
@@ -438,6 +468,7 @@ class VectorStore:
         self._rel = rel
         self._version += 1
 
+    @edits
     def set_excluded(self, ids, excluded) -> None:
         """Set the hard-pruning flags of stored samples (excluded: no vote)."""
         rows = self._stored_rows(ids)
@@ -450,6 +481,17 @@ class VectorStore:
         excl = self._excl.copy()
         excl[rows] = values
         self._excl = excl
+        self._version += 1
+
+    @edits
+    def set_index_params(self, params: dict) -> None:
+        """Set the index's search knobs by their FAISS names (``{"nprobe": 32}``).
+
+        Search results may change, so the version advances. A knob the index does
+        not have raises ValueError and changes nothing.
+        """
+        self.engine.set_params(dict(params))
+        self.index_params = dict(params)
         self._version += 1
 
     # -- searching --------------------------------------------------------------------
@@ -465,6 +507,7 @@ class VectorStore:
             preprocess_inplace(Q, center=self._mean, normalize=True)
         return Q
 
+    @reads
     def search(
         self,
         X,
@@ -493,12 +536,17 @@ class VectorStore:
         """
         X = np.asarray(X)
         k = self._capped_k(k, self._n)
-        parts = [
-            self._record(*self._search_prepared(self.prepare(X[s : s + batch_size]), k))
-            for s in _blocks(X.shape[0], batch_size, progress, "search")
-        ]
+        parts = []
+        for s in _blocks(X.shape[0], batch_size, progress, "search"):
+            Q = self.prepare(X[s : s + batch_size])
+            # A zero query (after centring) has no direction: every normalised
+            # sample is equally far from it, so its neighbours are arbitrary.
+            lost = ~Q.any(axis=1) if self.normalizes else None
+            record = self._record(*self._search_prepared(Q, k))
+            parts.append(replace(record, directionless=lost))
         return Neighbors.concatenate(parts) if parts else self._empty(k)
 
+    @reads
     def search_self(
         self,
         ids=None,
@@ -551,6 +599,7 @@ class VectorStore:
             parts.append(record)
         return Neighbors.concatenate(parts) if parts else self._empty(k)
 
+    @reads
     def within_radius(self, query_ids, radii, *, X=None, ids=None) -> np.ndarray:
         """Which stored queries have some point within their radius.
 
@@ -603,10 +652,45 @@ class VectorStore:
         _, keys = self.engine.search(X, Q, k)
         keys = np.asarray(keys, dtype=np.int64)
         rows = self._rows_of(keys) if self.engine.keys_are_ids else keys
+        short = (rows < 0).any(axis=1)
+        if short.any():
+            none = (rows < 0).all(axis=1)
+            if none.any():
+                # Only empty inverted lists probed (small nprobe, lists emptied by
+                # unlearn): nothing to vote with, so search those exactly.
+                rows = rows.copy()
+                rows[none] = self._exact_rows(X, Q[none], k)
+            self._warn_short(int(short.sum()), int(none.sum()), Q.shape[0], k)
         dist = self.metric.pair_distances(X, Q, rows)
         # Exact distances may reorder near-ties the engine's arithmetic saw apart.
         order = np.argsort(dist, axis=1, kind="stable")
         return np.take_along_axis(dist, order, 1), np.take_along_axis(rows, order, 1)
+
+    def _exact_rows(self, X: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
+        """Rows of the ``k`` nearest stored vectors, by brute force (unordered)."""
+        out = np.empty((Q.shape[0], k), dtype=np.int64)
+        sq = None if self.metric.inner_product else np.einsum("ij,ij->i", X, X)
+        for s in range(0, Q.shape[0], 16):  # 16 x n scores at a time
+            score = Q[s : s + 16] @ X.T
+            if sq is not None:
+                score = 2.0 * score - sq  # larger is nearer, as for inner products
+            out[s : s + 16] = np.argpartition(-score, k - 1, axis=1)[:, :k]
+        return out
+
+    def _warn_short(self, n_short: int, n_none: int, n_queries: int, k: int) -> None:
+        if getattr(self, "_warned_short", False):
+            return
+        self._warned_short = True  # once per store: a warning per batch is noise
+        warnings.warn(
+            f"{n_short} of {n_queries} queries found fewer than k={k} neighbours in "
+            f"index={self.engine_name!r} (inverted lists empty or too few probed). "
+            "They vote with the neighbours found; kneighbors pads the rest with id "
+            f"-1 and distance inf; {n_none} that found none were searched exactly. "
+            "Raise nprobe / efSearch in index_params, or retrain the index "
+            "(unlearn(retrain_index=True)). Warned once per memory.",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def _record(self, dist, rows, *, query_ids=None, query_labels=None) -> Neighbors:
         present = rows >= 0
@@ -615,7 +699,7 @@ class VectorStore:
             distances=dist,
             ids=np.where(present, self._ids[safe], MISSING),
             labels=np.where(present, self._y[safe], 0),
-            reliability=self._rel[safe],
+            reliability=self._rel[safe] * self._sw[safe],
             excluded=self._excl[safe] & present,
             classes=self.classes,
             query_ids=query_ids,
@@ -626,6 +710,7 @@ class VectorStore:
         return Neighbors.empty(k, self.classes)
 
     # -- persistence ----------------------------------------------------------
+    @reads
     def state(self) -> tuple[dict, dict]:
         """``(meta, arrays)``: JSON-able scalars and the arrays, trimmed to the rows."""
         from skknn.io import labels_to_json
@@ -648,6 +733,7 @@ class VectorStore:
             "sample_ids": np.ascontiguousarray(self._ids[:n]),
             "reliability": np.ascontiguousarray(self._rel[:n]),
             "excluded": np.ascontiguousarray(self._excl[:n]),
+            "sample_weight": np.ascontiguousarray(self._sw[:n]),
         }
         if self._norm is not None:
             arrays["norms"] = np.ascontiguousarray(self._norm[:n])
@@ -662,6 +748,7 @@ class VectorStore:
         """The store :meth:`state` described, its engine on ``device``."""
         from skknn.io import labels_from_json
 
+        check_state(meta, arrays)
         store = cls(
             meta["n_features"],
             metric=meta["metric"],
@@ -674,6 +761,8 @@ class VectorStore:
         n = X.shape[0]
         store._X, store._y, store._ids = X, arrays["labels"], arrays["sample_ids"]
         store._rel, store._excl = arrays["reliability"], arrays["excluded"]
+        # Files of format 1 had no sample weights.
+        store._sw = arrays.get("sample_weight", np.ones(n, dtype=np.float32))
         if store._norm is not None:
             store._norm = arrays.get("norms", np.full(n, np.nan, dtype=np.float32))
         store._mean = arrays.get("mean")
@@ -709,6 +798,48 @@ class VectorStore:
         )
 
 
+def _checked_weights(sample_weight, n: int) -> np.ndarray:
+    if sample_weight is None:
+        return np.ones(n, dtype=np.float32)
+    weights = np.asarray(sample_weight, dtype=np.float64)
+    if weights.shape != (n,):
+        raise ValueError(
+            f"sample_weight must have shape ({n},), one per sample; got "
+            f"{weights.shape}."
+        )
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("sample_weight must be finite and >= 0.")
+    if np.any(weights == 0):
+        raise ValueError(
+            f"sample_weight is zero for {int(np.sum(weights == 0))} samples: a "
+            "zero weight would keep a sample in every neighbour list with no vote, "
+            "and can leave a class without any. Leave those samples out of fit, "
+            "or unlearn them."
+        )
+    return weights.astype(np.float32)
+
+
+def _checked_id_values(ids: np.ndarray) -> np.ndarray:
+    """Ids as int64, all in ``[0, 2**63 - 1]``; clear errors otherwise (uint64
+    above 2**63 would wrap to negatives, Python ints beyond int64 overflow)."""
+    if ids.size and ids.dtype == object:
+        values = ids.tolist()
+        if not all(isinstance(v, (int, np.integer)) for v in values):
+            raise TypeError("sample_ids must be integers; got non-integer values.")
+        bad = [v for v in values if not 0 <= v <= MAX_ID]
+    elif ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"sample_ids must be integers; got dtype {ids.dtype}.")
+    elif ids.size and ids.dtype.kind == "u":
+        bad = ids[ids > MAX_ID].tolist()
+    else:
+        bad = ids[ids < 0].tolist() if ids.size else []
+    if bad:
+        raise ValueError(
+            f"sample_ids must be in [0, 2**63 - 1]; got {sorted(bad)[:10]}."
+        )
+    return ids.astype(np.int64)
+
+
 def _blocks(n: int, size: int, progress: bool, desc: str):
     starts = range(0, n, size)
     if progress and n > size:
@@ -735,13 +866,15 @@ def store_from_v1_state(
     aligned with the rows) restores them; without it :meth:`VectorStore.get`
     refuses to invent raw vectors.
     """
+    from skknn.io import labels_to_json
+
     n = arrays["embeddings"].shape[0]
     state = {
         **meta,
         "preprocessing": preprocessing,
         "uid": uuid.uuid4().hex,
         "version": 0,
-        "classes": None,
+        "classes": labels_to_json(classes),
     }
     arrays = dict(arrays)
     if mean is not None:
@@ -754,6 +887,4 @@ def store_from_v1_state(
         )
     elif normalizes:
         arrays["norms"] = np.full(n, np.nan, dtype=np.float32)
-    store = VectorStore.from_state(state, arrays, device)
-    store._classes = classes
-    return store
+    return VectorStore.from_state(state, arrays, device)

@@ -68,6 +68,8 @@ def neighbor_weights(
     voting : {"plurality", "distance", "softmax", "rank"} or callable
         The rule; a callable receives ``(distances, ranks)`` (``inf`` distance and
         rank -1 in slots that do not vote) and returns weights of the same shape.
+        Infinite weights (``1 / d`` at ``d = 0``) give those neighbours the whole
+        vote, as sklearn's ``weights="distance"`` does.
     temperature, rank_offset, distance_power : float
         Parameters of the softmax, rank and distance rules.
 
@@ -82,16 +84,21 @@ def neighbor_weights(
     ranks = ranks_from_mask(mask)
     if callable(voting):
         d_in = np.where(mask, distances, np.inf)
-        weights = np.asarray(voting(d_in, ranks), dtype=np.float64)
+        with np.errstate(divide="ignore"):  # 1 / d at d = 0 is +inf, handled below
+            weights = np.asarray(voting(d_in, ranks), dtype=np.float64)
         if weights.shape != distances.shape:
             raise ValueError(
                 "The voting callable must return weights of shape "
                 f"{distances.shape}; got {weights.shape}."
             )
-        if not np.all(np.isfinite(weights[mask])) or np.any(weights[mask] < 0):
-            raise ValueError(
-                "The voting callable returned negative, NaN or infinite weights."
-            )
+        weights = np.where(mask, weights, 0.0)
+        # sklearn's rule for weights="distance": a query that coincides with
+        # memory samples (an infinite 1 / d) is decided by those samples alone.
+        exact = np.isposinf(weights)
+        hit = exact.any(axis=1)
+        weights[hit] = exact[hit]
+        if np.isnan(weights).any() or np.any(weights < 0):
+            raise ValueError("The voting callable returned negative or NaN weights.")
     elif voting == "plurality":
         weights = np.ones_like(distances)
     elif voting == "rank":
@@ -236,7 +243,8 @@ def vote(
 
     Weights by ``voting``, times reliabilities; hard-pruned neighbours do not
     vote and ranks close up over them; probabilities are normalised scores and
-    ``argmax(proba)`` agrees with the tie rule.
+    ``argmax(proba)`` agrees with the tie rule. A directionless query (a zero
+    vector under normalisation) gets uniform probabilities and the first class.
     """
     mask = record_mask(neighbors)
     weights = neighbor_weights(
@@ -249,7 +257,14 @@ def vote(
     )
     weights = weights * neighbors.reliability
     scores = class_scores(weights, neighbors.labels, len(neighbors.classes))
+    lost = neighbors.directionless
+    if lost is not None and lost.any():
+        # No direction, no nearer neighbour: a uniform answer, the first class.
+        weights[lost] = 0.0
+        scores[lost] = 1.0
     proba = scores_to_proba(scores)
     winner = predict_with_ties(scores, neighbors.labels, mask)
+    if lost is not None and lost.any():
+        winner[lost] = 0
     align_proba_with_ties(proba, winner)
     return Vote(weights, mask, scores, proba, winner, neighbors.classes)

@@ -93,11 +93,7 @@ def count_wrong_decisions(
         nb = store.search_self(
             queries[s : s + batch_size], k + 1, batch_size=batch_size
         )
-        key = np.where(nb.present, nb.ids, np.iinfo(np.int64).max)
-        order = np.lexsort((key, nb.distances), axis=1)[:, :k]
-        dist = np.take_along_axis(nb.distances, order, 1)
-        ids = np.take_along_axis(nb.ids, order, 1)
-        labels = np.take_along_axis(nb.labels, order, 1)
+        dist, ids, labels = _by_distance_then_id(nb, k)
         wrong = (ids >= 0) & (labels != nb.query_labels[:, None])
         counts += np.bincount(position(ids[wrong]), minlength=n)
         if k == m:
@@ -107,6 +103,24 @@ def count_wrong_decisions(
         if progress is not None:
             progress.update(len(ids))
     return counts, radii
+
+
+def _by_distance_then_id(nb, k: int):
+    """The first ``k`` neighbours ordered by (distance, id).
+
+    Records come sorted by distance already; only rows holding equal distances
+    need the id tie-break, and they are few, so only they are lexsorted (a
+    lexsort of every row cost 5% of the whole count at m = 100).
+    """
+    dist, ids, labels = nb.distances, nb.ids, nb.labels
+    tied = np.flatnonzero((dist[:, 1:] == dist[:, :-1]).any(axis=1))
+    if tied.size:
+        dist, ids, labels = dist.copy(), ids.copy(), labels.copy()
+        key = np.where(ids[tied] >= 0, ids[tied], np.iinfo(np.int64).max)
+        order = np.lexsort((key, dist[tied]), axis=1)
+        for a in (dist, ids, labels):
+            a[tied] = np.take_along_axis(a[tied], order, 1)
+    return dist[:, :k], ids[:, :k], labels[:, :k]
 
 
 class IdPositions:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,21 +59,39 @@ def evaluate(args: argparse.Namespace) -> int:
     from skknn.datasets import load_embeddings
     from skknn.evaluation import voting_accuracy_by_k
 
+    # Every option is checked before the (possibly long) search.
     if args.max_k < 1:
         raise ValueError(f"--max-k must be >= 1. Got {args.max_k} instead.")
+    ks = None if args.k is None else _parse_ks(args.k)
+    if ks is not None and ks[-1] > args.max_k:
+        raise ValueError(
+            f"--k {ks[-1]} is above --max-k {args.max_k}: raise --max-k to show it."
+        )
     out = Path(args.out) if args.out else None
-    if out is not None and out.suffix.lower() not in (".csv", ".json"):
-        raise ValueError(f"--out must end in .csv or .json. Got {str(out)!r} instead.")
+    if out is not None:
+        _check_writable(out, "--out", (".csv", ".json"))
     if args.plot:
         from skknn._gallery import new_figure
 
+        _check_writable(Path(args.plot), "--plot", (".png",))
         new_figure(10, 10)  # fails now, not after the search, without matplotlib
-    X_mem, y_mem = load_embeddings(args.memory, label_column=args.label_column)
-    X_q, y_q = load_embeddings(args.queries, label_column=args.label_column)
+    columns = _parse_columns(args.feature_columns)
+    options = {"label_column": args.label_column, "feature_columns": columns}
+    X_mem, y_mem = load_embeddings(args.memory, **options)
+    X_q, y_q = load_embeddings(args.queries, **options)
     if X_mem.shape[1] != X_q.shape[1]:
         raise ValueError(
             f"The memory embeddings have {X_mem.shape[1]} features but the queries "
             f"have {X_q.shape[1]}."
+        )
+    if ks is not None and ks[-1] > len(y_mem):
+        raise ValueError(
+            f"--k {ks[-1]} is above the memory size ({len(y_mem)} samples)."
+        )
+    if args.max_k > len(y_mem):
+        print(
+            f"note: --max-k {args.max_k} is above the memory size; k runs up to "
+            f"{len(y_mem)}"
         )
     voter = _voter_from_args(args, n_neighbors=args.max_k)
     t = time.perf_counter()
@@ -91,7 +110,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if unknown:
         print(f"note: {unknown} queries have labels absent from the memory (errors)")
     print("\nAccuracy (%) by voting rule and k")
-    ks = TABLE_KS if args.k is None else _parse_ks(args.k)
+    ks = TABLE_KS if ks is None else ks
     print(accuracy_table(acc, ks))
     if out is not None:
         _write_results(out, acc, args, len(y_mem), len(y_q))
@@ -106,6 +125,29 @@ def evaluate(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.plot}")
     return 0
+
+
+def _check_writable(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(
+            f"{option} must end in {' or '.join(suffixes)}. Got {str(path)!r} instead."
+        )
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"{option}: folder {str(folder)!r} does not exist.")
+    if not os.access(folder, os.W_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        raise ValueError(f"{option}: {str(path)!r} is not writable.")
+
+
+def _parse_columns(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    columns = [c.strip() for c in text.split(",") if c.strip()]
+    if not columns:
+        raise ValueError("--feature-columns must name at least one column.")
+    return columns
 
 
 def _parse_ks(text: str) -> list[int]:
@@ -423,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-column",
         default=None,
         help="label column of parquet files (default y or label)",
+    )
+    p.add_argument(
+        "--feature-columns",
+        default=None,
+        metavar="C1,C2,...",
+        help="embedding columns of parquet files (default: one list column, or "
+        "every floating-point column)",
     )
     _add_voter_options(p)
     p.set_defaults(func=evaluate)

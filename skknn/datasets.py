@@ -111,7 +111,10 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0):
 
 # -- embedding files ------------------------------------------------------------
 def load_embeddings(
-    source: str | os.PathLike, *, label_column: str | None = None
+    source: str | os.PathLike,
+    *,
+    label_column: str | None = None,
+    feature_columns: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read embeddings and their labels from ``.npz``, ``.npy`` or parquet files.
 
@@ -128,6 +131,10 @@ def load_embeddings(
           embeddings or numeric embedding columns (all the others). Needs pyarrow.
     label_column : str, default=None
         Name of the label column of a parquet file.
+    feature_columns : list of str, default=None
+        The embedding columns of a parquet file. Without it, the file must hold
+        one list column or only floating-point columns besides the labels:
+        integer columns (ids, counts) are refused as ambiguous.
 
     Returns
     -------
@@ -168,7 +175,7 @@ def load_embeddings(
         if suffix == ".npz":
             X, y = _read_npz(text)
         elif suffix in (".parquet", ".pq"):
-            X, y = _read_parquet(text, label_column)
+            X, y = _read_parquet(text, label_column, feature_columns)
         elif suffix == ".npy":
             raise ValueError(
                 f"{text!r}: a .npy file holds no labels; pass embeddings and labels "
@@ -213,7 +220,9 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path!r} is not a readable .npz file: {exc}") from exc
 
 
-def _read_parquet(path: str, label_column: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_parquet(
+    path: str, label_column: str | None, feature_columns: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:
@@ -240,6 +249,17 @@ def _read_parquet(path: str, label_column: str | None) -> tuple[np.ndarray, np.n
             f"{path!r} has no column {label_column!r}; columns are {names[:10]}."
         )
     y = table.column(label_column).to_numpy()
+    if feature_columns is not None:
+        missing = [c for c in feature_columns if c not in names]
+        if missing or not feature_columns:
+            raise ValueError(
+                f"{path!r} has no feature columns {missing or feature_columns}; "
+                f"columns are {names[:10]}."
+            )
+        kinds = [table.schema.field(c).type for c in feature_columns]
+        if not all(pa.types.is_floating(t) or pa.types.is_integer(t) for t in kinds):
+            raise ValueError(f"{path!r}: feature columns must be numeric.")
+        return np.column_stack([table.column(c).to_numpy() for c in feature_columns]), y
     rest = [c for c in names if c != label_column]
     lists = [
         c
@@ -266,6 +286,15 @@ def _read_parquet(path: str, label_column: str | None) -> tuple[np.ndarray, np.n
                 f"{path!r}: besides the label column {label_column!r}, expected one "
                 f"list column or only numeric embedding columns; found non-numeric "
                 f"columns {other[:10]}."
+            )
+        integers = [
+            c for c in numeric if pa.types.is_integer(table.schema.field(c).type)
+        ]
+        if integers:
+            raise ValueError(
+                f"{path!r}: integer columns {integers[:10]} may be ids or counts "
+                "rather than embedding values; name the embedding columns with "
+                "--feature-columns (feature_columns=)."
             )
         X = np.column_stack([table.column(c).to_numpy() for c in numeric])
     return X, y

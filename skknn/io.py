@@ -13,6 +13,7 @@ from __future__ import annotations
 import io as _io
 import json
 import os
+import pickle
 import tempfile
 import zipfile
 from pathlib import Path
@@ -130,8 +131,18 @@ def subtree(arrays: dict, prefix: str) -> dict:
 
 # -- the archive ----------------------------------------------------------------
 def write_archive(path, meta: dict, arrays: dict) -> None:
-    """Write ``meta`` and ``arrays`` to ``path`` atomically."""
+    """Write ``meta`` and ``arrays`` to ``path`` atomically.
+
+    The file gets the permissions any new file of this process would get
+    (``0o666`` less the umask, as joblib's), not mkstemp's private 0600. The
+    rename is made durable by syncing the folder too.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"Cannot save to {str(path)!r}: it is a folder. Give a file path, "
+            f"e.g. {str(path / 'model.skknn')!r}."
+        )
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -139,6 +150,7 @@ def write_archive(path, meta: dict, arrays: dict) -> None:
         )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             with zipfile.ZipFile(
                 fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True
@@ -159,6 +171,36 @@ def write_archive(path, meta: dict, arrays: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_folder(folder)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where the OS allows
+    (``os.umask`` can only be read by setting it, which races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot
+    be opened, as on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_archive(path) -> tuple[dict, dict]:
@@ -176,11 +218,23 @@ def read_archive(path) -> tuple[dict, dict]:
                     arrays[name[len("arrays/") : -len(".npy")]] = (
                         np.lib.format.read_array(data, allow_pickle=False)
                     )
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+    except (
+        zipfile.BadZipFile,
+        KeyError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        ValueError,
+        EOFError,
+    ) as exc:
         raise ValueError(f"{str(path)!r} is not a skknn model file.") from exc
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a skknn model file.")
-    if meta.get("version", 0) > VERSION:
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(
+            f"{str(path)!r} is not a valid skknn model file: version {version!r}."
+        )
+    if version > VERSION:
         raise ValueError(
             f"{str(path)!r} was written by a newer skknn (format version "
             f"{meta['version']}); upgrade skknn to read it."
@@ -229,8 +283,27 @@ def load(path):
     """
     meta, arrays = read_archive(path)
     name = meta.get("class")
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"{str(path)!r} holds an unknown class {name!r}.")
-    est = _REGISTRY[name](**params_from_json(meta["params"]))
-    est.__skknn_load__(meta["state"], arrays, int(meta["version"]))
+    try:
+        est = _REGISTRY[name](**params_from_json(meta["params"]))
+        est.__skknn_load__(meta["state"], arrays, meta["version"])
+    except _DAMAGE as exc:
+        # Every field is checked as it is read; whatever is wrong, one message.
+        raise ValueError(
+            f"{str(path)!r} is not a valid skknn model file: {exc}"
+        ) from exc
     return est
+
+
+# What a damaged or hand-edited file can raise while its state is rebuilt.
+_DAMAGE = (
+    KeyError,
+    IndexError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    RuntimeError,
+    EOFError,
+    pickle.UnpicklingError,
+)

@@ -13,6 +13,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn import _head_training, _heads
 from skknn._device import device_after_unpickling, resolve_device
+from skknn._head_lbfgs import fit_linear_head
+from skknn._locks import GuardedState
+from skknn._new_classes import imprint_new_rows
 from skknn._store import store_from_v1_state
 from skknn._validation import check_float, check_int, check_option
 from skknn.io import Persistable, params_from_json, params_to_json, register, subtree
@@ -21,6 +24,9 @@ from skknn.voter import KNNVoter
 # partial_fit's single pass runs at this fraction of the peak learning rate: new
 # samples should move a trained head, not undo it.
 PARTIAL_FIT_LR_FACTOR = 0.1
+# partial_fit rehearses this many memory samples per new one, for this many passes.
+REPLAY_PER_NEW = 4
+PARTIAL_FIT_PASSES = 3
 _MIN_STEPS = 20
 
 
@@ -28,8 +34,12 @@ def _default_knn() -> KNNVoter:
     return KNNVoter(voting="softmax", preprocessing="center_l2")
 
 
+def _nested(params: dict, name: str) -> bool:
+    return any(key.startswith(name + "__") for key in params)
+
+
 @register
-class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
+class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
     """A linear (or MLP) head trained with kNN guidance, interpolated with the kNN.
 
     Training follows [NN] (FORMULAS.md 4): the leave-one-out kNN probability of
@@ -68,6 +78,22 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         samples stay in the kNN memory.
     n_iter_no_change : int, default=None
         With a validation set, stop after this many epochs without improvement.
+    solver : {"auto", "lbfgs", "sgd"}, default="auto"
+        How :meth:`fit` trains the head. ``"lbfgs"``: sklearn's
+        ``LogisticRegression(solver="lbfgs")`` on the same weighted loss (the
+        JOINT weights as ``sample_weight``, ``C = 1 / (weight_decay * n)``),
+        full-batch, for linear heads; ``base_lr``, ``batch_size``, ``max_epochs``
+        and ``warmup_epochs`` then do not apply. ``"sgd"``: the mini-batch
+        schedule above. ``"auto"`` takes L-BFGS for a linear head on the CPU
+        without ``validation_fraction``, SGD otherwise. :meth:`partial_fit`
+        always steps by SGD.
+    max_iter : int, default=200
+        L-BFGS iterations at most.
+    n_threads : int, default=None
+        Torch threads for SGD steps on the CPU. None chooses by the size of a
+        step: one thread below 16 M multiply-adds (torch's threads would hand
+        work over more than compute, and spin against any other busy process),
+        torch's own count above. The count is restored after each call.
     device : str, default="auto"
         Where the head trains and predicts (the kNN has its own ``device``).
     random_state : int, RandomState instance or None, default=None
@@ -93,10 +119,16 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         cross-entropy): the leave-one-out search of the memory, most of the fit's
         time, is then skipped.
     loss_curve_ : list of float
-        Mean training loss per epoch.
+        Mean training loss per SGD epoch (L-BFGS: the final loss), then one
+        entry per :meth:`partial_fit`.
     validation_scores_ : list of float
         Head accuracy on the validation set per epoch (empty without one).
     best_epoch_ : int
+        The epoch kept (L-BFGS: its iteration count).
+    n_iter_ : int
+        SGD epochs run, or L-BFGS iterations.
+    solver_ : str
+        The solver that trained the head, ``"lbfgs"`` or ``"sgd"``.
     device_ : torch.device
 
     See Also
@@ -144,6 +176,9 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         weight_decay: float = _head_training.DEFAULT_WEIGHT_DECAY,
         validation_fraction: float | None = None,
         n_iter_no_change: int | None = None,
+        solver: str = "auto",
+        max_iter: int = 200,
+        n_threads: int | None = None,
         device: str = "auto",
         random_state=None,
         verbose: bool = False,
@@ -162,11 +197,31 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.solver = solver
+        self.max_iter = max_iter
+        self.n_threads = n_threads
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
     # -- parameters -----------------------------------------------------------
+    def set_params(self, **params):
+        """Set parameters; ``knn__<name>`` works with the default ``knn=None``
+        too (the default :class:`KNNVoter` is then made explicit first).
+
+        Parameters
+        ----------
+        **params : dict
+            Estimator parameters, nested ones as ``knn__n_neighbors``.
+
+        Returns
+        -------
+        self : JointKNNClassifier
+        """
+        if self.knn is None and "knn" not in params and _nested(params, "knn"):
+            self.knn = _default_knn()
+        return super().set_params(**params)
+
     def _check_params(self) -> None:
         if self.knn is not None and not isinstance(self.knn, KNNVoter):
             raise TypeError(
@@ -206,6 +261,25 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         check_int(
             self, "n_iter_no_change", self.n_iter_no_change, low=1, allow_none=True
         )
+        check_option(self, "solver", self.solver, ("auto", "lbfgs", "sgd"))
+        check_int(self, "n_threads", self.n_threads, low=1, allow_none=True)
+        check_int(self, "max_iter", self.max_iter, low=1)
+        if self.solver == "lbfgs" and (
+            self.hidden_layer_sizes or self.validation_fraction
+        ):
+            raise ValueError(
+                "solver='lbfgs' fits a linear head on the whole training set: it "
+                "takes no hidden_layer_sizes and no validation_fraction. Use "
+                "solver='sgd' (or 'auto') for those."
+            )
+
+    def _solver(self, device) -> str:
+        """'auto': L-BFGS for a linear head on the CPU without a validation split
+        (full-batch, converges in tens of passes); mini-batch SGD otherwise."""
+        if self.solver != "auto":
+            return self.solver
+        simple = not self.hidden_layer_sizes and not self.validation_fraction
+        return "lbfgs" if simple and device.type == "cpu" else "sgd"
 
     def _generator(self) -> torch.Generator:
         seed = check_random_state(self.random_state).randint(0, 2**31 - 1)
@@ -219,7 +293,7 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         }
 
     # -- fitting --------------------------------------------------------------
-    def fit(self, X, y, sample_ids=None):
+    def fit(self, X, y, sample_ids=None, sample_weight=None):
         """Build the kNN memory, compute leave-one-out ``p_kNN``, train the head.
 
         Parameters
@@ -228,14 +302,26 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         y : array-like of shape (n_samples,)
         sample_ids : array-like of shape (n_samples,), default=None
             Stable ids for the memory (see :class:`KNNVoter`).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Per-sample weights (finite, > 0): of each sample's vote in the
+            memory and of its term in the head's loss.
 
         Returns
         -------
         self : JointKNNClassifier
         """
-        return self._fit(X, y, sample_ids, max_epochs=self.max_epochs)
+        with self._editing():
+            return self._fit(
+                X,
+                y,
+                sample_ids,
+                max_epochs=self.max_epochs,
+                sample_weight=sample_weight,
+            )
 
-    def _fit(self, X, y, sample_ids, *, max_epochs: int, classes=None):
+    def _fit(
+        self, X, y, sample_ids, *, max_epochs: int, classes=None, sample_weight=None
+    ):
         self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
@@ -250,7 +336,10 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         # KNNVoter's default ids, made explicit: p_kNN is looked up by id.
         ids = np.arange(len(y)) if sample_ids is None else np.asarray(sample_ids)
         # A fresh clone's first partial_fit is its fit, with extra classes known.
-        knn.partial_fit(X, y, classes=classes, sample_ids=ids)
+        knn.partial_fit(
+            X, y, classes=classes, sample_ids=ids, sample_weight=sample_weight
+        )
+        sw = None if sample_weight is None else np.asarray(sample_weight, np.float32)
         codes = np.searchsorted(knn.classes_, y)
         p_true = self._p_true(knn, codes, ids) if self._uses_p_knn() else None
 
@@ -269,26 +358,49 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
             x_mean=x_mean,
             x_scale=x_scale,
         )
-        result = _head_training.train_head(
-            head,
-            X[train],
-            codes[train],
-            np.ones(len(train), np.float32) if p_true is None else p_true[train],
-            **self._loss_kwargs(),
-            base_lr=self.base_lr,
-            batch_size=self._batch_size(len(train)),
-            max_epochs=max_epochs,
-            warmup_epochs=min(self.warmup_epochs, max_epochs),
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            X_val=X_val,
-            y_val=y_val,
-            n_iter_no_change=self.n_iter_no_change,
-            generator=gen,
-            device=device,
-            verbose=self.verbose,
-        )
-        head.load_state_dict(result["state_dict"])
+        p_train = np.ones(len(train), np.float32) if p_true is None else p_true[train]
+        sw_train = None if sw is None else sw[train]
+        if self._solver(device) == "lbfgs":
+            weights = _head_training.modulation_weights(
+                torch.from_numpy(p_train), **self._loss_kwargs()
+            ).numpy()
+            fitted = fit_linear_head(
+                head,
+                X[train],
+                codes[train],
+                weights if sw_train is None else weights * sw_train,
+                weight_decay=self.weight_decay,
+                max_iter=self.max_iter,
+            )
+            result = {
+                "loss_curve": [fitted["loss"]],
+                "val_scores": [],
+                "best_epoch": fitted["n_iter"],
+                "n_epochs": fitted["n_iter"],
+            }
+        else:
+            result = _head_training.train_head(
+                head,
+                X[train],
+                codes[train],
+                p_train,
+                **self._loss_kwargs(),
+                base_lr=self.base_lr,
+                batch_size=self._batch_size(len(train)),
+                max_epochs=max_epochs,
+                warmup_epochs=min(self.warmup_epochs, max_epochs),
+                momentum=self.momentum,
+                weight_decay=self.weight_decay,
+                X_val=X_val,
+                y_val=y_val,
+                n_iter_no_change=self.n_iter_no_change,
+                generator=gen,
+                device=device,
+                verbose=self.verbose,
+                sample_weight=sw_train,
+                n_threads=self._threads(head, len(train)),
+            )
+            head.load_state_dict(result["state_dict"])
         self.knn_ = knn
         self.classes_ = knn.classes_
         self.head_ = head.cpu().eval()
@@ -298,9 +410,15 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         self.validation_scores_ = list(result["val_scores"])
         self.best_epoch_ = int(result["best_epoch"])
         self.n_iter_ = int(result["n_epochs"])
+        self.solver_ = self._solver(device)
         self._train_ids = np.asarray(ids, dtype=np.int64)  # validated by the store
         self._generator_state = gen.get_state()
         return self
+
+    def _threads(self, head, n_train: int) -> int | None:
+        if self.n_threads is not None:
+            return self.n_threads
+        return _head_training.threads_for(head, self._batch_size(n_train))
 
     def _batch_size(self, n_train: int) -> int:
         """``batch_size``, capped so an epoch has at least ``_MIN_STEPS`` steps:
@@ -324,11 +442,17 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
             )
         return np.setdiff1d(np.arange(len(codes)), val), val
 
-    def partial_fit(self, X, y, classes=None, sample_ids=None):
-        """Add samples: into the memory at once, then one pass of the head.
+    def partial_fit(self, X, y, classes=None, sample_ids=None, sample_weight=None):
+        """Add samples: into the memory at once, then a rehearsal of the head.
 
-        A new class adds an output row to the head (existing rows kept exactly).
-        The first call fits on its batch as :meth:`fit` does, with one epoch.
+        The head takes a few SGD passes over the new samples together with a
+        random rehearsal sample of the memory (``REPLAY_PER_NEW`` old samples
+        per new one): the memory holds every old sample, so the head learns the
+        new ones without forgetting the rest. A new class adds an output row
+        (existing rows kept exactly); on a linear head it starts along the mean
+        of its samples, its length and bias fitted on that rehearsal set with
+        classes weighted equally (weight imprinting), so it is recognised from
+        its first batch on. The first call fits on its batch as :meth:`fit`.
 
         Parameters
         ----------
@@ -337,23 +461,39 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         classes : array-like, default=None
             Labels to know before their samples arrive.
         sample_ids : array-like of shape (n_samples,), default=None
+        sample_weight : array-like of shape (n_samples,), default=None
+            See :meth:`fit`.
 
         Returns
         -------
         self : JointKNNClassifier
         """
-        if not hasattr(self, "head_"):
-            return self._fit(X, y, sample_ids, max_epochs=1, classes=classes)
+        with self._editing():
+            if not hasattr(self, "head_"):
+                return self._fit(
+                    X,
+                    y,
+                    sample_ids,
+                    max_epochs=1,
+                    classes=classes,
+                    sample_weight=sample_weight,
+                )
+            return self._partial_fit(X, y, classes, sample_ids, sample_weight)
+
+    def _partial_fit(self, X, y, classes, sample_ids, sample_weight):
         self._check_params()
         X, y = validate_data(self, X, y, reset=False, dtype=np.float32)
         check_classification_targets(y)
         old = self.classes_
         store = self.knn_.memory_
         ids = store.next_ids(len(y)) if sample_ids is None else sample_ids
-        self.knn_.partial_fit(X, y, classes=classes, sample_ids=ids)
+        self.knn_.partial_fit(
+            X, y, classes=classes, sample_ids=ids, sample_weight=sample_weight
+        )
         ids = np.asarray(ids, dtype=np.int64)
-        self._train_ids = np.concatenate([self._train_ids, ids])
-        self._sync_head_classes(old)
+        old_ids = self._train_ids
+        self._train_ids = np.concatenate([old_ids, ids])
+        added = self._sync_head_classes(old)
         codes = np.searchsorted(self.classes_, y)
         tracked = self.knn_train_proba_ is not None
         if tracked or self._uses_p_knn():
@@ -362,21 +502,46 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
             p_true = np.ones(len(y), np.float32)  # unused by plain cross-entropy
         gen = torch.Generator()
         gen.set_state(self._generator_state)
+        # Rehearse: the memory holds every old sample, so the head revisits some
+        # beside the new ones; new samples alone would drag every class's row
+        # towards them (and one pass over few samples teaches a new class little).
+        n_replay = min(len(old_ids), REPLAY_PER_NEW * len(y))
+        replay = old_ids[torch.randperm(len(old_ids), generator=gen)[:n_replay].numpy()]
+        data = store.get(replay)
+        r_codes = np.searchsorted(self.classes_, data.labels)
+        r_p = (
+            self._p_true(self.knn_, r_codes, replay)
+            if self._uses_p_knn() and n_replay
+            else np.ones(n_replay, np.float32)
+        )
+        sw_new = np.ones(len(y), np.float32) if sample_weight is None else sample_weight
+        X_mix = np.concatenate([X, data.X])
+        c_mix = np.concatenate([codes, r_codes])
+        p_mix = np.concatenate([p_true, r_p])
+        w_mix = np.concatenate([np.asarray(sw_new, np.float32), data.sample_weight])
+        if np.all(w_mix == 1.0):
+            w_mix = None  # torch's fused mean: the unweighted loss, exactly
+        imprint_new_rows(
+            self.head_, added, X_mix, c_mix, w_mix, weight_decay=self.weight_decay
+        )
         batch_size = self._batch_size(len(self._train_ids))
         lr = self.base_lr * batch_size / 256 * PARTIAL_FIT_LR_FACTOR
-        loss = _head_training.one_pass(
-            self.head_,
-            X,
-            codes,
-            p_true,
-            **self._loss_kwargs(),
-            lr=lr,
-            batch_size=batch_size,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            generator=gen,
-            device=self.device_,
-        )
+        for _ in range(PARTIAL_FIT_PASSES):
+            loss = _head_training.one_pass(
+                self.head_,
+                X_mix,
+                c_mix,
+                p_mix,
+                **self._loss_kwargs(),
+                lr=lr,
+                batch_size=batch_size,
+                momentum=self.momentum,
+                weight_decay=self.weight_decay,
+                generator=gen,
+                device=self.device_,
+                sample_weight=w_mix,
+                n_threads=self._threads(self.head_, len(self._train_ids)),
+            )
         self._generator_state = gen.get_state()
         self.loss_curve_.append(loss)
         if tracked:
@@ -393,17 +558,22 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         """Leave-one-out ``p_kNN`` of each sample's own class (``codes``)."""
         return knn.loo_proba(ids)[np.arange(len(codes)), codes].astype(np.float32)
 
-    def _sync_head_classes(self, old: np.ndarray) -> None:
-        """Give the head an output per class of the grown ``knn_.classes_``."""
+    def _sync_head_classes(self, old: np.ndarray) -> np.ndarray:
+        """Give the head an output per class of the grown ``knn_.classes_``;
+        returns the new rows."""
         new = self.knn_.classes_
+        added = np.empty(0, dtype=np.int64)
         if new.shape != old.shape or not np.array_equal(new, old):
             gen = torch.Generator()
             gen.set_state(self._generator_state)
+            moved = np.searchsorted(new, old)
             self.head_ = _heads.expand_outputs(
-                self.head_, np.searchsorted(new, old), len(new), generator=gen
+                self.head_, moved, len(new), generator=gen
             )
             self._generator_state = gen.get_state()
+            added = np.setdiff1d(np.arange(len(new)), moved)
         self.classes_ = new
+        return added
 
     @property
     def memory_(self):
@@ -432,6 +602,10 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         self : JointKNNClassifier
         """
         check_is_fitted(self)
+        with self._editing():
+            return self._unlearn(sample_ids, retrain, retrain_index)
+
+    def _unlearn(self, sample_ids, retrain, retrain_index):
         store = self.knn_.memory_
         removed = store.check_removable(sample_ids)
         keep = ~np.isin(self._train_ids, removed)
@@ -440,7 +614,13 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
             # keeps, in training order.
             kept_ids = self._train_ids[keep]
             data = store.get(kept_ids)
-            self.fit(data.X, data.labels, sample_ids=kept_ids)
+            self._fit(
+                data.X,
+                data.labels,
+                kept_ids,
+                max_epochs=self.max_epochs,
+                sample_weight=data.sample_weight,
+            )
         else:
             self.knn_.unlearn(removed, retrain_index=retrain_index)
             self._train_ids = self._train_ids[keep]
@@ -472,6 +652,10 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         self._check_params()
         X = validate_data(self, X, reset=False, dtype=np.float32)
+        with self._reading():
+            return self._proba(X)
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
         lam = float(self.interpolation)
         if lam == 1.0:
             return self.knn_.predict_proba(X)
@@ -491,8 +675,11 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         -------
         y : ndarray of shape (n_queries,)
         """
-        proba = self.predict_proba(X)
-        return self.classes_[np.argmax(proba, axis=1)]
+        check_is_fitted(self)
+        self._check_params()
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        with self._reading():  # the classes of the same state as the proba
+            return self.classes_[np.argmax(self._proba(X), axis=1)]
 
     def decision_function(self, X) -> np.ndarray:
         """Log of the interpolated probabilities (log-odds of the second class
@@ -518,12 +705,13 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         """The kNN's explanation (:meth:`KNNVoter.explain`) with the head's and the
         interpolated probabilities added (``head_proba``, ``joint_proba``)."""
         check_is_fitted(self)
-        ex = self.knn_.explain(X)
         X = validate_data(self, X, reset=False, dtype=np.float32)
-        ex.head_proba = self._head_proba(X)
+        with self._reading():
+            ex = self.knn_.explain(X)
+            ex.head_proba = self._head_proba(X)
         lam = float(self.interpolation)
         ex.joint_proba = lam * ex.proba + (1 - lam) * ex.head_proba
-        ex.prediction = self.classes_[np.argmax(ex.joint_proba, axis=1)]
+        ex.prediction = ex.classes[np.argmax(ex.joint_proba, axis=1)]
         return ex
 
     # -- persistence ----------------------------------------------------------
@@ -546,6 +734,7 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
             "validation_scores": [float(v) for v in self.validation_scores_],
             "best_epoch": self.best_epoch_,
             "n_iter": self.n_iter_,
+            "solver": self.solver_,
         }
         return meta, arrays
 
@@ -578,11 +767,29 @@ class JointKNNClassifier(Persistable, ClassifierMixin, BaseEstimator):
         )
         self._train_ids = arrays.get("train_ids", knn.sample_ids_)
         self.knn_train_proba_ = arrays.get("knn_train_proba")
+        n = knn.memory_.n_samples
+        if not np.array_equal(np.sort(self._train_ids), np.sort(knn.sample_ids_)):
+            raise ValueError("train_ids are not the memory's sample ids")
+        if self.knn_train_proba_ is not None and self.knn_train_proba_.shape != (n,):
+            raise ValueError("knn_train_proba is not one value per memory sample")
+        probe = _heads.predict_logits(
+            self.head_, np.zeros((1, self.n_features_in_), np.float32), device="cpu"
+        )
+        if probe.shape != (1, len(self.classes_)):
+            raise ValueError(
+                f"the head gives {probe.shape[1]} outputs for "
+                f"{len(self.classes_)} classes"
+            )
         self._generator_state = torch.from_numpy(arrays["generator_state"].copy())
+        torch.Generator().set_state(self._generator_state)  # refuses a bad state
+        self._check_params()
+        if not all(torch.isfinite(t).all() for t in state.values()):
+            raise ValueError("the head's weights hold NaN or infinite values")
         self.loss_curve_ = meta["loss_curve"]
         self.validation_scores_ = meta["validation_scores"]
         self.best_epoch_ = meta["best_epoch"]
         self.n_iter_ = meta["n_iter"]
+        self.solver_ = meta.get("solver", "sgd")  # format 1: always SGD
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -23,6 +23,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from skknn._locks import GuardedState, edits, reads
 from skknn._protocols import Store
 from skknn._validation import check_float, check_int, check_option
 from skknn._wrong_decisions import (
@@ -32,7 +33,6 @@ from skknn._wrong_decisions import (
 )
 from skknn.io import (
     Persistable,
-    labels_from_json,
     labels_to_json,
     params_from_json,
     params_to_json,
@@ -57,7 +57,7 @@ DEFAULT_N_NEIGHBORS = {"hard": 100, "soft": 10}
 
 
 @register
-class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
+class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
     """Hard or soft pruning of a kNN memory by leave-one-out wrong decisions.
 
     Wraps an estimator that has a memory (a :class:`~skknn.KNNVoter`, or a
@@ -179,6 +179,25 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     # -- parameters -----------------------------------------------------------
+    def set_params(self, **params):
+        """Set parameters; ``estimator__<name>`` works with the default
+        ``estimator=None`` too (the default :class:`KNNVoter` is then made
+        explicit first).
+
+        Parameters
+        ----------
+        **params : dict
+            Estimator parameters, nested ones as ``estimator__n_neighbors``.
+
+        Returns
+        -------
+        self : MemoryPruner
+        """
+        nested = any(key.startswith("estimator__") for key in params)
+        if self.estimator is None and "estimator" not in params and nested:
+            self.estimator = KNNVoter()
+        return super().set_params(**params)
+
     def _check_params(self) -> None:
         check_option(self, "mode", self.mode, MODES)
         check_int(self, "n_neighbors", self.n_neighbors, low=1, allow_none=True)
@@ -224,7 +243,8 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
             )
 
     # -- fitting --------------------------------------------------------------
-    def fit(self, X, y, sample_ids=None):
+    @edits
+    def fit(self, X, y, sample_ids=None, sample_weight=None):
         """Fit a clone of the estimator, count wrong decisions and prune.
 
         Parameters
@@ -235,6 +255,9 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
             Labels.
         sample_ids : array-like of shape (n_samples,), default=None
             Unique int ids of the memory samples; default ``0 .. n_samples - 1``.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Passed to the estimator: each sample's vote weight, multiplied by
+            the reliability pruning gives it.
 
         Returns
         -------
@@ -244,11 +267,12 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         est = self._new_estimator()
-        est.fit(X, y, **_ids_kwarg(sample_ids))
+        est.fit(X, y, **_ids_kwarg(sample_ids), **_weight_kwarg(sample_weight))
         self._publish_recount(est)
         return self
 
-    def partial_fit(self, X, y, classes=None, sample_ids=None):
+    @edits
+    def partial_fit(self, X, y, classes=None, sample_ids=None, sample_weight=None):
         """Add samples to the memory and update every count they change.
 
         The new samples' own wrong decisions are counted, and so are the changes
@@ -265,6 +289,8 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
             Labels to know even before any of their samples arrive.
         sample_ids : array-like of shape (n_samples,), default=None
             Unique int ids not yet used; default: fresh ids.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Passed to the estimator (see :meth:`fit`).
 
         Returns
         -------
@@ -274,7 +300,11 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
         first_call = not hasattr(self, "estimator_")
         X, y = validate_data(self, X, y, reset=first_call, dtype=np.float32)
         check_classification_targets(y)
-        kwargs = {"classes": classes, **_ids_kwarg(sample_ids)}
+        kwargs = {
+            "classes": classes,
+            **_ids_kwarg(sample_ids),
+            **_weight_kwarg(sample_weight),
+        }
         if first_call:
             est = self._new_estimator()
             self._require(est, "partial_fit")
@@ -317,6 +347,7 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
         self._publish(est, ids, counts, radii)
         return self
 
+    @edits
     def unlearn(self, sample_ids, *, retrain=None, retrain_index=None):
         """Remove samples from the memory and their part in everyone's counts.
 
@@ -452,6 +483,7 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         return validate_data(self, X, reset=False, dtype=np.float32)
 
+    @reads
     def predict(self, X) -> np.ndarray:
         """Labels predicted by the pruned estimator.
 
@@ -466,6 +498,7 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
         X = self._checked(X)
         return self.estimator_.predict(X)
 
+    @reads
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities of the pruned estimator.
 
@@ -482,6 +515,7 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
         return self.estimator_.predict_proba(X)
 
     @available_if(lambda self: _estimator_has(self, "decision_function"))
+    @reads
     def decision_function(self, X) -> np.ndarray:
         """Decision scores of the pruned estimator (when it has them).
 
@@ -496,6 +530,7 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
         X = self._checked(X)
         return self.estimator_.decision_function(X)
 
+    @reads
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Nearest memory samples by id: see :meth:`skknn.KNNVoter.kneighbors`.
 
@@ -520,6 +555,7 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
             X = self._checked(X)
         return self.estimator_.kneighbors(X, n_neighbors, return_distance)
 
+    @reads
     def explain(self, X):
         """Every decision with the neighbours that made it, reliabilities and
         exclusions included: see :meth:`skknn.KNNVoter.explain`.
@@ -565,7 +601,10 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
         est = cls(**params_from_json(meta["estimator_params"]))
         est.__skknn_load__(meta["estimator"], subtree(arrays, "estimator/"), version)
         self.estimator_ = est
-        self.classes_ = labels_from_json(meta["classes"])
+        self._check_params()
+        self.classes_ = est.classes_
+        if meta["n_features_in"] != est.n_features_in_:
+            raise ValueError("n_features_in disagrees with the estimator's")
         self.n_features_in_ = meta["n_features_in"]
         if "feature_names_in" in meta:
             self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
@@ -576,6 +615,14 @@ class MemoryPruner(Persistable, ClassifierMixin, BaseEstimator):
         self._ids = arrays["sample_ids"]
         self._radii = arrays["radii"]
         store = self._store(est)
+        n = store.n_samples
+        if not np.array_equal(np.sort(self._ids), np.sort(store.ids())):
+            raise ValueError("the pruner's sample ids are not the memory's")
+        for name in ("wrong_counts_", "reliability_", "_radii"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"{name.strip('_')} is not one value per sample")
+        if not np.isin(self.pruned_ids_, self._ids).all():
+            raise ValueError("pruned_ids are not all memory samples")
         # A file of skknn 0.1 has no version: its memory is as the pruner left it.
         saved = meta.get("store_version")
         self._store_version = (
@@ -600,6 +647,10 @@ def _estimator_has(pruner, attr: str) -> bool:
 def _ids_kwarg(sample_ids) -> dict:
     # Only passed when given, so estimators without sample ids work too.
     return {} if sample_ids is None else {"sample_ids": sample_ids}
+
+
+def _weight_kwarg(sample_weight) -> dict:
+    return {} if sample_weight is None else {"sample_weight": sample_weight}
 
 
 def pruning_summary(

@@ -195,15 +195,37 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         return "flat"
 
     def _memory_config(self) -> dict:
+        """The parameters that shaped the memory: they change only through fit."""
         return {
             "metric": self.metric,
             "preprocessing": self.preprocessing,
             "index": self.index,
-            "index_params": self.index_params,
         }
 
+    def _check_memory_unchanged(self) -> None:
+        """Refuse to use a memory whose shaping parameters were changed since fit
+        (queries would be pre-processed or measured unlike the stored vectors);
+        apply changed ``index_params`` (search knobs such as ``nprobe``)."""
+        if self._memory_config() != self._fitted_config_:
+            changed = {
+                name: (self._fitted_config_[name], value)
+                for name, value in self._memory_config().items()
+                if self._fitted_config_[name] != value
+            }
+            detail = ", ".join(
+                f"{name}={old!r} -> {new!r}" for name, (old, new) in changed.items()
+            )
+            raise ValueError(
+                f"KNNVoter's memory was built with other parameters ({detail}); "
+                "metric, preprocessing and index take effect only through fit. "
+                "Call fit to rebuild the memory, or set them back."
+            )
+        params = dict(self.index_params or {})
+        if params != self.memory_.index_params:
+            self.memory_.set_index_params(params)
+
     # -- fitting --------------------------------------------------------------
-    def fit(self, X, y, sample_ids=None):
+    def fit(self, X, y, sample_ids=None, sample_weight=None):
         """Build the memory from ``X`` and ``y`` (replacing any previous one).
 
         Parameters
@@ -213,16 +235,26 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         y : array-like of shape (n_samples,)
             Labels.
         sample_ids : array-like of shape (n_samples,), default=None
-            Unique int ids ``>= 0``; default ``0 .. n_samples - 1``.
+            Unique int ids in ``[0, 2**63 - 1]``; default ``0 .. n_samples - 1``.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Each sample's weight in every vote it takes part in (finite, > 0),
+            multiplying its voting weight (and pruning's reliability).
 
         Returns
         -------
         self : KNNVoter
         """
         # The old memory stays in place until the new one is complete.
-        return self._add(X, y, classes=None, sample_ids=sample_ids, first_call=True)
+        return self._add(
+            X,
+            y,
+            classes=None,
+            sample_ids=sample_ids,
+            sample_weight=sample_weight,
+            first_call=True,
+        )
 
-    def partial_fit(self, X, y, classes=None, sample_ids=None):
+    def partial_fit(self, X, y, classes=None, sample_ids=None, sample_weight=None):
         """Add samples to the memory, new classes included, without retraining.
 
         ``classes_`` grows to the sorted union of known and new labels, so
@@ -235,8 +267,10 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         classes : array-like, default=None
             Labels to know even before any of their samples arrive.
         sample_ids : array-like of shape (n_samples,), default=None
-            Unique int ids ``>= 0`` not yet used; default: fresh ids after the
-            largest ever issued.
+            Unique int ids in ``[0, 2**63 - 1]`` not yet used; default: fresh
+            ids after the largest ever issued.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Vote weights of the new samples (see :meth:`fit`).
 
         Returns
         -------
@@ -244,17 +278,19 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         """
         first_call = not hasattr(self, "memory_")
         return self._add(
-            X, y, classes=classes, sample_ids=sample_ids, first_call=first_call
+            X,
+            y,
+            classes=classes,
+            sample_ids=sample_ids,
+            sample_weight=sample_weight,
+            first_call=first_call,
         )
 
-    def _add(self, X, y, *, classes, sample_ids, first_call):
+    def _add(self, X, y, *, classes, sample_ids, sample_weight, first_call):
         self._check_vote_params()
         self._check_memory_params()
-        if not first_call and self._memory_config() != self._fitted_config_:
-            raise ValueError(
-                "metric, preprocessing, index and index_params cannot change after "
-                f"fit (fitted with {self._fitted_config_}); call fit to rebuild."
-            )
+        if not first_call:
+            self._check_memory_unchanged()
         # validate_data sets n_features_in_ on a first call: undo it if the call
         # fails later (bad ids, labels), so a failed fit changes nothing.
         with restore_attributes_on_error(self, ("n_features_in_", "feature_names_in_")):
@@ -272,7 +308,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 )
             else:
                 store = self.memory_
-            store.add(X, y, sample_ids, classes=classes)
+            store.add(X, y, sample_ids, classes=classes, sample_weight=sample_weight)
         if first_call:
             self.memory_ = store
             self._fitted_config_ = self._memory_config()
@@ -347,6 +383,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         k = self.n_neighbors if n_neighbors is None else n_neighbors
         check_int(self, "n_neighbors", k, low=1)
         check_int(self, "batch_size", self.batch_size, low=1)
+        self._check_memory_unchanged()
         options = {"batch_size": self.batch_size, "progress": self.verbose}
         if X is None:
             return self.memory_.search_self(None, k, **options)
@@ -446,6 +483,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         self._check_vote_params()
+        self._check_memory_unchanged()
         nb = self.memory_.search_self(
             sample_ids, self.n_neighbors, batch_size=self.batch_size
         )
@@ -470,11 +508,15 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         self._check_vote_params()
         nb = self.neighbors(X)
         vote = self.vote(nb)
+        total = vote.weights.sum(axis=1, keepdims=True)
+        share = np.divide(
+            vote.weights, total, out=np.zeros_like(vote.weights), where=total > 0
+        )
         return Bunch(
             neighbor_ids=nb.ids,
             neighbor_labels=nb.label_values(),
             distances=nb.distances,
-            weights=vote.weights / vote.weights.sum(axis=1, keepdims=True),
+            weights=share,
             proba=vote.proba,
             prediction=vote.prediction,
             classes=nb.classes,
@@ -509,10 +551,34 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             )
         else:
             self.memory_ = VectorStore.from_state(meta["memory"], mem_arrays, device)
+        if meta["n_features_in"] != self.memory_.n_features:
+            raise ValueError(
+                f"n_features_in {meta['n_features_in']!r} disagrees with the "
+                f"memory's {self.memory_.n_features} features"
+            )
         self.n_features_in_ = meta["n_features_in"]
         if "feature_names_in" in meta:
-            self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
-        self._fitted_config_ = meta["fitted_config"]
+            names = np.asarray(meta["feature_names_in"], dtype=object)
+            if names.shape != (self.n_features_in_,):
+                raise ValueError("feature_names_in disagrees with n_features_in")
+            self.feature_names_in_ = names
+        # Files of format 1 also listed index_params, which the memory now holds.
+        self._fitted_config_ = {
+            name: meta["fitted_config"][name]
+            for name in ("metric", "preprocessing", "index")
+        }
+        # A file's parameters must describe its memory, as after a fit.
+        self._check_vote_params()
+        self._check_memory_params()
+        store = self.memory_
+        built = {"metric": store.metric.name, "preprocessing": store.preprocessing}
+        if self._memory_config() != self._fitted_config_ or any(
+            self._fitted_config_[k] != v for k, v in built.items()
+        ):
+            raise ValueError(
+                f"the parameters {self._memory_config()} do not describe the "
+                f"memory ({built})"
+            )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -359,3 +359,56 @@ def test_explain_query_index_out_of_range(image_folder, tmp_path, capsys):
         capsys,
     )
     assert_one_line_error(code, err, "--query-index", "[0, 19]")
+
+
+def test_evaluate_checks_every_option_before_searching(
+    embedding_files, tmp_path, capsys, monkeypatch
+):
+    mem, queries = embedding_files
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched before every option was checked")
+
+    monkeypatch.setattr(KNNVoter, "fit", no_search)
+    base = ["evaluate", "--memory", mem, "--queries", queries]
+    for extra, fragments in [
+        (["--k", "0,5"], ["--k", ">= 1"]),
+        (["--k", "1,abc"], ["--k", "comma-separated"]),
+        (["--k", "5,500"], ["--k 500", "--max-k 100"]),
+        (["--out", tmp_path / "no" / "r.csv"], ["--out", "does not exist"]),
+        (["--plot", tmp_path / "curves.jpg"], ["--plot", ".png"]),
+        (["--feature-columns", " , "], ["--feature-columns"]),
+    ]:
+        code, _, err = run([*base, *extra], capsys)
+        assert_one_line_error(code, err, *fragments)
+    monkeypatch.undo()
+    small = tmp_path / "small.npz"
+    np.savez(small, X=np.eye(4, 64), y=np.arange(4))
+    code, _, err = run(
+        ["evaluate", "--memory", small, "--queries", queries, "--k", "10"], capsys
+    )
+    assert_one_line_error(code, err, "--k 10", "memory size (4 samples)")
+    code, out, _ = run(["evaluate", "--memory", small, "--queries", queries], capsys)
+    assert code == 0
+    assert "--max-k 100 is above the memory size" in out
+
+
+def test_parquet_feature_columns_are_explicit_or_unambiguous(digits, tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    X_mem, y_mem, X_q, y_q = digits
+    for name, X, y in (("m", X_mem, y_mem), ("q", X_q, y_q)):
+        columns = {f"f{j}": X[:, j] for j in range(X.shape[1])}
+        table = {"id": np.arange(len(y)), "y": y, **columns}
+        pq.write_table(pa.table(table), tmp_path / f"{name}.parquet")
+    base = ["evaluate", "--memory", tmp_path / "m.parquet"]
+    base += ["--queries", tmp_path / "q.parquet", "--max-k", 3]
+    code, _, err = run(base, capsys)
+    assert_one_line_error(code, err, "integer columns ['id']", "--feature-columns")
+    names = ",".join(f"f{j}" for j in range(64))
+    code, _, _ = run(
+        [*base, "--feature-columns", names, "--out", tmp_path / "r.csv"], capsys
+    )
+    assert code == 0
+    one = KNNVoter(n_neighbors=1).fit(X_mem, y_mem).score(X_q, y_q)
+    assert read_csv(tmp_path / "r.csv")[1]["rank"] == pytest.approx(one)

@@ -7,6 +7,16 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skknn import JointKNNClassifier, KNNVoter
 from tests.conftest import ENGINES
 
+# sklearn checks that a weight of 2 equals two copies of a sample. In kNN it
+# cannot: two copies take two of the k neighbour places (pushing another
+# neighbour out), a weighted sample takes one; sample_weight scales a vote.
+WEIGHTS_ARE_NOT_COPIES = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "kNN: a weight of 2 scales one neighbour's vote; two copies take two of "
+        "the k neighbour places"
+    )
+}
+
 VOTER_INSTANCES = [
     KNNVoter(n_neighbors=3, voting=voting, index=engine)
     for engine in ENGINES
@@ -14,7 +24,9 @@ VOTER_INSTANCES = [
 ]
 
 
-@parametrize_with_checks(VOTER_INSTANCES)
+@parametrize_with_checks(
+    VOTER_INSTANCES, expected_failed_checks=lambda est: WEIGHTS_ARE_NOT_COPIES
+)
 def test_sklearn_compatible_voter(estimator, check):
     check(estimator)
 
@@ -31,6 +43,8 @@ JOINT_INSTANCES = [
 ]
 
 
-@parametrize_with_checks(JOINT_INSTANCES)
+@parametrize_with_checks(
+    JOINT_INSTANCES, expected_failed_checks=lambda est: WEIGHTS_ARE_NOT_COPIES
+)
 def test_sklearn_compatible_joint(estimator, check):
     check(estimator)

@@ -336,3 +336,10 @@ def test_one_pass():
     later = _head_training.one_pass(head, X, y, p, lr=0.05, generator=gen(2), **kw)
     assert later < first
     assert not head.training
+
+
+def test_small_steps_train_on_one_thread():
+    small = _heads.build_head(256, 50, generator=gen())
+    large = _heads.build_head(512, 100, hidden_layer_sizes=(512,), generator=gen())
+    assert _head_training.threads_for(small, 512) == 1  # 6.6 M multiply-adds
+    assert _head_training.threads_for(large, 512) is None  # 160 M: torch's count

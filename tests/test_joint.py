@@ -107,9 +107,14 @@ def test_fit_is_bit_for_bit_repeatable(blobs):
     ):
         assert ka == kb
         assert torch.equal(va, vb)
+    # L-BFGS solves a convex problem: the seed cannot matter; SGD's does.
     c = small_joint(random_state=4).fit(X, y)
-    assert not torch.equal(
+    assert torch.equal(
         a.head_.state_dict()["layers.0.weight"], c.head_.state_dict()["layers.0.weight"]
+    )
+    d, e = (small_joint(solver="sgd", random_state=s).fit(X, y) for s in (3, 4))
+    assert not torch.equal(
+        d.head_.state_dict()["layers.0.weight"], e.head_.state_dict()["layers.0.weight"]
     )
 
 
@@ -316,3 +321,73 @@ def test_validation_fraction_selects_best_epoch(blobs):
     clf = small_joint(validation_fraction=0.2, max_epochs=8).fit(X, y)
     assert len(clf.validation_scores_) == 8
     assert clf.validation_scores_[clf.best_epoch_] == max(clf.validation_scores_)
+
+
+def test_nested_parameters_work_with_the_default_knn(blobs):
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = blobs
+    clf = JointKNNClassifier(max_epochs=2).set_params(knn__n_neighbors=5)
+    assert clf.knn.n_neighbors == 5
+    assert clf.knn.voting == "softmax"  # the default kNN, made explicit
+    grid = GridSearchCV(
+        JointKNNClassifier(max_epochs=2, random_state=0),
+        {"knn__n_neighbors": [3, 7]},
+        cv=2,
+    ).fit(X, y)
+    assert grid.best_estimator_.knn_.n_neighbors in (3, 7)
+
+
+def test_lbfgs_head_is_logistic_regression_on_the_joint_weights(blobs):
+    """A linear head by L-BFGS minimises JOINT's loss exactly as sklearn's
+    LogisticRegression does with the JOINT weights as sample_weight."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = blobs
+    X = X + np.random.default_rng(0).normal(scale=3.0, size=X.shape)  # overlap
+    clf = JointKNNClassifier(
+        KNNVoter(5, index="exact"),
+        alpha=0.5,
+        interpolation=0.0,
+        weight_decay=1e-2,
+        random_state=0,
+    ).fit(X, y)
+    assert clf.solver_ == "lbfgs"
+    with np.errstate(divide="ignore"):
+        m = np.minimum(-np.log(clf.knn_train_proba_.astype(np.float64)), 100.0)
+    weights = 1.0 + 0.5 * m  # FORMULAS.md 4, "nll"
+    Z = (X - X.mean(0)) / X.std(0)
+    ref = LogisticRegression(C=1.0 / (1e-2 * len(y)), max_iter=1000, tol=1e-8)
+    ref.fit(Z, y, sample_weight=weights)
+    np.testing.assert_allclose(clf.predict_proba(X), ref.predict_proba(Z), atol=2e-3)
+    np.testing.assert_array_equal(clf.predict(X), ref.predict(Z))
+    sgd = JointKNNClassifier(
+        KNNVoter(5, index="exact"), solver="sgd", random_state=0
+    ).fit(X, y)
+    assert sgd.solver_ == "sgd"
+    assert len(sgd.loss_curve_) == sgd.max_epochs
+    with pytest.raises(ValueError, match="solver='lbfgs'"):
+        JointKNNClassifier(solver="lbfgs", hidden_layer_sizes=(8,)).fit(X, y)
+
+
+def test_a_class_added_by_partial_fit_is_learnt_without_forgetting(digits):
+    """Each digit held out of the fit, then 30 of its samples added: JOINT
+    recognises the new digits at least as well as the kNN alone (on average
+    over the ten) and keeps the old ones (within a point)."""
+    X, y, Xt, yt = digits
+    recall, knn_recall, kept = [], [], []
+    for new in range(10):
+        old = y != new
+        added = np.flatnonzero(y == new)[:30]
+        knn = KNNVoter(voting="softmax", preprocessing="center_l2")
+        knn.fit(X[old], y[old]).partial_fit(X[added], y[added])
+        joint = JointKNNClassifier(random_state=0).fit(X[old], y[old])
+        is_new = yt == new
+        before = np.mean(joint.predict(Xt[~is_new]) == yt[~is_new])
+        joint.partial_fit(X[added], y[added])
+        recall.append(np.mean(joint.predict(Xt[is_new]) == new))
+        knn_recall.append(np.mean(knn.predict(Xt[is_new]) == new))
+        kept.append(np.mean(joint.predict(Xt[~is_new]) == yt[~is_new]) - before)
+    assert np.mean(recall) >= np.mean(knn_recall)
+    assert min(recall) > 0.8  # one SGD pass without rehearsal: 0.13 on MNIST
+    assert np.mean(kept) >= -0.01

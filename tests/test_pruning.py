@@ -15,6 +15,7 @@ import skknn.pruning as pruning
 from skknn import JointKNNClassifier, KNNVoter, MemoryPruner
 from skknn.datasets import load_mnist
 from tests.conftest import ENGINES, stored
+from tests.test_common import WEIGHTS_ARE_NOT_COPIES
 from tests.test_voting import reference_vote
 
 MODES = ["soft", "hard"]
@@ -31,7 +32,8 @@ MODES = ["soft", "hard"]
             n_neighbors=3,
             threshold=2,
         ),
-    ]
+    ],
+    expected_failed_checks=lambda est: WEIGHTS_ARE_NOT_COPIES,
 )
 def test_sklearn_compatible_pruner(estimator, check):
     check(estimator)
@@ -561,3 +563,10 @@ def test_unlearn_passes_retrain_index_through(rng):
     np.testing.assert_array_equal(centroids(), before)
     pruner.unlearn([1, 3])  # retrains the index by default
     assert not np.array_equal(centroids(), before)
+
+
+def test_nested_parameters_work_with_the_default_estimator(rng):
+    X, y = noisy_data(rng, n=80)
+    pruner = MemoryPruner(n_neighbors=3).set_params(estimator__n_neighbors=5)
+    assert pruner.estimator.n_neighbors == 5
+    assert pruner.fit(X, y).estimator_.n_neighbors == 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -186,7 +188,7 @@ def test_new_ids_are_validated_before_anything_changes(rng):
         ([20, 20], ValueError, "unique"),
         ([1.5, 2.5], TypeError, "integers"),
         ([1, 2, 3], ValueError, "one per sample"),
-        ([-1, 4], ValueError, ">= 0"),
+        ([-1, 4], ValueError, r"\[0, 2\*\*63 - 1\]"),
     ]:
         with pytest.raises(err, match=match):
             store.add(unit(rng, 2), [0, 0], ids)
@@ -341,3 +343,50 @@ def test_ctrl_c_during_removal_lands_after_rows_and_index_agree(monkeypatch):
     assert store.n_samples == store.engine.index.ntotal == 200
     nb = store.search(X[:20], 5)
     assert not np.isin(nb.ids, np.arange(0, 300, 3)).any()
+
+
+def test_the_id_domain_is_0_to_2_63_minus_1(rng):
+    store = make()
+    big = np.array([2**63 + 5, 7], dtype=np.uint64)  # would wrap to a negative
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*63 - 1\]"):
+        store.add(unit(rng, 2), [0, 0], big)
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*63 - 1\]"):
+        store.add(unit(rng, 2), [0, 0], np.array([2**64, 1], dtype=object))
+    top = np.iinfo(np.int64).max
+    store.add(unit(rng, 2), [0, 0], np.array([top, 3], dtype=np.uint64))
+    assert store.version == 1
+    with pytest.raises(ValueError, match="No fresh sample ids are left"):
+        store.add(unit(rng, 1), [0])  # the next id would be 2**63
+    np.testing.assert_array_equal(store.add(unit(rng, 1), [0], [4]), [4])
+    nb = store.search(unit(rng, 3), 3)
+    assert set(nb.ids.ravel()) == {3, 4, top}
+
+
+@needs_faiss
+def test_fewer_than_k_found_votes_with_what_was_found(rng):
+    from skknn import KNNVoter
+
+    X = rng.normal(size=(400, 8)).astype(np.float32)
+    y = np.arange(400) % 3
+    knn = KNNVoter(60, index="IVF8,Flat", index_params={"nprobe": 1}).fit(X, y)
+    # Empty one inverted list, keeping the centroids: queries at its centroid
+    # probe nothing but that empty list.
+    ivf = pytest.importorskip("faiss").extract_index_ivf(knn.memory_.engine.index)
+    members = np.array(
+        [ivf.invlists.get_single_id(0, i) for i in range(ivf.invlists.list_size(0))]
+    )
+    knn.unlearn(members, retrain_index=False)
+    centroid = ivf.quantizer.reconstruct(0)[None, :]
+    Q = np.r_[centroid, X[:20]]
+    with pytest.warns(UserWarning, match="fewer than k=60 neighbours") as caught:
+        proba = knn.predict_proba(Q)
+    assert len(caught) == 1
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    dist, ids = knn.kneighbors(Q)
+    assert (ids[0] >= 0).all()  # found none: searched exactly instead
+    short = (ids < 0).any(axis=1)
+    assert short.any()  # others found fewer than 60 in their one list
+    assert np.isinf(dist[ids < 0]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per memory
+        knn.predict(Q)

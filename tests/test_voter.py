@@ -437,7 +437,15 @@ def test_rank_voting_does_not_decay_with_k_on_real_digits(digits):
 def test_zero_vector_stays_zero():
     est = KNNVoter(1, index="exact").fit([[0.0, 0.0], [1.0, 0.0]], [0, 1])
     np.testing.assert_array_equal(stored(est.memory_).vectors[0], [0.0, 0.0])
-    assert np.all(np.isfinite(est.predict_proba([[0.0, 0.0]])))
+    # A zero query has no direction: every unit vector is equally far from it,
+    # so the answer is uniform (and the first class), not whichever ties came up.
+    proba = est.predict_proba([[1.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_allclose(proba[1], [0.5, 0.5])
+    assert est.predict([[0.0, 0.0]])[0] == 0
+    assert np.all(est.explain([[0.0, 0.0]]).weights == 0.0)
+    plain = KNNVoter(1, metric="sqeuclidean", preprocessing=None, index="exact")
+    plain.fit([[0.0, 0.0], [1.0, 0.0]], [0, 1])
+    np.testing.assert_array_equal(plain.predict([[0.0, 0.0]]), [0])
 
 
 @pytest.mark.requires_cuda
@@ -527,7 +535,7 @@ def fitted(blobs):
         (
             lambda e, X, y: e.partial_fit(X[:2], y[:2], sample_ids=[-5, 7000]),
             ValueError,
-            ">= 0",
+            r"\[0, 2\*\*63 - 1\]",
         ),
         (lambda e, X, y: e.unlearn([0, 99999]), ValueError, "not in memory"),
         (lambda e, X, y: e.unlearn([3, 3]), ValueError, "unique"),
@@ -556,7 +564,23 @@ def fitted(blobs):
                 X, y
             ),
             ValueError,
-            "cannot change",
+            "take effect only through fit",
+        ),
+        # Changed after fit, memory-shaping parameters refuse every use.
+        (
+            lambda e, X, y: e.set_params(preprocessing=None).predict(X),
+            ValueError,
+            r"preprocessing='l2' -> None",
+        ),
+        (
+            lambda e, X, y: e.set_params(metric="sqeuclidean").kneighbors(),
+            ValueError,
+            "metric='cosine' -> 'sqeuclidean'",
+        ),
+        (
+            lambda e, X, y: e.set_params(index_params={"nprobe": 2}).predict(X),
+            ValueError,
+            "takes no index_params",
         ),
         (
             lambda e, X, y: e.predict(np.full((2, X.shape[1]), np.nan)),
@@ -592,3 +616,89 @@ def test_predict_before_fit():
         KNNVoter().predict([[0.0, 1.0]])
     with pytest.raises(NotFittedError):
         KNNVoter().unlearn([0])
+
+
+@needs_faiss
+def test_index_params_changed_after_fit_take_effect(rng):
+    X = rng.normal(size=(2000, 16)).astype(np.float32)
+    y = rng.integers(0, 4, 2000)
+    Q = rng.normal(size=(200, 16)).astype(np.float32)
+    exact = KNNVoter(20, index="flat").fit(X, y).kneighbors(Q)[1]
+    knn = KNNVoter(20, index="IVF32,Flat", index_params={"nprobe": 1}).fit(X, y)
+
+    def recall():
+        ids = knn.kneighbors(Q)[1]
+        return np.mean([np.isin(a, b).mean() for a, b in zip(ids, exact)])
+
+    low = recall()
+    version = knn.memory_.version
+    knn.set_params(index_params={"nprobe": 32})  # every list: exact
+    assert recall() == 1.0 > low
+    assert knn.memory_.version == version + 1  # results changed: a new state
+    with pytest.raises(ValueError, match="no parameter 'efSearch'"):
+        knn.set_params(index_params={"efSearch": 8}).predict(Q)
+    knn.set_params(index_params={"nprobe": 32})
+    assert recall() == 1.0  # the failed change left the index as it was
+
+
+def test_flat_and_exact_indexes_refuse_index_params(blobs):
+    X, y = blobs
+    for index in ENGINES:
+        with pytest.raises(ValueError, match="takes no index_params"):
+            KNNVoter(index=index, index_params={"nprobe": 4}).fit(X, y)
+
+
+def test_a_one_over_distance_callable_handles_exact_matches(blobs):
+    """sklearn's weights="distance": a query that coincides with memory samples
+    is decided by them alone (skknn's own "distance" rule is exp(-d) ** p)."""
+    X, y = blobs
+    knn = KNNVoter(
+        5,
+        voting=lambda d, r: 1.0 / d,
+        metric="euclidean",
+        preprocessing=None,
+        index="exact",
+    ).fit(X, y)
+    ref = KNeighborsClassifier(5, weights="distance").fit(X, y)
+    Q = np.r_[X[:10], X[10:20] + 0.05]  # ten exact matches, ten near ones
+    np.testing.assert_allclose(knn.predict_proba(Q)[:10], np.eye(3)[y[:10]])
+    np.testing.assert_allclose(knn.predict_proba(Q), ref.predict_proba(Q), rtol=1e-5)
+
+
+def test_sample_weight_multiplies_each_vote():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(60, 4))
+    y = rng.integers(0, 3, 60)
+    Q = rng.normal(size=(15, 4))
+    w = rng.uniform(0.2, 3.0, 60)
+    est = KNNVoter(7, voting="rank", index="exact").fit(X, y, sample_weight=w)
+    dist, idx = brute_force(X, Q, 7, "cosine", "l2")
+    ref_p, ref_y = reference_vote(dist, y[idx], 3, "rank", rel=w[idx])
+    np.testing.assert_allclose(est.predict_proba(Q), ref_p, rtol=1e-5)
+    np.testing.assert_array_equal(est.predict(Q), ref_y)
+    # Composes with pruning's reliability: the vote uses their product.
+    rel = rng.uniform(0.1, 1.0, 60)
+    est.memory_.set_reliability(est.sample_ids_, rel)
+    ref_p, _ = reference_vote(dist, y[idx], 3, "rank", rel=(w * rel)[idx])
+    np.testing.assert_allclose(est.predict_proba(Q), ref_p, rtol=1e-5)
+    # partial_fit takes them too; bad weights are refused before any change.
+    est.partial_fit(X[:2], y[:2], sample_weight=[2.0, 2.0])
+    for bad in ([0.0, 1.0], [-1.0, 1.0], [np.nan, 1.0], [1.0]):
+        with pytest.raises(ValueError, match="sample_weight"):
+            est.partial_fit(X[:2], y[:2], sample_weight=bad)
+    assert est.memory_.n_samples == 62
+
+
+@needs_faiss
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF8,Flat"])
+def test_unlearn_equals_a_fresh_fit_for_graph_and_inverted_indexes(factory, rng):
+    X = rng.normal(size=(600, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 600)
+    removed = np.arange(0, 600, 3)
+    kept = np.setdiff1d(np.arange(600), removed)
+    est = KNNVoter(5, index=factory).fit(X, y).unlearn(removed)
+    fresh = KNNVoter(5, index=factory).fit(X[kept], y[kept], sample_ids=kept)
+    state = est.memory_.engine.state()["faiss_index"].tobytes()
+    assert state == fresh.memory_.engine.state()["faiss_index"].tobytes()
+    Q = rng.normal(size=(30, 8)).astype(np.float32)
+    np.testing.assert_array_equal(est.kneighbors(Q)[1], fresh.kneighbors(Q)[1])

@@ -1,0 +1,118 @@
+"""The saved state of a store, checked field by field before anything is built.
+
+A model file is data from outside: a hand-edited or damaged one must be refused
+with one clear message, never turned into a memory whose ids collide, whose
+labels point past its classes, or whose arrays disagree in length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from skknn._metric import METRICS
+from skknn._preprocessing import PREPROCESSING
+
+# Sample ids are 0 <= id <= MAX_ID (int64): -1 marks an empty neighbour slot, and
+# no value a user can give may collide with it.
+MAX_ID = np.iinfo(np.int64).max
+
+
+class InvalidState(ValueError):
+    """A saved state that cannot describe a memory."""
+
+
+def _need(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidState(message)
+
+
+def _array(arrays: dict, name: str, dtype, shape: tuple) -> np.ndarray:
+    _need(name in arrays, f"array {name!r} is missing")
+    value = arrays[name]
+    _need(
+        isinstance(value, np.ndarray) and value.dtype == dtype,
+        f"array {name!r} must be {np.dtype(dtype)}; got "
+        f"{getattr(value, 'dtype', type(value).__name__)}",
+    )
+    _need(
+        value.shape == shape,
+        f"array {name!r} must have shape {shape}; got {value.shape}",
+    )
+    return value
+
+
+def check_state(meta: dict, arrays: dict) -> None:
+    """Raise :class:`InvalidState` unless ``(meta, arrays)`` is a consistent store."""
+    _need(isinstance(meta, dict), "the memory's description is not a JSON object")
+    d = meta.get("n_features")
+    _need(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1,
+        f"n_features must be a positive int; got {d!r}",
+    )
+    _need(meta.get("metric") in METRICS, f"unknown metric {meta.get('metric')!r}")
+    pre = meta.get("preprocessing")
+    _need(pre is None or pre in PREPROCESSING, f"unknown preprocessing {pre!r}")
+    engine = meta.get("engine")
+    _need(isinstance(engine, str) and engine, f"engine must be a str; got {engine!r}")
+    _need(isinstance(meta.get("index_params", {}), dict), "index_params must be a dict")
+    _need(isinstance(meta.get("uid"), str), "uid must be a str")
+    version = meta.get("version")
+    _need(
+        isinstance(version, int) and not isinstance(version, bool) and version >= 0,
+        f"version must be an int >= 0; got {version!r}",
+    )
+    X = arrays.get("embeddings")
+    _need(isinstance(X, np.ndarray) and X.ndim == 2, "embeddings must be a 2-d array")
+    n = X.shape[0]
+    _array(arrays, "embeddings", np.float32, (n, d))
+    _need(bool(np.isfinite(X).all()), "embeddings hold NaN or infinite values")
+    ids = _array(arrays, "sample_ids", np.int64, (n,))
+    _need(n == 0 or bool(ids.min() >= 0), "sample ids must be >= 0")
+    _need(np.unique(ids).size == n, "sample ids are not unique")
+    next_id = meta.get("next_id")
+    _need(
+        isinstance(next_id, int) and not isinstance(next_id, bool),
+        f"next_id must be an int; got {next_id!r}",
+    )
+    _need(
+        n == 0 or next_id > int(ids.max()),
+        f"next_id {next_id} is not above every stored id (largest {int(ids.max())}): "
+        "fresh ids would collide",
+    )
+    _need(next_id <= MAX_ID + 1, "next_id is beyond the id range")
+    codes = _array(arrays, "labels", np.int64, (n,))
+    classes = meta.get("classes")
+    n_classes = 0
+    if classes is not None:
+        _need(
+            isinstance(classes, dict) and isinstance(classes.get("values"), list),
+            "classes must be a JSON object with a list of values",
+        )
+        values = np.asarray(classes["values"])
+        _need(values.ndim == 1, "classes must be a flat list")
+        _need(
+            values.size == np.unique(values).size
+            and bool(np.all(np.unique(values) == values)),
+            "classes must be sorted and unique",
+        )
+        n_classes = values.size
+    _need(
+        n == 0 or (bool(codes.min() >= 0) and int(codes.max()) < n_classes),
+        f"label codes must index the {n_classes} classes",
+    )
+    rel = _array(arrays, "reliability", np.float32, (n,))
+    _need(bool(np.isfinite(rel).all() and (rel > 0).all()), "reliability must be > 0")
+    _array(arrays, "excluded", np.bool_, (n,))
+    if "sample_weight" in arrays:
+        w = _array(arrays, "sample_weight", np.float32, (n,))
+        _need(bool(np.isfinite(w).all() and (w > 0).all()), "sample_weight must be > 0")
+    if "norms" in arrays:
+        norms = _array(arrays, "norms", np.float32, (n,))
+        _need(not bool((norms < 0).any()), "vector lengths must be >= 0")
+    if "mean" in arrays:
+        mean = _array(arrays, "mean", np.float32, (d,))
+        _need(bool(np.isfinite(mean).all()), "the centre holds NaN or infinite values")
+    _need(
+        pre != "center_l2" or n == 0 or "mean" in arrays,
+        "center_l2 memory without its centre",
+    )
