@@ -8,7 +8,7 @@ all read it; none of them touches the store's arrays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -82,18 +82,6 @@ class Neighbors:
     def label_values(self) -> np.ndarray:
         """The neighbours' labels as class values (not codes)."""
         return self.classes[self.labels]
-
-    def first(self, k: int) -> Neighbors:
-        """The ``k`` nearest of each query's neighbours."""
-        return replace(self, **{f: getattr(self, f)[:, :k] for f in _GRID_FIELDS})
-
-    def select(self, queries) -> Neighbors:
-        """The records of some queries (an index or a boolean mask)."""
-        out = {f: getattr(self, f)[queries] for f in _GRID_FIELDS}
-        for f in _QUERY_FIELDS:
-            value = getattr(self, f)
-            out[f] = None if value is None else value[queries]
-        return replace(self, **out)
 
     @classmethod
     def concatenate(cls, parts: list[Neighbors]) -> Neighbors:

@@ -29,12 +29,13 @@ from skknn._neighbors import MISSING, Neighbors
 from skknn._preprocessing import PREPROCESSING, fit_center, preprocess_inplace
 from skknn._rows import compact_inplace, expand_inplace, grow, kept_runs, uninterrupted
 from skknn._search import make_engine
-from skknn._store_state import MAX_ID, check_state
+from skknn._store_checks import MAX_ID, checked_ids, checked_weights
+from skknn._store_io import StoreStateMixin
 
 DEFAULT_BATCH_SIZE = 4096
 
 
-class VectorStore(GuardedState):
+class VectorStore(StoreStateMixin, GuardedState):
     """A searchable, editable memory of labelled embeddings, in RAM.
 
     Parameters
@@ -235,7 +236,7 @@ class VectorStore(GuardedState):
                 y_all = np.concatenate([np.unique(classes), labels])
         new_classes, old_to_new = merge_classes(self._classes, y_all)
         ids = self.next_ids(m) if ids is None else self._check_new_ids(ids, m)
-        weights = _checked_weights(sample_weight, m)
+        weights = checked_weights(sample_weight, m)
         mean = self._mean
         if mean is None and self.preprocessing == "center_l2" and m:
             mean = fit_center(X)
@@ -298,7 +299,7 @@ class VectorStore(GuardedState):
                 f"sample_ids must be a 1-d array of {n} ids (one per sample); got "
                 f"shape {ids.shape}."
             )
-        ids = _checked_id_values(ids)
+        ids = checked_ids(ids)
         uniq, counts = np.unique(ids, return_counts=True)
         if np.any(counts > 1):
             raise ValueError(
@@ -387,7 +388,7 @@ class VectorStore(GuardedState):
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise ValueError(f"sample_ids must be 1-d; got shape {ids.shape}.")
-        ids = _checked_id_values(ids)
+        ids = checked_ids(ids)
         uniq, counts = np.unique(ids, return_counts=True)
         if np.any(counts > 1):
             raise ValueError(
@@ -709,135 +710,12 @@ class VectorStore(GuardedState):
     def _empty(self, k: int) -> Neighbors:
         return Neighbors.empty(k, self.classes)
 
-    # -- persistence ----------------------------------------------------------
-    @reads
-    def state(self) -> tuple[dict, dict]:
-        """``(meta, arrays)``: JSON-able scalars and the arrays, trimmed to the rows."""
-        from skknn.io import labels_to_json
-
-        meta = {
-            "n_features": self.n_features,
-            "metric": self.metric.name,
-            "preprocessing": self.preprocessing,
-            "engine": self.engine_name,
-            "index_params": self.index_params,
-            "next_id": int(self._next_id),
-            "uid": self.uid,
-            "version": int(self._version),
-            "classes": None if self._classes is None else labels_to_json(self.classes),
-        }
-        n = self._n
-        arrays = {
-            "embeddings": np.ascontiguousarray(self._X[:n]),
-            "labels": np.ascontiguousarray(self._y[:n]),
-            "sample_ids": np.ascontiguousarray(self._ids[:n]),
-            "reliability": np.ascontiguousarray(self._rel[:n]),
-            "excluded": np.ascontiguousarray(self._excl[:n]),
-            "sample_weight": np.ascontiguousarray(self._sw[:n]),
-        }
-        if self._norm is not None:
-            arrays["norms"] = np.ascontiguousarray(self._norm[:n])
-        if self._mean is not None:
-            arrays["mean"] = self._mean
-        for name, value in self.engine.state().items():
-            arrays["engine/" + name] = value
-        return meta, arrays
-
-    @classmethod
-    def from_state(cls, meta: dict, arrays: dict, device: torch.device) -> VectorStore:
-        """The store :meth:`state` described, its engine on ``device``."""
-        from skknn.io import labels_from_json
-
-        check_state(meta, arrays)
-        store = cls(
-            meta["n_features"],
-            metric=meta["metric"],
-            preprocessing=meta["preprocessing"],
-            engine=meta["engine"],
-            device=device,
-            index_params=meta.get("index_params"),
-        )
-        X = arrays["embeddings"]
-        n = X.shape[0]
-        store._X, store._y, store._ids = X, arrays["labels"], arrays["sample_ids"]
-        store._rel, store._excl = arrays["reliability"], arrays["excluded"]
-        # Files of format 1 had no sample weights.
-        store._sw = arrays.get("sample_weight", np.ones(n, dtype=np.float32))
-        if store._norm is not None:
-            store._norm = arrays.get("norms", np.full(n, np.nan, dtype=np.float32))
-        store._mean = arrays.get("mean")
-        store._n = n
-        store._next_id = int(meta["next_id"])
-        store.uid = meta["uid"]
-        store._version = int(meta["version"])
-        if meta.get("classes") is not None:
-            store._classes = labels_from_json(meta["classes"])
-        engine_state = {
-            k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("engine/")
-        }
-        if n:
-            store.engine.load_state(engine_state, store._X[:n], store._ids[:n])
-        return store
-
-    def __getstate__(self):
-        meta, arrays = self.state()
-        return {"meta": meta, "arrays": arrays, "device": str(self.device)}
-
-    def __setstate__(self, state):
-        from skknn._device import device_after_unpickling
-
-        device = device_after_unpickling(state["device"], owner="VectorStore")
-        other = VectorStore.from_state(state["meta"], state["arrays"], device)
-        self.__dict__.update(other.__dict__)
-
     def __repr__(self) -> str:
         return (
             f"VectorStore(n_samples={self._n}, n_features={self.n_features}, "
             f"metric={self.metric.name!r}, preprocessing={self.preprocessing!r}, "
             f"engine={self.engine_name!r})"
         )
-
-
-def _checked_weights(sample_weight, n: int) -> np.ndarray:
-    if sample_weight is None:
-        return np.ones(n, dtype=np.float32)
-    weights = np.asarray(sample_weight, dtype=np.float64)
-    if weights.shape != (n,):
-        raise ValueError(
-            f"sample_weight must have shape ({n},), one per sample; got "
-            f"{weights.shape}."
-        )
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        raise ValueError("sample_weight must be finite and >= 0.")
-    if np.any(weights == 0):
-        raise ValueError(
-            f"sample_weight is zero for {int(np.sum(weights == 0))} samples: a "
-            "zero weight would keep a sample in every neighbour list with no vote, "
-            "and can leave a class without any. Leave those samples out of fit, "
-            "or unlearn them."
-        )
-    return weights.astype(np.float32)
-
-
-def _checked_id_values(ids: np.ndarray) -> np.ndarray:
-    """Ids as int64, all in ``[0, 2**63 - 1]``; clear errors otherwise (uint64
-    above 2**63 would wrap to negatives, Python ints beyond int64 overflow)."""
-    if ids.size and ids.dtype == object:
-        values = ids.tolist()
-        if not all(isinstance(v, (int, np.integer)) for v in values):
-            raise TypeError("sample_ids must be integers; got non-integer values.")
-        bad = [v for v in values if not 0 <= v <= MAX_ID]
-    elif ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise TypeError(f"sample_ids must be integers; got dtype {ids.dtype}.")
-    elif ids.size and ids.dtype.kind == "u":
-        bad = ids[ids > MAX_ID].tolist()
-    else:
-        bad = ids[ids < 0].tolist() if ids.size else []
-    if bad:
-        raise ValueError(
-            f"sample_ids must be in [0, 2**63 - 1]; got {sorted(bad)[:10]}."
-        )
-    return ids.astype(np.int64)
 
 
 def _blocks(n: int, size: int, progress: bool, desc: str):
@@ -847,44 +725,3 @@ def _blocks(n: int, size: int, progress: bool, desc: str):
 
         return tqdm(starts, desc=desc, unit="block")
     return starts
-
-
-def store_from_v1_state(
-    meta: dict,
-    arrays: dict,
-    *,
-    preprocessing: str | None,
-    classes: np.ndarray,
-    mean: np.ndarray | None,
-    device: torch.device,
-    raw: np.ndarray | None = None,
-) -> VectorStore:
-    """A store from a memory saved by skknn 0.1 (file format 1).
-
-    That format kept the classes, the centre and the pre-processing beside the
-    memory, and no vector lengths: ``raw`` (JOINT's saved training inputs,
-    aligned with the rows) restores them; without it :meth:`VectorStore.get`
-    refuses to invent raw vectors.
-    """
-    from skknn.io import labels_to_json
-
-    n = arrays["embeddings"].shape[0]
-    state = {
-        **meta,
-        "preprocessing": preprocessing,
-        "uid": uuid.uuid4().hex,
-        "version": 0,
-        "classes": labels_to_json(classes),
-    }
-    arrays = dict(arrays)
-    if mean is not None:
-        arrays["mean"] = mean
-    normalizes = preprocessing is not None or meta["metric"] == "cosine"
-    if normalizes and raw is not None:
-        centred = raw - mean if mean is not None else raw
-        arrays["norms"] = np.sqrt(np.einsum("ij,ij->i", centred, centred)).astype(
-            np.float32
-        )
-    elif normalizes:
-        arrays["norms"] = np.full(n, np.nan, dtype=np.float32)
-    return VectorStore.from_state(state, arrays, device)

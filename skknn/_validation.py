@@ -95,3 +95,12 @@ def restore_attributes_on_error(est, names: Iterable[str]) -> Iterator[None]:
             else:
                 est.__dict__[name] = value
         raise
+
+
+def make_default_explicit(est, name: str, params: dict, default) -> None:
+    """Before ``set_params``: ``<name>__<param>`` needs ``name`` to hold an
+    estimator, so a None default becomes ``default()`` first (grid searches over
+    ``knn__n_neighbors`` then work without spelling the default out)."""
+    nested = any(key.startswith(name + "__") for key in params)
+    if nested and name not in params and getattr(est, name) is None:
+        setattr(est, name, default())

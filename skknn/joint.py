@@ -16,8 +16,13 @@ from skknn._device import device_after_unpickling, resolve_device
 from skknn._head_lbfgs import fit_linear_head
 from skknn._locks import GuardedState
 from skknn._new_classes import imprint_new_rows
-from skknn._store import store_from_v1_state
-from skknn._validation import check_float, check_int, check_option
+from skknn._store import VectorStore
+from skknn._validation import (
+    check_float,
+    check_int,
+    check_option,
+    make_default_explicit,
+)
 from skknn.io import Persistable, params_from_json, params_to_json, register, subtree
 from skknn.voter import KNNVoter
 
@@ -32,10 +37,6 @@ _MIN_STEPS = 20
 
 def _default_knn() -> KNNVoter:
     return KNNVoter(voting="softmax", preprocessing="center_l2")
-
-
-def _nested(params: dict, name: str) -> bool:
-    return any(key.startswith(name + "__") for key in params)
 
 
 @register
@@ -218,8 +219,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         -------
         self : JointKNNClassifier
         """
-        if self.knn is None and "knn" not in params and _nested(params, "knn"):
-            self.knn = _default_knn()
+        make_default_explicit(self, "knn", params, _default_knn)
         return super().set_params(**params)
 
     def _check_params(self) -> None:
@@ -744,7 +744,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         if version < 2:
             # skknn 0.1 kept the raw training inputs beside the memory (rows
             # aligned): they give the vector lengths the store now keeps.
-            knn.memory_ = store_from_v1_state(
+            knn.memory_ = VectorStore.from_v1_state(
                 meta["knn"]["memory"],
                 subtree(arrays, "knn/memory/"),
                 preprocessing=knn.memory_.preprocessing,

@@ -25,7 +25,12 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn._locks import GuardedState, edits, reads
 from skknn._protocols import Store
-from skknn._validation import check_float, check_int, check_option
+from skknn._validation import (
+    check_float,
+    check_int,
+    check_option,
+    make_default_explicit,
+)
 from skknn._wrong_decisions import (
     IdPositions,
     count_wrong_decisions,
@@ -193,9 +198,7 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         -------
         self : MemoryPruner
         """
-        nested = any(key.startswith("estimator__") for key in params)
-        if self.estimator is None and "estimator" not in params and nested:
-            self.estimator = KNNVoter()
+        make_default_explicit(self, "estimator", params, KNNVoter)
         return super().set_params(**params)
 
     def _check_params(self) -> None:

@@ -21,7 +21,7 @@ from skknn._device import (
 from skknn._metric import METRICS
 from skknn._neighbors import Neighbors
 from skknn._preprocessing import PREPROCESSING
-from skknn._store import VectorStore, store_from_v1_state
+from skknn._store import VectorStore
 from skknn._validation import (
     check_float,
     check_int,
@@ -51,7 +51,11 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Neighbour weights (FORMULAS.md 3): 1; ``exp(-d) ** distance_power``;
         ``exp(-d / temperature)``; ``1 / (rank + rank_offset)`` (RankVoting). A
         callable receives ``(distances, ranks)``, both ``(n_queries, k)``, and
-        returns non-negative weights of that shape.
+        returns non-negative weights of that shape. Note that ``"distance"`` is
+        [VM]'s ``exp(-d)``, not sklearn's ``weights="distance"`` (``1 / d``);
+        for the latter pass ``voting=lambda d, r: 1 / d``: an infinite weight
+        (a query equal to memory samples) gives those samples the whole vote,
+        as sklearn does.
     temperature : float, default=0.07
         Softmax temperature ``T`` (> 0).
     rank_offset : float, default=2.0
@@ -541,7 +545,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         device = device_after_unpickling(meta["device"], owner=type(self).__name__)
         mem_arrays = subtree(arrays, "memory/")
         if version < 2:  # skknn 0.1 kept classes, the centre and config outside
-            self.memory_ = store_from_v1_state(
+            self.memory_ = VectorStore.from_v1_state(
                 meta["memory"],
                 mem_arrays,
                 preprocessing=meta["fitted_config"]["preprocessing"],

@@ -121,7 +121,7 @@ def test_only_the_store_reads_the_memorys_rows():
     store_private = {"_X", "_y", "_ids", "_rel", "_excl", "_norm", "_rows_of", "_n"}
     offenders = []
     for path in PACKAGE.glob("*.py"):
-        if path.name == "_store.py":
+        if path.name in ("_store.py", "_store_io.py"):  # the class and its mixin
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if (

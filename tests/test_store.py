@@ -390,3 +390,17 @@ def test_fewer_than_k_found_votes_with_what_was_found(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once per memory
         knn.predict(Q)
+
+
+def test_records_rank_their_slots_and_reading_holds_one_state(rng):
+    store = make()
+    store.add(unit(rng, 20), np.arange(20) % 2)
+    nb = store.search(unit(rng, 3), 4)
+    np.testing.assert_array_equal(nb.ranks, np.tile(np.arange(4), (3, 1)))
+    assert nb.n_queries == 3
+    assert nb.k == 4
+    with store.reading():  # several reads, one state; an edit waits for it
+        ids, data = store.ids(), store.get(store.ids())
+        assert len(ids) == len(data.labels) == 20
+    store.remove([0])
+    assert store.n_samples == 19

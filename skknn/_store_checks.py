@@ -1,4 +1,5 @@
-"""The saved state of a store, checked field by field before anything is built.
+"""What a store takes from outside, checked before anything changes: sample
+ids, sample weights, and a saved state field by field.
 
 A model file is data from outside: a hand-edited or damaged one must be refused
 with one clear message, never turned into a memory whose ids collide, whose
@@ -116,3 +117,45 @@ def check_state(meta: dict, arrays: dict) -> None:
         pre != "center_l2" or n == 0 or "mean" in arrays,
         "center_l2 memory without its centre",
     )
+
+
+def checked_weights(sample_weight, n: int) -> np.ndarray:
+    if sample_weight is None:
+        return np.ones(n, dtype=np.float32)
+    weights = np.asarray(sample_weight, dtype=np.float64)
+    if weights.shape != (n,):
+        raise ValueError(
+            f"sample_weight must have shape ({n},), one per sample; got "
+            f"{weights.shape}."
+        )
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("sample_weight must be finite and >= 0.")
+    if np.any(weights == 0):
+        raise ValueError(
+            f"sample_weight is zero for {int(np.sum(weights == 0))} samples: a "
+            "zero weight would keep a sample in every neighbour list with no vote, "
+            "and can leave a class without any. Leave those samples out of fit, "
+            "or unlearn them."
+        )
+    return weights.astype(np.float32)
+
+
+def checked_ids(ids: np.ndarray) -> np.ndarray:
+    """Ids as int64, all in ``[0, 2**63 - 1]``; clear errors otherwise (uint64
+    above 2**63 would wrap to negatives, Python ints beyond int64 overflow)."""
+    if ids.size and ids.dtype == object:
+        values = ids.tolist()
+        if not all(isinstance(v, (int, np.integer)) for v in values):
+            raise TypeError("sample_ids must be integers; got non-integer values.")
+        bad = [v for v in values if not 0 <= v <= MAX_ID]
+    elif ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"sample_ids must be integers; got dtype {ids.dtype}.")
+    elif ids.size and ids.dtype.kind == "u":
+        bad = ids[ids > MAX_ID].tolist()
+    else:
+        bad = ids[ids < 0].tolist() if ids.size else []
+    if bad:
+        raise ValueError(
+            f"sample_ids must be in [0, 2**63 - 1]; got {sorted(bad)[:10]}."
+        )
+    return ids.astype(np.int64)
