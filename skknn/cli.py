@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"{QUICK_N_SAMPLES} images at {QUICK_IMAGE_SIZE} px: about 10 s on 2 cores",
+        help=f"{QUICK_N_SAMPLES} images at {QUICK_IMAGE_SIZE} px: about 10 s",
     )
     p.add_argument(
         "--held-out-class",
