@@ -1,4 +1,5 @@
-"""Accuracy of every voting rule at every k from one retrieval ([VM] Table 1 style)."""
+"""Evaluation of a memory: accuracy of every voting rule at every k and the hit
+rate from one retrieval ([VM] Table 1 style), and calibration (FORMULAS.md 7)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,98 @@ def voting_accuracy_by_k(
             weights, nb.labels, mask, y_idx, len(classes), reliability=nb.reliability
         )
     return out
+
+
+def hit_rate_by_k(voter, X, y, *, max_k: int = 100) -> np.ndarray:
+    """``hit@k`` for ``k = 1..max_k`` from one search (FORMULAS.md 7).
+
+    ``hit@k(q) = 1`` when the query's true label is among its ``k`` nearest
+    neighbours' labels: no aggregation of those neighbours can be right more
+    often, so the gap between a voting rule's accuracy and ``hit@k`` is what
+    better aggregation (re-ranking) can still win. Hard-pruned neighbours count
+    (they are retrieved); missing ones (fewer than ``k`` found) do not.
+
+    Parameters
+    ----------
+    voter : KNNVoter
+        A fitted voter.
+    X : array-like of shape (n_queries, n_features)
+    y : array-like of shape (n_queries,)
+        True labels; labels unknown to the memory are never hit.
+    max_k : int, default=100
+
+    Returns
+    -------
+    hit_rate : ndarray of shape (min(max_k, memory size),)
+        ``hit_rate[k - 1]`` is the mean ``hit@k``.
+
+    Examples
+    --------
+    >>> from skknn import KNNVoter
+    >>> from skknn.evaluation import hit_rate_by_k
+    >>> knn = KNNVoter(index="exact").fit([[1., 0.], [.9, .1], [0., 1.]], [0, 0, 1])
+    >>> hit_rate_by_k(knn, [[1., .2], [.3, .6]], [1, 1], max_k=3)
+    array([0.5, 0.5, 1. ])
+    """
+    check_is_fitted(voter)
+    y = np.asarray(y)
+    nb = voter.neighbors(X, max_k)
+    hit = nb.present & (nb.label_values() == y[:, None])
+    return np.mean(np.logical_or.accumulate(hit, axis=1), axis=0)
+
+
+def expected_calibration_error(proba, y, classes=None, *, n_bins: int = 15):
+    """Expected calibration error of the top-class confidence (FORMULAS.md 7).
+
+    ``ECE = sum_b |B_b| / n * |acc(B_b) - conf(B_b)|`` over ``n_bins``
+    equal-width bins of the confidence ``max_c p(c | x)``.
+
+    Parameters
+    ----------
+    proba : array-like of shape (n_queries, n_classes)
+        Predicted probabilities (``predict_proba``).
+    y : array-like of shape (n_queries,)
+        True labels.
+    classes : array-like of shape (n_classes,), default=None
+        The labels of ``proba``'s columns (an estimator's ``classes_``); default
+        ``0 .. n_classes - 1``.
+    n_bins : int, default=15
+
+    Returns
+    -------
+    ece : float
+    bins : Bunch
+        ``confidence``, ``accuracy`` and ``count`` per bin (NaN where empty):
+        the points of a reliability diagram.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn.evaluation import expected_calibration_error
+    >>> proba = np.array([[.9, .1], [.8, .2], [.3, .7], [.6, .4]])
+    >>> round(expected_calibration_error(proba, [0, 1, 1, 0], n_bins=5)[0], 3)
+    0.25
+    """
+    from sklearn.utils import Bunch
+
+    proba = np.asarray(proba, dtype=np.float64)
+    y = np.asarray(y)
+    if proba.ndim != 2 or y.shape != (proba.shape[0],):
+        raise ValueError(
+            f"proba must be (n_queries, n_classes) and y (n_queries,); got "
+            f"{proba.shape} and {y.shape}."
+        )
+    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int; got {n_bins!r}.")
+    classes = np.arange(proba.shape[1]) if classes is None else np.asarray(classes)
+    confidence = proba.max(axis=1)
+    correct = classes[proba.argmax(axis=1)] == y
+    # Bins (i / n_bins, (i + 1) / n_bins]; a confidence of 0 joins the first.
+    which = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore"):
+        conf = np.bincount(which, confidence, n_bins) / count
+        acc = np.bincount(which, correct.astype(float), n_bins) / count
+    filled = count > 0
+    ece = float(np.sum(count[filled] / len(y) * np.abs(acc[filled] - conf[filled])))
+    return ece, Bunch(confidence=conf, accuracy=acc, count=count)

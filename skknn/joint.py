@@ -701,6 +701,22 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         check_is_fitted(self)
         return self.knn_.kneighbors(X, n_neighbors, return_distance)
 
+    def score_samples(self, X, n_neighbors=None) -> np.ndarray:
+        """Out-of-distribution score of the memory: see
+        :meth:`KNNVoter.score_samples` (higher = nearer to the training set).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        n_neighbors : int, default=None
+
+        Returns
+        -------
+        scores : ndarray of shape (n_queries,)
+        """
+        check_is_fitted(self)
+        return self.knn_.score_samples(X, n_neighbors)
+
     def explain(self, X):
         """The kNN's explanation (:meth:`KNNVoter.explain`) with the head's and the
         interpolated probabilities added (``head_proba``, ``joint_proba``)."""

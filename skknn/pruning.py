@@ -559,6 +559,23 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         return self.estimator_.kneighbors(X, n_neighbors, return_distance)
 
     @reads
+    def score_samples(self, X, n_neighbors=None) -> np.ndarray:
+        """Out-of-distribution score of the memory: see
+        :meth:`KNNVoter.score_samples` (pruned samples are still retrieved).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        n_neighbors : int, default=None
+
+        Returns
+        -------
+        scores : ndarray of shape (n_queries,)
+        """
+        X = self._checked(X)
+        return self.estimator_.score_samples(X, n_neighbors)
+
+    @reads
     def explain(self, X):
         """Every decision with the neighbours that made it, reliabilities and
         exclusions included: see :meth:`skknn.KNNVoter.explain`.

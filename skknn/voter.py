@@ -493,6 +493,37 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         )
         return self.vote(nb).proba
 
+    def score_samples(self, X, n_neighbors=None) -> np.ndarray:
+        """Out-of-distribution score: minus the distance to the k-th neighbour.
+
+        ``-d_k(x)`` (FORMULAS.md 7; Sun et al., 2022): higher means nearer to
+        the memory, as scikit-learn's novelty detectors score. Where an
+        approximate index found fewer than ``k`` neighbours, the farthest one
+        found stands in.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        n_neighbors : int, default=None
+            ``k``; defaults to ``n_neighbors``, capped at the memory size.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_queries,)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skknn import KNNVoter
+        >>> X = [[1., 0.], [.9, .1], [0., 1.]]
+        >>> knn = KNNVoter(2, index="exact").fit(X, [0, 0, 1])
+        >>> knn.score_samples([[1., .05], [-1., 0.]]).round(3)
+        array([-0.002, -1.994])
+        """
+        nb = self.neighbors(X, n_neighbors)
+        farthest = np.where(nb.present, nb.distances, -np.inf).max(axis=1)
+        return -farthest.astype(np.float64)
+
     def explain(self, X) -> Bunch:
         """Every decision with the neighbours that made it.
 
