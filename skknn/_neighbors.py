@@ -8,7 +8,7 @@ all read it; none of them touches the store's arrays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -82,6 +82,11 @@ class Neighbors:
     def label_values(self) -> np.ndarray:
         """The neighbours' labels as class values (not codes)."""
         return self.classes[self.labels]
+
+    def first(self, k: int) -> Neighbors:
+        """The ``k`` nearest of each query's neighbours (records are sorted)."""
+        out = {f: getattr(self, f)[:, :k] for f in _GRID_FIELDS}
+        return replace(self, **out)
 
     @classmethod
     def concatenate(cls, parts: list[Neighbors]) -> Neighbors:

@@ -41,6 +41,12 @@ def accuracy_table(acc: dict[str, np.ndarray], ks=None) -> str:
     return table(["voting", *(f"k={k}" for k in ks), "best"], rows)
 
 
+def calibration_table(calibration: dict) -> str:
+    """Rows = voting rules: the best k and the ECE there (%)."""
+    rows = [[rule, str(k), pct(ece)] for rule, (k, ece) in calibration.items()]
+    return table(["voting", "best k", "ECE (%)"], rows)
+
+
 def neighbour_table(expl, q: int = 0) -> str:
     rows = [
         [

@@ -30,7 +30,12 @@ from skknn._demo import (
     mnist_subset,
     set_threads,
 )
-from skknn._report import TABLE_KS, accuracy_table, neighbour_table
+from skknn._report import (
+    TABLE_KS,
+    accuracy_table,
+    calibration_table,
+    neighbour_table,
+)
 
 
 # -- skknn evaluate ---------------------------------------------------------------
@@ -57,7 +62,11 @@ def evaluate(args: argparse.Namespace) -> int:
     """
     from skknn import _voting
     from skknn.datasets import load_embeddings
-    from skknn.evaluation import voting_accuracy_by_k
+    from skknn.evaluation import (
+        calibration_at_best_k,
+        hit_rate_by_k,
+        voting_accuracy_by_k,
+    )
 
     # Every option is checked before the (possibly long) search.
     if args.max_k < 1:
@@ -96,9 +105,12 @@ def evaluate(args: argparse.Namespace) -> int:
     voter = _voter_from_args(args, n_neighbors=args.max_k)
     t = time.perf_counter()
     voter.fit(X_mem, y_mem)
+    nb = voter.neighbors(X_q, args.max_k)  # one retrieval serves every table
     acc = voting_accuracy_by_k(
-        voter, X_q, y_q, max_k=args.max_k, votings=_voting.VOTING_RULES
+        voter, X_q, y_q, max_k=args.max_k, votings=_voting.VOTING_RULES, neighbors=nb
     )
+    hits = hit_rate_by_k(voter, X_q, y_q, max_k=args.max_k, neighbors=nb)
+    calibration = calibration_at_best_k(voter, nb, y_q, acc)
     dt = time.perf_counter() - t
     n_k = len(next(iter(acc.values())))
     unknown = int((~np.isin(y_q, voter.classes_)).sum())
@@ -109,9 +121,11 @@ def evaluate(args: argparse.Namespace) -> int:
     )
     if unknown:
         print(f"note: {unknown} queries have labels absent from the memory (errors)")
-    print("\nAccuracy (%) by voting rule and k")
+    print("\nAccuracy (%) by voting rule and k; hit@k: the label among the k")
     ks = TABLE_KS if ks is None else ks
-    print(accuracy_table(acc, ks))
+    print(accuracy_table({**acc, "hit@k": hits}, ks))
+    print("\nCalibration: expected calibration error (15 bins) at each rule's best k")
+    print(calibration_table(calibration))
     if out is not None:
         _write_results(out, acc, args, len(y_mem), len(y_q))
         print(f"\nwrote {out} (accuracy at k = 1..{n_k})")

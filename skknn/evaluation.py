@@ -10,7 +10,7 @@ from skknn import _voting
 
 
 def voting_accuracy_by_k(
-    voter, X, y, *, max_k: int = 100, votings=_voting.VOTING_RULES
+    voter, X, y, *, max_k: int = 100, votings=_voting.VOTING_RULES, neighbors=None
 ) -> dict[str, np.ndarray]:
     """Accuracy at ``k = 1..max_k`` for each voting rule, from **one** search.
 
@@ -29,6 +29,9 @@ def voting_accuracy_by_k(
     max_k : int, default=100
     votings : iterable of str
         Rules to evaluate.
+    neighbors : Neighbors, default=None
+        The record of ``voter.neighbors(X, max_k)``, when the caller has it
+        already (one search serves accuracy, hit rate and calibration).
 
     Returns
     -------
@@ -48,7 +51,7 @@ def voting_accuracy_by_k(
     """
     check_is_fitted(voter)
     y = np.asarray(y)
-    nb = voter.neighbors(X, max_k)
+    nb = voter.neighbors(X, max_k) if neighbors is None else neighbors
     mask = _voting.record_mask(nb)
     classes = nb.classes
     known = np.isin(y, classes)
@@ -70,7 +73,7 @@ def voting_accuracy_by_k(
     return out
 
 
-def hit_rate_by_k(voter, X, y, *, max_k: int = 100) -> np.ndarray:
+def hit_rate_by_k(voter, X, y, *, max_k: int = 100, neighbors=None) -> np.ndarray:
     """``hit@k`` for ``k = 1..max_k`` from one search (FORMULAS.md 7).
 
     ``hit@k(q) = 1`` when the query's true label is among its ``k`` nearest
@@ -87,6 +90,8 @@ def hit_rate_by_k(voter, X, y, *, max_k: int = 100) -> np.ndarray:
     y : array-like of shape (n_queries,)
         True labels; labels unknown to the memory are never hit.
     max_k : int, default=100
+    neighbors : Neighbors, default=None
+        The record of ``voter.neighbors(X, max_k)``, if already searched.
 
     Returns
     -------
@@ -103,7 +108,7 @@ def hit_rate_by_k(voter, X, y, *, max_k: int = 100) -> np.ndarray:
     """
     check_is_fitted(voter)
     y = np.asarray(y)
-    nb = voter.neighbors(X, max_k)
+    nb = voter.neighbors(X, max_k) if neighbors is None else neighbors
     hit = nb.present & (nb.label_values() == y[:, None])
     return np.mean(np.logical_or.accumulate(hit, axis=1), axis=0)
 
@@ -163,3 +168,40 @@ def expected_calibration_error(proba, y, classes=None, *, n_bins: int = 15):
     filled = count > 0
     ece = float(np.sum(count[filled] / len(y) * np.abs(acc[filled] - conf[filled])))
     return ece, Bunch(confidence=conf, accuracy=acc, count=count)
+
+
+def calibration_at_best_k(voter, neighbors, y, accuracy: dict, *, n_bins: int = 15):
+    """ECE of each voting rule at the ``k`` where it is most accurate.
+
+    Parameters
+    ----------
+    voter : KNNVoter
+        Supplies the rules' parameters (temperature, offset, power).
+    neighbors : Neighbors
+        One record of ``max_k`` neighbours per query.
+    y : array-like of shape (n_queries,)
+        True labels.
+    accuracy : dict of str to ndarray
+        :func:`voting_accuracy_by_k` on the same record.
+    n_bins : int, default=15
+
+    Returns
+    -------
+    calibration : dict of str to (int, float)
+        ``{rule: (best k, ECE)}``.
+    """
+    out = {}
+    for rule, acc in accuracy.items():
+        k = int(np.argmax(acc)) + 1
+        vote = _voting.vote(
+            neighbors.first(k),
+            rule,
+            temperature=voter.temperature,
+            rank_offset=voter.rank_offset,
+            distance_power=voter.distance_power,
+        )
+        ece, _ = expected_calibration_error(
+            vote.proba, y, neighbors.classes, n_bins=n_bins
+        )
+        out[rule] = (k, ece)
+    return out

@@ -412,3 +412,28 @@ def test_parquet_feature_columns_are_explicit_or_unambiguous(digits, tmp_path, c
     assert code == 0
     one = KNNVoter(n_neighbors=1).fit(X_mem, y_mem).score(X_q, y_q)
     assert read_csv(tmp_path / "r.csv")[1]["rank"] == pytest.approx(one)
+
+
+def test_evaluate_prints_hit_rate_and_calibration(embedding_files, digits, capsys):
+    from skknn.evaluation import expected_calibration_error, hit_rate_by_k
+
+    mem, queries = embedding_files
+    X_mem, y_mem, X_q, y_q = digits
+    code, out, _ = run(
+        f"evaluate --memory {mem} --queries {queries} --max-k 10", capsys
+    )
+    assert code == 0
+    hits = hit_rate_by_k(KNNVoter().fit(X_mem, y_mem), X_q, y_q, max_k=10)
+    row = next(line for line in out.splitlines() if line.startswith("hit@k"))
+    assert f"{100 * hits[0]:.1f}" in row.split()[1]  # k=1
+    assert f"{100 * hits[-1]:.1f}" in row
+    assert "expected calibration error" in out
+    rank = next(
+        line.split()
+        for line in out.splitlines()
+        if line.startswith("rank") and len(line.split()) == 3
+    )
+    k = int(rank[1])
+    proba = KNNVoter(k).fit(X_mem, y_mem).predict_proba(X_q)
+    ece, _ = expected_calibration_error(proba, y_q, np.unique(y_mem))
+    assert rank[2] == f"{100 * ece:.1f}"
