@@ -64,7 +64,8 @@ def fit_linear_head(
     if head.hidden_layer_sizes:
         raise ValueError("L-BFGS fits linear heads only; MLP heads train by SGD.")
     with torch.no_grad():
-        Z = head.standardize(torch.from_numpy(np.asarray(X, np.float32))).numpy()
+        X = np.require(X, np.float32, requirements="W")  # torch wraps, not copies
+        Z = head.standardize(torch.from_numpy(X)).numpy()
     weights = np.asarray(weights, dtype=np.float64)
     layer = head.output_layer
     if not np.any(weights > 0):
@@ -83,7 +84,10 @@ def fit_linear_head(
             layer.bias[int(present[0])] = 0.0
         return {"loss": 0.0, "n_iter": 0, "converged": True}
     if weight_decay > 0:
-        penalty = {"C": 1.0 / (weight_decay * len(y))}
+        # Two classes: sklearn fits one vector d, split below into rows +-d/2,
+        # whose penalty wd/2 * 2 * |d/2|^2 is half of wd/2 * |d|^2: C doubles.
+        factor = 2.0 if len(present) == 2 else 1.0
+        penalty = {"C": factor / (weight_decay * len(y))}
     else:
         penalty = {"C": np.inf}
     with warnings.catch_warnings(record=True) as caught:

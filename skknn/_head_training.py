@@ -239,7 +239,7 @@ def _to_device(
         sw = torch.from_numpy((sample_weight / sample_weight.mean()).astype(np.float32))
         sw = sw.to(device)
     return (
-        torch.from_numpy(X).to(device),
+        torch.from_numpy(np.require(X, requirements="W")).to(device),
         torch.from_numpy(y.astype(np.int64)).to(device),
         torch.from_numpy(p_knn).to(device),
         sw,

@@ -403,7 +403,11 @@ def predict_logits(
     try:
         with torch.inference_mode():
             for start in range(0, X.shape[0], batch_size):
-                block = torch.from_numpy(X[start : start + batch_size])
+                # A read-only block (a pandas view) is copied: torch refuses
+                # to wrap memory it may not write.
+                block = torch.from_numpy(
+                    np.require(X[start : start + batch_size], requirements="W")
+                )
                 block = block.to(device=device, dtype=dtype)
                 out[start : start + batch_size] = model(block).cpu().numpy()
     finally:

@@ -88,8 +88,8 @@ class GuardedState:
     and a head, a memory and its counts): edits hold :meth:`_editing`, reads
     :meth:`_reading`, so a prediction never mixes an old head with a new memory.
 
-    The lock is made at the first fit, so ``predict`` leaves ``__dict__`` as it
-    found it; it is not pickled and is made anew on unpickling.
+    The lock is made at the first fit (and anew on unpickling or loading), so
+    ``predict`` leaves ``__dict__`` as it found it; it is never pickled.
     """
 
     def _lock(self) -> ReadWriteLock:
@@ -106,6 +106,10 @@ class GuardedState:
         state = dict(super().__getstate__())
         state.pop("_state_lock", None)
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._lock()
 
 
 def reads(method):

@@ -56,7 +56,9 @@ def imprint_new_rows(
     layer = head.output_layer
     others = np.setdiff1d(np.arange(head.n_classes), rows)
     with torch.no_grad():
-        Z = head.standardize(torch.from_numpy(np.asarray(X, np.float32)))
+        Z = head.standardize(
+            torch.from_numpy(np.require(X, np.float32, requirements="W"))
+        )
         norm = layer.weight[others].norm(dim=1).mean() if len(others) else 1.0
         bias = layer.bias[others].mean() if len(others) else 0.0
         directions = torch.stack(

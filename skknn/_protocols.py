@@ -105,8 +105,16 @@ class Store(Protocol):
     def next_ids(self, n: int) -> np.ndarray:
         """Ids :meth:`add` would give ``n`` samples: never used before."""
 
-    def add(self, X, labels, ids=None, *, classes=None) -> np.ndarray:
-        """Store raw vectors with their labels; returns their ids."""
+    def reading(self):
+        """A context holding one state of the store across several reads."""
+
+    def state(self) -> tuple[dict, dict]:
+        """``(meta, arrays)`` describing the store, for files."""
+
+    def add(
+        self, X, labels, ids=None, *, classes=None, sample_weight=None
+    ) -> np.ndarray:
+        """Store raw vectors with their labels (and vote weights); returns ids."""
 
     def check_removable(self, ids) -> np.ndarray:
         """Validate ids to remove without changing anything; sorted copy."""

@@ -92,7 +92,10 @@ class TorchExactEngine:
         if self._mirror is not None:
             db = self._mirror[: self._n]
         else:
-            db = torch.from_numpy(X)
+            with warnings.catch_warnings():
+                # A loaded memory's array is read-only; torch only reads it.
+                warnings.filterwarnings("ignore", message=".*not writable.*")
+                db = torch.from_numpy(X)
         parts = [
             self._search_block(db, Q[s : s + self.query_block], k)
             for s in range(0, Q.shape[0], self.query_block)

@@ -222,6 +222,8 @@ class VectorStore(StoreStateMixin, GuardedState):
             raise ValueError(
                 f"X must have shape (n_samples, {self.n_features}); got {X.shape}."
             )
+        if not np.isfinite(X).all():
+            raise ValueError("X holds NaN or infinite values; the memory takes none.")
         if labels.shape != (m,):
             raise ValueError(
                 f"labels must have shape ({m},), one per row of X; got {labels.shape}."
@@ -268,18 +270,20 @@ class VectorStore(StoreStateMixin, GuardedState):
         rb[n : n + m] = 1.0
         eb[n : n + m] = False
         wb[n : n + m] = weights
-        if n == 0:
-            self.engine.build(Xb[: n + m], idb[: n + m])
-        else:
-            self.engine.add(Xb[n : n + m], ids)
-        # Publish.
-        self._set_buffers([Xb, yb, idb, rb, eb, wb, nb])
-        self._classes, self._mean = new_classes, mean
-        self._n = n + m
-        if m:
-            self._next_id = max(self._next_id, int(ids.max()) + 1)
-        self._sorted = None
-        self._version += 1
+        # Ctrl-C is held until index and rows agree: an id in the index that the
+        # rows do not know would be issued again.
+        with uninterrupted():
+            if n == 0:
+                self.engine.build(Xb[: n + m], idb[: n + m])
+            else:
+                self.engine.add(Xb[n : n + m], ids)
+            self._set_buffers([Xb, yb, idb, rb, eb, wb, nb])
+            self._classes, self._mean = new_classes, mean
+            self._n = n + m
+            if m:
+                self._next_id = max(self._next_id, int(ids.max()) + 1)
+            self._sorted = None
+            self._version += 1
         return ids.copy()
 
     def _buffers(self) -> list[np.ndarray]:

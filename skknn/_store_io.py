@@ -89,7 +89,12 @@ class StoreStateMixin:
         return store
 
     def __getstate__(self):
-        meta, arrays = self.state()
+        # Copies, taken under the lock: pickle writes them after it is released,
+        # and an edit compacts the buffers in place (and a copy.copy must not
+        # share them).
+        with self._reading():
+            meta, arrays = self.state()
+            arrays = {name: np.array(value) for name, value in arrays.items()}
         return {"meta": meta, "arrays": arrays, "device": str(self.device)}
 
     def __setstate__(self, state):

@@ -34,8 +34,10 @@ def register(cls: type) -> type:
     """Class decorator: let :func:`load` rebuild ``cls`` from a file.
 
     The class implements ``__skknn_save__() -> (meta, arrays)`` (JSON-able
-    scalars, NumPy arrays) and ``__skknn_load__(meta, arrays, version)``; only
-    registered classes can be named in a file, so loading runs no foreign code.
+    scalars, NumPy arrays), ``__skknn_load__(meta, arrays, version)`` and
+    ``__skknn_reading__()`` (a context holding its state while it is written);
+    only registered classes can be named in a file, so loading runs no foreign
+    code.
     """
     _REGISTRY[cls.__name__] = cls
     return cls
@@ -57,7 +59,8 @@ class Persistable:
     def save(self, path) -> None:
         """Write the fitted estimator to ``path`` safely: NumPy arrays + JSON in
         one zip file, no pickle, replaced atomically. Read it back with
-        :func:`skknn.load`.
+        :func:`skknn.load`. Concurrent edits wait until the file is written (the
+        arrays are written from the memory itself, not copied first).
 
         Parameters
         ----------
@@ -248,15 +251,16 @@ def save(est, path) -> None:
     name = type(est).__name__
     if _REGISTRY.get(name) is not type(est):
         raise TypeError(f"save() supports skknn estimators; got {name}.")
-    state_meta, arrays = est.__skknn_save__()
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "class": name,
-        "params": params_to_json(est),
-        "state": state_meta,
-    }
-    write_archive(path, meta, arrays)
+    with est.__skknn_reading__():  # one state, written from the memory itself
+        state_meta, arrays = est.__skknn_save__()
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "class": name,
+            "params": params_to_json(est),
+            "state": state_meta,
+        }
+        write_archive(path, meta, arrays)
 
 
 def load(path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import io as _io
 
 import numpy as np
@@ -22,8 +24,17 @@ from skknn._validation import (
     check_int,
     check_option,
     make_default_explicit,
+    restore_attributes_on_error,
 )
-from skknn.io import Persistable, params_from_json, params_to_json, register, subtree
+from skknn.io import (
+    Persistable,
+    labels_from_json,
+    labels_to_json,
+    params_from_json,
+    params_to_json,
+    register,
+    subtree,
+)
 from skknn.voter import KNNVoter
 
 # partial_fit's single pass runs at this fraction of the peak learning rate: new
@@ -319,7 +330,13 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
                 sample_weight=sample_weight,
             )
 
-    def _fit(
+    def _fit(self, X, y, sample_ids, **kwargs):
+        # validate_data sets n_features_in_ first; a fit failing later (one
+        # class, bad ids) must leave the estimator as it was.
+        with restore_attributes_on_error(self, ("n_features_in_", "feature_names_in_")):
+            return self._fit_unguarded(X, y, sample_ids, **kwargs)
+
+    def _fit_unguarded(
         self, X, y, sample_ids, *, max_epochs: int, classes=None, sample_weight=None
     ):
         self._check_params()
@@ -484,13 +501,40 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         self._check_params()
         X, y = validate_data(self, X, y, reset=False, dtype=np.float32)
         check_classification_targets(y)
-        old = self.classes_
         store = self.knn_.memory_
         ids = store.next_ids(len(y)) if sample_ids is None else sample_ids
+        saved = (
+            copy.deepcopy(self.head_),
+            self.classes_,
+            self._train_ids,
+            self.knn_train_proba_,
+            self._generator_state,
+            len(self.loss_curve_),
+        )
         self.knn_.partial_fit(
             X, y, classes=classes, sample_ids=ids, sample_weight=sample_weight
         )
         ids = np.asarray(ids, dtype=np.int64)
+        try:
+            self._learn_added(X, y, ids, sample_weight)
+        except BaseException:
+            # All or nothing: the memory forgets the samples, the head and the
+            # bookkeeping go back to what they were.
+            store.remove(ids, retrain_index=False)
+            head, self.classes_, self._train_ids, proba, state, n_loss = saved
+            self.head_, self.knn_train_proba_, self._generator_state = (
+                head,
+                proba,
+                state,
+            )
+            del self.loss_curve_[n_loss:]
+            raise
+        return self
+
+    def _learn_added(self, X, y, ids, sample_weight) -> None:
+        """The head's part of partial_fit, once the memory holds the samples."""
+        old = self.classes_
+        store = self.knn_.memory_
         old_ids = self._train_ids
         self._train_ids = np.concatenate([old_ids, ids])
         added = self._sync_head_classes(old)
@@ -546,7 +590,6 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         self.loss_curve_.append(loss)
         if tracked:
             self.knn_train_proba_ = np.concatenate([self.knn_train_proba_, p_true])
-        return self
 
     def _uses_p_knn(self) -> bool:
         return _head_training.loss_uses_p_knn(
@@ -614,6 +657,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             # keeps, in training order.
             kept_ids = self._train_ids[keep]
             data = store.get(kept_ids)
+            names = self.__dict__.get("feature_names_in_")
             self._fit(
                 data.X,
                 data.labels,
@@ -621,6 +665,8 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
                 max_epochs=self.max_epochs,
                 sample_weight=data.sample_weight,
             )
+            if names is not None:  # the memory gives arrays; the names stay
+                self.feature_names_in_ = names
         else:
             self.knn_.unlearn(removed, retrain_index=retrain_index)
             self._train_ids = self._train_ids[keep]
@@ -655,14 +701,24 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         with self._reading():
             return self._proba(X)
 
+    def _knn_columns(self, proba: np.ndarray) -> np.ndarray:
+        """The kNN's probabilities in the columns of ``classes_``. They differ
+        only after a failed partial_fit left a class known to the memory with no
+        samples in it (so with probability 0), which the head never learnt."""
+        known = self.knn_.classes_
+        if len(known) == len(self.classes_):
+            return proba
+        return proba[:, np.searchsorted(known, self.classes_)]
+
     def _proba(self, X: np.ndarray) -> np.ndarray:
         lam = float(self.interpolation)
         if lam == 1.0:
-            return self.knn_.predict_proba(X)
+            return self._knn_columns(self.knn_.predict_proba(X))
         head = self._head_proba(X)
         if lam == 0.0:
             return head
-        return lam * self.knn_.predict_proba(X) + (1.0 - lam) * head
+        knn = self._knn_columns(self.knn_.predict_proba(X))
+        return lam * knn + (1.0 - lam) * head
 
     def predict(self, X) -> np.ndarray:
         """Labels of the largest interpolated probability.
@@ -724,6 +780,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         X = validate_data(self, X, reset=False, dtype=np.float32)
         with self._reading():
             ex = self.knn_.explain(X)
+            ex.proba, ex.classes = self._knn_columns(ex.proba), self.classes_
             ex.head_proba = self._head_proba(X)
         lam = float(self.interpolation)
         ex.joint_proba = lam * ex.proba + (1 - lam) * ex.head_proba
@@ -731,6 +788,13 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         return ex
 
     # -- persistence ----------------------------------------------------------
+    @contextlib.contextmanager
+    def __skknn_reading__(self):
+        """Hold the head's and the memory's state while they are written."""
+        check_is_fitted(self)
+        with self._reading(), self.knn_.__skknn_reading__():
+            yield
+
     def __skknn_save__(self) -> tuple[dict, dict]:
         check_is_fitted(self)
         knn_meta, knn_arrays = self.knn_.__skknn_save__()
@@ -751,6 +815,12 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             "best_epoch": self.best_epoch_,
             "n_iter": self.n_iter_,
             "solver": self.solver_,
+            "classes": labels_to_json(self.classes_),
+            **(
+                {"feature_names_in": [str(f) for f in self.feature_names_in_]}
+                if hasattr(self, "feature_names_in_")
+                else {}
+            ),
         }
         return meta, arrays
 
@@ -773,10 +843,17 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             _io.BytesIO(arrays["head"].tobytes()), map_location="cpu", weights_only=True
         )
         self.knn_ = knn
-        self.classes_ = knn.classes_
+        # The head's classes: the memory may know one more after a failed
+        # partial_fit (a class with no samples left).
+        self.classes_ = (
+            labels_from_json(meta["classes"]) if "classes" in meta else knn.classes_
+        )
         self.n_features_in_ = knn.n_features_in_
-        if hasattr(knn, "feature_names_in_"):
-            self.feature_names_in_ = knn.feature_names_in_
+        if "feature_names_in" in meta:
+            names = np.asarray(meta["feature_names_in"], dtype=object)
+            if names.shape != (self.n_features_in_,):
+                raise ValueError("feature_names_in disagrees with n_features_in")
+            self.feature_names_in_ = names
         self.head_ = _heads.head_from_state_dict(state)
         self.device_ = device_after_unpickling(
             meta["device"], owner=type(self).__name__
@@ -806,6 +883,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         self.best_epoch_ = meta["best_epoch"]
         self.n_iter_ = meta["n_iter"]
         self.solver_ = meta.get("solver", "sgd")  # format 1: always SGD
+        self._lock()
 
     def __setstate__(self, state):
         super().__setstate__(state)

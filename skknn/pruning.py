@@ -14,6 +14,7 @@ leave (it lies within their radius) are searched again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -30,6 +31,7 @@ from skknn._validation import (
     check_int,
     check_option,
     make_default_explicit,
+    restore_attributes_on_error,
 )
 from skknn._wrong_decisions import (
     IdPositions,
@@ -57,6 +59,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODES = ("soft", "hard")
+# What validate_data sets on a first call: restored when the call fails later.
+_SEEN_FEATURES = ("n_features_in_", "feature_names_in_")
 # [VM]'s numbers of leave-one-out neighbours per mode (FORMULAS.md 5).
 DEFAULT_N_NEIGHBORS = {"hard": 100, "soft": 10}
 
@@ -267,10 +271,11 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         self : MemoryPruner
         """
         self._check_params()
-        X, y = validate_data(self, X, y, dtype=np.float32)
-        check_classification_targets(y)
-        est = self._new_estimator()
-        est.fit(X, y, **_ids_kwarg(sample_ids), **_weight_kwarg(sample_weight))
+        with restore_attributes_on_error(self, _SEEN_FEATURES):
+            X, y = validate_data(self, X, y, dtype=np.float32)
+            check_classification_targets(y)
+            est = self._new_estimator()
+            est.fit(X, y, **_ids_kwarg(sample_ids), **_weight_kwarg(sample_weight))
         self._publish_recount(est)
         return self
 
@@ -300,6 +305,10 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         self : MemoryPruner
         """
         self._check_params()
+        with restore_attributes_on_error(self, _SEEN_FEATURES):
+            return self._partial_fit(X, y, classes, sample_ids, sample_weight)
+
+    def _partial_fit(self, X, y, classes, sample_ids, sample_weight):
         first_call = not hasattr(self, "estimator_")
         X, y = validate_data(self, X, y, reset=first_call, dtype=np.float32)
         check_classification_targets(y)
@@ -592,6 +601,13 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         return self.estimator_.explain(X)
 
     # -- persistence ----------------------------------------------------------
+    @contextlib.contextmanager
+    def __skknn_reading__(self):
+        """Hold the counts' and the memory's state while they are written."""
+        check_is_fitted(self)
+        with self._reading(), self.estimator_.__skknn_reading__():
+            yield
+
     def __skknn_save__(self) -> tuple[dict, dict]:
         check_is_fitted(self)
         est_meta, est_arrays = self.estimator_.__skknn_save__()
@@ -648,6 +664,7 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         self._store_version = (
             (store.uid, store.version) if saved is None else tuple(saved)
         )
+        self._lock()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

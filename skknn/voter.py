@@ -208,8 +208,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
     def _check_memory_unchanged(self) -> None:
         """Refuse to use a memory whose shaping parameters were changed since fit
-        (queries would be pre-processed or measured unlike the stored vectors);
-        apply changed ``index_params`` (search knobs such as ``nprobe``)."""
+        (queries would be pre-processed or measured unlike the stored vectors)."""
         if self._memory_config() != self._fitted_config_:
             changed = {
                 name: (self._fitted_config_[name], value)
@@ -224,9 +223,34 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 "metric, preprocessing and index take effect only through fit. "
                 "Call fit to rebuild the memory, or set them back."
             )
-        params = dict(self.index_params or {})
-        if params != self.memory_.index_params:
-            self.memory_.set_index_params(params)
+        if dict(self.index_params or {}) != self.memory_.index_params:
+            raise ValueError(
+                "KNNVoter.index_params was changed without set_params; call "
+                "set_params(index_params=...) so the index takes the new knobs."
+            )
+
+    def set_params(self, **params):
+        """Set parameters; on a fitted voter, ``index_params`` (search knobs such
+        as ``nprobe``) take effect on its index at once.
+
+        Parameters
+        ----------
+        **params : dict
+            Estimator parameters.
+
+        Returns
+        -------
+        self : KNNVoter
+        """
+        old = self.index_params
+        super().set_params(**params)
+        if "index_params" in params and "memory_" in self.__dict__:
+            try:
+                self.memory_.set_index_params(dict(self.index_params or {}))
+            except ValueError:
+                self.index_params = old  # refused: the index kept its knobs
+                raise
+        return self
 
     # -- fitting --------------------------------------------------------------
     def fit(self, X, y, sample_ids=None, sample_weight=None):
@@ -558,6 +582,11 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         )
 
     # -- persistence ----------------------------------------------------------
+    def __skknn_reading__(self):
+        """Hold the memory's state while it is written to a file."""
+        check_is_fitted(self)
+        return self.memory_.reading()
+
     def __skknn_save__(self) -> tuple[dict, dict]:
         check_is_fitted(self)
         store_meta, store_arrays = self.memory_.state()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import joblib
 import numpy as np
 import pytest
 import torch
 from sklearn.model_selection import GridSearchCV
 
-from skknn import JointKNNClassifier, KNNVoter
+from skknn import JointKNNClassifier, KNNVoter, _head_training
 
 
 def small_joint(**kw):
@@ -391,3 +393,71 @@ def test_a_class_added_by_partial_fit_is_learnt_without_forgetting(digits):
     assert np.mean(recall) >= np.mean(knn_recall)
     assert min(recall) > 0.8  # one SGD pass without rehearsal: 0.13 on MNIST
     assert np.mean(kept) >= -0.01
+
+
+def test_failed_calls_leave_joint_as_it_was(blobs, monkeypatch, tmp_path):
+    import skknn
+
+    X, y = blobs
+    clf = small_joint().fit(X[:, :4], y)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        clf.fit(X, np.zeros(len(y)))
+    assert clf.n_features_in_ == 4  # not 8: the failed fit changed nothing
+    clf.predict(X[:, :4])
+    n, version = clf.memory_.n_samples, len(clf.loss_curve_)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_head_training, "one_pass", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        clf.partial_fit(X[:5, :4] + 0.1, np.array([7, 7, 7, 0, 1]))
+    monkeypatch.undo()
+    assert clf.memory_.n_samples == n  # the memory forgot the samples again
+    assert len(clf.loss_curve_) == version
+    assert len(clf.knn_train_proba_) == n
+    assert list(clf.classes_) == [0, 1, 2]
+    np.testing.assert_allclose(clf.predict_proba(X[:3, :4]).sum(1), 1.0)
+    clf.save(tmp_path / "j.skknn")  # consistent, so it saves and loads
+    skknn.load(tmp_path / "j.skknn").partial_fit(X[:5, :4] + 0.1, [7, 7, 7, 0, 1])
+
+
+def test_binary_lbfgs_minimises_the_documented_objective(blobs):
+    """Two classes: rows +-d/2 carry wd/2 (|d/2|^2 + |d/2|^2); the fitted
+    weights are the minimum of that objective along their own direction."""
+    X, y = blobs
+    keep = y < 2
+    X, y = X[keep], y[keep]
+    X = X + np.random.default_rng(0).normal(scale=4.0, size=X.shape)
+    clf = JointKNNClassifier(
+        KNNVoter(5, index="exact"), alpha=0.0, interpolation=0.0, weight_decay=0.05
+    ).fit(X, y)
+    head = clf.head_
+    W = head.output_layer.weight.detach().clone()
+    b = head.output_layer.bias.detach().clone()
+    Z = head.standardize(torch.from_numpy(X.astype(np.float32)))
+    target = torch.from_numpy(y.astype(np.int64))
+
+    def objective(t):
+        logits = Z @ (t * W).T + b
+        ce = torch.nn.functional.cross_entropy(logits, target)
+        return float(ce + 0.5 * 0.05 * ((t * W) ** 2).sum())
+
+    assert objective(1.0) <= min(objective(0.9), objective(1.1))
+
+
+def test_feature_names_survive_save_load_and_retraining(blobs, tmp_path):
+    pd = pytest.importorskip("pandas")
+    import skknn
+
+    X, y = blobs
+    frame = pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])])
+    clf = small_joint().fit(frame, y)
+    clf.save(tmp_path / "j.skknn")
+    loaded = skknn.load(tmp_path / "j.skknn")
+    clf.unlearn([0, 1])
+    for model in (loaded, clf):
+        assert list(model.feature_names_in_) == list(frame.columns)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "X has feature names" warning
+            model.predict(frame)

@@ -404,3 +404,22 @@ def test_records_rank_their_slots_and_reading_holds_one_state(rng):
         assert len(ids) == len(data.labels) == 20
     store.remove([0])
     assert store.n_samples == 19
+
+
+def test_copies_and_pickles_never_share_the_buffers(rng):
+    import copy
+    import pickle
+
+    store = make()
+    X = unit(rng, 30)
+    store.add(X, np.arange(30) % 3)
+    state = store.__getstate__()
+    twin = copy.copy(store)
+    twin.remove([0, 1, 2])  # compacts the twin's buffers in place
+    np.testing.assert_array_equal(state["arrays"]["sample_ids"], np.arange(30))
+    np.testing.assert_array_equal(store.ids(), np.arange(30))
+    np.testing.assert_allclose(stored(store).vectors, X, atol=1e-6)
+    back = pickle.loads(pickle.dumps(store))
+    np.testing.assert_array_equal(back.ids(), np.arange(30))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        store.add(np.full((1, 8), np.nan, np.float32), [0])

@@ -702,3 +702,15 @@ def test_unlearn_equals_a_fresh_fit_for_graph_and_inverted_indexes(factory, rng)
     assert state == fresh.memory_.engine.state()["faiss_index"].tobytes()
     Q = rng.normal(size=(30, 8)).astype(np.float32)
     np.testing.assert_array_equal(est.kneighbors(Q)[1], fresh.kneighbors(Q)[1])
+
+
+@needs_faiss
+def test_index_params_apply_in_set_params_not_in_a_read(rng):
+    X = rng.normal(size=(600, 8)).astype(np.float32)
+    knn = KNNVoter(5, index="IVF8,Flat").fit(X, np.arange(600) % 3)
+    knn.set_params(index_params={"nprobe": 8})
+    with knn.memory_.reading():  # a read never edits: this used to deadlock-raise
+        knn.predict(X[:5])
+    knn.index_params = {"nprobe": 2}  # behind set_params' back
+    with pytest.raises(ValueError, match="without set_params"):
+        knn.predict(X[:5])
