@@ -284,15 +284,32 @@ class FaissIndexEngine:
                 ) from exc
 
     def set_params(self, params: dict) -> None:
-        """Apply search knobs by their FAISS names; all or none."""
+        """Apply search knobs by their FAISS names; all or none. A knob left out
+        goes back to FAISS's default (read off a fresh index of the same kind)."""
         old = self.params
-        self.params = dict(params)
+        dropped = {name: self._default(name) for name in old if name not in params}
+        self.params = {**dropped, **params}
         try:
             self._apply_params(self.index)
         except ValueError:
             self.params = old
             self._apply_params(self.index)
             raise
+        self.params = dict(params)
+
+    def _default(self, name: str):
+        """FAISS's default value of a search knob, for the knobs skknn resets."""
+        fresh = self._new_index(self.index.d)
+        ivf = self.faiss.try_extract_index_ivf(fresh)
+        if name == "nprobe" and ivf is not None:
+            return int(ivf.nprobe)
+        inner = self.faiss.downcast_index(getattr(fresh, "index", fresh))
+        if name == "efSearch" and hasattr(inner, "hnsw"):
+            return int(inner.hnsw.efSearch)
+        raise ValueError(
+            f"index_params: cannot put {name!r} of {self.factory!r} back to FAISS's "
+            "default; give it a value explicitly."
+        )
 
     def _on_gpu(self, index) -> bool:
         return index is not None and "Gpu" in type(index).__name__

@@ -714,3 +714,32 @@ def test_index_params_apply_in_set_params_not_in_a_read(rng):
     knn.index_params = {"nprobe": 2}  # behind set_params' back
     with pytest.raises(ValueError, match="without set_params"):
         knn.predict(X[:5])
+
+
+@needs_faiss
+@pytest.mark.parametrize(
+    ("factory", "knob", "value"),
+    [("IVF8,Flat", "nprobe", 8), ("HNSW8", "efSearch", 64)],
+)
+def test_dropping_a_knob_puts_faiss_default_back(factory, knob, value, rng):
+    import faiss
+
+    X = rng.normal(size=(600, 8)).astype(np.float32)
+    knn = KNNVoter(5, index=factory, index_params={knob: value}).fit(
+        X, np.arange(600) % 3
+    )
+    fresh = KNNVoter(5, index=factory).fit(X, np.arange(600) % 3)
+
+    def current(est):
+        index = est.memory_.engine.index
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            return ivf.nprobe
+        return faiss.downcast_index(index.index).hnsw.efSearch
+
+    assert current(knn) == value != current(fresh)
+    knn.set_params(index_params=None)
+    assert current(knn) == current(fresh)
+    np.testing.assert_array_equal(
+        knn.kneighbors(X[:20])[1], fresh.kneighbors(X[:20])[1]
+    )
