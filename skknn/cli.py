@@ -35,6 +35,8 @@ from skknn._report import (
     accuracy_table,
     calibration_table,
     neighbour_table,
+    pct,
+    table,
 )
 
 
@@ -65,6 +67,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from skknn.evaluation import (
         calibration_at_best_k,
         hit_rate_by_k,
+        memory_scaling,
+        ood_auroc,
         voting_accuracy_by_k,
     )
 
@@ -88,6 +92,7 @@ def evaluate(args: argparse.Namespace) -> int:
     options = {"label_column": args.label_column, "feature_columns": columns}
     X_mem, y_mem = load_embeddings(args.memory, **options)
     X_q, y_q = load_embeddings(args.queries, **options)
+    X_ood = _load_other(args.ood, X_mem.shape[1]) if args.ood else None
     if X_mem.shape[1] != X_q.shape[1]:
         raise ValueError(
             f"The memory embeddings have {X_mem.shape[1]} features but the queries "
@@ -126,6 +131,29 @@ def evaluate(args: argparse.Namespace) -> int:
     print(accuracy_table({**acc, "hit@k": hits}, ks))
     print("\nCalibration: expected calibration error (15 bins) at each rule's best k")
     print(calibration_table(calibration))
+    if X_ood is not None:
+        auroc = ood_auroc(voter, X_q, X_ood, ks=(1, 10, 50, 100))
+        print(f"\nOut of distribution: AUROC of -d_k, queries vs {Path(args.ood).name}")
+        print(table(["k", *map(str, auroc)], [["AUROC", *map(_3, auroc.values())]]))
+    if args.scaling:
+        scaling = memory_scaling(
+            _voter_from_args(args, n_neighbors=min(args.max_k, 10)),
+            X_mem,
+            y_mem,
+            X_q,
+            y_q,
+        )
+        print("\nMemory scaling: accuracy (%) by memory size, mean of 3 draws")
+        print(
+            table(
+                ["size", *map(str, scaling.sizes)],
+                [["accuracy", *(pct(a) for a in scaling.accuracy.mean(axis=1))]],
+            )
+        )
+        print(
+            f"power law: log(err) = {scaling.intercept:.3f} "
+            f"{scaling.exponent:+.3f} log(N)"
+        )
     if out is not None:
         _write_results(out, acc, args, len(y_mem), len(y_q))
         print(f"\nwrote {out} (accuracy at k = 1..{n_k})")
@@ -153,6 +181,27 @@ def _check_writable(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
         path.exists() and not os.access(path, os.W_OK)
     ):
         raise ValueError(f"{option}: {str(path)!r} is not writable.")
+
+
+def _3(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _load_other(path: str, n_features: int) -> np.ndarray:
+    """Embeddings of another kind for --ood: ``.npz`` with X (y ignored) or
+    one ``.npy``."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        X = data["X"] if isinstance(data, np.lib.npyio.NpzFile) else data
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(
+            f"--ood {path!r}: expected an .npz with array X or one .npy ({exc})."
+        ) from exc
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise ValueError(
+            f"--ood {path!r} has shape {X.shape}; the memory has {n_features} features."
+        )
+    return X
 
 
 def _parse_columns(text: str | None) -> list[str] | None:
@@ -479,6 +528,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-column",
         default=None,
         help="label column of parquet files (default y or label)",
+    )
+    p.add_argument(
+        "--ood",
+        default=None,
+        metavar="OTHER.npz",
+        help="embeddings of another kind: AUROC of score_samples against the "
+        "queries at k = 1, 10, 50, 100",
+    )
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="accuracy against memory size (random subsets, log-spaced sizes, 3 "
+        "draws) and the fitted power law log(err) = a + b log(N)",
     )
     p.add_argument(
         "--feature-columns",

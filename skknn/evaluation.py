@@ -205,3 +205,119 @@ def calibration_at_best_k(voter, neighbors, y, accuracy: dict, *, n_bins: int = 
         )
         out[rule] = (k, ece)
     return out
+
+
+def ood_auroc(voter, X_in, X_out, *, ks=(1, 10, 50)) -> dict[int, float]:
+    """AUROC of :meth:`~skknn.KNNVoter.score_samples` separating in-distribution
+    queries from others, at several ``k`` from one retrieval (FORMULAS.md 7).
+
+    Parameters
+    ----------
+    voter : KNNVoter
+        A fitted voter (its memory is the in-distribution data).
+    X_in : array-like of shape (n_in, n_features)
+        Queries of the memory's kind (test samples).
+    X_out : array-like of shape (n_out, n_features)
+        Queries of another kind.
+    ks : iterable of int, default=(1, 10, 50)
+        Capped at the memory size.
+
+    Returns
+    -------
+    auroc : dict of int to float
+        1.0: every in-distribution query is nearer to the memory than every
+        other one; 0.5: no separation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn import KNNVoter
+    >>> from skknn.evaluation import ood_auroc
+    >>> knn = KNNVoter(index="exact").fit([[1., 0.], [.9, .1], [.8, .3]], [0, 0, 1])
+    >>> ood_auroc(knn, [[1., .1], [.9, .2]], [[-1., .1], [0., 1.]], ks=(1, 2))
+    {1: 1.0, 2: 1.0}
+    """
+    from sklearn.metrics import roc_auc_score
+
+    check_is_fitted(voter)
+    ks = sorted({min(int(k), voter.memory_.n_samples) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive ints; got {ks!r}.")
+    inside, outside = voter.neighbors(X_in, ks[-1]), voter.neighbors(X_out, ks[-1])
+    truth = np.r_[np.ones(inside.n_queries), np.zeros(outside.n_queries)]
+    out = {}
+    for k in ks:
+        d_k = np.r_[_kth_distance(inside, k), _kth_distance(outside, k)]
+        out[k] = float(roc_auc_score(truth, -d_k))
+    return out
+
+
+def _kth_distance(neighbors, k: int) -> np.ndarray:
+    """Distance to the k-th neighbour (the farthest found when fewer were)."""
+    first = neighbors.first(k)
+    return np.where(first.present, first.distances, -np.inf).max(axis=1)
+
+
+def memory_scaling(
+    voter, X, y, X_test, y_test, *, sizes=None, n_seeds: int = 3, random_state=0
+):
+    """Accuracy against memory size and its power law (FORMULAS.md 7, [VM] 3.3).
+
+    Memories are random subsets of ``(X, y)`` of sizes evenly spaced in log scale;
+    each is fitted by a clone of ``voter`` and scored on the test set, for
+    ``n_seeds`` draws. The error then follows ``log(err) = a + b log(N)``, fitted
+    by least squares on the mean error per size (sizes with no error are left
+    out of the fit: their log is undefined).
+
+    Parameters
+    ----------
+    voter : KNNVoter
+        The configuration to scale (cloned, not fitted).
+    X, y : array-like
+        The full memory.
+    X_test, y_test : array-like
+        Queries and their true labels.
+    sizes : array-like of int, default=None
+        Default: 6 sizes from ``max(n_neighbors, 2 * n_classes)`` to ``len(y)``.
+    n_seeds : int, default=3
+    random_state : int, default=0
+
+    Returns
+    -------
+    scaling : Bunch
+        ``sizes``, ``accuracy`` (n_sizes, n_seeds), ``error`` (mean per size),
+        ``exponent`` ``b`` and ``intercept`` ``a`` (NaN when fewer than two sizes
+        have an error to fit).
+    """
+    from sklearn.base import clone
+    from sklearn.utils import Bunch
+
+    X, y = np.asarray(X), np.asarray(y)
+    n = len(y)
+    if sizes is None:
+        low = min(n, max(getattr(voter, "n_neighbors", 1), 2 * len(np.unique(y))))
+        sizes = np.unique(np.geomspace(low, n, 6).round().astype(int))
+    sizes = np.asarray(sizes, dtype=int)
+    if sizes.min() < 2 or sizes.max() > n:
+        raise ValueError(f"sizes must lie in [2, {n}]; got {sizes.tolist()}.")
+    rng = np.random.default_rng(random_state)
+    accuracy = np.empty((len(sizes), n_seeds))
+    for j in range(n_seeds):
+        order = rng.permutation(n)
+        for i, size in enumerate(sizes):
+            part = order[:size]
+            model = clone(voter).fit(X[part], y[part])
+            accuracy[i, j] = np.mean(model.predict(X_test) == np.asarray(y_test))
+    error = 1.0 - accuracy.mean(axis=1)
+    fit = error > 0
+    if fit.sum() >= 2:
+        b, a = np.polyfit(np.log(sizes[fit]), np.log(error[fit]), 1)
+    else:
+        a = b = float("nan")
+    return Bunch(
+        sizes=sizes,
+        accuracy=accuracy,
+        error=error,
+        exponent=float(b),
+        intercept=float(a),
+    )

@@ -437,3 +437,31 @@ def test_evaluate_prints_hit_rate_and_calibration(embedding_files, digits, capsy
     proba = KNNVoter(k).fit(X_mem, y_mem).predict_proba(X_q)
     ece, _ = expected_calibration_error(proba, y_q, np.unique(y_mem))
     assert rank[2] == f"{100 * ece:.1f}"
+
+
+def test_evaluate_ood_and_scaling(embedding_files, digits, tmp_path, capsys):
+    from skknn.evaluation import ood_auroc
+
+    mem, queries = embedding_files
+    X_mem, y_mem, X_q, _ = digits
+    noise = np.random.default_rng(0).uniform(0, 16, size=(200, 64))
+    np.savez(tmp_path / "other.npz", X=noise)
+    code, out, _ = run(
+        f"evaluate --memory {mem} --queries {queries} --max-k 10 "
+        f"--ood {tmp_path / 'other.npz'} --scaling",
+        capsys,
+    )
+    assert code == 0
+    auroc = ood_auroc(KNNVoter(10).fit(X_mem, y_mem), X_q, noise, ks=(1, 10))
+    row = next(line for line in out.splitlines() if line.startswith("AUROC"))
+    assert row.split()[1:3] == [f"{auroc[1]:.3f}", f"{auroc[10]:.3f}"]
+    assert auroc[10] > 0.95  # uniform noise is far from every digit
+    assert "power law: log(err)" in out
+    exponent = float(out.split("log(err) = ")[1].split()[1])
+    assert exponent < 0  # more memory, fewer errors
+    np.save(tmp_path / "narrow.npy", noise[:, :3])
+    code, _, err = run(
+        f"evaluate --memory {mem} --queries {queries} --ood {tmp_path / 'narrow.npy'}",
+        capsys,
+    )
+    assert_one_line_error(code, err, "--ood", "64 features")

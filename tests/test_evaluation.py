@@ -98,3 +98,33 @@ def test_faces_are_out_of_distribution_for_a_digits_memory(digits):
     held = KNNVoter(10, preprocessing="center_l2", index="exact").fit(X[seen], y[seen])
     scores = held.score_samples(Xt)
     assert roc_auc_score(yt < 7, scores) > 0.9  # measured 0.97
+
+
+def test_ood_auroc_matches_score_samples(digits):
+    from skknn.evaluation import ood_auroc
+
+    X, y, Xt, _ = digits
+    knn = KNNVoter(10, index="exact").fit(X[y < 5], y[y < 5])
+    inside, outside = Xt[:100], X[y >= 5][:100]
+    got = ood_auroc(knn, inside, outside, ks=(1, 5, 10))
+    for k, value in got.items():
+        scores = np.r_[knn.score_samples(inside, k), knn.score_samples(outside, k)]
+        truth = np.r_[np.ones(100), np.zeros(100)]
+        assert value == pytest.approx(roc_auc_score(truth, scores))
+    assert got[10] > 0.6  # digits the memory never saw sit farther away
+
+
+def test_memory_scaling_fits_a_power_law_on_real_digits(digits):
+    from skknn.evaluation import memory_scaling
+
+    X, y, Xt, yt = digits
+    result = memory_scaling(KNNVoter(5, index="exact"), X, y, Xt, yt, n_seeds=2)
+    assert result.accuracy.shape == (len(result.sizes), 2)
+    assert result.error[0] > result.error[-1]  # more memory, fewer errors
+    fit = result.error > 0
+    b, a = np.polyfit(np.log(result.sizes[fit]), np.log(result.error[fit]), 1)
+    assert result.exponent == pytest.approx(b)
+    assert result.intercept == pytest.approx(a)
+    assert result.exponent < 0
+    with pytest.raises(ValueError, match="sizes must lie"):
+        memory_scaling(KNNVoter(5), X, y, Xt, yt, sizes=[1, 10])
