@@ -268,3 +268,19 @@ def vote(
         winner[lost] = 0
     align_proba_with_ties(proba, winner)
     return Vote(weights, mask, scores, proba, winner, neighbors.classes)
+
+
+def rerank(vote: Vote, neighbors: Neighbors, scores) -> Vote:
+    """The vote with class scores from a reranker instead (FORMULAS.md 7)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    shape = (neighbors.n_queries, len(neighbors.classes))
+    if scores.shape != shape:
+        raise ValueError(
+            f"The reranker must return scores of shape {shape}; got {scores.shape}."
+        )
+    if not np.all(np.isfinite(scores)) or np.any(scores < 0):
+        raise ValueError("The reranker returned negative, NaN or infinite scores.")
+    proba = scores_to_proba(scores)
+    winner = predict_with_ties(scores, neighbors.labels, vote.mask)
+    align_proba_with_ties(proba, winner)
+    return Vote(vote.weights, vote.mask, scores, proba, winner, vote.classes)

@@ -84,6 +84,13 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Queries searched per block; bounds the working memory of predictions.
     verbose : bool, default=False
         Show a progress bar over query blocks.
+    reranker : callable, default=None
+        Re-ranking (FORMULAS.md 7, [VM] 3.2): ``reranker(neighbors, X)`` gets
+        each query's :class:`~skknn.Neighbors` record and the queries and returns
+        non-negative class scores ``(n_queries, n_classes)`` (columns follow
+        ``neighbors.classes``) that replace the vote. The place a stronger model
+        plugs in; :class:`skknn.rerankers.ProbeReranker` re-ranks with a
+        classifier over the labels present among the neighbours.
 
     Attributes
     ----------
@@ -148,6 +155,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         device: str = "auto",
         batch_size: int = 4096,
         verbose: bool = False,
+        reranker: Callable | None = None,
     ):
         self.n_neighbors = n_neighbors
         self.voting = voting
@@ -161,6 +169,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         self.device = device
         self.batch_size = batch_size
         self.verbose = verbose
+        self.reranker = reranker
 
     # -- parameters -----------------------------------------------------------
     def _check_vote_params(self) -> None:
@@ -168,6 +177,12 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         check_int(self, "n_neighbors", self.n_neighbors, low=1)
         if not callable(self.voting):
             check_option(self, "voting", self.voting, _voting.VOTING_RULES)
+        if self.reranker is not None and not callable(self.reranker):
+            raise TypeError(
+                "The 'reranker' parameter of KNNVoter must be a callable "
+                "(neighbors, X) -> class scores, or None. Got "
+                f"{self.reranker!r} instead."
+            )
         check_float(self, "temperature", self.temperature, low=0, low_inclusive=False)
         check_float(self, "rank_offset", self.rank_offset, low=0, low_inclusive=False)
         check_float(self, "distance_power", self.distance_power, low=0)
@@ -418,13 +433,22 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float32)
         return self.memory_.search(X, k, **options)
 
-    def vote(self, neighbors: Neighbors) -> _voting.Vote:
+    def _queries_for_reranker(self, X):
+        """Validated queries when a reranker will see them (once, not twice)."""
+        if self.reranker is None:
+            return X
+        check_is_fitted(self)
+        return validate_data(self, X, reset=False, dtype=np.float32)
+
+    def vote(self, neighbors: Neighbors, X=None) -> _voting.Vote:
         """Vote over a neighbour record with this voter's rule (FORMULAS.md 3).
 
         Parameters
         ----------
         neighbors : Neighbors
             From :meth:`neighbors` (or any search of :attr:`memory_`).
+        X : array-like of shape (n_queries, n_features), default=None
+            The queries, for a ``reranker`` (required when one is set).
 
         Returns
         -------
@@ -433,13 +457,18 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             and ``prediction`` (labels).
         """
         self._check_vote_params()
-        return _voting.vote(
+        vote = _voting.vote(
             neighbors,
             self.voting,
             temperature=self.temperature,
             rank_offset=self.rank_offset,
             distance_power=self.distance_power,
         )
+        if self.reranker is None:
+            return vote
+        if X is None:
+            raise ValueError("KNNVoter.vote needs the queries X to call its reranker.")
+        return _voting.rerank(vote, neighbors, self.reranker(neighbors, X))
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``p(c | x) = s_c / sum_c' s_c'`` (FORMULAS.md 3).
@@ -454,7 +483,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             Columns follow :attr:`classes_`.
         """
         self._check_vote_params()
-        return self.vote(self.neighbors(X)).proba
+        X = self._queries_for_reranker(X)
+        return self.vote(self.neighbors(X), X).proba
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels, ties broken by the nearest tied neighbour.
@@ -468,7 +498,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         y : ndarray of shape (n_queries,)
         """
         self._check_vote_params()
-        return self.vote(self.neighbors(X)).prediction
+        X = self._queries_for_reranker(X)
+        return self.vote(self.neighbors(X), X).prediction
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Nearest memory samples, as sample **ids**, nearest first.
@@ -565,8 +596,9 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             ``classes``.
         """
         self._check_vote_params()
+        X = self._queries_for_reranker(X)
         nb = self.neighbors(X)
-        vote = self.vote(nb)
+        vote = self.vote(nb, X)
         total = vote.weights.sum(axis=1, keepdims=True)
         share = np.divide(
             vote.weights, total, out=np.zeros_like(vote.weights), where=total > 0

@@ -128,3 +128,29 @@ def test_memory_scaling_fits_a_power_law_on_real_digits(digits):
     assert result.exponent < 0
     with pytest.raises(ValueError, match="sizes must lie"):
         memory_scaling(KNNVoter(5), X, y, Xt, yt, sizes=[1, 10])
+
+
+def test_reranker_replaces_the_vote_and_stays_within_the_hit_rate(digits):
+    from sklearn.linear_model import LogisticRegression
+
+    from skknn.rerankers import ProbeReranker
+
+    X, y, Xt, yt = digits
+    plain = KNNVoter(10, index="exact").fit(X, y)
+    same = KNNVoter(
+        10, index="exact", reranker=lambda nb, Q: plain.vote(nb).scores
+    ).fit(X, y)
+    np.testing.assert_array_equal(same.predict(Xt), plain.predict(Xt))
+    np.testing.assert_allclose(same.predict_proba(Xt), plain.predict_proba(Xt))
+    probe = LogisticRegression(max_iter=2000).fit(X, y)
+    ranked = KNNVoter(10, index="exact", reranker=ProbeReranker(probe)).fit(X, y)
+    pred = ranked.predict(Xt)
+    labels = ranked.explain(Xt).neighbor_labels
+    assert all(p in row for p, row in zip(pred, labels))  # a neighbour's label
+    assert np.mean(pred == yt) <= hit_rate_by_k(ranked, Xt, yt, max_k=10)[-1]
+    free = KNNVoter(10, index="exact", reranker=ProbeReranker(probe, restrict=False))
+    np.testing.assert_array_equal(free.fit(X, y).predict(Xt), probe.predict(Xt))
+    with pytest.raises(TypeError, match="reranker"):
+        KNNVoter(reranker="gemini").fit(X, y)
+    with pytest.raises(ValueError, match="shape"):
+        KNNVoter(3, reranker=lambda nb, Q: np.ones((1, 1))).fit(X, y).predict(Xt)
