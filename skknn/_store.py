@@ -346,13 +346,15 @@ class VectorStore(StoreStateMixin, GuardedState):
         return rows
 
     @reads
-    def get(self, ids) -> Bunch:
+    def get(self, ids, *, prepared: bool = False) -> Bunch:
         """Raw vectors, labels, reliabilities and exclusions of stored samples.
 
         Parameters
         ----------
         ids : array-like of int
             Stored sample ids.
+        prepared : bool, default=False
+            Give ``X`` as stored and searched (pre-processed) instead of raw.
 
         Returns
         -------
@@ -364,7 +366,9 @@ class VectorStore(StoreStateMixin, GuardedState):
         """
         rows = self._stored_rows(ids)
         X = self._X[rows].copy()
-        if self._norm is not None:
+        if prepared:
+            pass
+        elif self._norm is not None:
             norms = self._norm[rows]
             if np.isnan(norms).any():
                 raise ValueError(
@@ -372,7 +376,7 @@ class VectorStore(StoreStateMixin, GuardedState):
                     "saved by skknn 0.1, which kept only normalised vectors."
                 )
             X *= norms[:, None]
-        if self._mean is not None:
+        if self._mean is not None and not prepared:
             X += self._mean
         return Bunch(
             X=X,
@@ -520,6 +524,7 @@ class VectorStore(StoreStateMixin, GuardedState):
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = False,
+        prepared: bool = False,
     ) -> Neighbors:
         """The ``k`` nearest stored samples of raw query vectors.
 
@@ -528,6 +533,9 @@ class VectorStore(StoreStateMixin, GuardedState):
         X : array-like of shape (n_queries, n_features)
             Raw queries, pre-processed as the stored vectors were (on a copy,
             one block at a time).
+        prepared : bool, default=False
+            ``X`` is already in the stored vectors' space (e.g. built from
+            :meth:`get` with ``prepared=True``): searched as given.
         k : int
             Capped at the number of stored samples.
         batch_size : int, default=4096
@@ -543,7 +551,12 @@ class VectorStore(StoreStateMixin, GuardedState):
         k = self._capped_k(k, self._n)
         parts = []
         for s in _blocks(X.shape[0], batch_size, progress, "search"):
-            Q = self.prepare(X[s : s + batch_size])
+            block = X[s : s + batch_size]
+            Q = (
+                np.array(block, np.float32, order="C")
+                if prepared
+                else self.prepare(block)
+            )
             # A zero query (after centring) has no direction: every normalised
             # sample is equally far from it, so its neighbours are arbitrary.
             lost = ~Q.any(axis=1) if self.normalizes else None

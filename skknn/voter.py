@@ -579,12 +579,17 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         farthest = np.where(nb.present, nb.distances, -np.inf).max(axis=1)
         return -farthest.astype(np.float64)
 
-    def explain(self, X) -> Bunch:
+    def explain(self, X, residual: bool = False) -> Bunch:
         """Every decision with the neighbours that made it.
 
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+        residual : bool, default=False
+            Also search the residual query ``phi(q) - phi(n1)`` (FORMULAS.md 7,
+            [VM] 3.7): the pre-processed query minus its nearest neighbour,
+            re-normalised under normalising pre-processing; its neighbours show
+            a second concept of the query.
 
         Returns
         -------
@@ -593,7 +598,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             arrays; ``weights``: each neighbour's share of the vote (voting weight
             times reliability, normalised per query; 0 for excluded samples);
             ``proba`` (n_queries, n_classes); ``prediction`` (n_queries,);
-            ``classes``.
+            ``classes``. With ``residual``: ``residual_ids``,
+            ``residual_labels``, ``residual_distances`` (n_queries, k).
         """
         self._check_vote_params()
         X = self._queries_for_reranker(X)
@@ -603,7 +609,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         share = np.divide(
             vote.weights, total, out=np.zeros_like(vote.weights), where=total > 0
         )
-        return Bunch(
+        out = Bunch(
             neighbor_ids=nb.ids,
             neighbor_labels=nb.label_values(),
             distances=nb.distances,
@@ -612,6 +618,23 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             prediction=vote.prediction,
             classes=nb.classes,
         )
+        if residual:
+            out.update(self._residual_neighbors(X, nb))
+        return out
+
+    def _residual_neighbors(self, X, nb: Neighbors) -> dict:
+        store = self.memory_
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        Q = store.prepare(X) - store.get(nb.ids[:, 0], prepared=True).X
+        if store.normalizes:
+            norms = np.linalg.norm(Q, axis=1, keepdims=True)
+            Q = np.divide(Q, norms, out=np.zeros_like(Q), where=norms > 0)
+        found = store.search(Q, nb.k, batch_size=self.batch_size, prepared=True)
+        return {
+            "residual_ids": found.ids,
+            "residual_labels": found.label_values(),
+            "residual_distances": found.distances,
+        }
 
     # -- persistence ----------------------------------------------------------
     def __skknn_reading__(self):

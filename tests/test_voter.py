@@ -743,3 +743,23 @@ def test_dropping_a_knob_puts_faiss_default_back(factory, knob, value, rng):
     np.testing.assert_array_equal(
         knn.kneighbors(X[:20])[1], fresh.kneighbors(X[:20])[1]
     )
+
+
+def test_residual_queries_find_the_second_concept(rng):
+    """q = concept A + some of concept B: its neighbours are A's; the residual
+    phi(q) - phi(n1) points to B (FORMULAS.md 7, compositionality probe)."""
+    centers = np.eye(16, dtype=np.float32)[:3] * 10
+    y = np.repeat(np.arange(3), 50)
+    X = centers[y] + rng.normal(scale=0.3, size=(150, 16)).astype(np.float32)
+    knn = KNNVoter(5, index="exact").fit(X, y)
+    Q = centers[0] + 0.6 * centers[1] + rng.normal(scale=0.1, size=(10, 16))
+    ex = knn.explain(Q, residual=True)
+    assert (ex.neighbor_labels == 0).all()
+    assert ex.residual_labels.shape == ex.neighbor_labels.shape
+    assert np.mean(ex.residual_labels == 1) > 0.9
+    # The residual is built in the memory's own space, then searched as given.
+    store = knn.memory_
+    q = store.prepare(Q[:1]) - store.get(ex.neighbor_ids[0, :1], prepared=True).X
+    q /= np.linalg.norm(q)
+    d = 1.0 - stored(store).vectors @ q[0]
+    np.testing.assert_allclose(ex.residual_distances[0], np.sort(d)[:5], atol=1e-5)
