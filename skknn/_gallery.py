@@ -149,3 +149,58 @@ def plot_accuracy_by_k(
     ax.legend(title="voting (dot: best k)")
     fig.tight_layout()
     fig.savefig(os.fspath(path), dpi=DPI)
+
+
+def plot_reliability(path: str | os.PathLike, calibration, *, title: str) -> None:
+    """Write a reliability diagram: accuracy against confidence per bin, one
+    line per voting rule at its best k (FORMULAS.md 7); the diagonal is perfect
+    calibration."""
+    fig = new_figure(720, 460)
+    ax = fig.subplots()
+    ax.plot([0, 100], [0, 100], color="0.6", linewidth=1, linestyle="--")
+    for rule, (k, ece, bins) in calibration.items():
+        filled = bins.count > 0
+        ax.plot(
+            100 * bins.confidence[filled],
+            100 * bins.accuracy[filled],
+            "o-",
+            label=f"{rule} (k={k}, ECE {100 * ece:.1f}%)",
+            linewidth=1.4,
+        )
+    ax.set_xlabel("confidence (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), dpi=DPI)
+
+
+def plot_scaling(path: str | os.PathLike, scaling, *, title: str) -> None:
+    """Write error against memory size on log-log axes with the fitted power
+    law ``log(err) = a + b log(N)`` ([VM] 3.3)."""
+    fig = new_figure(720, 460)
+    ax = fig.subplots()
+    sizes = np.asarray(scaling.sizes, dtype=float)
+    ax.plot(sizes, 100 * scaling.error, "o", label="mean error of the draws")
+    if np.isfinite(scaling.exponent):
+        grid = np.geomspace(sizes.min(), sizes.max() * 10, 50)
+        fitted = np.exp(scaling.intercept) * grid**scaling.exponent
+        ax.plot(
+            grid, 100 * fitted, "-", label=f"power law, exponent {scaling.exponent:.3f}"
+        )
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    # 20, 100: not 2 x 10^1, 10^2; sizes span decades, so only they are named.
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.set_xlabel("memory size N")
+    ax.set_ylabel("error (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), dpi=DPI)

@@ -43,7 +43,7 @@ def accuracy_table(acc: dict[str, np.ndarray], ks=None) -> str:
 
 def calibration_table(calibration: dict) -> str:
     """Rows = voting rules: the best k and the ECE there (%)."""
-    rows = [[rule, str(k), pct(ece)] for rule, (k, ece) in calibration.items()]
+    rows = [[rule, str(k), pct(ece)] for rule, (k, ece, _) in calibration.items()]
     return table(["voting", "best k", "ECE (%)"], rows)
 
 

@@ -158,14 +158,19 @@ def evaluate(args: argparse.Namespace) -> int:
         _write_results(out, acc, args, len(y_mem), len(y_q))
         print(f"\nwrote {out} (accuracy at k = 1..{n_k})")
     if args.plot:
-        from skknn._gallery import plot_accuracy_by_k
+        from skknn._gallery import plot_accuracy_by_k, plot_reliability, plot_scaling
 
-        plot_accuracy_by_k(
-            args.plot,
-            acc,
-            title=f"{Path(args.queries).name} against {Path(args.memory).name}",
-        )
+        title = f"{Path(args.queries).name} against {Path(args.memory).name}"
+        plot_accuracy_by_k(args.plot, acc, title=title)
         print(f"wrote {args.plot}")
+        plot = Path(args.plot)
+        extra = plot.with_name(f"{plot.stem}-reliability{plot.suffix}")
+        plot_reliability(extra, calibration, title=f"Reliability: {title}")
+        print(f"wrote {extra}")
+        if args.scaling:
+            extra = plot.with_name(f"{plot.stem}-scaling{plot.suffix}")
+            plot_scaling(extra, scaling, title=f"Memory scaling: {title}")
+            print(f"wrote {extra}")
     return 0
 
 

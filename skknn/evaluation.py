@@ -187,8 +187,9 @@ def calibration_at_best_k(voter, neighbors, y, accuracy: dict, *, n_bins: int = 
 
     Returns
     -------
-    calibration : dict of str to (int, float)
-        ``{rule: (best k, ECE)}``.
+    calibration : dict of str to (int, float, Bunch)
+        ``{rule: (best k, ECE, bins)}``; ``bins`` as
+        :func:`expected_calibration_error` gives them (a reliability diagram).
     """
     out = {}
     for rule, acc in accuracy.items():
@@ -200,10 +201,10 @@ def calibration_at_best_k(voter, neighbors, y, accuracy: dict, *, n_bins: int = 
             rank_offset=voter.rank_offset,
             distance_power=voter.distance_power,
         )
-        ece, _ = expected_calibration_error(
+        ece, bins = expected_calibration_error(
             vote.proba, y, neighbors.classes, n_bins=n_bins
         )
-        out[rule] = (k, ece)
+        out[rule] = (k, ece, bins)
     return out
 
 

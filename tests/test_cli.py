@@ -465,3 +465,18 @@ def test_evaluate_ood_and_scaling(embedding_files, digits, tmp_path, capsys):
         capsys,
     )
     assert_one_line_error(code, err, "--ood", "64 features")
+
+
+@needs_matplotlib
+def test_evaluate_plot_draws_reliability_and_scaling(embedding_files, tmp_path, capsys):
+    mem, queries = embedding_files
+    png = tmp_path / "curves.png"
+    code, out, _ = run(
+        f"evaluate --memory {mem} --queries {queries} --max-k 10 --scaling "
+        f"--plot {png}",
+        capsys,
+    )
+    assert code == 0
+    for name in ("curves.png", "curves-reliability.png", "curves-scaling.png"):
+        assert png_size(tmp_path / name) == (720, 460)
+        assert str(tmp_path / name) in out
