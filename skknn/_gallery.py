@@ -51,12 +51,13 @@ def draw_gallery(
     query_image: np.ndarray,
     neighbor_images: Sequence[np.ndarray],
     neighbor_labels: Sequence,
-    weights: Sequence[float],
+    weights: Sequence[float] | None,
     distances: Sequence[float],
     *,
     prediction,
     true_label=None,
     neighbor_ids: Sequence[int] | None = None,
+    query_title: str = "query",
 ) -> tuple[int, int]:
     """Write a PNG: the query, then its neighbours with label, vote share, distance.
 
@@ -71,7 +72,8 @@ def draw_gallery(
     neighbor_images : sequence of ndarray
         The neighbours' images, nearest first.
     neighbor_labels, weights, distances : sequence
-        One per neighbour: label, share of the vote, distance to the query.
+        One per neighbour: label, share of the vote (None: not shown, as for a
+        residual query's neighbours, which do not vote), distance to the query.
     prediction : object
         The predicted label.
     true_label : object, default=None
@@ -90,7 +92,7 @@ def draw_gallery(
     axes = fig.subplots(1, k + 1, squeeze=False)[0]
     fig.subplots_adjust(left=0.01, right=0.99, top=0.70, bottom=0.02, wspace=0.08)
     _show(axes[0], query_image)
-    title = f"query\npredicted {prediction}"
+    title = f"{query_title}\npredicted {prediction}"
     if true_label is not None:
         title += f"\ntrue {true_label}"
     axes[0].set_title(title, fontsize=9)
@@ -100,9 +102,9 @@ def draw_gallery(
     for i, ax in enumerate(axes[1:]):
         _show(ax, neighbor_images[i])
         head = f"#{i + 1}" if neighbor_ids is None else f"#{i + 1} id {neighbor_ids[i]}"
+        share = "" if weights is None else f"w={weights[i]:.2f} "
         ax.set_title(
-            f"{head}\nlabel {neighbor_labels[i]}\n"
-            f"w={weights[i]:.2f} d={distances[i]:.3f}",
+            f"{head}\nlabel {neighbor_labels[i]}\n{share}d={distances[i]:.3f}",
             fontsize=8,
         )
         colour = "#2a9d3a" if neighbor_labels[i] == prediction else "#d62828"

@@ -290,7 +290,7 @@ def explain(args: argparse.Namespace) -> int:
         args, n_neighbors=min(args.k, len(y_mem)), voting=args.voting
     )
     voter.fit(E_mem, y_mem, sample_ids=ids_mem)
-    expl = voter.explain(E_q[np.newaxis])
+    expl = voter.explain(E_q[np.newaxis], residual=args.residual)
     ids = expl.neighbor_ids[0]
     pred = expl.prediction[0]
     width, height = draw_gallery(
@@ -308,6 +308,26 @@ def explain(args: argparse.Namespace) -> int:
     print(f"query{truth} -> predicted {pred}")
     print(neighbour_table(expl))
     print(f"wrote {args.out} ({width}x{height} px)")
+    if args.residual:
+        # The residual phi(q) - phi(n1): what the query shows besides its
+        # nearest neighbour (FORMULAS.md 7); its neighbours do not vote.
+        out = Path(args.out)
+        out = out.with_name(f"{out.stem}-residual{out.suffix}")
+        rids = expl.residual_ids[0]
+        draw_gallery(
+            out,
+            query_image,
+            [show(i) for i in rids],
+            expl.residual_labels[0],
+            None,
+            expl.residual_distances[0],
+            prediction=expl.residual_labels[0][0],
+            neighbor_ids=rids,
+            query_title="residual of query",
+        )
+        print(
+            f"residual query: nearest label {expl.residual_labels[0][0]}; wrote {out}"
+        )
     return 0
 
 
@@ -573,6 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="query: this MNIST test image, or this image of --images (default 0)",
     )
     p.add_argument("--k", type=int, default=8, help="neighbours shown (default 8)")
+    p.add_argument(
+        "--residual",
+        action="store_true",
+        help="also draw the neighbours of the residual query phi(q) - phi(n1) "
+        "(a second concept of the image) to OUT-residual.png",
+    )
     p.add_argument(
         "--images",
         default=None,

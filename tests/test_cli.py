@@ -480,3 +480,16 @@ def test_evaluate_plot_draws_reliability_and_scaling(embedding_files, tmp_path, 
     for name in ("curves.png", "curves-reliability.png", "curves-scaling.png"):
         assert png_size(tmp_path / name) == (720, 460)
         assert str(tmp_path / name) in out
+
+
+def test_explain_draws_the_residual_query(image_folder, tmp_path, capsys):
+    png = tmp_path / "g.png"
+    code, out, _ = run(
+        f"explain --images {image_folder} --query-index 0 --k 3 --image-size 64 "
+        f"--out {png} --residual",
+        capsys,
+    )
+    assert code == 0
+    residual = tmp_path / "g-residual.png"
+    assert png_size(residual) == (4 * _gallery.CELL_PX, _gallery.GALLERY_HEIGHT_PX)
+    assert f"wrote {residual}" in out
