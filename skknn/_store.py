@@ -304,12 +304,7 @@ class VectorStore(StoreStateMixin, GuardedState):
                 f"shape {ids.shape}."
             )
         ids = checked_ids(ids)
-        uniq, counts = np.unique(ids, return_counts=True)
-        if np.any(counts > 1):
-            raise ValueError(
-                "sample_ids must be unique; duplicated: "
-                f"{uniq[counts > 1][:10].tolist()}."
-            )
+        _refuse_duplicates(ids, "sample_ids")
         if self._n and n:
             # Ids above every id ever issued cannot collide; check only the rest.
             low = ids[ids < self._next_id]
@@ -334,11 +329,11 @@ class VectorStore(StoreStateMixin, GuardedState):
         return np.where(sorted_ids[pos] == ids, order[pos], -1)
 
     def _stored_rows(self, ids, what: str = "ids") -> np.ndarray:
+        """Rows of stored ids: 1-d integers, every one in memory."""
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise ValueError(f"{what} must be 1-d; got shape {ids.shape}.")
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"{what} must be integers; got dtype {ids.dtype}.")
+        ids = checked_ids(ids)
         rows = self._rows_of(ids)
         if np.any(rows < 0):
             unknown = np.unique(ids[rows < 0])
@@ -394,21 +389,8 @@ class VectorStore(StoreStateMixin, GuardedState):
         Nothing changes: callers check before they start an edit of their own.
         """
         ids = np.asarray(ids)
-        if ids.ndim != 1:
-            raise ValueError(f"sample_ids must be 1-d; got shape {ids.shape}.")
-        ids = checked_ids(ids)
-        uniq, counts = np.unique(ids, return_counts=True)
-        if np.any(counts > 1):
-            raise ValueError(
-                f"sample_ids to unlearn must be unique; duplicated: "
-                f"{uniq[counts > 1][:10].tolist()}."
-            )
-        unknown = uniq[self._rows_of(uniq) < 0]
-        if unknown.size:
-            raise ValueError(
-                f"Cannot unlearn ids that are not in memory: {unknown[:10].tolist()}."
-            )
-        return uniq
+        self._stored_rows(ids, "sample_ids to unlearn")
+        return _refuse_duplicates(ids.astype(np.int64), "sample_ids to unlearn")
 
     @edits
     def remove(self, ids, *, retrain_index: bool = False) -> None:
@@ -733,6 +715,16 @@ class VectorStore(StoreStateMixin, GuardedState):
             f"metric={self.metric.name!r}, preprocessing={self.preprocessing!r}, "
             f"engine={self.engine_name!r})"
         )
+
+
+def _refuse_duplicates(ids: np.ndarray, what: str) -> np.ndarray:
+    """The sorted unique ids; ValueError naming any given twice."""
+    uniq, counts = np.unique(ids, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(
+            f"{what} must be unique; duplicated: {uniq[counts > 1][:10].tolist()}."
+        )
+    return uniq
 
 
 def _blocks(n: int, size: int, progress: bool, desc: str):
