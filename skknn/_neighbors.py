@@ -79,6 +79,11 @@ class Neighbors:
         """0-based rank of each slot, ``(n_queries, k)`` (a broadcast view)."""
         return np.broadcast_to(np.arange(self.k), self.ids.shape)
 
+    def farthest(self) -> np.ndarray:
+        """Distance to each query's last neighbour found: ``d_k`` (the k-th), or
+        the farthest found where an approximate index found fewer."""
+        return np.where(self.present, self.distances, -np.inf).max(axis=1)
+
     def label_values(self) -> np.ndarray:
         """The neighbours' labels as class values (not codes)."""
         return self.classes[self.labels]

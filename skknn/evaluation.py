@@ -248,15 +248,9 @@ def ood_auroc(voter, X_in, X_out, *, ks=(1, 10, 50)) -> dict[int, float]:
     truth = np.r_[np.ones(inside.n_queries), np.zeros(outside.n_queries)]
     out = {}
     for k in ks:
-        d_k = np.r_[_kth_distance(inside, k), _kth_distance(outside, k)]
+        d_k = np.r_[inside.first(k).farthest(), outside.first(k).farthest()]
         out[k] = float(roc_auc_score(truth, -d_k))
     return out
-
-
-def _kth_distance(neighbors, k: int) -> np.ndarray:
-    """Distance to the k-th neighbour (the farthest found when fewer were)."""
-    first = neighbors.first(k)
-    return np.where(first.present, first.distances, -np.inf).max(axis=1)
 
 
 def memory_scaling(

@@ -575,9 +575,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         >>> knn.score_samples([[1., .05], [-1., 0.]]).round(3)
         array([-0.002, -1.994])
         """
-        nb = self.neighbors(X, n_neighbors)
-        farthest = np.where(nb.present, nb.distances, -np.inf).max(axis=1)
-        return -farthest.astype(np.float64)
+        return -self.neighbors(X, n_neighbors).farthest().astype(np.float64)
 
     def explain(self, X, residual: bool = False) -> Bunch:
         """Every decision with the neighbours that made it.
