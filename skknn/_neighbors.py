@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from skknn._hierarchy import Taxonomy
+
 # The id of an empty slot (an approximate index found fewer than k). Ids users
 # give are >= 0, so it can never be confused with a sample.
 MISSING = -1
@@ -49,6 +51,10 @@ class Neighbors:
         Queries that are zero vectors (after centring) under a normalising
         pre-processing: every memory sample is equally far from them, so their
         neighbours carry no information (voting answers uniformly).
+    taxonomy : Taxonomy or None
+        For multi-output labels, the store's levels when the search ran:
+        ``labels`` and ``classes`` are then label-path codes, and
+        ``taxonomy.paths[:, l]`` maps them to classes of level ``l``.
     """
 
     distances: np.ndarray
@@ -60,6 +66,7 @@ class Neighbors:
     query_ids: np.ndarray | None = None
     query_labels: np.ndarray | None = None
     directionless: np.ndarray | None = None
+    taxonomy: Taxonomy | None = None
 
     @property
     def n_queries(self) -> int:
@@ -85,8 +92,30 @@ class Neighbors:
         return np.where(self.present, self.distances, -np.inf).max(axis=1)
 
     def label_values(self) -> np.ndarray:
-        """The neighbours' labels as class values (not codes)."""
+        """The neighbours' labels as class values (not codes): ``(n_queries, k)``,
+        or ``(n_queries, k, n_levels)`` for multi-output labels."""
+        if self.taxonomy is not None:
+            return self.taxonomy.rows(self.labels)
         return self.classes[self.labels]
+
+    def level(self, level: int) -> Neighbors:
+        """The record at one level of multi-output labels: the neighbours' label
+        paths replaced by their labels at ``level`` (FORMULAS.md 7), as if the
+        memory held that one column. Voting it votes that level."""
+        if self.taxonomy is None:
+            raise ValueError("This record holds one label column; it has no levels.")
+        tax = self.taxonomy
+        if not -tax.n_levels <= level < tax.n_levels:
+            raise IndexError(f"level {level} out of range for {tax.n_levels} levels")
+        codes = tax.paths[:, level]
+        query_labels = None if self.query_labels is None else codes[self.query_labels]
+        return replace(
+            self,
+            labels=codes[self.labels],
+            classes=tax.classes[level],
+            query_labels=query_labels,
+            taxonomy=None,
+        )
 
     def first(self, k: int) -> Neighbors:
         """The ``k`` nearest of each query's neighbours (records are sorted)."""
@@ -102,10 +131,11 @@ class Neighbors:
         for f in _QUERY_FIELDS:
             values = [getattr(p, f) for p in parts]
             out[f] = None if values[0] is None else np.concatenate(values)
-        return cls(classes=parts[-1].classes, **out)
+        last = parts[-1]
+        return cls(classes=last.classes, taxonomy=last.taxonomy, **out)
 
     @classmethod
-    def empty(cls, k: int, classes: np.ndarray) -> Neighbors:
+    def empty(cls, k: int, classes: np.ndarray, taxonomy=None) -> Neighbors:
         shape = (0, k)
         return cls(
             distances=np.empty(shape, np.float32),
@@ -114,6 +144,7 @@ class Neighbors:
             reliability=np.empty(shape, np.float32),
             excluded=np.empty(shape, bool),
             classes=classes,
+            taxonomy=taxonomy,
         )
 
 

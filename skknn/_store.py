@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from sklearn.utils import Bunch
 
+from skknn._hierarchy import Taxonomy
 from skknn._labels import check_label_kind, encode, merge_classes
 from skknn._locks import GuardedState, edits, reads
 from skknn._metric import METRICS, Metric
@@ -125,6 +126,7 @@ class VectorStore(StoreStateMixin, GuardedState):
         self._version = 0
         self._mean: np.ndarray | None = None
         self._classes: np.ndarray | None = None
+        self._taxonomy: Taxonomy | None = None  # multi-output labels only
         self._n = 0
         self._X = np.empty((0, self.n_features), dtype=np.float32)
         # Length of each centred raw row (NaN where unknown: files of skknn 0.1).
@@ -157,6 +159,13 @@ class VectorStore(StoreStateMixin, GuardedState):
         if self._classes is None:
             return np.empty(0)
         return self._classes
+
+    @property
+    def taxonomy(self) -> Taxonomy | None:
+        """For multi-output labels, each level's classes and the label path of
+        each class code (:attr:`classes` are then path codes 0, 1, ...); None
+        for one label column."""
+        return self._taxonomy
 
     @property
     def mean(self) -> np.ndarray | None:
@@ -200,13 +209,17 @@ class VectorStore(StoreStateMixin, GuardedState):
         X : array-like of shape (n_samples, n_features)
             Raw embeddings; copied once into the store and pre-processed there
             (the caller's array is never modified).
-        labels : array-like of shape (n_samples,)
+        labels : array-like of shape (n_samples,) or (n_samples, n_levels)
             Class labels; new ones extend :attr:`classes` (stored codes are
-            re-encoded together with the add).
+            re-encoded together with the add). Two dimensions give multi-output
+            labels, one column per level (FORMULAS.md 7): the store keeps each
+            sample's label path as its class and the levels in :attr:`taxonomy`.
+            The first add decides which; every later add must match it.
         ids : array-like of shape (n_samples,), default=None
             Unique int ids, none stored before; default :meth:`next_ids`.
         classes : array-like, default=None
-            Labels to know before any of their samples arrive.
+            Labels to know before any of their samples arrive; for multi-output
+            labels, one array-like per level.
         sample_weight : array-like of shape (n_samples,), default=None
             Each sample's weight in every vote it takes part in (finite, > 0;
             multiplies pruning's reliability). Default 1.
@@ -224,11 +237,15 @@ class VectorStore(StoreStateMixin, GuardedState):
             )
         if not np.isfinite(X).all():
             raise ValueError("X holds NaN or infinite values; the memory takes none.")
-        if labels.shape != (m,):
+        if labels.ndim not in (1, 2) or labels.shape[0] != m:
             raise ValueError(
-                f"labels must have shape ({m},), one per row of X; got {labels.shape}."
+                f"labels must have shape ({m},) or ({m}, n_levels), one row per row "
+                f"of X; got {labels.shape}."
             )
         owner = type(self).__name__
+        taxonomy, labels = self._label_paths(labels, classes, owner)
+        if taxonomy is not None:  # path codes: classes are 0 .. n_paths - 1
+            classes = np.arange(taxonomy.n_paths)
         check_label_kind(labels, self._classes, owner)
         y_all = labels
         if classes is not None:
@@ -279,12 +296,35 @@ class VectorStore(StoreStateMixin, GuardedState):
                 self.engine.add(Xb[n : n + m], ids)
             self._set_buffers([Xb, yb, idb, rb, eb, wb, nb])
             self._classes, self._mean = new_classes, mean
+            self._taxonomy = taxonomy
             self._n = n + m
             if m:
                 self._next_id = max(self._next_id, int(ids.max()) + 1)
             self._sorted = None
             self._version += 1
         return ids.copy()
+
+    def _label_paths(self, labels: np.ndarray, classes, owner: str):
+        """``(taxonomy, labels)``: for multi-output labels, the grown taxonomy and
+        each row's path code; otherwise ``(None, labels)``."""
+        multi = labels.ndim == 2
+        if self._classes is not None and multi != (self._taxonomy is not None):
+            had = (
+                "one label column"
+                if self._taxonomy is None
+                else f"{self._taxonomy.n_levels} label levels"
+            )
+            got = f"labels of shape {labels.shape}"
+            raise ValueError(
+                f"This memory holds {had}; got {got}. Every add must give labels "
+                "of the shape the first one had."
+            )
+        if not multi:
+            return None, labels
+        if labels.shape[1] < 1:
+            raise ValueError("Multi-output labels need at least one level (column).")
+        taxonomy = self._taxonomy or Taxonomy.empty(labels.shape[1])
+        return taxonomy.grown(labels, classes, owner)
 
     def _buffers(self) -> list[np.ndarray]:
         """Every per-row array, in one order (the lengths only when normalising)."""
@@ -375,11 +415,16 @@ class VectorStore(StoreStateMixin, GuardedState):
             X += self._mean
         return Bunch(
             X=X,
-            labels=self.classes[self._y[rows]],
+            labels=self._label_values(self._y[rows]),
             reliability=self._rel[rows].copy(),
             excluded=self._excl[rows].copy(),
             sample_weight=self._sw[rows].copy(),
         )
+
+    def _label_values(self, codes: np.ndarray) -> np.ndarray:
+        if self._taxonomy is None:
+            return self.classes[codes]
+        return self._taxonomy.rows(codes)
 
     # -- removing -------------------------------------------------------------------
     @reads
@@ -702,12 +747,13 @@ class VectorStore(StoreStateMixin, GuardedState):
             reliability=self._rel[safe] * self._sw[safe],
             excluded=self._excl[safe] & present,
             classes=self.classes,
+            taxonomy=self._taxonomy,
             query_ids=query_ids,
             query_labels=query_labels,
         )
 
     def _empty(self, k: int) -> Neighbors:
-        return Neighbors.empty(k, self.classes)
+        return Neighbors.empty(k, self.classes, self._taxonomy)
 
     def __repr__(self) -> str:
         return (

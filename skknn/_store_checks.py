@@ -101,6 +101,12 @@ def check_state(meta: dict, arrays: dict) -> None:
         n == 0 or (bool(codes.min() >= 0) and int(codes.max()) < n_classes),
         f"label codes must index the {n_classes} classes",
     )
+    if meta.get("taxonomy") is not None:
+        _need(
+            classes is not None and classes["values"] == list(range(n_classes)),
+            "with a taxonomy the classes must be the path codes 0 .. n - 1",
+        )
+        _check_taxonomy(meta["taxonomy"], arrays, n_classes)
     rel = _array(arrays, "reliability", np.float32, (n,))
     _need(bool(np.isfinite(rel).all() and (rel > 0).all()), "reliability must be > 0")
     _array(arrays, "excluded", np.bool_, (n,))
@@ -117,6 +123,33 @@ def check_state(meta: dict, arrays: dict) -> None:
         pre != "center_l2" or n == 0 or "mean" in arrays,
         "center_l2 memory without its centre",
     )
+
+
+def _check_taxonomy(levels, arrays: dict, n_classes: int) -> None:
+    """Multi-output labels: classes are path codes 0 .. P-1, each path a row of
+    level codes that index sorted level classes."""
+    _need(
+        isinstance(levels, list) and levels,
+        "taxonomy must be a non-empty list of levels",
+    )
+    paths = _array(arrays, "taxonomy_paths", np.int64, (n_classes, len(levels)))
+    for level, classes in enumerate(levels):
+        _need(
+            isinstance(classes, dict) and isinstance(classes.get("values"), list),
+            f"the classes of level {level} must be a JSON object with a list",
+        )
+        values = np.asarray(classes["values"])
+        _need(values.ndim == 1, f"the classes of level {level} must be a flat list")
+        _need(
+            values.size == np.unique(values).size
+            and bool(np.all(np.unique(values) == values)),
+            f"the classes of level {level} must be sorted and unique",
+        )
+        col = paths[:, level]
+        _need(
+            col.size == 0 or (bool(col.min() >= 0) and int(col.max()) < values.size),
+            f"the label paths must index the {values.size} classes of level {level}",
+        )
 
 
 def checked_weights(sample_weight, n: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import uuid
 import numpy as np
 import torch
 
+from skknn._hierarchy import Taxonomy
 from skknn._locks import reads
 from skknn._store_checks import check_state
 
@@ -35,6 +36,8 @@ class StoreStateMixin:
             "version": int(self._version),
             "classes": None if self._classes is None else labels_to_json(self.classes),
         }
+        if self._taxonomy is not None:
+            meta["taxonomy"] = [labels_to_json(c) for c in self._taxonomy.classes]
         n = self._n
         arrays = {
             "embeddings": np.ascontiguousarray(self._X[:n]),
@@ -48,6 +51,8 @@ class StoreStateMixin:
             arrays["norms"] = np.ascontiguousarray(self._norm[:n])
         if self._mean is not None:
             arrays["mean"] = self._mean
+        if self._taxonomy is not None:
+            arrays["taxonomy_paths"] = self._taxonomy.paths
         for name, value in self.engine.state().items():
             arrays["engine/" + name] = value
         return meta, arrays
@@ -81,6 +86,11 @@ class StoreStateMixin:
         store._version = int(meta["version"])
         if meta.get("classes") is not None:
             store._classes = labels_from_json(meta["classes"])
+        if meta.get("taxonomy") is not None:
+            store._taxonomy = Taxonomy(
+                tuple(labels_from_json(c) for c in meta["taxonomy"]),
+                arrays["taxonomy_paths"],
+            )
         engine_state = {
             k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("engine/")
         }

@@ -11,6 +11,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d, validate_data
 
 
 def _owner(est) -> str:
@@ -104,3 +107,28 @@ def make_default_explicit(est, name: str, params: dict, default) -> None:
     nested = any(key.startswith(name + "__") for key in params)
     if nested and name not in params and getattr(est, name) is None:
         setattr(est, name, default())
+
+
+def validate_xy(est, X, y, *, reset: bool, levels: bool = False):
+    """``(X, y)`` validated as scikit-learn does, embeddings as float32.
+
+    ``y`` is one label column or, where ``levels`` (KNNVoter), one column per
+    level of hierarchical labels. A column vector counts as one column, with
+    scikit-learn's DataConversionWarning; an estimator without levels refuses
+    several columns with a message that names the way out.
+    """
+    X, y = validate_data(est, X, y, reset=reset, dtype=np.float32, multi_output=True)
+    if sp.issparse(y):
+        raise TypeError(f"{_owner(est)} takes dense labels y; got a sparse matrix.")
+    if y.ndim == 2 and y.shape[1] == 0:
+        raise ValueError("y has no columns; give one label column per level.")
+    if y.ndim == 2 and y.shape[1] > 1 and not levels:
+        raise ValueError(
+            f"{_owner(est)} takes one label column; got y of shape {y.shape}. "
+            "Hierarchical (multi-output) labels are voted level by level by "
+            "KNNVoter (KNNVoter().fit(X, Y)); fit this estimator on one column."
+        )
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = column_or_1d(y, warn=True)
+    check_classification_targets(y)
+    return X, y

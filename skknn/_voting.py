@@ -246,28 +246,62 @@ def vote(
     ``argmax(proba)`` agrees with the tie rule. A directionless query (a zero
     vector under normalisation) gets uniform probabilities and the first class.
     """
-    mask = record_mask(neighbors)
-    weights = neighbor_weights(
-        neighbors.distances,
-        mask,
+    weights, mask = weigh(
+        neighbors,
         voting,
         temperature=temperature,
         rank_offset=rank_offset,
         distance_power=distance_power,
     )
+    return decide(weights, mask, neighbors.labels, neighbors.classes, neighbors)
+
+
+def vote_levels(neighbors: Neighbors, voting: str | Callable, **params) -> list[Vote]:
+    """One vote per level of multi-output labels, from one set of weights.
+
+    Each level replaces the neighbours' label paths by their labels at that
+    level and votes over those (FORMULAS.md 7, [VM] 3.6): weights, ranks and the
+    tie rule are the same as for one label column.
+    """
+    weights, mask = weigh(neighbors, voting, **params)
+    votes = []
+    for level in range(neighbors.taxonomy.n_levels):
+        at = neighbors.level(level)
+        votes.append(decide(weights, mask, at.labels, at.classes, neighbors))
+    return votes
+
+
+def weigh(neighbors: Neighbors, voting: str | Callable, **params):
+    """Each neighbour's weight times its reliability, and the voting mask."""
+    mask = record_mask(neighbors)
+    weights = neighbor_weights(neighbors.distances, mask, voting, **params)
     weights = weights * neighbors.reliability
-    scores = class_scores(weights, neighbors.labels, len(neighbors.classes))
     lost = neighbors.directionless
     if lost is not None and lost.any():
-        # No direction, no nearer neighbour: a uniform answer, the first class.
-        weights[lost] = 0.0
+        weights[lost] = 0.0  # no direction: no neighbour is nearer than another
+    return weights, mask
+
+
+def decide(
+    weights: np.ndarray,
+    mask: np.ndarray,
+    labels: np.ndarray,
+    classes: np.ndarray,
+    neighbors: Neighbors,
+) -> Vote:
+    """Scores, probabilities and winners of weighted neighbours whose class codes
+    (into ``classes``) are ``labels``; a directionless query of ``neighbors``
+    gets a uniform answer and the first class."""
+    scores = class_scores(weights, labels, len(classes))
+    lost = neighbors.directionless
+    if lost is not None and lost.any():
         scores[lost] = 1.0
     proba = scores_to_proba(scores)
-    winner = predict_with_ties(scores, neighbors.labels, mask)
+    winner = predict_with_ties(scores, labels, mask)
     if lost is not None and lost.any():
         winner[lost] = 0
     align_proba_with_ties(proba, winner)
-    return Vote(weights, mask, scores, proba, winner, neighbors.classes)
+    return Vote(weights, mask, scores, proba, winner, classes)
 
 
 def rerank(vote: Vote, neighbors: Neighbors, scores) -> Vote:

@@ -51,7 +51,7 @@ def voting_accuracy_by_k(
     """
     check_is_fitted(voter)
     y = np.asarray(y)
-    nb = voter.neighbors(X, max_k) if neighbors is None else neighbors
+    nb = _one_column(voter.neighbors(X, max_k) if neighbors is None else neighbors)
     mask = _voting.record_mask(nb)
     classes = nb.classes
     known = np.isin(y, classes)
@@ -108,7 +108,7 @@ def hit_rate_by_k(voter, X, y, *, max_k: int = 100, neighbors=None) -> np.ndarra
     """
     check_is_fitted(voter)
     y = np.asarray(y)
-    nb = voter.neighbors(X, max_k) if neighbors is None else neighbors
+    nb = _one_column(voter.neighbors(X, max_k) if neighbors is None else neighbors)
     hit = nb.present & (nb.label_values() == y[:, None])
     return np.mean(np.logical_or.accumulate(hit, axis=1), axis=0)
 
@@ -191,6 +191,7 @@ def calibration_at_best_k(voter, neighbors, y, accuracy: dict, *, n_bins: int = 
         ``{rule: (best k, ECE, bins)}``; ``bins`` as
         :func:`expected_calibration_error` gives them (a reliability diagram).
     """
+    neighbors = _one_column(neighbors)
     out = {}
     for rule, acc in accuracy.items():
         k = int(np.argmax(acc)) + 1
@@ -316,3 +317,14 @@ def memory_scaling(
         exponent=float(b),
         intercept=float(a),
     )
+
+
+def _one_column(neighbors):
+    """The record, refused when it holds several label levels (say which)."""
+    if neighbors.taxonomy is not None:
+        raise ValueError(
+            f"The memory holds {neighbors.taxonomy.n_levels} label levels; these "
+            "scores take one. Pass the record of one level: "
+            "neighbors=voter.neighbors(X, max_k).level(l), with y[:, l]."
+        )
+    return neighbors

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn import _head_training, _heads
@@ -25,6 +24,7 @@ from skknn._validation import (
     check_option,
     make_default_explicit,
     restore_attributes_on_error,
+    validate_xy,
 )
 from skknn.io import (
     Persistable,
@@ -340,8 +340,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         self, X, y, sample_ids, *, max_epochs: int, classes=None, sample_weight=None
     ):
         self._check_params()
-        X, y = validate_data(self, X, y, dtype=np.float32)
-        check_classification_targets(y)
+        X, y = validate_xy(self, X, y, reset=True)
         known = np.unique(y if classes is None else np.r_[np.unique(y), classes])
         if known.shape[0] < 2:
             raise ValueError(
@@ -499,8 +498,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
 
     def _partial_fit(self, X, y, classes, sample_ids, sample_weight):
         self._check_params()
-        X, y = validate_data(self, X, y, reset=False, dtype=np.float32)
-        check_classification_targets(y)
+        X, y = validate_xy(self, X, y, reset=False)
         store = self.knn_.memory_
         ids = store.next_ids(len(y)) if sample_ids is None else sample_ids
         saved = (

@@ -21,7 +21,6 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils import get_tags
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn._locks import GuardedState, edits, reads
@@ -32,6 +31,7 @@ from skknn._validation import (
     check_option,
     make_default_explicit,
     restore_attributes_on_error,
+    validate_xy,
 )
 from skknn._wrong_decisions import (
     IdPositions,
@@ -272,8 +272,7 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         """
         self._check_params()
         with restore_attributes_on_error(self, _SEEN_FEATURES):
-            X, y = validate_data(self, X, y, dtype=np.float32)
-            check_classification_targets(y)
+            X, y = validate_xy(self, X, y, reset=True)
             est = self._new_estimator()
             est.fit(X, y, **_ids_kwarg(sample_ids), **_weight_kwarg(sample_weight))
         self._publish_recount(est)
@@ -310,8 +309,7 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
 
     def _partial_fit(self, X, y, classes, sample_ids, sample_weight):
         first_call = not hasattr(self, "estimator_")
-        X, y = validate_data(self, X, y, reset=first_call, dtype=np.float32)
-        check_classification_targets(y)
+        X, y = validate_xy(self, X, y, reset=first_call)
         kwargs = {
             "classes": classes,
             **_ids_kwarg(sample_ids),

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Bunch
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn import _voting
@@ -18,6 +17,7 @@ from skknn._device import (
     faiss_gpu_count,
     resolve_device,
 )
+from skknn._hierarchy import stack_levels
 from skknn._metric import METRICS
 from skknn._neighbors import Neighbors
 from skknn._preprocessing import PREPROCESSING
@@ -27,6 +27,7 @@ from skknn._validation import (
     check_int,
     check_option,
     restore_attributes_on_error,
+    validate_xy,
 )
 from skknn.io import Persistable, labels_from_json, register, subtree
 
@@ -94,8 +95,9 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
-        Known labels, sorted. Grows with :meth:`partial_fit`.
+    classes_ : ndarray of shape (n_classes,) or list of ndarray
+        Known labels, sorted. Grows with :meth:`partial_fit`. For multi-output
+        ``y`` (hierarchical labels), one array per level (column of ``y``).
     n_features_in_ : int
         Embedding width.
     sample_ids_ : ndarray of shape (n_samples,)
@@ -124,6 +126,19 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     voting="plurality"``, :meth:`predict_proba` equals sklearn's
     ``KNeighborsClassifier(weights="uniform")``.
 
+    **Hierarchical labels.** ``y`` of shape ``(n_samples, n_levels)`` gives each
+    sample a label at every level of a taxonomy, one column per level (coarse to
+    fine, or in any order: each column is an output, as in scikit-learn's
+    multi-output classifiers). One retrieval serves every level; each level
+    votes with the neighbours' labels at that level (FORMULAS.md 7, [VM] 3.6),
+    so a query of a fine class absent from memory can still be placed right at
+    a coarser level. :meth:`predict` then returns ``(n_queries, n_levels)``,
+    :meth:`predict_proba` a list with one array per level, :meth:`score` the
+    subset accuracy (every level right). The memory keeps each sample's label
+    path (its combination of levels) as its class: ``memory_.classes`` are path
+    codes and ``memory_.taxonomy`` maps them to each level's labels. A
+    ``reranker`` scores one label column and is refused with multi-output ``y``.
+
     Examples
     --------
     >>> import numpy as np
@@ -138,6 +153,16 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     array(['cat', 'dog', 'fox'], dtype='<U3')
     >>> knn.unlearn([0]).sample_ids_
     array([1, 2, 3, 4])
+
+    Hierarchical labels, one column per level (coarse, fine), voted from one
+    retrieval:
+
+    >>> Y = [["animal", "cat"], ["animal", "dog"], ["plant", "fern"]]
+    >>> knn = KNNVoter(2, index="exact").fit([[1., 0.], [.8, .6], [0., 1.]], Y)
+    >>> knn.predict([[.9, .45]])
+    array([['animal', 'dog']], dtype='<U6')
+    >>> [c.tolist() for c in knn.classes_]
+    [['animal', 'plant'], ['cat', 'dog', 'fern']]
     """
 
     def __init__(
@@ -275,8 +300,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features)
             Embeddings.
-        y : array-like of shape (n_samples,)
-            Labels.
+        y : array-like of shape (n_samples,) or (n_samples, n_levels)
+            Labels; one column per level for hierarchical labels (see Notes).
         sample_ids : array-like of shape (n_samples,), default=None
             Unique int ids in ``[0, 2**63 - 1]``; default ``0 .. n_samples - 1``.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -306,9 +331,12 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,)
+        y : array-like of shape (n_samples,) or (n_samples, n_levels)
+            Labels, in the shape the first fit had (new fine labels with their
+            ancestors grow each level's classes).
         classes : array-like, default=None
-            Labels to know even before any of their samples arrive.
+            Labels to know even before any of their samples arrive; for
+            multi-output ``y``, one array-like per level.
         sample_ids : array-like of shape (n_samples,), default=None
             Unique int ids in ``[0, 2**63 - 1]`` not yet used; default: fresh
             ids after the largest ever issued.
@@ -337,8 +365,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         # validate_data sets n_features_in_ on a first call: undo it if the call
         # fails later (bad ids, labels), so a failed fit changes nothing.
         with restore_attributes_on_error(self, ("n_features_in_", "feature_names_in_")):
-            X, y = validate_data(self, X, y, reset=first_call, dtype=np.float32)
-            check_classification_targets(y)
+            X, y = validate_xy(self, X, y, reset=first_call, levels=True)
             if first_call:
                 device = resolve_device(self.device, owner=type(self).__name__)
                 store = VectorStore(
@@ -384,8 +411,17 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
     # -- what the memory holds --------------------------------------------------
     @property
-    def classes_(self) -> np.ndarray:
-        return self.memory_.classes
+    def classes_(self) -> np.ndarray | list[np.ndarray]:
+        taxonomy = self.memory_.taxonomy
+        if taxonomy is None:
+            return self.memory_.classes
+        return list(taxonomy.classes)
+
+    @property
+    def n_outputs_(self) -> int:
+        """Label columns of ``y``: 1, or the levels of hierarchical labels."""
+        taxonomy = self.memory_.taxonomy
+        return 1 if taxonomy is None else taxonomy.n_levels
 
     @property
     def sample_ids_(self) -> np.ndarray:
@@ -452,11 +488,25 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
         Returns
         -------
-        vote : Vote
+        vote : Vote, or list of Vote
             ``weights``, ``mask``, ``scores``, ``proba``, ``winner`` (class codes)
-            and ``prediction`` (labels).
+            and ``prediction`` (labels); for multi-output labels one per level.
         """
         self._check_vote_params()
+        if neighbors.taxonomy is not None:
+            if self.reranker is not None:
+                raise ValueError(
+                    "A reranker scores one label column; this memory holds "
+                    f"{neighbors.taxonomy.n_levels} label levels. Set reranker=None "
+                    "or fit one voter per level."
+                )
+            return _voting.vote_levels(
+                neighbors,
+                self.voting,
+                temperature=self.temperature,
+                rank_offset=self.rank_offset,
+                distance_power=self.distance_power,
+            )
         vote = _voting.vote(
             neighbors,
             self.voting,
@@ -479,12 +529,13 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
         Returns
         -------
-        proba : ndarray of shape (n_queries, n_classes)
-            Columns follow :attr:`classes_`.
+        proba : ndarray of shape (n_queries, n_classes), or list of ndarray
+            Columns follow :attr:`classes_`; for multi-output labels one array
+            per level.
         """
         self._check_vote_params()
         X = self._queries_for_reranker(X)
-        return self.vote(self.neighbors(X), X).proba
+        return _proba(self.vote(self.neighbors(X), X))
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels, ties broken by the nearest tied neighbour.
@@ -495,11 +546,38 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
         Returns
         -------
-        y : ndarray of shape (n_queries,)
+        y : ndarray of shape (n_queries,) or (n_queries, n_levels)
         """
         self._check_vote_params()
         X = self._queries_for_reranker(X)
-        return self.vote(self.neighbors(X), X).prediction
+        return _prediction(self.vote(self.neighbors(X), X))
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Mean accuracy; for multi-output labels the subset accuracy (a query
+        counts as right only when every level is), as scikit-learn scores
+        multi-output classifiers.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        y : array-like of shape (n_queries,) or (n_queries, n_levels)
+        sample_weight : array-like of shape (n_queries,), default=None
+
+        Returns
+        -------
+        score : float
+        """
+        check_is_fitted(self)
+        if self.n_outputs_ == 1:
+            return super().score(X, y, sample_weight=sample_weight)
+        y = np.asarray(y)
+        if y.ndim != 2 or y.shape[1] != self.n_outputs_:
+            raise ValueError(
+                f"y must have shape (n_queries, {self.n_outputs_}), one column per "
+                f"level; got {y.shape}."
+            )
+        right = np.all(self.predict(X) == y, axis=1)
+        return float(np.average(right, weights=sample_weight))
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Nearest memory samples, as sample **ids**, nearest first.
@@ -538,7 +616,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
         Returns
         -------
-        proba : ndarray of shape (n_samples, n_classes)
+        proba : ndarray of shape (n_samples, n_classes), or list of ndarray
+            One array per level for multi-output labels.
         """
         check_is_fitted(self)
         self._check_vote_params()
@@ -546,7 +625,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         nb = self.memory_.search_self(
             sample_ids, self.n_neighbors, batch_size=self.batch_size
         )
-        return self.vote(nb).proba
+        return _proba(self.vote(nb))
 
     def score_samples(self, X, n_neighbors=None) -> np.ndarray:
         """Out-of-distribution score: minus the distance to the k-th neighbour.
@@ -598,23 +677,27 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             ``proba`` (n_queries, n_classes); ``prediction`` (n_queries,);
             ``classes``. With ``residual``: ``residual_ids``,
             ``residual_labels``, ``residual_distances`` (n_queries, k).
+            For multi-output labels the per-level votes: ``neighbor_labels``
+            (and ``residual_labels``) gain a last axis of levels, ``proba`` and
+            ``classes`` are lists with one entry per level and ``prediction``
+            is ``(n_queries, n_levels)``; the weights are shared by every level.
         """
         self._check_vote_params()
         X = self._queries_for_reranker(X)
         nb = self.neighbors(X)
         vote = self.vote(nb, X)
-        total = vote.weights.sum(axis=1, keepdims=True)
-        share = np.divide(
-            vote.weights, total, out=np.zeros_like(vote.weights), where=total > 0
-        )
+        votes = vote if isinstance(vote, list) else [vote]
+        weights = votes[0].weights
+        total = weights.sum(axis=1, keepdims=True)
+        share = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
         out = Bunch(
             neighbor_ids=nb.ids,
             neighbor_labels=nb.label_values(),
             distances=nb.distances,
             weights=share,
-            proba=vote.proba,
-            prediction=vote.prediction,
-            classes=nb.classes,
+            proba=_proba(vote),
+            prediction=_prediction(vote),
+            classes=self.classes_,
         )
         if residual:
             out.update(self._residual_neighbors(X, nb))
@@ -699,6 +782,17 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
         # Approximate indexes may miss true neighbours, differently per build.
         tags.non_deterministic = self.index not in ("auto", "exact", "flat")
         return tags
+
+
+def _proba(vote):
+    return [v.proba for v in vote] if isinstance(vote, list) else vote.proba
+
+
+def _prediction(vote):
+    if isinstance(vote, list):
+        return stack_levels([v.prediction for v in vote])
+    return vote.prediction
