@@ -91,8 +91,10 @@ def demo(args: argparse.Namespace) -> int:
     """A visual memory on real digits embedded by a pretrained EfficientNet-Lite0.
 
     Voting rules at several k from one retrieval, kNN against a linear probe and
-    the JOINT head, a new class added without training, unlearning, pruning, and
-    one decision explained by its neighbours.
+    the JOINT head, a new class added without training, unlearning, pruning, one
+    decision explained by its neighbours, hierarchical labels (a new two-digit
+    number placed by its tens digit, then learned from a few exemplars) and
+    out-of-distribution scores against images of another kind.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -231,8 +233,78 @@ def demo(args: argparse.Namespace) -> int:
         f"(p = {p:.2f})"
     )
     print(neighbour_table(expl))
+
+    step("(g) Hierarchy: new two-digit numbers placed by their tens digit")
+    _demo_hierarchy(args, size, layer)
+
+    step("(h) Out-of-distribution: distance to the k-th neighbour (score_samples)")
+    _demo_ood(new_voter().fit(E[train], y[train]), E[test], size, layer)
     print(f"\ndone in {time.perf_counter() - t0:.1f} s")
     return 0 if hits == 0 else 1
+
+
+# Ten two-digit numbers held out of memory, one per tens digit.
+HELD_OUT_NUMBERS = (7, 13, 26, 38, 41, 55, 62, 79, 84, 90)
+
+
+def _demo_hierarchy(args, size: int, layer: str | None) -> None:
+    """[VM] 3.6 on pairs of real MNIST digits, labels (tens digit, number)."""
+    from skknn.datasets import load_two_digit_mnist
+    from skknn.voter import KNNVoter
+
+    n_train, n_test = (2000, 500) if args.quick else (6000, 1500)
+    img, y, img_q, y_q = load_two_digit_mnist(n_train, n_test, seed=args.seed)
+    E, _ = embed(np.concatenate([img, img_q]), (size, 2 * size), layer)
+    E, E_q = E[:n_train], E[n_train:]
+    Y, Y_q = np.c_[y // 10, y], np.c_[y_q // 10, y_q]
+    held = np.asarray(HELD_OUT_NUMBERS)
+    in_memory = ~np.isin(y, held)
+    queries = np.isin(y_q, held)
+    voter = KNNVoter(10, voting="rank", preprocessing="center_l2")
+    voter.fit(E[in_memory], Y[in_memory], sample_ids=np.flatnonzero(in_memory))
+    print(
+        f"memory: {in_memory.sum():,} images of two MNIST digits (00-99 without "
+        f"{', '.join(f'{n:02d}' for n in held)}); labels (tens digit, number)"
+    )
+    rows, added = [], 0
+    for n_exemplars in (0, 1, 5, 20):
+        new = np.concatenate([np.flatnonzero(y == c)[added:n_exemplars] for c in held])
+        if new.size:
+            voter.partial_fit(E[new], Y[new], sample_ids=new)
+        added = n_exemplars
+        pred = voter.predict(E_q[queries])
+        rows.append(
+            [
+                str(n_exemplars),
+                pct(np.mean(pred[:, 0] == Y_q[queries, 0])),
+                pct(np.mean(pred[:, 1] == Y_q[queries, 1])),
+            ]
+        )
+    print(
+        f"{queries.sum()} queries of the ten new numbers; chance is 10% for the "
+        "tens digit, 1% for the number"
+    )
+    print(
+        table(
+            ["exemplars per new number", "tens digit (%)", "number (%)"],
+            rows,
+        )
+    )
+
+
+def _demo_ood(voter, E_in: np.ndarray, size: int, layer: str | None) -> None:
+    """AUROC of -d_k: MNIST test digits against LFW crops (faces and not)."""
+    from skknn.datasets import load_lfw_faces
+    from skknn.evaluation import ood_auroc
+
+    crops, _ = load_lfw_faces()
+    E_out, _ = embed(crops, size, layer)
+    auroc = ood_auroc(voter, E_in, E_out, ks=(1, 10, 50))
+    print(
+        f"{len(E_in)} MNIST test digits (in distribution) against {len(E_out)} "
+        "LFW crops of faces and backgrounds (another kind of image)"
+    )
+    print(table(["k", "AUROC"], [[str(k), f"{a:.3f}"] for k, a in auroc.items()]))
 
 
 def _demo_pruning(voter, X_train, y_train, X_test, y_test, seed: int) -> None:

@@ -114,6 +114,31 @@ def test_demo_runs_end_to_end(capsys):
     assert "every memory sample: 0" in out  # unlearned ids never reappear
     assert ("soft pruning" in out) or ("pruning: not available" in out)
     assert "vote share" in out
+    # (g) hierarchy: new numbers placed by their tens digit, then learned
+    rows = _table_rows(out, "exemplars per new number")
+    assert [r[0] for r in rows] == ["0", "1", "5", "20"]
+    tens, number = [float(r[1]) for r in rows], [float(r[2]) for r in rows]
+    assert tens[0] >= 30.0  # chance is 10%
+    assert number[0] == 0.0
+    assert number[-1] > number[0]
+    assert tens[-1] > tens[0]
+    # (h) OOD: MNIST digits against LFW crops
+    auroc = {int(r[0]): float(r[1]) for r in _table_rows(out, "AUROC")}
+    assert set(auroc) == {1, 10, 50}
+    assert auroc[1] > 0.9
+
+
+def _table_rows(out: str, header: str) -> list[list[str]]:
+    """The rows of the plain-text table whose header line contains ``header``."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if header in line) + 2
+    rows = []
+    for line in lines[start:]:
+        cells = line.split()
+        if not cells or not cells[0].replace(".", "").isdigit():
+            break
+        rows.append(cells)
+    return rows
 
 
 def test_demo_rejects_unknown_held_out_class(capsys):
