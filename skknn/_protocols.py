@@ -97,6 +97,11 @@ class Store(Protocol):
     def classes(self) -> np.ndarray: ...
 
     @property
+    def taxonomy(self):
+        """Each level's classes and each path's code per level, for labels with
+        several columns (then :attr:`classes` are path codes); else None."""
+
+    @property
     def mean(self) -> np.ndarray | None: ...
 
     def ids(self) -> np.ndarray:
@@ -114,7 +119,8 @@ class Store(Protocol):
     def add(
         self, X, labels, ids=None, *, classes=None, sample_weight=None
     ) -> np.ndarray:
-        """Store raw vectors with their labels (and vote weights); returns ids."""
+        """Store raw vectors with their labels (one column, or one per level)
+        and vote weights; returns ids."""
 
     def check_removable(self, ids) -> np.ndarray:
         """Validate ids to remove without changing anything; sorted copy."""
