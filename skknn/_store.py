@@ -29,8 +29,8 @@ from skknn._metric import METRICS, Metric
 from skknn._neighbors import MISSING, Neighbors
 from skknn._preprocessing import PREPROCESSING, fit_center, preprocess_inplace
 from skknn._rows import compact_inplace, expand_inplace, grow, kept_runs, uninterrupted
-from skknn._search import make_engine
-from skknn._store_checks import MAX_ID, checked_ids, checked_weights
+from skknn._search import make_engine, split_refine
+from skknn._store_checks import MAX_ID, STORAGE_DTYPES, checked_ids, checked_weights
 from skknn._store_io import StoreStateMixin
 
 DEFAULT_BATCH_SIZE = 4096
@@ -55,7 +55,14 @@ class VectorStore(StoreStateMixin, GuardedState):
     device : str or torch.device, default="cpu"
         Where the engine searches.
     index_params : dict, default=None
-        FAISS parameters by their FAISS names (``{"nprobe": 16}``).
+        FAISS parameters by their FAISS names (``{"nprobe": 16}``), and
+        ``"refine"``: for an approximate index, retrieve ``refine * k``
+        candidates and keep the ``k`` nearest by exact distance from the stored
+        vectors (default 1: the index's own ``k``).
+    storage_dtype : {"float32", "float16"}, default="float32"
+        How the pre-processed vectors are kept. ``"float16"`` halves their RAM;
+        distances are still computed in float32 (vectors are widened block by
+        block), so only the stored values are rounded (relative error 2**-11).
 
     Attributes
     ----------
@@ -105,6 +112,7 @@ class VectorStore(StoreStateMixin, GuardedState):
         engine: str = "flat",
         device: str | torch.device = "cpu",
         index_params: dict | None = None,
+        storage_dtype: str = "float32",
     ):
         if metric not in METRICS:
             raise ValueError(
@@ -120,15 +128,22 @@ class VectorStore(StoreStateMixin, GuardedState):
         self.preprocessing = preprocessing
         self.engine_name = engine
         self.device = torch.device(device)
+        if storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(
+                f"Unknown storage_dtype {storage_dtype!r}. Valid options are "
+                f"{list(STORAGE_DTYPES)}."
+            )
+        self.storage_dtype = storage_dtype
         self.index_params = dict(index_params or {})
-        self.engine = make_engine(engine, self.metric, self.device, self.index_params)
+        self._refine, engine_params = split_refine(engine, self.index_params)
+        self.engine = make_engine(engine, self.metric, self.device, engine_params)
         self.uid = uuid.uuid4().hex
         self._version = 0
         self._mean: np.ndarray | None = None
         self._classes: np.ndarray | None = None
         self._taxonomy: Taxonomy | None = None  # multi-output labels only
         self._n = 0
-        self._X = np.empty((0, self.n_features), dtype=np.float32)
+        self._X = np.empty((0, self.n_features), dtype=STORAGE_DTYPES[storage_dtype])
         # Length of each centred raw row (NaN where unknown: files of skknn 0.1).
         self._norm = np.empty(0, dtype=np.float32) if self.normalizes else None
         self._y = np.empty(0, dtype=np.int64)
@@ -153,6 +168,11 @@ class VectorStore(StoreStateMixin, GuardedState):
     @property
     def n_samples(self) -> int:
         return self._n
+
+    @property
+    def vector_nbytes(self) -> int:
+        """Bytes held for the stored vectors (their buffer, headroom included)."""
+        return int(self._X.nbytes)
 
     @property
     def classes(self) -> np.ndarray:
@@ -277,11 +297,18 @@ class VectorStore(StoreStateMixin, GuardedState):
         if old_to_new is not None:
             yb = yb.copy()
             yb[:n] = old_to_new[yb[:n]]
-        Xb[n : n + m] = X
         norms = None if nb is None else nb[n : n + m]
-        preprocess_inplace(
-            Xb[n : n + m], center=mean, normalize=self.normalizes, norms_out=norms
-        )
+        if Xb.dtype == np.float32:
+            Xb[n : n + m] = X
+            preprocess_inplace(
+                Xb[n : n + m], center=mean, normalize=self.normalizes, norms_out=norms
+            )
+        else:  # pre-processed in float32, then rounded once to the storage type
+            X32 = X.copy()
+            preprocess_inplace(
+                X32, center=mean, normalize=self.normalizes, norms_out=norms
+            )
+            Xb[n : n + m] = X32
         yb[n : n + m] = encode(new_classes, labels)
         idb[n : n + m] = ids
         rb[n : n + m] = 1.0
@@ -400,7 +427,7 @@ class VectorStore(StoreStateMixin, GuardedState):
             of ``ids``.
         """
         rows = self._stored_rows(ids)
-        X = self._X[rows].copy()
+        X = self._X[rows].astype(np.float32)  # a copy, widened
         if prepared:
             pass
         elif self._norm is not None:
@@ -526,8 +553,9 @@ class VectorStore(StoreStateMixin, GuardedState):
         Search results may change, so the version advances. A knob the index does
         not have raises ValueError and changes nothing.
         """
-        self.engine.set_params(dict(params))
-        self.index_params = dict(params)
+        refine, engine_params = split_refine(self.engine_name, dict(params))
+        self.engine.set_params(engine_params)
+        self.index_params, self._refine = dict(params), refine
         self._version += 1
 
     # -- searching --------------------------------------------------------------------
@@ -574,6 +602,18 @@ class VectorStore(StoreStateMixin, GuardedState):
         -------
         neighbors : Neighbors
         """
+        return self._search_blocks(X, k, batch_size, progress, prepared, exact=False)
+
+    @reads
+    def search_exact(
+        self, X, k: int, *, batch_size: int = DEFAULT_BATCH_SIZE, progress=False
+    ) -> Neighbors:
+        """The ``k`` nearest stored samples of raw queries by brute force over the
+        stored vectors, whatever the engine: the reference that approximate
+        indexes are measured against (:meth:`KNNVoter.tune_index`)."""
+        return self._search_blocks(X, k, batch_size, progress, False, exact=True)
+
+    def _search_blocks(self, X, k, batch_size, progress, prepared, *, exact):
         X = np.asarray(X)
         k = self._capped_k(k, self._n)
         parts = []
@@ -587,7 +627,7 @@ class VectorStore(StoreStateMixin, GuardedState):
             # A zero query (after centring) has no direction: every normalised
             # sample is equally far from it, so its neighbours are arbitrary.
             lost = ~Q.any(axis=1) if self.normalizes else None
-            record = self._record(*self._search_prepared(Q, k))
+            record = self._record(*self._search_prepared(Q, k, exact=exact))
             parts.append(replace(record, directionless=lost))
         return Neighbors.concatenate(parts) if parts else self._empty(k)
 
@@ -628,7 +668,7 @@ class VectorStore(StoreStateMixin, GuardedState):
         parts = []
         for s in _blocks(rows.shape[0], batch_size, progress, "leave-one-out"):
             qr = rows[s : s + batch_size]
-            dist, nb = self._search_prepared(self._X[qr], k + 1)
+            dist, nb = self._search_prepared(self._X[qr].astype(np.float32), k + 1)
             own = self._ids[qr]
             nb_ids = np.where(nb >= 0, self._ids[np.maximum(nb, 0)], MISSING)
             is_self = nb_ids == own[:, None]
@@ -668,7 +708,11 @@ class VectorStore(StoreStateMixin, GuardedState):
         """
         if (X is None) == (ids is None):
             raise ValueError("within_radius takes exactly one of X and ids.")
-        P = self.prepare(X) if ids is None else self._X[self._stored_rows(ids)]
+        P = (
+            self.prepare(X)
+            if ids is None
+            else self._X[self._stored_rows(ids)].astype(np.float32)
+        )
         rows = self._stored_rows(query_ids, "query_ids")
         radii = np.asarray(radii, dtype=np.float32)
         if radii.shape != rows.shape:
@@ -679,7 +723,8 @@ class VectorStore(StoreStateMixin, GuardedState):
         out = np.zeros(rows.shape[0], dtype=bool)
         for s in range(0, rows.shape[0], DEFAULT_BATCH_SIZE):
             block = slice(s, s + DEFAULT_BATCH_SIZE)
-            out[block] = self.metric.any_within(self._X[rows[block]], P, radii[block])
+            A = self._X[rows[block]].astype(np.float32)
+            out[block] = self.metric.any_within(A, P, radii[block])
         return out
 
     @staticmethod
@@ -689,38 +734,46 @@ class VectorStore(StoreStateMixin, GuardedState):
             raise ValueError("The memory is empty: fit or partial_fit samples first.")
         return k
 
-    def _search_prepared(self, Q: np.ndarray, k: int):
+    def _search_prepared(self, Q: np.ndarray, k: int, *, exact: bool = False):
         """``(distances, rows)`` of pre-processed queries, refined and re-sorted."""
         if Q.shape[0] == 0:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         X = self._X[: self._n]
-        _, keys = self.engine.search(X, Q, k)
+        if exact:
+            rows = self._exact_rows(X, Q, k)
+            dist = self.metric.pair_distances(X, Q, rows)
+            order = np.argsort(dist, axis=1, kind="stable")
+            return np.take_along_axis(dist, order, 1), np.take_along_axis(
+                rows, order, 1
+            )
+        # With refinement, R * k candidates from the index, k kept by exact distance.
+        kk = min(k * self._refine, self._n)
+        _, keys = self.engine.search(X, Q, kk)
         keys = np.asarray(keys, dtype=np.int64)
         rows = self._rows_of(keys) if self.engine.keys_are_ids else keys
-        short = (rows < 0).any(axis=1)
+        found = (rows >= 0).sum(axis=1)
+        short = found < k
         if short.any():
-            none = (rows < 0).all(axis=1)
+            none = found == 0
             if none.any():
                 # Only empty inverted lists probed (small nprobe, lists emptied by
                 # unlearn): nothing to vote with, so search those exactly.
                 rows = rows.copy()
-                rows[none] = self._exact_rows(X, Q[none], k)
+                rows[none] = self._exact_rows(X, Q[none], kk)
             self._warn_short(int(short.sum()), int(none.sum()), Q.shape[0], k)
         dist = self.metric.pair_distances(X, Q, rows)
         # Exact distances may reorder near-ties the engine's arithmetic saw apart.
-        order = np.argsort(dist, axis=1, kind="stable")
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(dist, order, 1), np.take_along_axis(rows, order, 1)
 
+    def _exact_engine(self):
+        from skknn._search import TorchExactEngine
+
+        return TorchExactEngine(self.metric, torch.device("cpu"))
+
     def _exact_rows(self, X: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
-        """Rows of the ``k`` nearest stored vectors, by brute force (unordered)."""
-        out = np.empty((Q.shape[0], k), dtype=np.int64)
-        sq = None if self.metric.inner_product else np.einsum("ij,ij->i", X, X)
-        for s in range(0, Q.shape[0], 16):  # 16 x n scores at a time
-            score = Q[s : s + 16] @ X.T
-            if sq is not None:
-                score = 2.0 * score - sq  # larger is nearer, as for inner products
-            out[s : s + 16] = np.argpartition(-score, k - 1, axis=1)[:, :k]
-        return out
+        """Rows of the ``k`` nearest stored vectors, by brute force."""
+        return self._exact_engine().search(X, Q, k)[1]
 
     def _warn_short(self, n_short: int, n_none: int, n_queries: int, k: int) -> None:
         if getattr(self, "_warned_short", False):

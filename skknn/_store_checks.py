@@ -17,6 +17,9 @@ from skknn._preprocessing import PREPROCESSING
 # no value a user can give may collide with it.
 MAX_ID = np.iinfo(np.int64).max
 
+# How a store may keep its pre-processed vectors.
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
+
 
 class InvalidState(ValueError):
     """A saved state that cannot describe a memory."""
@@ -65,7 +68,9 @@ def check_state(meta: dict, arrays: dict) -> None:
     X = arrays.get("embeddings")
     _need(isinstance(X, np.ndarray) and X.ndim == 2, "embeddings must be a 2-d array")
     n = X.shape[0]
-    _array(arrays, "embeddings", np.float32, (n, d))
+    storage = meta.get("storage_dtype", "float32")
+    _need(storage in STORAGE_DTYPES, f"unknown storage_dtype {storage!r}")
+    _array(arrays, "embeddings", STORAGE_DTYPES[storage], (n, d))
     _need(bool(np.isfinite(X).all()), "embeddings hold NaN or infinite values")
     ids = _array(arrays, "sample_ids", np.int64, (n,))
     _need(n == 0 or bool(ids.min() >= 0), "sample ids must be >= 0")

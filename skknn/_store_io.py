@@ -30,6 +30,7 @@ class StoreStateMixin:
             "metric": self.metric.name,
             "preprocessing": self.preprocessing,
             "engine": self.engine_name,
+            "storage_dtype": self.storage_dtype,
             "index_params": self.index_params,
             "next_id": int(self._next_id),
             "uid": self.uid,
@@ -70,6 +71,7 @@ class StoreStateMixin:
             engine=meta["engine"],
             device=device,
             index_params=meta.get("index_params"),
+            storage_dtype=meta.get("storage_dtype", "float32"),
         )
         X = arrays["embeddings"]
         n = X.shape[0]

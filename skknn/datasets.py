@@ -96,7 +96,7 @@ def load_two_digit_mnist(
     --------
     >>> from skknn.datasets import load_two_digit_mnist
     >>> img, y, img_t, y_t = load_two_digit_mnist(100, 10)
-    >>> img.shape, y.max() < 100
+    >>> img.shape, int(y.max()) < 100
     ((100, 28, 56), True)
     """
     X, y, _ = load_mnist(fallback=False)

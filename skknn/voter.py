@@ -22,6 +22,7 @@ from skknn._metric import METRICS
 from skknn._neighbors import Neighbors
 from skknn._preprocessing import PREPROCESSING
 from skknn._store import VectorStore
+from skknn._store_checks import STORAGE_DTYPES
 from skknn._validation import (
     check_float,
     check_int,
@@ -78,7 +79,14 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         device that FAISS cannot use, where torch's ``"exact"`` runs on the GPU.
     index_params : dict, default=None
         FAISS search parameters by their FAISS names, e.g. ``{"nprobe": 16}``
-        or ``{"efSearch": 128}``.
+        or ``{"efSearch": 128}``, and ``"refine"`` for an approximate index:
+        retrieve ``refine * k`` candidates and keep the ``k`` nearest by exact
+        distance from the stored vectors (``{"nprobe": 16, "refine": 4}``).
+        :meth:`tune_index` picks them for a target prediction agreement.
+    storage_dtype : {"float32", "float16"}, default="float32"
+        How the memory keeps its vectors (for exact distances, refinement,
+        leave-one-out and retraining after :meth:`unlearn`). ``"float16"``
+        halves their RAM; distances are still computed in float32.
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     batch_size : int, default=4096
@@ -181,6 +189,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         batch_size: int = 4096,
         verbose: bool = False,
         reranker: Callable | None = None,
+        storage_dtype: str = "float32",
     ):
         self.n_neighbors = n_neighbors
         self.voting = voting
@@ -195,6 +204,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.verbose = verbose
         self.reranker = reranker
+        self.storage_dtype = storage_dtype
 
     # -- parameters -----------------------------------------------------------
     def _check_vote_params(self) -> None:
@@ -216,6 +226,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     def _check_memory_params(self) -> None:
         """Parameters that shape the memory (fixed from the first fit on)."""
         check_option(self, "metric", self.metric, METRICS)
+        check_option(self, "storage_dtype", self.storage_dtype, STORAGE_DTYPES)
         if self.preprocessing is not None:
             check_option(self, "preprocessing", self.preprocessing, PREPROCESSING)
         if not isinstance(self.index, str) or not self.index:
@@ -244,6 +255,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             "metric": self.metric,
             "preprocessing": self.preprocessing,
             "index": self.index,
+            "storage_dtype": self.storage_dtype,
         }
 
     def _check_memory_unchanged(self) -> None:
@@ -260,7 +272,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             )
             raise ValueError(
                 f"KNNVoter's memory was built with other parameters ({detail}); "
-                "metric, preprocessing and index take effect only through fit. "
+                "metric, preprocessing, index and storage_dtype take effect only "
+                "through fit. "
                 "Call fit to rebuild the memory, or set them back."
             )
         if dict(self.index_params or {}) != self.memory_.index_params:
@@ -375,6 +388,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                     engine=self._resolve_engine(device),
                     device=device,
                     index_params=self.index_params,
+                    storage_dtype=self.storage_dtype,
                 )
             else:
                 store = self.memory_
@@ -767,11 +781,19 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             name: meta["fitted_config"][name]
             for name in ("metric", "preprocessing", "index")
         }
+        # Files before storage_dtype existed held float32 memories.
+        self._fitted_config_["storage_dtype"] = meta["fitted_config"].get(
+            "storage_dtype", "float32"
+        )
         # A file's parameters must describe its memory, as after a fit.
         self._check_vote_params()
         self._check_memory_params()
         store = self.memory_
-        built = {"metric": store.metric.name, "preprocessing": store.preprocessing}
+        built = {
+            "metric": store.metric.name,
+            "preprocessing": store.preprocessing,
+            "storage_dtype": store.storage_dtype,
+        }
         if self._memory_config() != self._fitted_config_ or any(
             self._fitted_config_[k] != v for k, v in built.items()
         ):

@@ -1,0 +1,133 @@
+"""How the memory keeps its vectors (float16) and approximate search with exact
+re-ranking (``index_params={"refine": R}``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import skknn
+from skknn import KNNVoter, VectorStore
+
+from .conftest import ENGINES, HAS_FAISS
+
+needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="needs faiss")
+
+
+def clustered(n: int, d: int = 32, n_clusters: int = 20, seed: int = 0):
+    """Unit vectors around random centres, labelled by centre."""
+    gen = np.random.default_rng(seed)
+    centres = gen.normal(size=(n_clusters, d))
+    y = gen.integers(0, n_clusters, n)
+    X = centres[y] + 0.6 * gen.normal(size=(n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_float16_memory_halves_the_vectors_and_keeps_predictions(digits, engine):
+    X, y, Q, _ = digits
+    f32 = KNNVoter(10, index=engine).fit(X, y)
+    f16 = KNNVoter(10, index=engine, storage_dtype="float16").fit(X, y)
+    assert f16.memory_.vector_nbytes * 2 == f32.memory_.vector_nbytes
+    agreement = np.mean(f16.predict(Q) == f32.predict(Q))
+    assert agreement >= 0.999, agreement
+    # neighbours and their distances: float32 arithmetic on float16-rounded vectors
+    d16, i16 = f16.kneighbors(Q[:50])
+    X16 = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float16)
+    Qn = Q[:50] / np.linalg.norm(Q[:50], axis=1, keepdims=True)
+    ref = 1.0 - np.einsum("qd,qkd->qk", Qn, X16[i16].astype(np.float32))
+    np.testing.assert_allclose(d16, ref, atol=2e-6)
+
+
+def test_float16_memory_gives_back_raw_vectors_to_float16_rounding(digits):
+    X, y, _, _ = digits
+    store = VectorStore(X.shape[1], engine="exact", storage_dtype="float16")
+    ids = store.add(X[:100], y[:100])
+    back = store.get(ids).X
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, X[:100], rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, *(["IVF4,Flat"] if HAS_FAISS else [])])
+def test_float16_memory_edits_and_files(digits, engine, tmp_path):
+    X, y, Q, _ = digits
+    knn = KNNVoter(5, index=engine, storage_dtype="float16").fit(X[:600], y[:600])
+    knn.partial_fit(X[600:], y[600:])
+    knn.unlearn(np.arange(0, 1200, 3))
+    fresh = KNNVoter(5, index=engine, storage_dtype="float16")
+    kept = np.setdiff1d(np.arange(1200), np.arange(0, 1200, 3))
+    fresh.fit(X[kept], y[kept], sample_ids=kept)
+    np.testing.assert_array_equal(knn.kneighbors(Q)[1], fresh.kneighbors(Q)[1])
+    knn.save(tmp_path / "m.skknn")
+    back = skknn.load(tmp_path / "m.skknn")
+    assert back.memory_.storage_dtype == "float16"
+    np.testing.assert_array_equal(back.kneighbors(Q)[1], knn.kneighbors(Q)[1])
+    np.testing.assert_allclose(back.loo_proba(), knn.loo_proba())
+
+
+def test_storage_dtype_is_checked_and_fixed_at_fit(digits):
+    X, y, Q, _ = digits
+    with pytest.raises(ValueError, match="storage_dtype"):
+        KNNVoter(storage_dtype="int8").fit(X, y)
+    knn = KNNVoter(5, index="exact").fit(X, y)
+    knn.set_params(storage_dtype="float16")
+    with pytest.raises(ValueError, match="storage_dtype='float32' -> 'float16'"):
+        knn.predict(Q)
+
+
+# -- refinement -----------------------------------------------------------------
+@needs_faiss
+def test_refine_reranks_more_candidates_exactly():
+    X, y = clustered(4000)
+    Q, _ = clustered(300, seed=1)
+    exact = KNNVoter(10, index="flat").fit(X, y)
+    _, truth = exact.kneighbors(Q)
+
+    def recall(params):
+        knn = KNNVoter(10, index="IVF16,PQ8x4", index_params=params).fit(X, y)
+        d, ids = knn.kneighbors(Q)
+        # refined distances are the exact ones of the ids returned
+        X_of = X[ids]
+        ref = 1.0 - np.einsum(
+            "qd,qkd->qk", Q / np.linalg.norm(Q, axis=1)[:, None], X_of
+        )
+        np.testing.assert_allclose(d, ref, atol=1e-5)
+        assert np.all(np.diff(d, axis=1) >= 0)
+        return np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ids, truth)])
+
+    # 4-bit PQ codes are coarse: measured recall 0.30, 0.62, 0.90, 0.97
+    recalls = [recall({"nprobe": 16, "refine": r}) for r in (1, 4, 16, 32)]
+    assert np.all(np.diff(recalls) > 0), recalls
+    assert recalls[0] < 0.5
+    assert recalls[-1] >= 0.95
+
+
+@needs_faiss
+def test_refine_is_a_search_knob_of_approximate_indexes_only():
+    X, y = clustered(500)
+    knn = KNNVoter(5, index="IVF8,PQ4").fit(X, y)
+    before = knn.memory_.version
+    knn.set_params(index_params={"refine": 4, "nprobe": 8})
+    assert knn.memory_.index_params == {"refine": 4, "nprobe": 8}
+    assert knn.memory_.version == before + 1
+    for bad in (0, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="refine"):
+            knn.set_params(index_params={"refine": bad})
+        assert knn.index_params == {"refine": 4, "nprobe": 8}
+    for engine in ENGINES:
+        with pytest.raises(ValueError, match="nothing to refine"):
+            KNNVoter(5, index=engine, index_params={"refine": 2}).fit(X, y)
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, *(["IVF8,PQ4"] if HAS_FAISS else [])])
+def test_search_exact_is_brute_force_whatever_the_engine(engine):
+    X, y = clustered(800)
+    Q, _ = clustered(50, seed=2)
+    store = VectorStore(X.shape[1], engine=engine)
+    store.add(X, y)
+    ref = VectorStore(X.shape[1], engine="exact")
+    ref.add(X, y)
+    a, b = store.search_exact(Q, 7), ref.search(Q, 7)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.distances, b.distances)
