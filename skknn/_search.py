@@ -457,6 +457,28 @@ class FaissIndexEngine:
         self._apply_params(index)
         self.index = index
 
+    def tuning_grid(self, n_features: int) -> tuple[list[dict], list[int]]:
+        """``(knob settings, refine factors)`` worth measuring, cheapest first:
+        ``nprobe`` in powers of two up to the number of lists for IVF,
+        ``efSearch`` from 16 to 512 for HNSW; refinement only where the index
+        keeps compact codes (PQ, SQ), since exact codes gain nothing from it."""
+        faiss = self.faiss
+        cpu = self._cpu_index()
+        ivf = faiss.try_extract_index_ivf(cpu)
+        inner = faiss.downcast_index(getattr(cpu, "index", cpu))
+        if ivf is not None:
+            nlist = int(ivf.nlist)
+            knobs = [{"nprobe": p} for p in _powers_of_two(nlist)]
+            code_size = int(ivf.code_size)
+        elif hasattr(inner, "hnsw"):
+            knobs = [{"efSearch": e} for e in (16, 32, 64, 128, 256, 512)]
+            storage = faiss.downcast_index(inner.storage)
+            code_size = int(storage.sa_code_size())
+        else:
+            knobs, code_size = [{}], int(cpu.sa_code_size())
+        compact = code_size < 4 * n_features
+        return knobs, [1, 2, 4, 8, 16, 32] if compact else [1]
+
     def _cpu_index(self):
         if self._on_gpu(self.index):
             return self.faiss.index_gpu_to_cpu(self.index)
@@ -475,6 +497,12 @@ class FaissIndexEngine:
         index = self._to_device(index)
         self._apply_params(index)
         self.index = index
+
+
+def _powers_of_two(top: int) -> list[int]:
+    """1, 2, 4, ... up to ``top``, with ``top`` itself last."""
+    values = [1 << i for i in range(max(top, 1).bit_length()) if 1 << i < top]
+    return [*values, top]
 
 
 def _add_blocks(index, X: np.ndarray, ids: np.ndarray) -> None:

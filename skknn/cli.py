@@ -88,6 +88,14 @@ def evaluate(args: argparse.Namespace) -> int:
 
         _check_writable(Path(args.plot), "--plot", (".png",))
         new_figure(10, 10)  # fails now, not after the search, without matplotlib
+    if args.tune is not None:
+        if not 0 < args.tune <= 1:
+            raise ValueError(f"--tune must be in (0, 1]. Got {args.tune} instead.")
+        if args.index in ("auto", "exact", "flat"):
+            raise ValueError(
+                f"--tune needs an approximate --index (e.g. IVF256,PQ16); "
+                f"{args.index!r} is an exact search."
+            )
     columns = _parse_columns(args.feature_columns)
     options = {"label_column": args.label_column, "feature_columns": columns}
     X_mem, y_mem = load_embeddings(args.memory, **options)
@@ -108,8 +116,24 @@ def evaluate(args: argparse.Namespace) -> int:
             f"{len(y_mem)}"
         )
     voter = _voter_from_args(args, n_neighbors=args.max_k)
-    t = time.perf_counter()
     voter.fit(X_mem, y_mem)
+    if args.tune is not None:
+        from skknn._tuning import tuning_table
+
+        voter.tune_index(X_q, args.tune)
+        print(
+            f"Tuning {voter.engine_}: prediction agreement with exact search and "
+            f"recall@{voter.tuning_.n_neighbors} on {len(y_q):,} queries "
+            "(* = chosen)"
+        )
+        print(
+            table(
+                ["index_params", "agreement (%)", "recall (%)", "queries/s"],
+                tuning_table(voter.tuning_),
+            )
+        )
+        print()
+    t = time.perf_counter()
     nb = voter.neighbors(X_q, args.max_k)  # one retrieval serves every table
     acc = voting_accuracy_by_k(
         voter, X_q, y_q, max_k=args.max_k, votings=_voting.VOTING_RULES, neighbors=nb
@@ -566,6 +590,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accuracy against memory size (random subsets, log-spaced sizes, 3 "
         "draws) and the fitted power law log(err) = a + b log(N)",
+    )
+    p.add_argument(
+        "--tune",
+        nargs="?",
+        type=float,
+        const=0.99,
+        default=None,
+        metavar="TARGET",
+        help="with an approximate --index: measure prediction agreement with "
+        "exact search (RankVoting at k = --max-k) and recall on the queries for "
+        "each nprobe/efSearch/refine, print the table and evaluate with the "
+        "cheapest setting reaching TARGET (default 0.99)",
     )
     p.add_argument(
         "--feature-columns",

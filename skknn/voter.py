@@ -119,6 +119,9 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         The search engine ``index`` resolved to.
     device_ : torch.device
         Where searches run.
+    tuning_ : Bunch
+        Set by :meth:`tune_index`: the settings it measured, with their
+        prediction agreement, recall and speed.
 
     See Also
     --------
@@ -730,6 +733,80 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             "residual_labels": found.label_values(),
             "residual_distances": found.distances,
         }
+
+    def tune_index(self, X, target_agreement: float = 0.99, *, n_neighbors=None):
+        """Set ``index_params`` to the cheapest knobs that keep predictions.
+
+        Measures, on the queries ``X``, the prediction agreement with exact
+        search (the share of queries predicted alike, FORMULAS.md 7) and the
+        recall of the ``k`` neighbours, for each setting of the index's knobs:
+        ``nprobe`` (IVF) or ``efSearch`` (HNSW) in rising powers of two, times
+        ``refine`` (1 to 32, for compact PQ/SQ codes only). For each refine
+        factor the knob rises until the target is met. The fastest measured
+        setting that meets it is set (with a warning, the most accurate one
+        when none does); the table is kept in :attr:`tuning_`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Queries like those to come (e.g. a validation set); a few thousand
+            give agreement to a fraction of a percent.
+        target_agreement : float, default=0.99
+            In (0, 1].
+        n_neighbors : int, default=None
+            ``k``; defaults to ``n_neighbors``.
+
+        Returns
+        -------
+        self : KNNVoter
+            With ``index_params`` set and ``tuning_`` a Bunch of lists
+            ``params``, ``agreement``, ``recall``, ``seconds``,
+            ``queries_per_s``, and ``chosen`` (the index of the setting made).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skknn import KNNVoter
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(2000, 16)).astype(np.float32)
+        >>> y = (X[:, 0] > 0).astype(int)
+        >>> knn = KNNVoter(10, index="IVF32,Flat").fit(X, y)
+        >>> knn = knn.tune_index(X[:200], target_agreement=0.99)
+        >>> knn.tuning_.agreement[knn.tuning_.chosen] >= 0.99
+        True
+        """
+        from skknn._tuning import tune
+
+        check_is_fitted(self)
+        self._check_vote_params()
+        self._check_memory_unchanged()
+        check_float(
+            self, "target_agreement", target_agreement, low=0, low_inclusive=False
+        )
+        if target_agreement > 1:
+            raise ValueError(
+                "The 'target_agreement' parameter of KNNVoter.tune_index must be "
+                f"in (0, 1]. Got {target_agreement!r} instead."
+            )
+        if not hasattr(self.memory_.engine, "tuning_grid"):
+            raise ValueError(
+                f"index={self.engine_!r} is an exact search: it has no knobs to "
+                "tune. tune_index is for approximate indexes ('IVF1024,PQ32', "
+                "'HNSW32,SQ8')."
+            )
+        k = self.n_neighbors if n_neighbors is None else n_neighbors
+        check_int(self, "n_neighbors", k, low=1)
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        tuning = tune(
+            self,
+            X,
+            float(target_agreement),
+            min(k, self.memory_.n_samples),
+            lambda nb: _prediction(self.vote(nb, X)),
+        )
+        self.set_params(index_params=tuning.params[tuning.chosen])
+        self.tuning_ = tuning
+        return self
 
     # -- persistence ----------------------------------------------------------
     def __skknn_reading__(self):

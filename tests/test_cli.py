@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import sys
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 
 from skknn import KNNVoter, _gallery
 from skknn.cli import main
+
+from .conftest import HAS_FAISS
 
 HAS_ENCODER = all(
     importlib.util.find_spec(m) is not None
@@ -129,15 +132,15 @@ def test_demo_runs_end_to_end(capsys):
 
 
 def _table_rows(out: str, header: str) -> list[list[str]]:
-    """The rows of the plain-text table whose header line contains ``header``."""
+    """Cells (split on two or more spaces) of the rows of the plain-text table
+    whose header line contains ``header``, up to the next blank line."""
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if header in line) + 2
     rows = []
     for line in lines[start:]:
-        cells = line.split()
-        if not cells or not cells[0].replace(".", "").isdigit():
+        if not line.strip():
             break
-        rows.append(cells)
+        rows.append(re.split(r"\s{2,}", line.strip()))
     return rows
 
 
@@ -403,6 +406,8 @@ def test_evaluate_checks_every_option_before_searching(
         (["--out", tmp_path / "no" / "r.csv"], ["--out", "does not exist"]),
         (["--plot", tmp_path / "curves.jpg"], ["--plot", ".png"]),
         (["--feature-columns", " , "], ["--feature-columns"]),
+        (["--tune"], ["--tune", "approximate --index"]),
+        (["--tune", "1.5", "--index", "IVF8,Flat"], ["--tune", "(0, 1]"]),
     ]:
         code, _, err = run([*base, *extra], capsys)
         assert_one_line_error(code, err, *fragments)
@@ -518,3 +523,19 @@ def test_explain_draws_the_residual_query(image_folder, tmp_path, capsys):
     residual = tmp_path / "g-residual.png"
     assert png_size(residual) == (4 * _gallery.CELL_PX, _gallery.GALLERY_HEIGHT_PX)
     assert f"wrote {residual}" in out
+
+
+@pytest.mark.skipif(not HAS_FAISS, reason="needs faiss")
+def test_evaluate_tune_prints_the_table_and_evaluates_the_choice(
+    embedding_files, capsys
+):
+    mem, queries = embedding_files
+    argv = ["evaluate", "--memory", mem, "--queries", queries, "--max-k", "10"]
+    code, out, _ = run([*argv, "--index", "IVF16,PQ8x4", "--tune", "0.99"], capsys)
+    assert code == 0
+    rows = _table_rows(out, "index_params")
+    chosen = [r for r in rows if r[0].endswith("*")]
+    assert len(chosen) == 1
+    assert float(chosen[0][1]) >= 99.0
+    assert rows[0][0].startswith("nprobe=1")
+    assert "one retrieval of 10 neighbours (IVF16,PQ8x4" in out

@@ -131,3 +131,44 @@ def test_search_exact_is_brute_force_whatever_the_engine(engine):
     a, b = store.search_exact(Q, 7), ref.search(Q, 7)
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_allclose(a.distances, b.distances)
+
+
+# -- tune_index ---------------------------------------------------------------------
+@needs_faiss
+@pytest.mark.parametrize("factory", ["IVF64,PQ8x4", "HNSW8,SQ4"])
+def test_tune_index_reaches_its_target_on_clustered_data(factory):
+    X, y = clustered(6000, n_clusters=40)
+    Q, _ = clustered(1000, n_clusters=40, seed=5)
+    exact = KNNVoter(10, index="flat").fit(X, y).predict(Q)
+    knn = KNNVoter(10, index=factory).fit(X, y)
+    default_agreement = np.mean(knn.predict(Q) == exact)
+    knn.tune_index(Q, target_agreement=0.99)
+    t = knn.tuning_
+    assert len(t.params) == len(t.agreement) == len(t.recall) == len(t.seconds)
+    assert knn.index_params == t.params[t.chosen]
+    assert knn.memory_.index_params == t.params[t.chosen]
+    # the setting it chose, measured afresh, keeps the predictions
+    assert np.mean(knn.predict(Q) == exact) >= 0.99
+    assert t.agreement[t.chosen] >= 0.99
+    assert default_agreement < 0.99  # there was something to tune
+    assert min(t.agreement) < 0.99
+
+
+@needs_faiss
+def test_tune_index_refuses_what_it_cannot_tune(digits):
+    X, y, Q, _ = digits
+    for engine in ENGINES:
+        with pytest.raises(ValueError, match="no knobs to tune"):
+            KNNVoter(5, index=engine).fit(X, y).tune_index(Q)
+    knn = KNNVoter(5, index="IVF8,Flat").fit(X, y)
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="target_agreement"):
+            knn.tune_index(Q, bad)
+    assert not hasattr(knn, "tuning_")
+    # 16 codes of one sub-quantizer cannot keep every prediction: the most
+    # accurate setting is taken, with a warning (measured best 0.988)
+    coarse = KNNVoter(5, index="IVF8,PQ1x4").fit(X, y)
+    with pytest.warns(UserWarning, match="No setting"):
+        coarse.tune_index(Q, 1.0)
+    t = coarse.tuning_
+    assert t.agreement[t.chosen] == max(t.agreement) < 1.0

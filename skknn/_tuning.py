@@ -1,0 +1,110 @@
+"""Choosing an approximate index's knobs by what a classifier needs: predictions
+that agree with exact search (FORMULAS.md 7, *Approximate search quality*)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+from sklearn.utils import Bunch
+
+
+def agreement(pred: np.ndarray, reference: np.ndarray) -> float:
+    """Share of queries predicted alike (every level alike, for several)."""
+    same = pred == reference
+    return float(np.mean(same if same.ndim == 1 else same.all(axis=1)))
+
+
+def recall_at_k(ids: np.ndarray, true_ids: np.ndarray) -> float:
+    """Mean share of each query's exact ``k`` neighbours that were found."""
+    k = true_ids.shape[1]
+    hits = [np.intersect1d(a[a >= 0], b).size for a, b in zip(ids, true_ids)]
+    return float(np.sum(hits) / (k * len(true_ids)))
+
+
+def tune(voter, X: np.ndarray, target: float, k: int, predict) -> Bunch:
+    """Measure the voter's index at the knob settings of its grid (cheapest
+    first; per refine factor, stop raising the knob once ``target`` is met) and
+    return the table with the fastest setting that met it.
+
+    ``predict(neighbors)`` turns a record into predictions. The voter's
+    ``index_params`` are restored on error; the caller applies the choice.
+    """
+    store = voter.memory_
+    knobs, refines = store.engine.tuning_grid(store.n_features)
+    exact = store.search_exact(X, k, batch_size=voter.batch_size)
+    reference = predict(exact)
+    rows = []
+    original = dict(store.index_params)
+    # A setting with more refinement and no fewer probes than one that met the
+    # target costs more: each refine factor only tries knobs below the last one
+    # that met it.
+    limit = len(knobs)
+    try:
+        for refine in refines:
+            if limit == 0:
+                break
+            for j, knob in enumerate(knobs[:limit]):
+                params = {**knob, **({"refine": refine} if refine > 1 else {})}
+                store.set_index_params(params)
+                with warnings.catch_warnings():
+                    # Few probes may find fewer than k: that is what is measured.
+                    warnings.simplefilter("ignore", UserWarning)
+                    start = time.perf_counter()
+                    found = store.search(X, k, batch_size=voter.batch_size)
+                    seconds = time.perf_counter() - start
+                rows.append(
+                    {
+                        "params": params,
+                        "agreement": agreement(predict(found), reference),
+                        "recall": recall_at_k(found.ids, exact.ids),
+                        "seconds": seconds,
+                        "queries_per_s": len(X) / max(seconds, 1e-9),
+                    }
+                )
+                if rows[-1]["agreement"] >= target:
+                    limit = j
+                    break
+    finally:
+        store.set_index_params(original)
+    met = [i for i, r in enumerate(rows) if r["agreement"] >= target]
+    if met:
+        chosen = min(met, key=lambda i: rows[i]["seconds"])
+    else:
+        chosen = max(range(len(rows)), key=lambda i: rows[i]["agreement"])
+        warnings.warn(
+            f"No setting of index={store.engine_name!r} reached a prediction "
+            f"agreement of {target:.3f} with exact search on these queries (best "
+            f"{rows[chosen]['agreement']:.4f}, set). Use more inverted lists' "
+            "probes, a finer code (more PQ bytes, SQ8) or index='flat'.",
+            UserWarning,
+            stacklevel=3,
+        )
+    table = {
+        name: [r[name] for r in rows]
+        for name in ("params", "agreement", "recall", "seconds", "queries_per_s")
+    }
+    return Bunch(
+        **table,
+        chosen=chosen,
+        target_agreement=float(target),
+        n_queries=len(X),
+        n_neighbors=k,
+    )
+
+
+def tuning_table(tuning: Bunch) -> list[list[str]]:
+    """Rows of a printed tuning table: settings, agreement, recall, speed."""
+    out = []
+    for i, params in enumerate(tuning.params):
+        knobs = ", ".join(f"{k}={v}" for k, v in params.items()) or "(defaults)"
+        out.append(
+            [
+                knobs + (" *" if i == tuning.chosen else ""),
+                f"{100 * tuning.agreement[i]:.2f}",
+                f"{100 * tuning.recall[i]:.2f}",
+                f"{tuning.queries_per_s[i]:,.0f}",
+            ]
+        )
+    return out
