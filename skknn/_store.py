@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from sklearn.utils import Bunch
 
+from skknn._disk import DiskVectors
 from skknn._hierarchy import Taxonomy
 from skknn._labels import check_label_kind, encode, merge_classes
 from skknn._locks import GuardedState, edits, reads
@@ -63,6 +64,11 @@ class VectorStore(StoreStateMixin, GuardedState):
         How the pre-processed vectors are kept. ``"float16"`` halves their RAM;
         distances are still computed in float32 (vectors are widened block by
         block), so only the stored values are rounded (relative error 2**-11).
+    storage_path : str or path-like, default=None
+        None keeps the vectors in RAM. A folder keeps them in a memory-mapped
+        file in a sub-folder of their own (the RAM holds the index, ids, labels
+        and reliabilities); every edit is committed there, crash-safely
+        (``skknn/_disk.py``), and :meth:`open` reopens the last commit.
 
     Attributes
     ----------
@@ -113,6 +119,7 @@ class VectorStore(StoreStateMixin, GuardedState):
         device: str | torch.device = "cpu",
         index_params: dict | None = None,
         storage_dtype: str = "float32",
+        storage_path=None,
     ):
         if metric not in METRICS:
             raise ValueError(
@@ -144,6 +151,13 @@ class VectorStore(StoreStateMixin, GuardedState):
         self._taxonomy: Taxonomy | None = None  # multi-output labels only
         self._n = 0
         self._X = np.empty((0, self.n_features), dtype=STORAGE_DTYPES[storage_dtype])
+        self._disk = (
+            None
+            if storage_path is None
+            else DiskVectors.new(
+                storage_path, self.n_features, STORAGE_DTYPES[storage_dtype]
+            )
+        )
         # Length of each centred raw row (NaN where unknown: files of skknn 0.1).
         self._norm = np.empty(0, dtype=np.float32) if self.normalizes else None
         self._y = np.empty(0, dtype=np.int64)
@@ -170,9 +184,16 @@ class VectorStore(StoreStateMixin, GuardedState):
         return self._n
 
     @property
+    def storage_folder(self):
+        """The folder holding this store's vectors file, or None (RAM)."""
+        return None if self._disk is None else self._disk.folder
+
+    @property
     def vector_nbytes(self) -> int:
-        """Bytes held for the stored vectors (their buffer, headroom included)."""
-        return int(self._X.nbytes)
+        """Bytes of RAM held for the stored vectors (their buffer, headroom
+        included); 0 when they are memory-mapped from a file (``storage_path``,
+        ``skknn.load(mmap=True)``): those pages are the OS's cache."""
+        return 0 if isinstance(self._X, np.memmap) else int(self._X.nbytes)
 
     @property
     def classes(self) -> np.ndarray:
@@ -290,7 +311,7 @@ class VectorStore(StoreStateMixin, GuardedState):
                 if n == 0
                 else max(n + m, int(self._X.shape[0] * 1.5) + 16)
             )
-            bufs = [grow(b, n, cap) for b in bufs]
+            bufs = [self._grown_rows(n, cap)] + [grow(b, n, cap) for b in bufs[1:]]
         elif not all(b.flags.writeable for b in bufs):  # a read-only memmap
             bufs = [grow(b, n, b.shape[0]) for b in bufs]
         Xb, yb, idb, rb, eb, wb, nb = bufs + [None] * (7 - len(bufs))
@@ -314,6 +335,9 @@ class VectorStore(StoreStateMixin, GuardedState):
         rb[n : n + m] = 1.0
         eb[n : n + m] = False
         wb[n : n + m] = weights
+        next_id = max(self._next_id, int(ids.max()) + 1) if m else self._next_id
+        if self._disk is not None:
+            self._disk.sync(Xb)  # the new rows reach the disk before the commit
         # Ctrl-C is held until index and rows agree: an id in the index that the
         # rows do not know would be issued again.
         with uninterrupted():
@@ -321,15 +345,45 @@ class VectorStore(StoreStateMixin, GuardedState):
                 self.engine.build(Xb[: n + m], idb[: n + m])
             else:
                 self.engine.add(Xb[n : n + m], ids)
+            try:
+                self._commit(
+                    [Xb, yb, idb, rb, eb, wb, nb][: len(bufs)],
+                    n + m,
+                    classes=new_classes,
+                    taxonomy=taxonomy,
+                    mean=mean,
+                    next_id=next_id,
+                    version=self._version + 1,
+                )
+            except BaseException:  # the disk refused: the index forgets the rows
+                self.engine.build(self._X[:n], self._ids[:n])
+                raise
             self._set_buffers([Xb, yb, idb, rb, eb, wb, nb])
             self._classes, self._mean = new_classes, mean
             self._taxonomy = taxonomy
             self._n = n + m
-            if m:
-                self._next_id = max(self._next_id, int(ids.max()) + 1)
+            self._next_id = next_id
             self._sorted = None
             self._version += 1
         return ids.copy()
+
+    @edits
+    def destroy(self) -> None:
+        """Zero and delete this store's files and empty it (a memory on disk that
+        is being replaced). A RAM store is only emptied."""
+        if self._disk is not None:
+            self._disk.destroy()
+        self._X = np.empty((0, self.n_features), dtype=self._X.dtype)
+        self._n = 0
+        self._sorted = None
+        self._version += 1
+
+    def _grown_rows(self, n: int, cap: int) -> np.ndarray:
+        """The vector rows with capacity ``cap``: a bigger file mapping on disk
+        (rows in place), a copy in RAM."""
+        if self._disk is not None:
+            return self._disk.buffer(cap)
+        return grow(self._X, n, cap)
 
     def _label_paths(self, labels: np.ndarray, classes, owner: str):
         """``(taxonomy, labels)``: for multi-output labels, the grown taxonomy and
@@ -484,6 +538,9 @@ class VectorStore(StoreStateMixin, GuardedState):
         self.engine.check_remove(self.n_features, n_new, bool(retrain_index))
         gone_rows = np.sort(self._rows_of(uniq))
         runs = kept_runs(gone_rows, n_old)
+        if self._disk is not None:
+            self._remove_on_disk(uniq, gone_rows, runs, n_new, bool(retrain_index))
+            return
         old = self._buffers()
         with uninterrupted():
             in_place = all(b.flags.writeable for b in old)
@@ -513,6 +570,36 @@ class VectorStore(StoreStateMixin, GuardedState):
             self._sorted = None
             self._version += 1
 
+    def _remove_on_disk(self, uniq, gone_rows, runs, n_new: int, retrain: bool):
+        """Remove with versioned files: the kept rows go to a new generation, the
+        commit switches to it, and only then are the removed rows zeroed in the
+        old file and the file deleted (``skknn/_disk.py``)."""
+        disk, n_old = self._disk, self._n
+        old = self._buffers()
+        small = [compact_inplace(np.array(b[:n_old]), runs) for b in old[1:]]
+        with uninterrupted():
+            gen, X_new = disk.write_generation(old[0], runs, n_new)
+            bufs = [X_new, *small]
+            try:
+                self.engine.remove(
+                    X_new[:n_new], small[1][:n_new], uniq, retrain=retrain
+                )
+            except BaseException:
+                disk.discard(gen)
+                raise
+            try:
+                self._commit(bufs, n_new, gen=gen, version=self._version + 1)
+            except BaseException:  # not committed: the index takes the old rows back
+                self.engine.build(old[0][:n_old], old[2][:n_old])
+                disk.discard(gen)
+                raise
+            old_gen, disk.gen = disk.gen, gen
+            self._set_buffers(bufs)
+            self._n = n_new
+            self._sorted = None
+            self._version += 1
+            disk.retire(old_gen, gone_rows)
+
     # -- reliabilities and exclusions -------------------------------------------------
     @edits
     def set_reliability(self, ids, reliability) -> None:
@@ -528,6 +615,9 @@ class VectorStore(StoreStateMixin, GuardedState):
             raise ValueError("reliability weights must be finite and > 0.")
         rel = self._rel.copy()  # keeps the spare capacity add() writes into
         rel[rows] = values
+        bufs = self._buffers()
+        bufs[3] = rel
+        self._commit(bufs, self._n, version=self._version + 1)
         self._rel = rel
         self._version += 1
 
@@ -543,6 +633,9 @@ class VectorStore(StoreStateMixin, GuardedState):
             )
         excl = self._excl.copy()
         excl[rows] = values
+        bufs = self._buffers()
+        bufs[4] = excl
+        self._commit(bufs, self._n, version=self._version + 1)
         self._excl = excl
         self._version += 1
 
@@ -554,7 +647,18 @@ class VectorStore(StoreStateMixin, GuardedState):
         not have raises ValueError and changes nothing.
         """
         refine, engine_params = split_refine(self.engine_name, dict(params))
+        _, old = split_refine(self.engine_name, self.index_params)
         self.engine.set_params(engine_params)
+        try:
+            self._commit(
+                self._buffers(),
+                self._n,
+                index_params=dict(params),
+                version=self._version + 1,
+            )
+        except BaseException:
+            self.engine.set_params(old)
+            raise
         self.index_params, self._refine = dict(params), refine
         self._version += 1
 

@@ -12,6 +12,7 @@ import uuid
 import numpy as np
 import torch
 
+from skknn._disk import DiskVectors
 from skknn._hierarchy import Taxonomy
 from skknn._locks import reads
 from skknn._store_checks import check_state
@@ -23,44 +24,73 @@ class StoreStateMixin:
     @reads
     def state(self) -> tuple[dict, dict]:
         """``(meta, arrays)``: JSON-able scalars and the arrays, trimmed to the rows."""
+        meta, arrays = self._state_of(self._buffers(), self._n)
+        for name, value in self.engine.state().items():
+            arrays["engine/" + name] = value
+        return meta, arrays
+
+    def _state_of(self, bufs: list, n: int, **changes) -> tuple[dict, dict]:
+        """The state the store has, or would have with ``bufs``, ``n`` rows and
+        the ``changes`` (classes, taxonomy, mean, next_id, version,
+        index_params) an edit is about to make; without the engine's state."""
         from skknn.io import labels_to_json
 
+        now = {
+            "classes": self._classes,
+            "taxonomy": self._taxonomy,
+            "mean": self._mean,
+            "next_id": self._next_id,
+            "version": self._version,
+            "index_params": self.index_params,
+        }
+        now.update(changes)
+        classes, taxonomy = now["classes"], now["taxonomy"]
         meta = {
             "n_features": self.n_features,
             "metric": self.metric.name,
             "preprocessing": self.preprocessing,
             "engine": self.engine_name,
             "storage_dtype": self.storage_dtype,
-            "index_params": self.index_params,
-            "next_id": int(self._next_id),
+            "index_params": now["index_params"],
+            "next_id": int(now["next_id"]),
             "uid": self.uid,
-            "version": int(self._version),
-            "classes": None if self._classes is None else labels_to_json(self.classes),
+            "version": int(now["version"]),
+            "classes": None if classes is None else labels_to_json(classes),
         }
-        if self._taxonomy is not None:
-            meta["taxonomy"] = [labels_to_json(c) for c in self._taxonomy.classes]
-        n = self._n
+        if taxonomy is not None:
+            meta["taxonomy"] = [labels_to_json(c) for c in taxonomy.classes]
+        X, y, ids, rel, excl, sw = bufs[:6]
         arrays = {
-            "embeddings": np.ascontiguousarray(self._X[:n]),
-            "labels": np.ascontiguousarray(self._y[:n]),
-            "sample_ids": np.ascontiguousarray(self._ids[:n]),
-            "reliability": np.ascontiguousarray(self._rel[:n]),
-            "excluded": np.ascontiguousarray(self._excl[:n]),
-            "sample_weight": np.ascontiguousarray(self._sw[:n]),
+            "embeddings": np.ascontiguousarray(X[:n]),
+            "labels": np.ascontiguousarray(y[:n]),
+            "sample_ids": np.ascontiguousarray(ids[:n]),
+            "reliability": np.ascontiguousarray(rel[:n]),
+            "excluded": np.ascontiguousarray(excl[:n]),
+            "sample_weight": np.ascontiguousarray(sw[:n]),
         }
-        if self._norm is not None:
-            arrays["norms"] = np.ascontiguousarray(self._norm[:n])
-        if self._mean is not None:
-            arrays["mean"] = self._mean
-        if self._taxonomy is not None:
-            arrays["taxonomy_paths"] = self._taxonomy.paths
-        for name, value in self.engine.state().items():
-            arrays["engine/" + name] = value
+        if len(bufs) > 6:
+            arrays["norms"] = np.ascontiguousarray(bufs[6][:n])
+        if now["mean"] is not None:
+            arrays["mean"] = now["mean"]
+        if taxonomy is not None:
+            arrays["taxonomy_paths"] = taxonomy.paths
         return meta, arrays
 
+    def _commit(self, bufs: list, n: int, gen: int | None = None, **changes) -> None:
+        """On disk, commit the state an edit is about to make (nothing in RAM)."""
+        if self._disk is None:
+            return
+        meta, arrays = self._state_of(bufs, n, **changes)
+        del arrays["embeddings"]  # they are the generation file's rows
+        self._disk.commit(meta, arrays, self._disk.gen if gen is None else gen, n)
+
     @classmethod
-    def from_state(cls, meta: dict, arrays: dict, device: torch.device):
-        """The store :meth:`state` described, its engine on ``device``."""
+    def from_state(
+        cls, meta: dict, arrays: dict, device: torch.device, storage_path=None
+    ):
+        """The store :meth:`state` described, its engine on ``device``; with
+        ``storage_path``, its vectors streamed into a file there (never whole in
+        RAM). Without the engine's state, the index is built afresh."""
         from skknn.io import labels_from_json
 
         check_state(meta, arrays)
@@ -75,6 +105,11 @@ class StoreStateMixin:
         )
         X = arrays["embeddings"]
         n = X.shape[0]
+        if storage_path is not None:
+            store._disk = DiskVectors.new(storage_path, X.shape[1], X.dtype)
+            rows = store._disk.write_generation(X, [(0, n)], n)[1]
+            store._disk.gen += 1
+            X = rows[:n]
         store._X, store._y, store._ids = X, arrays["labels"], arrays["sample_ids"]
         store._rel, store._excl = arrays["reliability"], arrays["excluded"]
         # Files of format 1 had no sample weights.
@@ -96,11 +131,37 @@ class StoreStateMixin:
         engine_state = {
             k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("engine/")
         }
-        if n:
+        if n and engine_state:
             store.engine.load_state(engine_state, store._X[:n], store._ids[:n])
+        elif n:
+            store.engine.build(store._X[:n], store._ids[:n])
+        if store._disk is not None:
+            store._commit(store._buffers(), n)
+        return store
+
+    @classmethod
+    def open(cls, folder, device="cpu"):
+        """Reopen the last committed state of a store's folder (its vectors
+        memory-mapped, the index built afresh from them)."""
+        disk, meta, arrays, rows, n = DiskVectors.open(folder)
+        arrays["embeddings"] = rows[:n]
+        try:
+            store = cls.from_state(meta, arrays, torch.device(device))
+        except BaseException:
+            disk._release()
+            raise
+        store._X, store._disk = rows, disk
         return store
 
     def __getstate__(self):
+        if self._disk is not None:
+            raise TypeError(
+                "A memory kept on disk (storage_path) is not pickled: the pickle "
+                "would copy every vector through RAM, and two copies would share "
+                "one folder. Save it with est.save(path) (streamed from the file) "
+                "and read it with skknn.load(path, mmap=True), or reopen its "
+                "folder with skknn.load(storage_path)."
+            )
         # Copies, taken under the lock: pickle writes them after it is released,
         # and an edit compacts the buffers in place (and a copy.copy must not
         # share them).

@@ -206,8 +206,9 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def read_archive(path) -> tuple[dict, dict]:
-    """Read an archive written by :func:`write_archive` (no pickle anywhere)."""
+def read_archive(path, mmap: bool = False) -> tuple[dict, dict]:
+    """Read an archive written by :func:`write_archive` (no pickle anywhere);
+    with ``mmap``, the embeddings are memory-mapped read-only, not read."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No skknn model file at {str(path)!r}.")
@@ -215,12 +216,15 @@ def read_archive(path) -> tuple[dict, dict]:
         with zipfile.ZipFile(path) as zf:
             meta = json.loads(zf.read(_META))
             arrays = {}
-            for name in zf.namelist():
+            for info in zf.infolist():
+                name = info.filename
                 if name.startswith("arrays/") and name.endswith(".npy"):
+                    key = name[len("arrays/") : -len(".npy")]
+                    if mmap and key.endswith("embeddings"):
+                        arrays[key] = _mapped_member(path, info)
+                        continue
                     data = _io.BytesIO(zf.read(name))
-                    arrays[name[len("arrays/") : -len(".npy")]] = (
-                        np.lib.format.read_array(data, allow_pickle=False)
-                    )
+                    arrays[key] = np.lib.format.read_array(data, allow_pickle=False)
     except (
         zipfile.BadZipFile,
         KeyError,
@@ -245,6 +249,39 @@ def read_archive(path) -> tuple[dict, dict]:
     return meta, arrays
 
 
+def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
+    """A stored (uncompressed) ``.npy`` member memory-mapped read-only, in place
+    in the archive: its data start after the zip local header and the npy header."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"member {info.filename!r} is compressed; cannot map it")
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"member {info.filename!r} has no local header")
+        name_len = int.from_bytes(local[26:28], "little")
+        extra_len = int.from_bytes(local[28:30], "little")
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        offset = fh.tell()
+    if dtype.hasobject:
+        raise ValueError(f"member {info.filename!r} holds objects")
+    if int(np.prod(shape)) == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.memmap(
+        path,
+        dtype=dtype,
+        mode="r",
+        offset=offset,
+        shape=shape,
+        order="F" if fortran else "C",
+    )
+
+
 # -- estimators -----------------------------------------------------------------
 def save(est, path) -> None:
     """Save a fitted skknn estimator to ``path`` (see module docstring)."""
@@ -263,12 +300,22 @@ def save(est, path) -> None:
         write_archive(path, meta, arrays)
 
 
-def load(path):
-    """Load an estimator saved with ``est.save(path)``.
+def load(path, *, mmap: bool = False):
+    """Load an estimator saved with ``est.save(path)``, or reopen the memory of
+    a ``storage_path`` folder.
 
     Parameters
     ----------
     path : str or path-like
+        A file written by ``save``, or a folder given as ``storage_path`` to a
+        fitted ``KNNVoter``: its last committed memory is reopened (vectors
+        memory-mapped, the index built afresh from them) inside the estimator
+        that was last fitted there.
+    mmap : bool, default=False
+        Memory-map the file's embeddings (read-only, in place in the file)
+        instead of reading them: a large memory loads in seconds and its pages
+        are the OS's cache. Edits then copy the vectors into RAM (the loaded
+        estimator's ``storage_path`` is None).
 
     Returns
     -------
@@ -285,7 +332,11 @@ def load(path):
     >>> skknn.load(path).predict([[0.1, 0.9]])
     array([0])
     """
-    meta, arrays = read_archive(path)
+    if Path(path).is_dir():
+        from skknn._storage_folder import open_folder
+
+        return open_folder(path)
+    meta, arrays = read_archive(path, mmap=mmap)
     name = meta.get("class")
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"{str(path)!r} holds an unknown class {name!r}.")

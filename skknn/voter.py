@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -87,6 +88,16 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         How the memory keeps its vectors (for exact distances, refinement,
         leave-one-out and retraining after :meth:`unlearn`). ``"float16"``
         halves their RAM; distances are still computed in float32.
+    storage_path : str or path-like, default=None
+        None keeps the vectors in RAM. A folder keeps them in a memory-mapped
+        file there (in a sub-folder per memory); the RAM holds the index, ids,
+        labels and reliabilities. Every edit is committed to the folder
+        crash-safely: a process killed mid-edit leaves the last committed
+        memory, which ``skknn.load(storage_path)`` reopens. ``unlearn`` writes
+        the kept vectors to a new file and zeroes the removed ones in the old
+        file before deleting it, so their bytes leave the folder. A refit
+        replaces the folder's memory (the old files are zeroed and deleted).
+        Such a memory is not pickled: :meth:`save` streams it to a file.
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     batch_size : int, default=4096
@@ -193,6 +204,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         verbose: bool = False,
         reranker: Callable | None = None,
         storage_dtype: str = "float32",
+        storage_path=None,
     ):
         self.n_neighbors = n_neighbors
         self.voting = voting
@@ -208,6 +220,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         self.verbose = verbose
         self.reranker = reranker
         self.storage_dtype = storage_dtype
+        self.storage_path = storage_path
 
     # -- parameters -----------------------------------------------------------
     def _check_vote_params(self) -> None:
@@ -230,6 +243,13 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         """Parameters that shape the memory (fixed from the first fit on)."""
         check_option(self, "metric", self.metric, METRICS)
         check_option(self, "storage_dtype", self.storage_dtype, STORAGE_DTYPES)
+        if self.storage_path is not None and not isinstance(
+            self.storage_path, (str, os.PathLike)
+        ):
+            raise TypeError(
+                "The 'storage_path' parameter of KNNVoter must be a folder path or "
+                f"None. Got {self.storage_path!r} instead."
+            )
         if self.preprocessing is not None:
             check_option(self, "preprocessing", self.preprocessing, PREPROCESSING)
         if not isinstance(self.index, str) or not self.index:
@@ -259,6 +279,9 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             "preprocessing": self.preprocessing,
             "index": self.index,
             "storage_dtype": self.storage_dtype,
+            "storage_path": None
+            if self.storage_path is None
+            else str(self.storage_path),
         }
 
     def _check_memory_unchanged(self) -> None:
@@ -392,14 +415,31 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                     device=device,
                     index_params=self.index_params,
                     storage_dtype=self.storage_dtype,
+                    storage_path=self.storage_path,
                 )
             else:
                 store = self.memory_
             store.add(X, y, sample_ids, classes=classes, sample_weight=sample_weight)
         if first_call:
+            old = self.__dict__.get("memory_")
             self.memory_ = store
             self._fitted_config_ = self._memory_config()
+            self._publish_storage(old)
         return self
+
+    def _publish_storage(self, old=None) -> None:
+        """Name the memory a reopening of ``storage_path`` gives, then delete
+        the replaced memory's files and those of memories no live store holds."""
+        if self.memory_.storage_folder is None:
+            if old is not None and old.storage_folder is not None:
+                old.destroy()
+            return
+        from skknn import _storage_folder
+
+        _storage_folder.publish(self)
+        if old is not None and old.storage_folder is not None:
+            old.destroy()
+        _storage_folder.purge(self.storage_path, keep=self.memory_.storage_folder)
 
     # -- editing --------------------------------------------------------------
     def unlearn(self, sample_ids, retrain_index: bool = True):
@@ -829,6 +869,10 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         return meta, arrays
 
     def __skknn_load__(self, meta: dict, arrays: dict, version: int) -> None:
+        if isinstance(arrays.get("memory/embeddings"), np.memmap):
+            # skknn.load(mmap=True): the memory is the file's, mapped read-only
+            # (edits copy it into RAM), not a storage folder's.
+            self.storage_path = None
         device = device_after_unpickling(meta["device"], owner=type(self).__name__)
         mem_arrays = subtree(arrays, "memory/")
         if version < 2:  # skknn 0.1 kept classes, the centre and config outside
@@ -841,7 +885,9 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 device=device,
             )
         else:
-            self.memory_ = VectorStore.from_state(meta["memory"], mem_arrays, device)
+            self.memory_ = VectorStore.from_state(
+                meta["memory"], mem_arrays, device, storage_path=self.storage_path
+            )
         if meta["n_features_in"] != self.memory_.n_features:
             raise ValueError(
                 f"n_features_in {meta['n_features_in']!r} disagrees with the "
@@ -858,10 +904,14 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             name: meta["fitted_config"][name]
             for name in ("metric", "preprocessing", "index")
         }
-        # Files before storage_dtype existed held float32 memories.
+        # Files before storage_dtype existed held float32 memories. The memory
+        # goes where this estimator's storage_path says (RAM or a folder).
         self._fitted_config_["storage_dtype"] = meta["fitted_config"].get(
             "storage_dtype", "float32"
         )
+        self._fitted_config_["storage_path"] = self._memory_config()["storage_path"]
+        if self.memory_.storage_folder is not None:
+            self._publish_storage()
         # A file's parameters must describe its memory, as after a fit.
         self._check_vote_params()
         self._check_memory_params()
@@ -878,6 +928,30 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 f"the parameters {self._memory_config()} do not describe the "
                 f"memory ({built})"
             )
+
+    def __skknn_folder_state__(self) -> dict:
+        """The fitted attributes a reopened storage folder needs besides the
+        memory (``skknn/_storage_folder.py``)."""
+        state = {
+            "n_features_in": int(self.n_features_in_),
+            "fitted_config": self._fitted_config_,
+            "device": str(self.device_),
+        }
+        if hasattr(self, "feature_names_in_"):
+            state["feature_names_in"] = [str(f) for f in self.feature_names_in_]
+        return state
+
+    def __skknn_open__(self, folder, state: dict, device=None) -> None:
+        """Become the estimator of a storage folder, around its reopened memory."""
+        device = device_after_unpickling(
+            state["device"] if device is None else device, owner=type(self).__name__
+        )
+        self.memory_ = VectorStore.open(folder, device)
+        self.n_features_in_ = int(state["n_features_in"])
+        if "feature_names_in" in state:
+            self.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
+        self._fitted_config_ = dict(state["fitted_config"])
+        self._check_memory_unchanged()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
