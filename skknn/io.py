@@ -93,6 +93,8 @@ def params_to_json(est) -> dict:
             )
         elif isinstance(value, tuple):
             value = {"__tuple__": list(value)}
+        elif isinstance(value, os.PathLike):
+            value = os.fspath(value)
         try:
             json.dumps(value)
         except TypeError as exc:
