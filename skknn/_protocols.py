@@ -20,18 +20,22 @@ from skknn._neighbors import Neighbors
 
 @runtime_checkable
 class SearchEngine(Protocol):
-    """Finds the nearest rows of a store's pre-processed float32 vectors.
+    """Finds the nearest rows of a store's pre-processed vectors (float32, or
+    float16 widened block by block).
 
     Engines address rows either by position in the store's array
     (``keys_are_ids = False``: they search that array itself) or by sample id
     (``True``: they hold their own copy or codes, as FAISS indexes do). A key of
     -1 marks a slot with no neighbour. An edit either completes or raises with
     the engine unchanged: the store relies on that to stay all-or-nothing.
+    ``ready`` is False while an index waits for enough samples to train: the
+    store then calls :meth:`build` on every add instead of :meth:`add`.
     """
 
     metric: Metric
     device: torch.device
     keys_are_ids: bool
+    ready: bool
 
     def build(self, X: np.ndarray, ids: np.ndarray) -> None:
         """Index ``X`` (rows with sample ``ids``) from scratch."""

@@ -30,6 +30,11 @@ from skknn._metric import Metric
 WIDEN_BLOCK = 65536
 
 
+# An IVF index trains when the memory first holds this many samples per
+# inverted list (FAISS warns below it); until then its searches are exact.
+TRAIN_PER_LIST = 39
+
+
 def train_sample_size(nlist: int) -> int:
     """Training rows of a FAISS index with trained parts, at most: FAISS itself
     subsamples k-means to 256 points per centroid, and PQ codebooks to 65,536."""
@@ -54,6 +59,19 @@ def _merge_top(best, new, k: int, largest: bool):
     return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
 
 
+def flat_search(faiss, metric: Metric, X: np.ndarray, Q: np.ndarray, k: int):
+    """Exact FAISS search of the rows ``X`` (widened a block at a time when they
+    are float16): ``(scores, rows)``."""
+    faiss_metric = metric.faiss_metric(faiss)
+    if X.dtype == np.float32:
+        return faiss.knn(Q, X, k, metric=faiss_metric)
+    best = None
+    for start, rows in float32_blocks(X):
+        s, i = faiss.knn(Q, rows, min(k, rows.shape[0]), metric=faiss_metric)
+        best = _merge_top(best, (s, i + start), k, metric.inner_product)
+    return best
+
+
 class TorchExactEngine:
     """Exact search: query blocks x memory blocks, matrix product, running top-k.
 
@@ -63,6 +81,7 @@ class TorchExactEngine:
     """
 
     keys_are_ids = False
+    ready = True  # nothing to train
 
     def __init__(
         self,
@@ -178,6 +197,7 @@ class FaissFlatEngine:
     CUDA device, a ``GpuIndexFlat`` mirrors the store on the GPU instead."""
 
     keys_are_ids = False
+    ready = True  # nothing to train
 
     def __init__(self, metric: Metric, device: torch.device):
         self.faiss = import_faiss("index='flat'")
@@ -228,19 +248,10 @@ class FaissFlatEngine:
         self.build(X_kept, ids_kept)
 
     def search(self, X: np.ndarray, Q: np.ndarray, k: int):
-        faiss_metric = self.metric.faiss_metric(self.faiss)
         if self._gpu_index is not None:
             score, keys = self._gpu_index.search(Q, k)
-        elif X.dtype == np.float32:
-            score, keys = self.faiss.knn(Q, X, k, metric=faiss_metric)
-        else:  # float16 storage: exact search a widened block at a time
-            best = None
-            for start, rows in float32_blocks(X):
-                s, i = self.faiss.knn(
-                    Q, rows, min(k, rows.shape[0]), metric=faiss_metric
-                )
-                best = _merge_top(best, (s, i + start), k, self.metric.inner_product)
-            score, keys = best
+        else:
+            score, keys = flat_search(self.faiss, self.metric, X, Q, k)
         return self.metric.to_distance(score), keys
 
     def state(self) -> dict:
@@ -254,14 +265,16 @@ class FaissIndexEngine:
     """Any ``faiss.index_factory`` index, addressed by sample id.
 
     The index keeps its own codes (compressed for PQ/SQ, full vectors for
-    ``IVF...,Flat`` and ``HNSW...``), trained on the memory at first build. Removal
+    ``IVF...,Flat`` and ``HNSW...``). An IVF index is trained when the memory
+    first holds ``TRAIN_PER_LIST`` (39) samples per inverted list, on a random
+    sample of at most :func:`train_sample_size` of them; until then it is not
+    built (:attr:`ready` is False), the store rebuilds it at each add, and
+    searches are exact over the store's rows. Removal
     with ``retrain=True`` trains a fresh index on the remaining vectors (centroids
     and codebooks fitted with the removed vectors would still carry them);
     otherwise it uses the index's ``remove_ids`` where FAISS supports it, or
     rebuilds the codes on the kept trained parts. Removed vectors' codes never stay.
     """
-
-    keys_are_ids = True
 
     def __init__(
         self, metric: Metric, device: torch.device, factory: str, params: dict
@@ -272,8 +285,20 @@ class FaissIndexEngine:
         self.factory = factory
         self.params = dict(params or {})
         self.index = None
+        self._d: int | None = None
         self._res = None
         self._min_train: tuple[int, int] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the index is built (an IVF index waits for enough samples)."""
+        return self.index is not None
+
+    @property
+    def keys_are_ids(self) -> bool:
+        # The index answers with ids; before it is built, exact search of the
+        # store's rows answers with rows.
+        return self.index is not None
 
     # -- construction ---------------------------------------------------------
     def _new_index(self, d: int):
@@ -336,6 +361,19 @@ class FaissIndexEngine:
     def set_params(self, params: dict) -> None:
         """Apply search knobs by their FAISS names; all or none. A knob left out
         goes back to FAISS's default (read off a fresh index of the same kind)."""
+        if self.index is None:  # checked on a fresh index; applied when built
+            if self._d is not None:
+                probe, self.index = self.index, self._new_index(self._d)
+                old, self.params = self.params, dict(params)
+                try:
+                    self._apply_params(self.index)
+                except ValueError:
+                    self.params = old
+                    raise
+                finally:
+                    self.index = probe
+            self.params = dict(params)
+            return
         old = self.params
         dropped = {name: self._default(name) for name in old if name not in params}
         self.params = {**dropped, **params}
@@ -349,7 +387,7 @@ class FaissIndexEngine:
 
     def _default(self, name: str):
         """FAISS's default value of a search knob, for the knobs skknn resets."""
-        fresh = self._new_index(self.index.d)
+        fresh = self._new_index(self._d)
         ivf = self.faiss.try_extract_index_ivf(fresh)
         if name == "nprobe" and ivf is not None:
             return int(ivf.nprobe)
@@ -387,6 +425,12 @@ class FaissIndexEngine:
             return index
 
     def build(self, X: np.ndarray, ids: np.ndarray) -> None:
+        self._d = X.shape[1]
+        if X.shape[0] < self._build_rows(X.shape[1]):
+            # Too few samples to train the lists well: exact search until then.
+            self._new_index(X.shape[1])  # a bad factory string fails now
+            self.index = None
+            return
         index = self._new_index(X.shape[1])
         self._train(index, X)
         _add_blocks(index, X, ids)
@@ -396,6 +440,12 @@ class FaissIndexEngine:
 
     def add(self, X_new: np.ndarray, ids_new: np.ndarray) -> None:
         _add_blocks(self.index, X_new, ids_new)
+
+    def _build_rows(self, d: int) -> int:
+        """Samples an index needs before it is built: ``TRAIN_PER_LIST`` per
+        inverted list for IVF, else any."""
+        ivf = self.faiss.try_extract_index_ivf(self._new_index(d))
+        return 0 if ivf is None else TRAIN_PER_LIST * int(ivf.nlist)
 
     def _min_train_samples(self, d: int) -> int:
         """0 when the index has no trained parts, else the fewest samples that can
@@ -408,19 +458,14 @@ class FaissIndexEngine:
         return self._min_train[1]
 
     def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
-        """Raise, before the store changes, if retraining on what is kept fails."""
-        need = self._min_train_samples(n_features) if retrain else 0
-        if 0 < n_kept < need:
-            raise ValueError(
-                f"Retraining index={self.factory!r} after unlearning needs at least "
-                f"{need} remaining samples; {n_kept} would remain. Pass "
-                "retrain_index=False to keep the trained centroids instead."
-            )
+        """Nothing can fail before the store changes: a retrained index with too
+        few samples left waits for more (exact search), as a fresh fit would."""
+        return None
 
     def remove(
         self, X_kept: np.ndarray, ids_kept: np.ndarray, ids_removed, retrain=False
     ) -> None:
-        if not self._min_train_samples(X_kept.shape[1]):
+        if self.index is None or not self._min_train_samples(X_kept.shape[1]):
             # Nothing trained (HNSW, PQ-less flat codes): a fresh build is as cheap
             # as re-adding into a clone, and equals a fresh fit (a clone would
             # carry the HNSW level generator's state on).
@@ -463,6 +508,12 @@ class FaissIndexEngine:
         ``efSearch`` from 16 to 512 for HNSW; refinement only where the index
         keeps compact codes (PQ, SQ), since exact codes gain nothing from it."""
         faiss = self.faiss
+        if self.index is None:
+            raise ValueError(
+                f"index={self.factory!r} is not built yet: the memory holds fewer "
+                f"than {self._build_rows(n_features)} samples ({TRAIN_PER_LIST} per "
+                "inverted list), and its searches are exact."
+            )
         cpu = self._cpu_index()
         ivf = faiss.try_extract_index_ivf(cpu)
         inner = faiss.downcast_index(getattr(cpu, "index", cpu))
@@ -485,10 +536,15 @@ class FaissIndexEngine:
         return self.index
 
     def search(self, X: np.ndarray, Q: np.ndarray, k: int):
-        score, keys = self.index.search(Q, k)
+        if self.index is None:
+            score, keys = flat_search(self.faiss, self.metric, X, Q, k)
+        else:
+            score, keys = self.index.search(Q, k)
         return self.metric.to_distance(score), keys
 
     def state(self) -> dict:
+        if self.index is None:
+            return {}
         data = self.faiss.serialize_index(self._cpu_index())
         return {"faiss_index": np.asarray(data, dtype=np.uint8)}
 

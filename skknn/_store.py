@@ -341,7 +341,7 @@ class VectorStore(StoreStateMixin, GuardedState):
         # Ctrl-C is held until index and rows agree: an id in the index that the
         # rows do not know would be issued again.
         with uninterrupted():
-            if n == 0:
+            if n == 0 or not self.engine.ready:  # an index waiting for samples
                 self.engine.build(Xb[: n + m], idb[: n + m])
             else:
                 self.engine.add(Xb[n : n + m], ids)

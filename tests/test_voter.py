@@ -188,8 +188,6 @@ def test_approximate_indexes_with_exhaustive_knobs_are_exact(factory, params, rn
 @needs_faiss
 def test_index_errors_are_clear(rng):
     X = rng.normal(size=(20, 4))
-    with pytest.raises(ValueError, match="at least that many samples"):
-        KNNVoter(index="IVF64,Flat").fit(X, np.zeros(20))
     with pytest.raises(ValueError, match=r"not a valid faiss\.index_factory"):
         KNNVoter(index="NoSuchIndex42").fit(X, np.zeros(20))
     with pytest.raises(ValueError, match="no parameter 'bogus'"):
@@ -313,17 +311,39 @@ def test_unlearn_retrains_the_index_as_a_fresh_fit_would(factory, rng):
 
 
 @needs_faiss
-def test_unlearn_refuses_to_retrain_on_too_few_samples(rng):
-    X = rng.normal(size=(40, 8)).astype(np.float32)
-    est = KNNVoter(3, index="IVF16,Flat").fit(X, rng.integers(0, 2, 40))
-    ids = est.sample_ids_
-    with pytest.raises(ValueError, match="at least 16 remaining samples"):
-        est.unlearn(np.arange(30))
-    np.testing.assert_array_equal(est.sample_ids_, ids)  # nothing removed
-    est.unlearn(np.arange(30), retrain_index=False)
-    assert est.memory_.n_samples == 10
-    est.unlearn(est.sample_ids_)  # emptying the memory needs no training
-    assert est.memory_.n_samples == 0
+def test_an_ivf_index_waits_for_enough_samples_and_searches_exactly_until_then(rng):
+    """IVF16 trains when the memory first holds 39 x 16 = 624 samples; below
+    that (fit, partial_fit or unlearn) it searches exactly, as a fresh fit on the
+    same samples would."""
+    X = rng.normal(size=(1000, 8)).astype(np.float32)
+    y = rng.integers(0, 2, 1000)
+    Q = rng.normal(size=(30, 8)).astype(np.float32)
+    exact = KNNVoter(5, index="exact").fit(X[:300], y[:300])
+    est = KNNVoter(5, index="IVF16,Flat", index_params={"nprobe": 1})
+    est.fit(X[:300], y[:300])
+    assert not est.memory_.engine.ready
+    np.testing.assert_array_equal(est.kneighbors(Q)[1], exact.kneighbors(Q)[1])
+    est.partial_fit(X[300:600], y[300:600])
+    assert not est.memory_.engine.ready  # 600 < 624
+    est.partial_fit(X[600:], y[600:])
+    assert est.memory_.engine.ready
+    assert est.memory_.engine.index.ntotal == 1000
+    fresh = KNNVoter(5, index="IVF16,Flat", index_params={"nprobe": 1}).fit(X, y)
+    assert (
+        est.memory_.engine.state()["faiss_index"].tobytes()
+        == fresh.memory_.engine.state()["faiss_index"].tobytes()
+    )
+    est.unlearn(np.arange(500))  # 500 left: back to exact search
+    assert not est.memory_.engine.ready
+    kept = KNNVoter(5, index="exact").fit(
+        X[500:], y[500:], sample_ids=np.arange(500, 1000)
+    )
+    np.testing.assert_array_equal(est.kneighbors(Q)[1], kept.kneighbors(Q)[1])
+    with pytest.raises(ValueError, match="not built yet"):
+        est.tune_index(Q)
+    est.set_params(index_params={"nprobe": 4})  # checked now, applied when built
+    with pytest.raises(ValueError, match="no parameter 'bogus'"):
+        est.set_params(index_params={"bogus": 1})
 
 
 @needs_faiss
