@@ -36,9 +36,10 @@ TRAIN_PER_LIST = 39
 
 
 def train_sample_size(nlist: int) -> int:
-    """Training rows of a FAISS index with trained parts, at most: FAISS itself
-    subsamples k-means to 256 points per centroid, and PQ codebooks to 65,536."""
-    return max(256 * nlist, 65536)
+    """Training rows of a FAISS index with trained parts, at most: 64 per
+    inverted list (FAISS's k-means would take up to 256, at four times the cost;
+    30 to 256 is its documented range) and at least 65,536 (PQ codebooks)."""
+    return max(64 * nlist, 65536)
 
 
 def float32_blocks(X: np.ndarray, size: int = WIDEN_BLOCK):
@@ -576,6 +577,21 @@ def _no_params(name: str, params: dict) -> None:
             f"{params!r}. Search knobs such as nprobe or efSearch belong to a "
             "faiss.index_factory index ('IVF1024,Flat', 'HNSW32')."
         )
+
+
+# index="auto": exact search below AUTO_MIN_SAMPLES samples, compact codes with
+# exact re-ranking from the stored vectors above. The knobs keep >= 99% of exact
+# search's predictions on benchmarks/bench_large.py (RESULTS.md).
+AUTO_MIN_SAMPLES = 1_000_000
+AUTO_INDEX = "IVF4096,PQ32"
+AUTO_PARAMS = {"nprobe": 32, "refine": 4}
+
+
+def auto_engine(n_samples: int) -> tuple[str, dict]:
+    """The engine and knobs ``index="auto"`` uses for a memory of this size."""
+    if n_samples < AUTO_MIN_SAMPLES:
+        return "flat", {}
+    return AUTO_INDEX, dict(AUTO_PARAMS)
 
 
 def split_refine(engine: str, params: dict) -> tuple[int, dict]:

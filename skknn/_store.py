@@ -30,7 +30,7 @@ from skknn._metric import METRICS, Metric
 from skknn._neighbors import MISSING, Neighbors
 from skknn._preprocessing import PREPROCESSING, fit_center, preprocess_inplace
 from skknn._rows import compact_inplace, expand_inplace, grow, kept_runs, uninterrupted
-from skknn._search import make_engine, split_refine
+from skknn._search import auto_engine, make_engine, split_refine
 from skknn._store_checks import MAX_ID, STORAGE_DTYPES, checked_ids, checked_weights
 from skknn._store_io import StoreStateMixin
 
@@ -51,8 +51,11 @@ class VectorStore(StoreStateMixin, GuardedState):
         Applied to stored and query vectors alike (FORMULAS.md 1). The centre of
         ``"center_l2"`` is the mean of the first :meth:`add`, frozen after it.
     engine : str, default="flat"
-        ``"exact"`` (torch), ``"flat"`` (FAISS exact) or a ``faiss.index_factory``
-        string.
+        ``"exact"`` (torch), ``"flat"`` (FAISS exact), a ``faiss.index_factory``
+        string, or ``"auto"``: FAISS exact search below ``AUTO_MIN_SAMPLES``
+        (1,000,000) samples and ``AUTO_INDEX`` (``"IVF4096,PQ32"``) with
+        ``AUTO_PARAMS`` (``nprobe=32, refine=4``) from then on, switched as the
+        memory grows or shrinks past it (``skknn/_search.py``).
     device : str or torch.device, default="cpu"
         Where the engine searches.
     index_params : dict, default=None
@@ -133,6 +136,14 @@ class VectorStore(StoreStateMixin, GuardedState):
         self.n_features = int(n_features)
         self.metric: Metric = METRICS[metric]
         self.preprocessing = preprocessing
+        self.auto = engine == "auto"
+        if self.auto:
+            if index_params:
+                raise ValueError(
+                    "engine='auto' chooses its own index_params; got "
+                    f"{index_params!r}. Name an index to set its knobs."
+                )
+            engine, index_params = auto_engine(0)
         self.engine_name = engine
         self.device = torch.device(device)
         if storage_dtype not in STORAGE_DTYPES:
@@ -338,13 +349,15 @@ class VectorStore(StoreStateMixin, GuardedState):
         next_id = max(self._next_id, int(ids.max()) + 1) if m else self._next_id
         if self._disk is not None:
             self._disk.sync(Xb)  # the new rows reach the disk before the commit
+        switch = self._auto_switch(n + m)
+        engine = self.engine if switch is None else switch[0]
         # Ctrl-C is held until index and rows agree: an id in the index that the
         # rows do not know would be issued again.
         with uninterrupted():
-            if n == 0 or not self.engine.ready:  # an index waiting for samples
-                self.engine.build(Xb[: n + m], idb[: n + m])
+            if n == 0 or not engine.ready or switch is not None:
+                engine.build(Xb[: n + m], idb[: n + m])
             else:
-                self.engine.add(Xb[n : n + m], ids)
+                engine.add(Xb[n : n + m], ids)
             try:
                 self._commit(
                     [Xb, yb, idb, rb, eb, wb, nb][: len(bufs)],
@@ -354,10 +367,13 @@ class VectorStore(StoreStateMixin, GuardedState):
                     mean=mean,
                     next_id=next_id,
                     version=self._version + 1,
+                    **({} if switch is None else switch[1]),
                 )
             except BaseException:  # the disk refused: the index forgets the rows
-                self.engine.build(self._X[:n], self._ids[:n])
+                if switch is None:
+                    self.engine.build(self._X[:n], self._ids[:n])
                 raise
+            self._use_engine(switch)
             self._set_buffers([Xb, yb, idb, rb, eb, wb, nb])
             self._classes, self._mean = new_classes, mean
             self._taxonomy = taxonomy
@@ -377,6 +393,26 @@ class VectorStore(StoreStateMixin, GuardedState):
         self._n = 0
         self._sorted = None
         self._version += 1
+
+    def _auto_switch(self, n: int):
+        """For ``engine="auto"``, ``(new engine, its name and knobs)`` when a
+        memory of ``n`` samples calls for the other engine; else None."""
+        if not self.auto:
+            return None
+        name, params = auto_engine(n)
+        if name == self.engine_name:
+            return None
+        engine = make_engine(
+            name, self.metric, self.device, split_refine(name, params)[1]
+        )
+        return engine, {"engine_name": name, "index_params": params}
+
+    def _use_engine(self, switch) -> None:
+        if switch is not None:
+            self.engine = switch[0]
+            self.engine_name = switch[1]["engine_name"]
+            self.index_params = switch[1]["index_params"]
+            self._refine = split_refine(self.engine_name, self.index_params)[0]
 
     def _grown_rows(self, n: int, cap: int) -> np.ndarray:
         """The vector rows with capacity ``cap``: a bigger file mapping on disk
@@ -555,16 +591,24 @@ class VectorStore(StoreStateMixin, GuardedState):
                 bufs = old
             else:  # read-only buffers (a memmap from joblib): compact into copies
                 bufs = [compact_inplace(np.array(b[:n_old]), runs) for b in old]
+            switch = self._auto_switch(n_new)
             try:
-                self.engine.remove(
-                    bufs[0][:n_new], bufs[2][:n_new], uniq, retrain=bool(retrain_index)
-                )
+                if switch is None:
+                    self.engine.remove(
+                        bufs[0][:n_new],
+                        bufs[2][:n_new],
+                        uniq,
+                        retrain=bool(retrain_index),
+                    )
+                else:
+                    switch[0].build(bufs[0][:n_new], bufs[2][:n_new])
             except BaseException:
                 if in_place:  # put every row back where it was
                     for b, saved in zip(old, removed):
                         expand_inplace(b, runs)
                         b[gone_rows] = saved
                 raise
+            self._use_engine(switch)
             self._set_buffers(bufs)
             self._n = n_new
             self._sorted = None
@@ -580,19 +624,31 @@ class VectorStore(StoreStateMixin, GuardedState):
         with uninterrupted():
             gen, X_new = disk.write_generation(old[0], runs, n_new)
             bufs = [X_new, *small]
+            switch = self._auto_switch(n_new)
             try:
-                self.engine.remove(
-                    X_new[:n_new], small[1][:n_new], uniq, retrain=retrain
-                )
+                if switch is None:
+                    self.engine.remove(
+                        X_new[:n_new], small[1][:n_new], uniq, retrain=retrain
+                    )
+                else:
+                    switch[0].build(X_new[:n_new], small[1][:n_new])
             except BaseException:
                 disk.discard(gen)
                 raise
             try:
-                self._commit(bufs, n_new, gen=gen, version=self._version + 1)
+                self._commit(
+                    bufs,
+                    n_new,
+                    gen=gen,
+                    version=self._version + 1,
+                    **({} if switch is None else switch[1]),
+                )
             except BaseException:  # not committed: the index takes the old rows back
-                self.engine.build(old[0][:n_old], old[2][:n_old])
+                if switch is None:
+                    self.engine.build(old[0][:n_old], old[2][:n_old])
                 disk.discard(gen)
                 raise
+            self._use_engine(switch)
             old_gen, disk.gen = disk.gen, gen
             self._set_buffers(bufs)
             self._n = n_new
@@ -646,6 +702,11 @@ class VectorStore(StoreStateMixin, GuardedState):
         Search results may change, so the version advances. A knob the index does
         not have raises ValueError and changes nothing.
         """
+        if self.auto and dict(params) != self.index_params:
+            raise ValueError(
+                "engine='auto' chooses its own index_params; name an index to set "
+                "or tune its knobs."
+            )
         refine, engine_params = split_refine(self.engine_name, dict(params))
         _, old = split_refine(self.engine_name, self.index_params)
         self.engine.set_params(engine_params)

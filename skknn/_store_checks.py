@@ -71,7 +71,7 @@ def check_state(meta: dict, arrays: dict) -> None:
     storage = meta.get("storage_dtype", "float32")
     _need(storage in STORAGE_DTYPES, f"unknown storage_dtype {storage!r}")
     _array(arrays, "embeddings", STORAGE_DTYPES[storage], (n, d))
-    _need(bool(np.isfinite(X).all()), "embeddings hold NaN or infinite values")
+    _need(_all_finite(X), "embeddings hold NaN or infinite values")
     ids = _array(arrays, "sample_ids", np.int64, (n,))
     _need(n == 0 or bool(ids.min() >= 0), "sample ids must be >= 0")
     _need(np.unique(ids).size == n, "sample ids are not unique")
@@ -127,6 +127,14 @@ def check_state(meta: dict, arrays: dict) -> None:
     _need(
         pre != "center_l2" or n == 0 or "mean" in arrays,
         "center_l2 memory without its centre",
+    )
+
+
+def _all_finite(X: np.ndarray, rows: int = 65536) -> bool:
+    """``np.isfinite(X).all()`` a block of rows at a time: a memory-mapped
+    memory is checked without a mask of its size."""
+    return all(
+        bool(np.isfinite(X[s : s + rows]).all()) for s in range(0, X.shape[0], rows)
     )
 
 

@@ -42,6 +42,7 @@ class StoreStateMixin:
             "next_id": self._next_id,
             "version": self._version,
             "index_params": self.index_params,
+            "engine_name": self.engine_name,
         }
         now.update(changes)
         classes, taxonomy = now["classes"], now["taxonomy"]
@@ -49,7 +50,8 @@ class StoreStateMixin:
             "n_features": self.n_features,
             "metric": self.metric.name,
             "preprocessing": self.preprocessing,
-            "engine": self.engine_name,
+            "engine": now["engine_name"],
+            "auto": self.auto,
             "storage_dtype": self.storage_dtype,
             "index_params": now["index_params"],
             "next_id": int(now["next_id"]),
@@ -120,6 +122,7 @@ class StoreStateMixin:
         store._n = n
         store._next_id = int(meta["next_id"])
         store.uid = meta["uid"]
+        store.auto = bool(meta.get("auto", False))
         store._version = int(meta["version"])
         if meta.get("classes") is not None:
             store._classes = labels_from_json(meta["classes"])

@@ -75,9 +75,17 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Search engine. ``"exact"``: blocked matrix product + top-k in torch (CPU
         or CUDA). ``"flat"``: FAISS exact search (GPU when FAISS has GPU support
         and ``device`` is CUDA). Any other string is a ``faiss.index_factory``
-        description (``"IVF1024,Flat"``, ``"HNSW32"``, ``"IVF256,PQ16"``).
-        ``"auto"`` picks ``"flat"`` when FAISS is installed, except on a CUDA
-        device that FAISS cannot use, where torch's ``"exact"`` runs on the GPU.
+        description (``"IVF1024,Flat"``, ``"HNSW32"``, ``"IVF4096,PQ32"``).
+        An IVF index is trained when the memory first holds 39 samples per
+        inverted list (on a random sample of at most ``max(64 * nlist,
+        65536)`` of them, then filled in blocks); until then its searches are
+        exact. ``"auto"`` picks by memory size when FAISS is installed:
+        ``"flat"`` below 1,000,000 samples, ``"IVF4096,PQ32"`` with
+        ``{"nprobe": 32, "refine": 4}`` from then on (>= 99% prediction
+        agreement with exact search and >= 10x its speed on the benchmark in
+        ``benchmarks/RESULTS.md``), switching as the memory grows or shrinks
+        past it; without FAISS, or on a CUDA device FAISS cannot use, torch's
+        ``"exact"``. ``engine_`` says which engine runs now.
     index_params : dict, default=None
         FAISS search parameters by their FAISS names, e.g. ``{"nprobe": 16}``
         or ``{"efSearch": 128}``, and ``"refine"`` for an approximate index:
@@ -270,7 +278,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             return "exact"
         if device.type == "cuda" and faiss_gpu_count() == 0:
             return "exact"  # torch on the GPU beats FAISS on the CPU
-        return "flat"
+        return "auto"  # the store picks by its size (flat, or compact codes)
 
     def _memory_config(self) -> dict:
         """The parameters that shaped the memory: they change only through fit."""
@@ -302,7 +310,10 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 "through fit. "
                 "Call fit to rebuild the memory, or set them back."
             )
-        if dict(self.index_params or {}) != self.memory_.index_params:
+        if (
+            not self.memory_.auto
+            and dict(self.index_params or {}) != self.memory_.index_params
+        ):
             raise ValueError(
                 "KNNVoter.index_params was changed without set_params; call "
                 "set_params(index_params=...) so the index takes the new knobs."
@@ -395,6 +406,55 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             sample_weight=sample_weight,
             first_call=first_call,
         )
+
+    def partial_fit_from(self, source, *, block_size: int = 65536, classes=None):
+        """Grow the memory from blocks that need not fit in RAM together.
+
+        Each block goes through :meth:`partial_fit` and is released before the
+        next is read; with ``verbose=True`` a progress bar counts them. An IVF
+        index trains once the memory holds enough samples, on a bounded sample
+        of them, and takes the rest in blocks (see ``index``).
+
+        Parameters
+        ----------
+        source : iterable
+            Blocks ``(X, y)`` or ``(X, y, sample_ids)`` (a generator works), or
+            files: ``.npz`` with arrays ``X`` and ``y``, or pairs of ``.npy``
+            files given as ``"X.npy,y.npy"`` or ``(X_path, y_path)``; ``.npy``
+            embeddings are memory-mapped and read ``block_size`` rows at a time.
+        block_size : int, default=65536
+            Rows per :meth:`partial_fit` when reading ``.npy`` files.
+        classes : array-like, default=None
+            Labels to know before their samples arrive (as for
+            :meth:`partial_fit`).
+
+        Returns
+        -------
+        self : KNNVoter
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skknn import KNNVoter
+        >>> rng = np.random.default_rng(0)
+        >>> blocks = ((rng.normal(size=(100, 4)), rng.integers(0, 3, 100))
+        ...           for _ in range(5))
+        >>> KNNVoter(index="exact").partial_fit_from(blocks).memory_.n_samples
+        500
+        """
+        from skknn._blocks import iter_blocks
+
+        check_int(self, "block_size", block_size, low=1)
+        blocks = iter_blocks(source, block_size)
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            total = len(source) if hasattr(source, "__len__") else None
+            blocks = tqdm(blocks, total=total, desc="partial_fit", unit="block")
+        for i, block in enumerate(blocks):
+            X, y, ids = block
+            self.partial_fit(X, y, classes=classes if i == 0 else None, sample_ids=ids)
+        return self
 
     def _add(self, X, y, *, classes, sample_ids, sample_weight, first_call):
         self._check_vote_params()
@@ -827,6 +887,12 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             raise ValueError(
                 "The 'target_agreement' parameter of KNNVoter.tune_index must be "
                 f"in (0, 1]. Got {target_agreement!r} instead."
+            )
+        if self.memory_.auto:
+            raise ValueError(
+                "index='auto' chooses its own knobs (now "
+                f"{self.engine_!r}, {self.memory_.index_params}); fit with "
+                "index=<a faiss.index_factory string> to tune them."
             )
         if not hasattr(self.memory_.engine, "tuning_grid"):
             raise ValueError(

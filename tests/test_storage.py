@@ -172,3 +172,94 @@ def test_tune_index_refuses_what_it_cannot_tune(digits):
         coarse.tune_index(Q, 1.0)
     t = coarse.tuning_
     assert t.agreement[t.chosen] == max(t.agreement) < 1.0
+
+
+# -- building in pieces ---------------------------------------------------------------
+def test_partial_fit_from_blocks_and_files_equals_one_fit(digits, tmp_path, capsys):
+    X, y, Q, _ = digits
+    whole = KNNVoter(5, index="exact").fit(X, y)
+    expected = whole.predict_proba(Q)
+
+    def generator():
+        for s in range(0, 1200, 250):
+            yield X[s : s + 250], y[s : s + 250]
+
+    streamed = KNNVoter(5, index="exact", verbose=True).partial_fit_from(generator())
+    assert "partial_fit" in capsys.readouterr().err  # the progress bar
+    np.testing.assert_allclose(streamed.predict_proba(Q), expected)
+
+    np.savez(tmp_path / "a.npz", X=X[:500], y=y[:500])
+    np.save(tmp_path / "X.npy", X[500:])
+    np.save(tmp_path / "y.npy", y[500:])
+    files = [tmp_path / "a.npz", f"{tmp_path / 'X.npy'},{tmp_path / 'y.npy'}"]
+    from_files = KNNVoter(5, index="exact").partial_fit_from(files, block_size=128)
+    np.testing.assert_array_equal(from_files.sample_ids_, np.arange(1200))
+    np.testing.assert_allclose(from_files.predict_proba(Q), expected)
+    pairs = [(tmp_path / "X.npy", tmp_path / "y.npy")]
+    ids = KNNVoter(5, index="exact").partial_fit_from(
+        [(X[:10], y[:10], np.arange(100, 110)), *pairs]
+    )
+    assert ids.sample_ids_[:10].tolist() == list(range(100, 110))
+
+
+def test_partial_fit_from_refuses_unreadable_sources(digits, tmp_path):
+    X, y, _, _ = digits
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y[:10])
+    for source, err, match in [
+        (str(tmp_path / "X.npy"), TypeError, "wrap a single file"),
+        ([tmp_path / "X.npy"], ValueError, "'X.npy,y.npy'"),
+        ([(tmp_path / "X.npy", tmp_path / "y.npy")], ValueError, "1200 embeddings"),
+        ([42], TypeError, "Each block"),
+    ]:
+        with pytest.raises(err, match=match):
+            KNNVoter(index="exact").partial_fit_from(source)
+
+
+@needs_faiss
+def test_a_streamed_ivf_memory_trains_once_it_holds_enough_samples():
+    X, y = clustered(3000)
+    blocks = ((X[s : s + 200], y[s : s + 200]) for s in range(0, 3000, 200))
+    knn = KNNVoter(5, index="IVF16,Flat").partial_fit_from(blocks)
+    index = knn.memory_.engine.index
+    assert index.ntotal == 3000
+    assert index.is_trained
+
+
+# -- index="auto" ----------------------------------------------------------------------
+@needs_faiss
+def test_auto_switches_to_compact_codes_past_its_size_and_back(monkeypatch, tmp_path):
+    """index="auto" is FAISS flat below AUTO_MIN_SAMPLES and AUTO_INDEX with
+    AUTO_PARAMS above it (here scaled down: 2,000 samples, IVF16,PQ8x4), as the
+    memory grows or shrinks; predictions stay those of exact search."""
+    from skknn import _search
+
+    monkeypatch.setattr(_search, "AUTO_MIN_SAMPLES", 2000)
+    monkeypatch.setattr(_search, "AUTO_INDEX", "IVF16,PQ8x4")
+    monkeypatch.setattr(_search, "AUTO_PARAMS", {"nprobe": 16, "refine": 32})
+    X, y = clustered(3000)
+    Q, _ = clustered(300, seed=3)
+    knn = KNNVoter(10).fit(X[:1500], y[:1500])
+    assert knn.engine_ == "flat"
+    assert knn.memory_.index_params == {}
+    knn.partial_fit(X[1500:], y[1500:])
+    assert knn.engine_ == "IVF16,PQ8x4"
+    assert knn.memory_.index_params == {"nprobe": 16, "refine": 32}
+    exact = KNNVoter(10, index="flat").fit(X, y).predict(Q)
+    assert np.mean(knn.predict(Q) == exact) >= 0.99
+    knn.save(tmp_path / "auto.skknn")
+    back = skknn.load(tmp_path / "auto.skknn")
+    assert back.engine_ == "IVF16,PQ8x4"
+    np.testing.assert_array_equal(back.predict(Q), knn.predict(Q))
+    knn.unlearn(np.arange(1200))
+    assert knn.engine_ == "flat"  # as a fresh fit on 1,800 samples would be
+    kept = KNNVoter(10, index="flat").fit(
+        X[1200:], y[1200:], sample_ids=np.arange(1200, 3000)
+    )
+    np.testing.assert_array_equal(knn.kneighbors(Q)[1], kept.kneighbors(Q)[1])
+    with pytest.raises(ValueError, match="chooses its own"):
+        knn.set_params(index_params={"nprobe": 2})
+    with pytest.raises(ValueError, match="chooses its own"):
+        knn.tune_index(Q)
+    with pytest.raises(ValueError, match="chooses its own"):
+        KNNVoter(index_params={"nprobe": 2}).fit(X, y)
