@@ -5,7 +5,8 @@ Two parts (a scale benchmark, not CI; clustered unit vectors from
 
 ``--part compare`` (default N = 1,000,000): exact FAISS flat search against each
 compact-code index (``IVF4096,PQ32``, ``IVF1024,SQ8``, ``HNSW32,SQ8``,
-``OPQ32,IVF4096,PQ32``). Each index is tuned by ``KNNVoter.tune_index`` on 2,000
+``OPQ32,IVF4096,PQ32``), and ``index="auto"`` with the knobs it picks. Each
+index is tuned by ``KNNVoter.tune_index`` on 2,000
 validation queries for 99% prediction agreement with exact search, then measured
 on 10,000 other queries: queries/s, agreement, recall@50, and the speed-up over
 flat. Also float16 storage against float32 (flat): agreement and RAM.
@@ -44,7 +45,7 @@ OUT = Path(__file__).with_name("out")
 K = 50
 D = 384
 BLOCK = 250_000
-SETTINGS = ["IVF4096,PQ32", "IVF1024,SQ8", "HNSW32,SQ8", "OPQ32,IVF4096,PQ32"]
+SETTINGS = ["IVF4096,PQ32", "IVF1024,SQ8", "HNSW32,SQ8", "OPQ32,IVF4096,PQ32", "auto"]
 
 
 def rss_anon_mb() -> float:
@@ -104,30 +105,34 @@ def compare(n: int, n_test: int, settings: list[str]) -> dict:
         knn = KNNVoter(K, index=factory).fit(X, y)
         build = time.perf_counter() - t
         t = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            knn.tune_index(Q_val, 0.99)
+        if factory != "auto":  # "auto" keeps the knobs it chose
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                knn.tune_index(Q_val, 0.99)
         tune = time.perf_counter() - t
         pred, nb, seconds = timed_predict(knn, Q)
         row = {
             "index": factory,
-            "index_params": knn.index_params,
+            "engine": knn.engine_,
+            "index_params": knn.memory_.index_params,
             "build_s": build,
             "tune_s": tune,
             "queries_per_s": n_test / seconds,
             "speedup": t_flat / seconds,
             "agreement": agreement(pred, exact_pred),
             "recall": recall_at_k(nb.ids, exact_nb.ids),
-            "tuning": {
+        }
+        if hasattr(knn, "tuning_"):
+            row["tuning"] = {
                 "params": knn.tuning_.params,
                 "agreement": knn.tuning_.agreement,
                 "recall": knn.tuning_.recall,
                 "queries_per_s": knn.tuning_.queries_per_s,
-            },
-        }
+            }
         out["rows"].append(row)
         print(
-            f"{factory}: {row['index_params']} build {build:.0f} s, tune {tune:.0f} s; "
+            f"{factory} ({row['engine']}): {row['index_params']} "
+            f"build {build:.0f} s, tune {tune:.0f} s; "
             f"{row['queries_per_s']:,.0f} queries/s = {row['speedup']:.1f}x flat, "
             f"agreement {row['agreement']:.4f}, recall@{K} {row['recall']:.3f}",
             flush=True,
