@@ -3,6 +3,8 @@ re-ranking (``index_params={"refine": R}``)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -135,23 +137,29 @@ def test_search_exact_is_brute_force_whatever_the_engine(engine):
 
 # -- tune_index ---------------------------------------------------------------------
 @needs_faiss
-@pytest.mark.parametrize("factory", ["IVF64,PQ8x4", "HNSW8,SQ4"])
+@pytest.mark.parametrize("factory", ["IVF64,SQ4", "HNSW8,SQ8"])
 def test_tune_index_reaches_its_target_on_clustered_data(factory):
+    """Measured here: defaults keep 75% (IVF, nprobe 1) and 57% (HNSW, efSearch
+    16) of exact predictions; the best settings of the grid keep 99.6% and
+    99.3%, so a 98% target leaves margin for other FAISS builds."""
     X, y = clustered(6000, n_clusters=40)
     Q, _ = clustered(1000, n_clusters=40, seed=5)
     exact = KNNVoter(10, index="flat").fit(X, y).predict(Q)
     knn = KNNVoter(10, index=factory).fit(X, y)
     default_agreement = np.mean(knn.predict(Q) == exact)
-    knn.tune_index(Q, target_agreement=0.99)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the target is reached
+        warnings.filterwarnings("ignore", message=".*fewer than k")
+        knn.tune_index(Q, target_agreement=0.98)
     t = knn.tuning_
     assert len(t.params) == len(t.agreement) == len(t.recall) == len(t.seconds)
     assert knn.index_params == t.params[t.chosen]
     assert knn.memory_.index_params == t.params[t.chosen]
     # the setting it chose, measured afresh, keeps the predictions
-    assert np.mean(knn.predict(Q) == exact) >= 0.99
-    assert t.agreement[t.chosen] >= 0.99
-    assert default_agreement < 0.99  # there was something to tune
-    assert min(t.agreement) < 0.99
+    assert np.mean(knn.predict(Q) == exact) >= 0.98
+    assert t.agreement[t.chosen] >= 0.98
+    assert default_agreement < 0.9  # there was something to tune
+    assert min(t.agreement) < 0.98
 
 
 @needs_faiss
