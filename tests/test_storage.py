@@ -146,8 +146,10 @@ def test_tune_index_reaches_its_target_on_clustered_data(factory):
     Q, _ = clustered(1000, n_clusters=40, seed=5)
     exact = KNNVoter(10, index="flat").fit(X, y).predict(Q)
     knn = KNNVoter(10, index=factory).fit(X, y)
-    default_agreement = np.mean(knn.predict(Q) == exact)
     with warnings.catch_warnings():
+        # nprobe 1 finds fewer than k for some queries: part of what is measured
+        warnings.filterwarnings("ignore", message=".*fewer than k")
+        default_agreement = np.mean(knn.predict(Q) == exact)
         warnings.simplefilter("error", UserWarning)  # the target is reached
         warnings.filterwarnings("ignore", message=".*fewer than k")
         knn.tune_index(Q, target_agreement=0.98)
