@@ -273,3 +273,22 @@ def test_auto_switches_to_compact_codes_past_its_size_and_back(monkeypatch, tmp_
         knn.tune_index(Q)
     with pytest.raises(ValueError, match="chooses its own"):
         KNNVoter(index_params={"nprobe": 2}).fit(X, y)
+
+
+def test_joint_takes_float16_and_disk_storage_through_its_voter(digits, tmp_path):
+    from skknn import JointKNNClassifier
+
+    X, y, Q, _ = digits
+
+    def joint(**knn_params):
+        knn = KNNVoter(10, index="exact", **knn_params)
+        return JointKNNClassifier(knn=knn, random_state=0).fit(X, y)
+
+    ref = joint()
+    low = joint(storage_dtype="float16", storage_path=tmp_path)
+    assert low.memory_.storage_dtype == "float16"
+    assert low.memory_.storage_folder.parent == tmp_path
+    assert np.mean(low.predict(Q) == ref.predict(Q)) >= 0.99
+    low.unlearn(np.arange(100))  # the head refits from the stored (float16) rows
+    ref.unlearn(np.arange(100))
+    assert np.mean(low.predict(Q) == ref.predict(Q)) >= 0.99
