@@ -656,6 +656,24 @@ class VectorStore(StoreStateMixin, GuardedState):
             self._version += 1
             disk.retire(old_gen, gone_rows)
 
+    @edits
+    def retrain_index(self) -> None:
+        """Build the index afresh on every stored sample: an approximate index
+        trains again on a sample of the whole memory (as a fresh fit would),
+        instead of on the samples it held when it was first built."""
+        if not self._n:
+            return
+        engine = make_engine(
+            self.engine_name,
+            self.metric,
+            self.device,
+            split_refine(self.engine_name, self.index_params)[1],
+        )
+        engine.build(self._X[: self._n], self._ids[: self._n])
+        self._commit(self._buffers(), self._n, version=self._version + 1)
+        self.engine = engine
+        self._version += 1
+
     # -- reliabilities and exclusions -------------------------------------------------
     @edits
     def set_reliability(self, ids, reliability) -> None:

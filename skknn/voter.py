@@ -526,6 +526,23 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         self.memory_.remove(np.asarray(sample_ids), retrain_index=bool(retrain_index))
         return self
 
+    def retrain_index(self):
+        """Train the index again on a sample of the whole memory.
+
+        An IVF index trains once, when the memory first holds 39 samples per
+        list; a memory grown by many ``partial_fit`` calls afterwards (a stream)
+        keeps centroids fitted to its beginning. This rebuilds the index as a
+        fresh :meth:`fit` on the same samples would (exact engines just rebuild).
+
+        Returns
+        -------
+        self : KNNVoter
+        """
+        check_is_fitted(self)
+        self._check_memory_unchanged()
+        self.memory_.retrain_index()
+        return self
+
     # -- what the memory holds --------------------------------------------------
     @property
     def classes_(self) -> np.ndarray | list[np.ndarray]:

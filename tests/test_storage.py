@@ -292,3 +292,21 @@ def test_joint_takes_float16_and_disk_storage_through_its_voter(digits, tmp_path
     low.unlearn(np.arange(100))  # the head refits from the stored (float16) rows
     ref.unlearn(np.arange(100))
     assert np.mean(low.predict(Q) == ref.predict(Q)) >= 0.99
+
+
+@needs_faiss
+def test_retrain_index_equals_a_fresh_fit_after_a_stream(tmp_path):
+    X, y = clustered(3000)
+    blocks = ((X[s : s + 200], y[s : s + 200]) for s in range(0, 3000, 200))
+    knn = KNNVoter(5, index="IVF16,Flat", storage_path=tmp_path)
+    knn.partial_fit_from(blocks)
+
+    def index_bytes(est):
+        return est.memory_.engine.state()["faiss_index"].tobytes()
+
+    fresh = KNNVoter(5, index="IVF16,Flat").fit(X, y)
+    assert index_bytes(knn) != index_bytes(fresh)  # trained at 800 samples
+    version = knn.memory_.version
+    assert knn.retrain_index() is knn
+    assert index_bytes(knn) == index_bytes(fresh)
+    assert knn.memory_.version == version + 1
