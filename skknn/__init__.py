@@ -1,6 +1,7 @@
 """skknn: scikit-learn classifiers retrieving from an editable memory of embeddings."""
 
 from skknn._device import DeviceWarning
+from skknn._disk import StorageInUse
 from skknn._neighbors import Neighbors
 from skknn._protocols import SearchEngine, Store
 from skknn._store import VectorStore
@@ -17,6 +18,7 @@ __all__ = [
     "MemoryPruner",
     "Neighbors",
     "SearchEngine",
+    "StorageInUse",
     "Store",
     "TorchFeatureExtractor",
     "VectorStore",

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skknn._atomic import fsync_folder, replaced
+
 STATE = "state.npz"
 LOCK = ".lock"
 # Bytes zeroed or copied per step: bounded working memory whatever the memory size.
@@ -38,14 +40,6 @@ _CHUNK_BYTES = 64 << 20
 
 class StorageInUse(RuntimeError):
     """The folder's memory is held by another live store (this or another process)."""
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _try_lock(folder: Path) -> int | None:
@@ -159,25 +153,15 @@ class DiskVectors:
         if path.exists():
             _zero_file(path, removed_rows, self.row_bytes)
             path.unlink()
-        _fsync_folder(self.folder)
+        fsync_folder(self.folder)
 
     # -- the committed state --------------------------------------------------------
     def commit(self, meta: dict, arrays: dict, gen: int, n: int) -> None:
         """Make ``(meta, arrays)`` with rows ``[0, n)`` of generation ``gen`` the
         committed state: written aside, synced, renamed over the old one."""
         record = {"store": meta, "vectors": {"gen": int(gen), "n": int(n)}}
-        tmp = self.folder / f".{STATE}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, __meta__=np.array(json.dumps(record)), **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.folder / STATE)
-        except BaseException:
-            if tmp.exists():
-                tmp.unlink()
-            raise
-        _fsync_folder(self.folder)
+        with replaced(self.folder / STATE) as fh:
+            np.savez(fh, __meta__=np.array(json.dumps(record)), **arrays)
 
     @classmethod
     def open(cls, folder) -> tuple[DiskVectors, dict, dict, np.ndarray, int]:

@@ -122,18 +122,3 @@ class Taxonomy:
             paths = np.concatenate([paths, np.asarray(new, np.int64).reshape(-1, L)])
         row_paths = np.fromiter((index[tuple(r)] for r in rows.tolist()), np.int64)
         return Taxonomy(tuple(level_classes), paths), row_paths[inverse.reshape(-1)]
-
-    def check(self, n_paths: int) -> None:
-        """Refuse a taxonomy (from a file) that does not describe ``n_paths``
-        memory classes."""
-        if self.paths.ndim != 2 or self.paths.shape != (n_paths, self.n_levels):
-            raise ValueError(
-                f"the label paths have shape {self.paths.shape}; the memory has "
-                f"{n_paths} classes and {self.n_levels} levels"
-            )
-        for level, c in enumerate(self.classes):
-            col = self.paths[:, level]
-            if col.size and (col.min() < 0 or col.max() >= len(c)):
-                raise ValueError(f"label path codes out of range at level {level}")
-            if len(c) > 1 and not np.all(c[1:] > c[:-1]):
-                raise ValueError(f"the classes of level {level} are not sorted")

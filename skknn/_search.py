@@ -330,13 +330,8 @@ class FaissIndexEngine:
             rng = np.random.default_rng(X.shape[0])
             rows = np.sort(rng.choice(X.shape[0], n_sample, replace=False))
             X = X[rows]
+        # build() waits for TRAIN_PER_LIST samples a list, so IVF gets enough.
         X = np.ascontiguousarray(X, dtype=np.float32)
-        if ivf is not None and X.shape[0] < ivf.nlist:
-            raise ValueError(
-                f"index={self.factory!r} has {ivf.nlist} inverted lists and needs at "
-                f"least that many samples to train; the memory has {X.shape[0]}. "
-                "Use fewer lists (e.g. 'IVF64,Flat') or index='flat'."
-            )
         try:
             index.train(X)
         except RuntimeError as exc:

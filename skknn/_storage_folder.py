@@ -10,10 +10,9 @@ of the folder rebuilds that estimator around the reopened memory.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
+from skknn._atomic import replaced
 from skknn._disk import orphans, remove_store_folder
 
 POINTER = "estimator.json"
@@ -37,21 +36,8 @@ def publish(est) -> None:
         "state": est.__skknn_folder_state__(),
         "memory": est.memory_.storage_folder.name,
     }
-    tmp = root / f".{POINTER}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(record, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, root / POINTER)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with replaced(root / POINTER, "w") as fh:
+        json.dump(record, fh, indent=1, sort_keys=True)
 
 
 def purge(storage_path, keep: Path) -> None:

@@ -109,8 +109,7 @@ class StoreStateMixin:
         n = X.shape[0]
         if storage_path is not None:
             store._disk = DiskVectors.new(storage_path, X.shape[1], X.dtype)
-            rows = store._disk.write_generation(X, [(0, n)], n)[1]
-            store._disk.gen += 1
+            store._disk.gen, rows = store._disk.write_generation(X, [(0, n)], n)
             X = rows[:n]
         store._X, store._y, store._ids = X, arrays["labels"], arrays["sample_ids"]
         store._rel, store._excl = arrays["reliability"], arrays["excluded"]

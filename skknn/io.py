@@ -14,11 +14,12 @@ import io as _io
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from skknn._atomic import replaced
 
 FORMAT = "skknn"
 # 2: the memory is a self-contained store (classes, centre, vector lengths in it).
@@ -139,8 +140,8 @@ def write_archive(path, meta: dict, arrays: dict) -> None:
     """Write ``meta`` and ``arrays`` to ``path`` atomically.
 
     The file gets the permissions any new file of this process would get
-    (``0o666`` less the umask, as joblib's), not mkstemp's private 0600. The
-    rename is made durable by syncing the folder too.
+    (``0o666`` less the umask), and the rename is made durable
+    (``skknn/_atomic.py``).
     """
     path = Path(path)
     if path.is_dir():
@@ -153,59 +154,19 @@ def write_archive(path, meta: dict, arrays: dict) -> None:
         raise FileNotFoundError(
             f"Cannot save to {str(path)!r}: folder {str(folder)!r} does not exist."
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(
-                fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True
-            ) as zf:
-                zf.writestr(_META, json.dumps(meta, indent=1, sort_keys=True))
-                for name, array in arrays.items():
-                    array = np.asarray(array)
-                    if array.dtype.kind == "O":
-                        raise TypeError(
-                            f"array {name!r} has object dtype; not storable safely."
-                        )
-                    with zf.open(f"arrays/{name}.npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, array, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it where the OS allows
-    (``os.umask`` can only be read by setting it, which races other threads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot
-    be opened, as on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with replaced(path) as fh:
+        with zipfile.ZipFile(
+            fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True
+        ) as zf:
+            zf.writestr(_META, json.dumps(meta, indent=1, sort_keys=True))
+            for name, array in arrays.items():
+                array = np.asarray(array)
+                if array.dtype.kind == "O":
+                    raise TypeError(
+                        f"array {name!r} has object dtype; not storable safely."
+                    )
+                with zf.open(f"arrays/{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 def read_archive(path, mmap: bool = False) -> tuple[dict, dict]:

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 import skknn
-from skknn import KNNVoter, MemoryPruner, VectorStore
-from skknn._disk import StorageInUse
+from skknn import KNNVoter, MemoryPruner, StorageInUse, VectorStore
 
 from .conftest import ENGINES, HAS_FAISS
 
@@ -191,10 +190,7 @@ def test_a_process_killed_mid_edit_leaves_a_consistent_memory(tmp_path, delay):
     np.testing.assert_array_equal(data.labels, ids % 7)
     assert knn.memory_.n_samples >= 3000
     # nothing but the committed generation remains
-    store_files = sorted(p.name for p in knn.memory_.storage_folder.iterdir())
-    assert [f for f in store_files if f.startswith("vectors-")] == [
-        f"vectors-{knn.memory_._disk.gen}.bin"
-    ]
+    assert len(list(knn.memory_.storage_folder.glob("vectors-*"))) == 1
     assert knn.predict(_rows(ids[:5])).shape == (5,)
 
 
@@ -255,3 +251,22 @@ def test_save_and_mmap_load_do_not_copy_the_vectors_through_ram(tmp_path):
     assert loaded_peak < 20e6, loaded_peak
     assert back.memory_.vector_nbytes == 0
     np.testing.assert_array_equal(back.sample_ids_, knn.sample_ids_)
+
+
+def test_memories_no_live_store_holds_are_purged(digits, tmp_path):
+    """A replaced or garbage-collected memory's folder (zeroed) goes at the next
+    fit into the same storage_path; live ones stay."""
+    X, y, _, _ = digits
+    first = KNNVoter(3, index="exact", storage_path=tmp_path).fit(X, y)
+    second = KNNVoter(3, index="exact", storage_path=tmp_path).fit(X, y)
+    folders = {first.memory_.storage_folder, second.memory_.storage_folder}
+    assert {p for p in tmp_path.iterdir() if p.is_dir()} == folders  # both live
+    gone = first.memory_.storage_folder
+    del first
+    gc.collect()
+    third = KNNVoter(3, index="exact", storage_path=tmp_path).fit(X[:10], y[:10])
+    assert not gone.exists()
+    assert {p for p in tmp_path.iterdir() if p.is_dir()} == {
+        second.memory_.storage_folder,
+        third.memory_.storage_folder,
+    }

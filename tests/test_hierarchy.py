@@ -248,6 +248,14 @@ def test_bad_label_levels_are_refused_before_anything_changes(Y, match):
     assert knn.memory_.n_samples == 3
 
 
+def test_sparse_labels_are_refused():
+    import scipy.sparse as sp
+
+    X = np.eye(3, dtype=np.float32)
+    with pytest.raises(TypeError, match="dense labels"):
+        KNNVoter(2).fit(X, sp.csr_matrix([[0, 1], [1, 0], [1, 1]]))
+
+
 def test_label_shape_must_match_the_first_fit(tree):
     X, Y, _ = tree
     knn = KNNVoter(5, index="exact").fit(X, Y)
