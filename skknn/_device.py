@@ -118,3 +118,15 @@ def import_faiss(owner: str = "skknn"):
             "(faiss-gpu), never both; or use index='exact' (torch search)."
         ) from exc
     return faiss
+
+
+def resolve_engine(index: str, device: torch.device) -> str:
+    """The store engine for a ``KNNVoter.index`` on ``device`` (decided where the
+    memory lives: in this process, or on each Dask worker for a sharded one)."""
+    if index != "auto":
+        return index
+    if not faiss_available():
+        return "exact"
+    if device.type == "cuda" and faiss_gpu_count() == 0:
+        return "exact"  # torch on the GPU beats FAISS on the CPU
+    return "auto"  # the store picks by its size (flat, or compact codes)

@@ -461,7 +461,7 @@ class VectorStore(StoreStateMixin, GuardedState):
                 f"shape {ids.shape}."
             )
         ids = checked_ids(ids)
-        _refuse_duplicates(ids, "sample_ids")
+        refuse_duplicates(ids, "sample_ids")
         if self._n and n:
             # Ids above every id ever issued cannot collide; check only the rest.
             low = ids[ids < self._next_id]
@@ -552,7 +552,7 @@ class VectorStore(StoreStateMixin, GuardedState):
         """
         ids = np.asarray(ids)
         self._stored_rows(ids, "sample_ids to unlearn")
-        return _refuse_duplicates(ids.astype(np.int64), "sample_ids to unlearn")
+        return refuse_duplicates(ids.astype(np.int64), "sample_ids to unlearn")
 
     @edits
     def remove(self, ids, *, retrain_index: bool = False) -> None:
@@ -789,18 +789,24 @@ class VectorStore(StoreStateMixin, GuardedState):
 
     @reads
     def search_exact(
-        self, X, k: int, *, batch_size: int = DEFAULT_BATCH_SIZE, progress=False
+        self,
+        X,
+        k: int,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress=False,
+        prepared: bool = False,
     ) -> Neighbors:
         """The ``k`` nearest stored samples of raw queries by brute force over the
         stored vectors, whatever the engine: the reference that approximate
         indexes are measured against (:meth:`KNNVoter.tune_index`)."""
-        return self._search_blocks(X, k, batch_size, progress, False, exact=True)
+        return self._search_blocks(X, k, batch_size, progress, prepared, exact=True)
 
     def _search_blocks(self, X, k, batch_size, progress, prepared, *, exact):
         X = np.asarray(X)
         k = self._capped_k(k, self._n)
         parts = []
-        for s in _blocks(X.shape[0], batch_size, progress, "search"):
+        for s in query_blocks(X.shape[0], batch_size, progress, "search"):
             block = X[s : s + batch_size]
             Q = (
                 np.array(block, np.float32, order="C")
@@ -849,7 +855,7 @@ class VectorStore(StoreStateMixin, GuardedState):
             )
         k = self._capped_k(k, self._n - 1)
         parts = []
-        for s in _blocks(rows.shape[0], batch_size, progress, "leave-one-out"):
+        for s in query_blocks(rows.shape[0], batch_size, progress, "leave-one-out"):
             qr = rows[s : s + batch_size]
             dist, nb = self._search_prepared(self._X[qr].astype(np.float32), k + 1)
             own = self._ids[qr]
@@ -868,7 +874,9 @@ class VectorStore(StoreStateMixin, GuardedState):
         return Neighbors.concatenate(parts) if parts else self._empty(k)
 
     @reads
-    def within_radius(self, query_ids, radii, *, X=None, ids=None) -> np.ndarray:
+    def within_radius(
+        self, query_ids, radii, *, X=None, ids=None, prepared: bool = False
+    ) -> np.ndarray:
         """Which stored queries have some point within their radius.
 
         The points are raw vectors ``X`` (pre-processed here) or the stored
@@ -884,6 +892,8 @@ class VectorStore(StoreStateMixin, GuardedState):
         X : array-like of shape (n_points, n_features), default=None
         ids : array-like of int, default=None
             Exactly one of ``X`` and ``ids``.
+        prepared : bool, default=False
+            ``X`` is already pre-processed (as :meth:`search` takes it).
 
         Returns
         -------
@@ -891,11 +901,12 @@ class VectorStore(StoreStateMixin, GuardedState):
         """
         if (X is None) == (ids is None):
             raise ValueError("within_radius takes exactly one of X and ids.")
-        P = (
-            self.prepare(X)
-            if ids is None
-            else self._X[self._stored_rows(ids)].astype(np.float32)
-        )
+        if ids is not None:
+            P = self._X[self._stored_rows(ids)].astype(np.float32)
+        elif prepared:  # already in the stored vectors' space
+            P = np.asarray(X, dtype=np.float32)
+        else:
+            P = self.prepare(X)
         rows = self._stored_rows(query_ids, "query_ids")
         radii = np.asarray(radii, dtype=np.float32)
         if radii.shape != rows.shape:
@@ -925,7 +936,7 @@ class VectorStore(StoreStateMixin, GuardedState):
         if exact:
             rows = self._exact_rows(X, Q, k)
             dist = self.metric.pair_distances(X, Q, rows)
-            order = np.argsort(dist, axis=1, kind="stable")
+            order = self._nearest_first(dist, rows)
             return np.take_along_axis(dist, order, 1), np.take_along_axis(
                 rows, order, 1
             )
@@ -946,8 +957,14 @@ class VectorStore(StoreStateMixin, GuardedState):
             self._warn_short(int(short.sum()), int(none.sum()), Q.shape[0], k)
         dist = self.metric.pair_distances(X, Q, rows)
         # Exact distances may reorder near-ties the engine's arithmetic saw apart.
-        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        order = self._nearest_first(dist, rows)[:, :k]
         return np.take_along_axis(dist, order, 1), np.take_along_axis(rows, order, 1)
+
+    def _nearest_first(self, dist: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Column order of each query's candidates: by distance, equal distances
+        by sample id (the order shards are merged in, skknn/_sharded.py)."""
+        ids = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], MISSING)
+        return np.lexsort((ids, dist), axis=-1)
 
     def _exact_engine(self):
         from skknn._search import TorchExactEngine
@@ -999,7 +1016,7 @@ class VectorStore(StoreStateMixin, GuardedState):
         )
 
 
-def _refuse_duplicates(ids: np.ndarray, what: str) -> np.ndarray:
+def refuse_duplicates(ids: np.ndarray, what: str) -> np.ndarray:
     """The sorted unique ids; ValueError naming any given twice."""
     uniq, counts = np.unique(ids, return_counts=True)
     if np.any(counts > 1):
@@ -1009,7 +1026,7 @@ def _refuse_duplicates(ids: np.ndarray, what: str) -> np.ndarray:
     return uniq
 
 
-def _blocks(n: int, size: int, progress: bool, desc: str):
+def query_blocks(n: int, size: int, progress: bool, desc: str):
     starts = range(0, n, size)
     if progress and n > size:
         from tqdm.auto import tqdm

@@ -251,19 +251,30 @@ def save(est, path) -> None:
     name = type(est).__name__
     if _REGISTRY.get(name) is not type(est):
         raise TypeError(f"save() supports skknn estimators; got {name}.")
-    with est.__skknn_reading__():  # one state, written from the memory itself
-        state_meta, arrays = est.__skknn_save__()
-        meta = {
-            "format": FORMAT,
-            "version": VERSION,
-            "class": name,
-            "params": params_to_json(est),
-            "state": state_meta,
-        }
-        write_archive(path, meta, arrays)
+    from skknn._sharded import SAVING
+
+    # A sharded memory writes its shards beside ``path`` and cleans up the files
+    # of older saves only once the manifest naming the new ones is in place.
+    saving = {"path": os.fspath(path), "after": []}
+    token = SAVING.set(saving)
+    try:
+        with est.__skknn_reading__():  # one state, written from the memory itself
+            state_meta, arrays = est.__skknn_save__()
+            meta = {
+                "format": FORMAT,
+                "version": VERSION,
+                "class": name,
+                "params": params_to_json(est),
+                "state": state_meta,
+            }
+            write_archive(path, meta, arrays)
+    finally:
+        SAVING.reset(token)
+    for done in saving["after"]:
+        done()
 
 
-def load(path, *, mmap: bool = False):
+def load(path, *, mmap: bool = False, backend: str | None = None):
     """Load an estimator saved with ``est.save(path)``, or reopen the memory of
     a ``storage_path`` folder.
 
@@ -279,6 +290,12 @@ def load(path, *, mmap: bool = False):
         instead of reading them: a large memory loads in seconds and its pages
         are the OS's cache. Edits then copy the vectors into RAM (the loaded
         estimator's ``storage_path`` is None).
+    backend : {"local", "dask"}, default=None
+        Where a ``KNNVoter``'s memory goes (nested ones included): None keeps
+        the saved ``backend``. ``"dask"`` re-creates a sharded memory's shards
+        from their files on the current Dask cluster, or splits a local memory
+        into shards; ``"local"`` gathers a sharded memory's files into one
+        memory in this process.
 
     Returns
     -------
@@ -299,10 +316,17 @@ def load(path, *, mmap: bool = False):
         from skknn._storage_folder import open_folder
 
         return open_folder(path)
+    from skknn._sharded import LOADING
+
+    if backend not in (None, "local", "dask"):
+        raise ValueError(f"backend must be None, 'local' or 'dask'; got {backend!r}.")
     meta, arrays = read_archive(path, mmap=mmap)
     name = meta.get("class")
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"{str(path)!r} holds an unknown class {name!r}.")
+    token = LOADING.set(
+        {"folder": Path(path).resolve().parent, "backend": backend, "mmap": mmap}
+    )
     try:
         est = _REGISTRY[name](**params_from_json(meta["params"]))
         est.__skknn_load__(meta["state"], arrays, meta["version"])
@@ -311,6 +335,8 @@ def load(path, *, mmap: bool = False):
         raise ValueError(
             f"{str(path)!r} is not a valid skknn model file: {exc}"
         ) from exc
+    finally:
+        LOADING.reset(token)
     return est
 
 

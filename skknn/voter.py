@@ -14,9 +14,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skknn import _voting
 from skknn._device import (
     device_after_unpickling,
-    faiss_available,
-    faiss_gpu_count,
     resolve_device,
+    resolve_engine,
 )
 from skknn._hierarchy import stack_levels
 from skknn._metric import METRICS
@@ -106,6 +105,20 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         file before deleting it, so their bytes leave the folder. A refit
         replaces the folder's memory (the old files are zeroed and deleted).
         Such a memory is not pickled: :meth:`save` streams it to a file.
+    backend : {"local", "dask"}, default="local"
+        Where the memory lives. ``"dask"`` splits it into ``n_shards`` shards,
+        each an ordinary memory (same ``index``, ``index_params``,
+        ``storage_dtype``; ``device`` resolved on its worker) held by a Dask
+        actor on a worker of the current ``distributed.Client``. Every search
+        asks each shard for its top ``k`` and keeps the ``k`` nearest (equal
+        distances by sample id, as locally): with exact engines the answers
+        equal the local memory's. Samples go to shards by a hash of their id.
+        :meth:`save` writes a manifest and one file per shard (on a path every
+        worker can reach); ``skknn.load(path)`` re-creates the shards, or
+        gathers them with ``backend="local"``. The memory is not pickled.
+        See "Beyond one machine" in docs/architecture.md.
+    n_shards : int, default=None
+        Shards of a ``backend="dask"`` memory; None: one per worker.
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     batch_size : int, default=4096
@@ -213,6 +226,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         reranker: Callable | None = None,
         storage_dtype: str = "float32",
         storage_path=None,
+        backend: str = "local",
+        n_shards: int | None = None,
     ):
         self.n_neighbors = n_neighbors
         self.voting = voting
@@ -229,6 +244,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         self.reranker = reranker
         self.storage_dtype = storage_dtype
         self.storage_path = storage_path
+        self.backend = backend
+        self.n_shards = n_shards
 
     # -- parameters -----------------------------------------------------------
     def _check_vote_params(self) -> None:
@@ -260,6 +277,20 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             )
         if self.preprocessing is not None:
             check_option(self, "preprocessing", self.preprocessing, PREPROCESSING)
+        check_option(self, "backend", self.backend, ("local", "dask"))
+        if self.n_shards is not None:
+            check_int(self, "n_shards", self.n_shards, low=1)
+            if self.backend != "dask":
+                raise ValueError(
+                    "The 'n_shards' parameter of KNNVoter applies to "
+                    "backend='dask'; leave it None for backend='local'."
+                )
+        if self.backend == "dask" and self.storage_path is not None:
+            raise ValueError(
+                "backend='dask' keeps each shard in its worker's RAM; storage_path "
+                "(a memory on one machine's disk) cannot be combined with it yet. "
+                "Save the sharded memory with save(path) instead."
+            )
         if not isinstance(self.index, str) or not self.index:
             raise ValueError(
                 "The 'index' parameter of KNNVoter must be 'auto', 'exact', 'flat' or "
@@ -271,15 +302,6 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 f"Got {self.index_params!r} instead."
             )
 
-    def _resolve_engine(self, device) -> str:
-        if self.index != "auto":
-            return self.index
-        if not faiss_available():
-            return "exact"
-        if device.type == "cuda" and faiss_gpu_count() == 0:
-            return "exact"  # torch on the GPU beats FAISS on the CPU
-        return "auto"  # the store picks by its size (flat, or compact codes)
-
     def _memory_config(self) -> dict:
         """The parameters that shaped the memory: they change only through fit."""
         return {
@@ -290,6 +312,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             "storage_path": None
             if self.storage_path is None
             else str(self.storage_path),
+            "backend": self.backend,
+            "n_shards": self.n_shards,
         }
 
     def _check_memory_unchanged(self) -> None:
@@ -466,17 +490,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         with restore_attributes_on_error(self, ("n_features_in_", "feature_names_in_")):
             X, y = validate_xy(self, X, y, reset=first_call, levels=True)
             if first_call:
-                device = resolve_device(self.device, owner=type(self).__name__)
-                store = VectorStore(
-                    X.shape[1],
-                    metric=self.metric,
-                    preprocessing=self.preprocessing,
-                    engine=self._resolve_engine(device),
-                    device=device,
-                    index_params=self.index_params,
-                    storage_dtype=self.storage_dtype,
-                    storage_path=self.storage_path,
-                )
+                store = self._new_memory(X.shape[1])
             else:
                 store = self.memory_
             store.add(X, y, sample_ids, classes=classes, sample_weight=sample_weight)
@@ -486,6 +500,32 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             self._fitted_config_ = self._memory_config()
             self._publish_storage(old)
         return self
+
+    def _new_memory(self, n_features: int):
+        """An empty memory as the parameters describe it (local or sharded)."""
+        if self.backend == "dask":
+            from skknn._sharded import ShardedStore
+
+            config = {
+                "metric": self.metric,
+                "preprocessing": self.preprocessing,
+                "index": self.index,
+                "index_params": self.index_params,
+                "device": self.device,
+                "storage_dtype": self.storage_dtype,
+            }
+            return ShardedStore(n_features, config, n_shards=self.n_shards)
+        device = resolve_device(self.device, owner=type(self).__name__)
+        return VectorStore(
+            n_features,
+            metric=self.metric,
+            preprocessing=self.preprocessing,
+            engine=resolve_engine(self.index, device),
+            device=device,
+            index_params=self.index_params,
+            storage_dtype=self.storage_dtype,
+            storage_path=self.storage_path,
+        )
 
     def _publish_storage(self, old=None) -> None:
         """Name the memory a reopening of ``storage_path`` gives, then delete
@@ -911,6 +951,12 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 f"{self.engine_!r}, {self.memory_.index_params}); fit with "
                 "index=<a faiss.index_factory string> to tune them."
             )
+        if getattr(self.memory_, "sharded", False):
+            raise ValueError(
+                "tune_index measures one memory against exact search; tune a "
+                "backend='local' voter fitted on a sample of the data, then pass "
+                "its index_params (tuning_.params) to the sharded one."
+            )
         if not hasattr(self.memory_.engine, "tuning_grid"):
             raise ValueError(
                 f"index={self.engine_!r} is an exact search: it has no knobs to "
@@ -958,7 +1004,19 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             self.storage_path = None
         device = device_after_unpickling(meta["device"], owner=type(self).__name__)
         mem_arrays = subtree(arrays, "memory/")
-        if version < 2:  # skknn 0.1 kept classes, the centre and config outside
+        sharded = bool(meta["memory"].get("sharded"))
+        from skknn._sharded import LOADING
+
+        loading = LOADING.get() or {}
+        backend = loading.get("backend") or self.backend
+        if sharded or backend == "dask":
+            self.memory_ = self._load_memory_across(
+                meta["memory"], mem_arrays, sharded, backend, loading, device
+            )
+            self.backend = backend
+            if backend == "local":
+                self.n_shards = None
+        elif version < 2:  # skknn 0.1 kept classes, the centre and config outside
             self.memory_ = VectorStore.from_v1_state(
                 meta["memory"],
                 mem_arrays,
@@ -993,6 +1051,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             "storage_dtype", "float32"
         )
         self._fitted_config_["storage_path"] = self._memory_config()["storage_path"]
+        self._fitted_config_["backend"] = self.backend
+        self._fitted_config_["n_shards"] = self.n_shards
         if self.memory_.storage_folder is not None:
             self._publish_storage()
         # A file's parameters must describe its memory, as after a fit.
@@ -1011,6 +1071,35 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 f"the parameters {self._memory_config()} do not describe the "
                 f"memory ({built})"
             )
+
+    def _load_memory_across(self, meta, arrays, sharded, backend, loading, device):
+        """A saved memory moved between backends: a sharded one re-created on the
+        cluster or gathered here, a local one split into shards."""
+        from skknn._shard import read_shard
+        from skknn._sharded import ShardedStore, local_state, shard_path
+
+        config = {
+            "metric": self.metric,
+            "preprocessing": self.preprocessing,
+            "index": self.index,
+            "index_params": meta.get("index_params"),
+            "device": self.device,
+            "storage_dtype": self.storage_dtype,
+        }
+        if not sharded:  # a local memory split into shards
+            n_shards = self.n_shards if self.backend == "dask" else None
+            return ShardedStore.from_local_state(meta, arrays, config, n_shards)
+        folder = loading["folder"]
+        if backend == "dask":
+            return ShardedStore.from_manifest(meta, arrays, folder)
+        shards = [read_shard(shard_path(folder, s["file"])) for s in meta["shards"]]
+        for shard, want in zip(shards, meta["shards"]):
+            if (shard[0]["uid"], shard[0]["version"]) != (want["uid"], want["version"]):
+                raise ValueError(
+                    f"shard file {want['file']!r} is not the one the manifest names"
+                )
+        local_meta, local_arrays = local_state(meta, arrays, shards, device)
+        return VectorStore.from_state(local_meta, local_arrays, device)
 
     def __skknn_folder_state__(self) -> dict:
         """The fitted attributes a reopened storage folder needs besides the

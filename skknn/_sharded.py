@@ -1,0 +1,1136 @@
+"""ShardedStore: a memory split into shards held by Dask actors on a cluster.
+
+The client side of ``KNNVoter(backend="dask")``. It implements the same
+:class:`~skknn.Store` protocol as :class:`~skknn.VectorStore`, so the estimators
+vote on its :class:`~skknn.Neighbors` records without knowing where the rows are.
+
+Division of work (the design of cuML's multi-GPU kNN):
+
+- the **client** issues sample ids, owns the classes (and label paths), the
+  centre of ``"center_l2"``, the list of ids in insertion order and which shard
+  holds each id (a fixed hash of the id: :func:`shard_of`);
+- each **shard** (``skknn/_shard.py``) is an ordinary store of its rows on one
+  worker, with its own engine (FAISS or torch, the estimator's ``index``);
+- a **search** sends each query block to every shard, each returns its top
+  ``k`` with exact distances, and the client keeps the ``k`` nearest of the
+  ``S * k`` candidates, equal distances by sample id: the local store orders
+  the same way, so with exact engines the records are equal.
+
+Edits are checked on the client before any shard changes; an add that fails on
+one shard is taken back from the others. Unlearning is physical on every shard
+that holds one of the ids; a shard lost during it is named in the error and the
+ids it held stay listed (unlearn them again once it is restored).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import uuid
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.utils import Bunch
+
+from skknn._hierarchy import Taxonomy
+from skknn._labels import check_label_kind, encode, merge_classes
+from skknn._locks import GuardedState, edits, reads
+from skknn._metric import METRICS
+from skknn._neighbors import MISSING, Neighbors
+from skknn._preprocessing import fit_center, preprocess_inplace
+from skknn._shard import Shard
+from skknn._store import DEFAULT_BATCH_SIZE, refuse_duplicates
+from skknn._store_checks import MAX_ID, checked_ids, checked_weights
+
+# Query blocks in flight at once: enough to keep every worker busy while the
+# client merges, few enough to bound the memory queued on the workers.
+IN_FLIGHT = 4
+
+# Set by skknn.io.save / load around one estimator: where a sharded memory writes
+# its shard files, and which backend a loaded one gets.
+SAVING: contextvars.ContextVar = contextvars.ContextVar("skknn_saving", default=None)
+LOADING: contextvars.ContextVar = contextvars.ContextVar("skknn_loading", default=None)
+
+_SHARD_FILE = re.compile(r"\.[0-9a-f]{12}-v\d+\.shard\d+$")
+
+
+class ShardLost(RuntimeError):
+    """A shard's worker is gone: no partial answer is given. Restore the shard
+    from the last save with ``est.memory_.restore(path)``, or fit again."""
+
+
+def current_client():
+    """The running ``distributed.Client``, or an error that says how to start one."""
+    try:
+        from distributed import get_client
+    except ImportError as exc:
+        raise ImportError(
+            "backend='dask' needs Dask distributed: pip install 'skknn[dask]'."
+        ) from exc
+    try:
+        return get_client()
+    except ValueError as exc:
+        raise ValueError(
+            "backend='dask' keeps the memory on the workers of the current Dask "
+            "client, and there is none. Start one first, e.g. "
+            "`from distributed import Client, LocalCluster; "
+            "client = Client(LocalCluster())`, or connect to your cluster with "
+            "Client('tcp://scheduler:8786')."
+        ) from exc
+
+
+def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
+    """The shard holding each id: a SplitMix64 hash of the id modulo the shard
+    count, so ids a user chooses (all even, in ranges) still spread evenly."""
+    z = np.asarray(ids, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(n_shards)).astype(np.intp)
+
+
+def _is_lost(exc: BaseException) -> bool:
+    from distributed.comm.core import CommClosedError
+
+    if isinstance(exc, (CommClosedError, OSError)):
+        return True
+    return isinstance(exc, RuntimeError) and "Actor was lost" in str(exc)
+
+
+class ShardedStore(GuardedState):
+    """A memory of labelled embeddings in shards on Dask workers.
+
+    Made by ``KNNVoter(backend="dask").fit``; see the module docstring and
+    ``docs/architecture.md`` ("Beyond one machine").
+
+    Parameters
+    ----------
+    n_features : int
+    config : dict
+        The estimator's ``metric``, ``preprocessing``, ``index``,
+        ``index_params``, ``device`` and ``storage_dtype``.
+    n_shards : int, default=None
+        One per worker of the client's cluster when None.
+    client : distributed.Client, default=None
+        The current client when None. It is used, never stored in a file or a
+        pickle.
+    """
+
+    sharded = True
+    storage_folder = None
+    engine = None  # each shard has its own
+
+    def __init__(self, n_features: int, config: dict, n_shards=None, client=None):
+        self.n_features = int(n_features)
+        self.metric = METRICS[config["metric"]]
+        self.preprocessing = config["preprocessing"]
+        self.storage_dtype = config["storage_dtype"]
+        self._config = dict(config)
+        self.uid = uuid.uuid4().hex
+        self._version = 0
+        self._n = 0
+        self._ids = np.empty(0, np.int64)
+        self._next_id = 0
+        self._classes: np.ndarray | None = None
+        self._taxonomy: Taxonomy | None = None
+        # Label key -> code in the sorted classes (identity for label paths).
+        self._key_codes = np.empty(0, np.int64)
+        self._mean: np.ndarray | None = None
+        self._sorted_ids = None
+        client = current_client() if client is None else client
+        workers = sorted(client.scheduler_info()["workers"])
+        if not workers:
+            raise ValueError("The Dask cluster has no workers to hold the shards.")
+        self.n_shards = len(workers) if n_shards is None else int(n_shards)
+        futures = [
+            self._start_shard(client, workers[i % len(workers)], i)
+            for i in range(self.n_shards)
+        ]
+        self._futures = futures
+        self._actors = [f.result() for f in futures]
+        self._marks = [None] * self.n_shards  # (uid, version, n) of each shard
+        self._describe(
+            self._gather([(i, a.info()) for i, a in enumerate(self._actors)])
+        )
+        self._lock()
+
+    def _start_shard(self, client, worker: str, i: int, file=None, state=None):
+        return client.submit(
+            Shard,
+            self.n_features,
+            self._config,
+            file,
+            state,
+            actor=True,
+            workers=[worker],
+            allow_other_workers=False,
+            key=f"skknn-shard-{self.uid[:12]}-{i}-{uuid.uuid4().hex[:8]}",
+        )
+
+    def _describe(self, infos: dict) -> None:
+        for i, info in infos.items():
+            self._marks[i] = (info["uid"], info["version"], info["n_samples"])
+        first = infos[min(infos)]
+        self.engine_name = first["engine"]
+        self.index_params = first["index_params"]
+        self.device = torch.device(first["device"])
+        self.auto = self._config["index"] == "auto" and not self.index_params
+
+    # -- what it holds ------------------------------------------------------------
+    @property
+    def normalizes(self) -> bool:
+        return self.preprocessing is not None or self.metric.name == "cosine"
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def n_samples(self) -> int:
+        return self._n
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.empty(0) if self._classes is None else self._classes
+
+    @property
+    def taxonomy(self) -> Taxonomy | None:
+        return self._taxonomy
+
+    @property
+    def mean(self) -> np.ndarray | None:
+        return self._mean
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        """Samples held by each shard."""
+        return [m[2] for m in self._marks]
+
+    @property
+    def vector_nbytes(self) -> int:
+        """Bytes the shards hold for their vectors, all workers together."""
+        infos = self._gather([(i, a.info()) for i, a in enumerate(self._actors)])
+        return sum(info["vector_nbytes"] for info in infos.values())
+
+    def reading(self) -> AbstractContextManager[None]:
+        """Hold one state of the memory across several reads (edits wait)."""
+        return self._reading()
+
+    @reads
+    def ids(self) -> np.ndarray:
+        return self._ids[: self._n].copy()
+
+    @reads
+    def next_ids(self, n: int) -> np.ndarray:
+        if self._next_id + n - 1 > MAX_ID:
+            raise ValueError(
+                f"No fresh sample ids are left above the largest ever issued "
+                f"({self._next_id - 1}). Pass sample_ids explicitly."
+            )
+        return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+
+    # -- talking to the shards ------------------------------------------------------
+    def _gather(self, calls) -> dict:
+        """Wait for every ``(shard, actor future)``; the results by shard. A lost
+        shard raises :class:`ShardLost` naming it, after all calls are done."""
+        results, lost, error = {}, [], None
+        for i, fut in calls:
+            try:
+                results[i] = fut.result()
+            except Exception as exc:  # sorted below
+                if _is_lost(exc):
+                    lost.append((i, exc))
+                elif error is None:
+                    error = exc
+        if lost:
+            names = ", ".join(str(i) for i, _ in lost)
+            raise ShardLost(
+                f"Shard(s) {names} of {self.n_shards} were lost with their Dask "
+                f"worker ({lost[0][1]}); no partial answer is given. Restore them "
+                "from the last save with est.memory_.restore(path), or fit again."
+            ) from lost[0][1]
+        if error is not None:
+            raise error
+        return results
+
+    def _live(self, exclude=()):
+        return [
+            (i, a)
+            for i, a in enumerate(self._actors)
+            if self._marks[i][2] and i not in exclude
+        ]
+
+    def _by_shard(self, ids: np.ndarray):
+        """``(shard, positions)`` of the ids each shard holds."""
+        owner = shard_of(ids, self.n_shards)
+        order = np.argsort(owner, kind="stable")
+        bounds = np.searchsorted(owner[order], np.arange(self.n_shards + 1))
+        return [
+            (i, order[bounds[i] : bounds[i + 1]])
+            for i in range(self.n_shards)
+            if bounds[i + 1] > bounds[i]
+        ]
+
+    # -- adding ---------------------------------------------------------------------
+    @edits
+    def add(self, X, labels, ids=None, *, classes=None, sample_weight=None):
+        """Store raw vectors with their labels on the shards; returns their ids
+        (as :meth:`VectorStore.add`)."""
+        X = np.asarray(X, dtype=np.float32)
+        labels = np.asarray(labels)
+        m = X.shape[0]
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(
+                f"X must have shape (n_samples, {self.n_features}); got {X.shape}."
+            )
+        if not np.isfinite(X).all():
+            raise ValueError("X holds NaN or infinite values; the memory takes none.")
+        if labels.ndim not in (1, 2) or labels.shape[0] != m:
+            raise ValueError(
+                f"labels must have shape ({m},) or ({m}, n_levels); got {labels.shape}."
+            )
+        taxonomy, new_classes, key_codes, keys = self._keys_for(labels, classes)
+        ids = self.next_ids(m) if ids is None else self._check_new_ids(ids, m)
+        weights = checked_weights(sample_weight, m)
+        mean = self._mean
+        if mean is None and self.preprocessing == "center_l2" and m:
+            mean = fit_center(X)
+        Xc = X - mean if mean is not None else X
+        parts = self._by_shard(ids)
+        calls = [
+            (i, self._actors[i].add(Xc[p], keys[p], ids[p], weights[p]))
+            for i, p in parts
+        ]
+        try:
+            marks = self._gather(calls)
+        except BaseException:
+            self._take_back(calls, ids, parts)
+            raise
+        for i, mark in marks.items():
+            self._marks[i] = mark
+        self._ids = np.concatenate([self._ids[: self._n], ids])
+        self._n += m
+        self._classes, self._taxonomy, self._key_codes = (
+            new_classes,
+            taxonomy,
+            key_codes,
+        )
+        self._mean = mean
+        if m:
+            self._next_id = max(self._next_id, int(ids.max()) + 1)
+        self._sorted_ids = None
+        self._version += 1
+        return ids.copy()
+
+    def _take_back(self, calls, ids, parts) -> None:
+        """After a failed add, remove its rows from the shards that took them."""
+        where = dict(parts)
+        undo = []
+        for i, fut in calls:
+            try:
+                fut.result()
+            except Exception:  # that shard holds nothing new
+                continue
+            undo.append((i, self._actors[i].remove(ids[where[i]], False)))
+        for i, fut in undo:
+            try:
+                self._marks[i] = fut.result()
+            except Exception:  # reported by the add's own error
+                pass
+
+    def _keys_for(self, labels: np.ndarray, classes):
+        """``(taxonomy, classes, key_codes, keys)`` after taking ``labels``: each
+        sample's label key, and the key -> class-code map that goes with them."""
+        owner = "KNNVoter"
+        multi = labels.ndim == 2
+        if self._classes is not None and multi != (self._taxonomy is not None):
+            raise ValueError(
+                "Every add must give labels of the shape the first one had; got "
+                f"labels of shape {labels.shape}."
+            )
+        if multi:
+            if labels.shape[1] < 1:
+                raise ValueError("Multi-output labels need at least one level.")
+            tax = self._taxonomy or Taxonomy.empty(labels.shape[1])
+            taxonomy, paths = tax.grown(labels, classes, owner)
+            codes = np.arange(taxonomy.n_paths)
+            return taxonomy, codes, codes, paths.astype(np.int64)
+        check_label_kind(labels, self._classes, owner)
+        y_all = labels
+        if classes is not None:
+            classes = np.asarray(classes)
+            check_label_kind(classes, self._classes, owner)
+            if classes.size:
+                y_all = np.concatenate([np.unique(classes), labels])
+        new_classes, old_to_new = merge_classes(self._classes, y_all)
+        key_codes = self._key_codes
+        if old_to_new is not None:
+            key_codes = old_to_new[key_codes]
+        fresh = np.setdiff1d(np.arange(len(new_classes)), key_codes)
+        key_codes = np.concatenate([key_codes, fresh]).astype(np.int64)
+        code_to_key = np.empty(len(new_classes), np.int64)
+        code_to_key[key_codes] = np.arange(len(key_codes))
+        return None, new_classes, key_codes, code_to_key[encode(new_classes, labels)]
+
+    def _check_new_ids(self, ids, n: int) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.shape[0] != n:
+            raise ValueError(
+                f"sample_ids must be a 1-d array of {n} ids (one per sample); got "
+                f"shape {ids.shape}."
+            )
+        ids = checked_ids(ids)
+        refuse_duplicates(ids, "sample_ids")
+        clash = ids[self._stored(ids)]
+        if clash.size:
+            raise ValueError(
+                f"sample_ids already in memory: {np.sort(clash)[:10].tolist()}."
+            )
+        return ids
+
+    def _stored(self, ids: np.ndarray) -> np.ndarray:
+        if self._sorted_ids is None:
+            self._sorted_ids = np.sort(self._ids[: self._n])
+        s = self._sorted_ids
+        if not s.size:
+            return np.zeros(ids.shape, bool)
+        pos = np.minimum(np.searchsorted(s, ids), s.size - 1)
+        return s[pos] == ids
+
+    def _stored_ids(self, ids, what: str = "ids") -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 1:
+            raise ValueError(f"{what} must be 1-d; got shape {ids.shape}.")
+        ids = checked_ids(ids)
+        known = self._stored(ids)
+        if not known.all():
+            raise ValueError(
+                f"{what} not in memory: {np.unique(ids[~known])[:10].tolist()}."
+            )
+        return ids
+
+    # -- removing -------------------------------------------------------------------
+    @reads
+    def check_removable(self, ids) -> np.ndarray:
+        ids = self._stored_ids(ids, "sample_ids to unlearn")
+        return refuse_duplicates(ids, "sample_ids to unlearn")
+
+    @edits
+    def remove(self, ids, *, retrain_index: bool = False) -> None:
+        """Delete samples from the shards that hold them (physically, as the
+        local store does); every shard checks first, then all remove."""
+        uniq = self.check_removable(ids)
+        if not uniq.size:
+            return
+        parts = self._by_shard(uniq)
+        retrain = bool(retrain_index)
+        self._gather(
+            [(i, self._actors[i].check_remove(uniq[p], retrain)) for i, p in parts]
+        )
+        calls = [(i, self._actors[i].remove(uniq[p], retrain)) for i, p in parts]
+        done = {}
+        try:
+            done = self._gather(calls)
+        finally:
+            for i, fut in calls:  # what did go is gone: the client says so too
+                if i not in done:
+                    try:
+                        done[i] = fut.result()
+                    except Exception:  # reported by _gather
+                        continue
+            gone = np.concatenate([uniq[p] for i, p in parts if i in done] or [[]])
+            for i, mark in done.items():
+                self._marks[i] = mark
+            if gone.size:
+                keep = ~np.isin(self._ids[: self._n], gone)
+                self._ids = self._ids[: self._n][keep]
+                self._n = self._ids.size
+                self._sorted_ids = None
+                self._version += 1
+
+    @edits
+    def retrain_index(self) -> None:
+        marks = self._gather([(i, a.retrain_index()) for i, a in self._live()])
+        for i, mark in marks.items():
+            self._marks[i] = mark
+        self._version += 1
+
+    # -- reliabilities, exclusions, knobs -------------------------------------------
+    @edits
+    def set_reliability(self, ids, reliability) -> None:
+        ids = self._stored_ids(ids)
+        values = np.asarray(reliability, dtype=np.float32)
+        if values.shape != ids.shape:
+            raise ValueError(
+                f"reliability must have shape {ids.shape}, one per id; got "
+                f"{values.shape}."
+            )
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise ValueError("reliability weights must be finite and > 0.")
+        self._per_shard("set_reliability", ids, values)
+
+    @edits
+    def set_excluded(self, ids, excluded) -> None:
+        ids = self._stored_ids(ids)
+        values = np.asarray(excluded)
+        if values.shape != ids.shape or values.dtype != bool:
+            raise ValueError(
+                f"excluded must be a bool array of shape {ids.shape}, one per id; "
+                f"got {values.dtype} {values.shape}."
+            )
+        self._per_shard("set_excluded", ids, values)
+
+    def _per_shard(self, method: str, ids, values) -> None:
+        parts = self._by_shard(ids)
+        marks = self._gather(
+            [(i, getattr(self._actors[i], method)(ids[p], values[p])) for i, p in parts]
+        )
+        for i, mark in marks.items():
+            self._marks[i] = mark
+        self._version += 1
+
+    @edits
+    def set_index_params(self, params: dict) -> None:
+        """Set every shard's search knobs; one shard refusing changes none."""
+        params = dict(params)
+        if self.auto and params != self.index_params:
+            raise ValueError(
+                "engine='auto' chooses its own index_params; name an index to set "
+                "its knobs."
+            )
+        old = self.index_params
+        self._gather([(0, self._actors[0].set_index_params(params))])
+        try:
+            marks = self._gather(
+                [(i, a.set_index_params(params)) for i, a in enumerate(self._actors)]
+            )
+        except BaseException:
+            self._gather(
+                [(i, a.set_index_params(old)) for i, a in enumerate(self._actors)]
+            )
+            raise
+        for i, mark in marks.items():
+            self._marks[i] = mark
+        self.index_params = params
+        self._version += 1
+
+    # -- searching --------------------------------------------------------------------
+    def prepare(self, X) -> np.ndarray:
+        """A pre-processed float32 copy of raw vectors, as the local store makes."""
+        Q = np.array(X, dtype=np.float32, order="C", copy=True)
+        if Q.ndim != 2 or Q.shape[1] != self.n_features:
+            raise ValueError(
+                f"Queries must have shape (n_queries, {self.n_features}); got "
+                f"{Q.shape}."
+            )
+        if self.normalizes:
+            preprocess_inplace(Q, center=self._mean, normalize=True)
+        return Q
+
+    @reads
+    def search(
+        self, X, k, *, batch_size=DEFAULT_BATCH_SIZE, progress=False, prepared=False
+    ) -> Neighbors:
+        """The ``k`` nearest stored samples of raw queries, merged from every
+        shard's top ``k`` (as :meth:`VectorStore.search`)."""
+        return self._search(X, k, batch_size, progress, prepared, exact=False)
+
+    @reads
+    def search_exact(
+        self, X, k, *, batch_size=DEFAULT_BATCH_SIZE, progress=False, prepared=False
+    ) -> Neighbors:
+        """Brute-force search on every shard, merged: the reference of tuning."""
+        return self._search(X, k, batch_size, progress, prepared, exact=True)
+
+    def _search(self, X, k, batch_size, progress, prepared, *, exact):
+        X = np.asarray(X)
+        k = _capped_k(k, self._n)
+        live = self._live()
+        starts = range(0, X.shape[0], batch_size)
+
+        def submit(s):
+            block = X[s : s + batch_size]
+            Q = (
+                np.array(block, np.float32, order="C")
+                if prepared
+                else self.prepare(block)
+            )
+            calls = [
+                (i, a.search(Q, min(k, self._marks[i][2]), exact)) for i, a in live
+            ]
+            return Q, calls
+
+        parts = []
+        submitted = _windowed(starts, submit)
+        for Q, calls in _progress(submitted, len(starts), progress, "search"):
+            record = self._merge(self._gather(calls).values(), k)
+            lost = ~Q.any(axis=1) if self.normalizes else None
+            parts.append(_with(record, directionless=lost))
+        return Neighbors.concatenate(parts) if parts else self._empty(k)
+
+    @reads
+    def search_self(
+        self, ids=None, k=1, *, batch_size=DEFAULT_BATCH_SIZE, progress=False
+    ) -> Neighbors:
+        """Leave-one-out neighbours of stored samples, across every shard: each
+        shard's queries are searched in their own shard leaving themselves out
+        and in every other shard in full (FORMULAS.md 2)."""
+        q_ids = self._ids[: self._n] if ids is None else self._stored_ids(ids)
+        if self._n < 2:
+            raise ValueError(
+                f"Leave-one-out needs at least 2 samples in memory; it has {self._n}."
+            )
+        k = _capped_k(k, self._n - 1)
+        jobs = [
+            (a, p[s : s + batch_size])
+            for a, p in self._by_shard(q_ids)
+            for s in range(0, p.size, batch_size)
+        ]
+
+        def submit(job):
+            a, pos = job
+            block = q_ids[pos]
+            Q, keys = self._actors[a].vectors(block).result()
+            calls = [
+                (i, act.search(Q, min(k, self._marks[i][2]), False))
+                for i, act in self._live(exclude=(a,))
+            ]
+            if self._marks[a][2] >= 2:
+                calls.append(
+                    (
+                        a,
+                        self._actors[a].search_self(
+                            block, min(k, self._marks[a][2] - 1)
+                        ),
+                    )
+                )
+            return pos, block, keys, calls
+
+        submitted = _windowed(jobs, submit)
+        records = []
+        for pos, block, keys, calls in _progress(
+            submitted, len(jobs), progress, "leave-one-out"
+        ):
+            got = self._gather(calls)
+            grids = [g[:5] for g in got.values()]
+            record = self._merge(grids, k)
+            record = _with(
+                record, query_ids=block.copy(), query_labels=self._key_codes[keys]
+            )
+            records.append((pos, record))
+        if not records:
+            return self._empty(k)
+        order = np.argsort(np.concatenate([p for p, _ in records]), kind="stable")
+        merged = Neighbors.concatenate([r for _, r in records])
+        return _take(merged, order)
+
+    def _merge(self, grids, k: int) -> Neighbors:
+        """The ``k`` nearest of the shards' candidates, equal distances by id."""
+        D, ids, keys, rel, excl = (np.concatenate(f, axis=1) for f in zip(*grids))
+        order = np.lexsort((ids, D), axis=-1)[:, :k]
+        pick = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
+        D, ids, keys, rel, excl = map(pick, (D, ids, keys, rel, excl))
+        present = ids != MISSING
+        return Neighbors(
+            distances=D,
+            ids=ids,
+            labels=np.where(present, self._key_codes[np.where(present, keys, 0)], 0),
+            reliability=rel,
+            excluded=excl & present,
+            classes=self.classes,
+            taxonomy=self._taxonomy,
+        )
+
+    def _empty(self, k: int) -> Neighbors:
+        return Neighbors.empty(k, self.classes, self._taxonomy)
+
+    @reads
+    def get(self, ids, *, prepared: bool = False) -> Bunch:
+        """Raw (or pre-processed) vectors, labels, reliabilities, exclusions and
+        sample weights of stored samples, in the order of ids."""
+        ids = self._stored_ids(ids)
+        n, d = ids.shape[0], self.n_features
+        X = np.empty((n, d), np.float32)
+        keys = np.empty(n, np.int64)
+        rel = np.empty(n, np.float32)
+        excl = np.empty(n, bool)
+        sw = np.empty(n, np.float32)
+        parts = self._by_shard(ids)
+        method = "vectors" if prepared else "get"
+        got = self._gather(
+            [(i, getattr(self._actors[i], method)(ids[p])) for i, p in parts]
+        )
+        for i, p in parts:
+            X[p], keys[p] = got[i][0], got[i][1]
+            if not prepared:
+                rel[p], excl[p], sw[p] = got[i][2:]
+        if prepared:  # vectors() carries the rest only in get()
+            return Bunch(X=X, labels=self._label_values(keys))
+        if self._mean is not None:
+            X += self._mean
+        return Bunch(
+            X=X,
+            labels=self._label_values(keys),
+            reliability=rel,
+            excluded=excl,
+            sample_weight=sw,
+        )
+
+    def _label_values(self, keys: np.ndarray) -> np.ndarray:
+        codes = self._key_codes[keys]
+        if self._taxonomy is not None:
+            return self._taxonomy.rows(codes)
+        return self.classes[codes]
+
+    @reads
+    def within_radius(
+        self, query_ids, radii, *, X=None, ids=None, prepared=False
+    ) -> np.ndarray:
+        """Which stored queries have a point within their radius (as
+        :meth:`VectorStore.within_radius`), each answered by its own shard."""
+        if (X is None) == (ids is None):
+            raise ValueError("within_radius takes exactly one of X and ids.")
+        if ids is not None:
+            P = self.get(ids, prepared=True).X
+        else:
+            P = np.asarray(X, np.float32) if prepared else self.prepare(X)
+        q = self._stored_ids(query_ids, "query_ids")
+        radii = np.asarray(radii, dtype=np.float32)
+        if radii.shape != q.shape:
+            raise ValueError(
+                f"radii must have shape {q.shape}, one per query id; got {radii.shape}."
+            )
+        out = np.zeros(q.shape[0], dtype=bool)
+        parts = self._by_shard(q)
+        got = self._gather(
+            [(i, self._actors[i].within_radius(q[p], radii[p], P)) for i, p in parts]
+        )
+        for i, p in parts:
+            out[p] = got[i]
+        return out
+
+    # -- files ----------------------------------------------------------------------
+    def state(self) -> tuple[dict, dict]:
+        """The manifest ``(meta, arrays)``; the shards write their own files.
+
+        Only inside ``est.save(path)``: a sharded memory is never gathered into
+        one pickle behind the user's back.
+        """
+        saving = SAVING.get()
+        if saving is None:
+            raise TypeError(
+                "A sharded memory (backend='dask') is not pickled or copied: that "
+                "would gather every shard's vectors into one process. Save it with "
+                "est.save(path) (a manifest and one file per shard, written by the "
+                "workers), or bring it into one process with "
+                "skknn.distributed.to_local(est)."
+            )
+        return self._write_shards(Path(saving["path"]), saving["after"])
+
+    def _write_shards(self, path: Path, after: list) -> tuple[dict, dict]:
+        folder = path.resolve().parent
+        tag = f"{self.uid[:12]}-v{self._version}"
+        names = [f"{path.name}.{tag}.shard{i}" for i in range(self.n_shards)]
+        written = self._gather(
+            [(i, a.save(str(folder / names[i]))) for i, a in enumerate(self._actors)]
+        )
+        meta, arrays = self._client_state()
+        meta["shards"] = [
+            {"file": names[i], **written[i]} for i in range(self.n_shards)
+        ]
+        # Once the manifest names these files, older saves' shards are deleted:
+        # an unlearned vector must not survive in a file the manifest forgot.
+        after.append(lambda: _remove_stale(folder, path.name, set(names)))
+        return meta, arrays
+
+    def _client_state(self) -> tuple[dict, dict]:
+        """What the client holds, as a manifest without its shard list."""
+        from skknn.io import labels_to_json
+
+        meta = {
+            "sharded": True,
+            "n_shards": self.n_shards,
+            "n_features": self.n_features,
+            "metric": self.metric.name,
+            "preprocessing": self.preprocessing,
+            "storage_dtype": self.storage_dtype,
+            "index": self._config["index"],
+            "index_params": self.index_params,
+            "auto": self.auto,
+            "engine": self.engine_name,
+            "device": self._config["device"],
+            "next_id": int(self._next_id),
+            "uid": self.uid,
+            "version": int(self._version),
+            "classes": None if self._classes is None else labels_to_json(self._classes),
+        }
+        arrays = {
+            "sample_ids": self._ids[: self._n].copy(),
+            "key_codes": self._key_codes,
+        }
+        if self._mean is not None:
+            arrays["mean"] = self._mean
+        if self._taxonomy is not None:
+            meta["taxonomy"] = [labels_to_json(c) for c in self._taxonomy.classes]
+            arrays["taxonomy_paths"] = self._taxonomy.paths
+        return meta, arrays
+
+    @classmethod
+    def from_manifest(cls, meta: dict, arrays: dict, folder: Path, client=None):
+        """Re-create the shards of a saved sharded memory on the current cluster."""
+        files = [str(shard_path(Path(folder), s["file"])) for s in meta["shards"]]
+        self = cls._opened(meta, arrays, client, files=files)
+        for i, shard in enumerate(meta["shards"]):
+            got = self._marks[i]
+            want = (shard["uid"], shard["version"], shard["n_samples"])
+            if tuple(got) != want:
+                raise ValueError(
+                    f"shard file {shard['file']!r} holds shard state {got}, but the "
+                    f"manifest names {want}: the files are from different saves"
+                )
+        return self
+
+    @classmethod
+    def from_local_state(cls, meta, arrays, config: dict, n_shards=None, client=None):
+        """Split a local store's state into shards on the current cluster (rows
+        routed by id as :meth:`add` routes them, vectors sent as stored)."""
+        from skknn._shard import split_state
+
+        client = current_client() if client is None else client
+        if n_shards is None:
+            n_shards = len(client.scheduler_info()["workers"])
+        ids = arrays["sample_ids"]
+        taxonomy = meta.get("taxonomy")
+        n_codes = (
+            arrays["taxonomy_paths"].shape[0]
+            if taxonomy is not None
+            else len(meta["classes"]["values"])
+            if meta.get("classes")
+            else 0
+        )
+        manifest = {
+            **{
+                k: meta[k]
+                for k in (
+                    "n_features",
+                    "metric",
+                    "preprocessing",
+                    "next_id",
+                    "uid",
+                    "version",
+                    "classes",
+                )
+            },
+            "storage_dtype": meta.get("storage_dtype", "float32"),
+            "index": config["index"],
+            "index_params": config["index_params"] or {},
+            "device": config["device"],
+            "n_shards": int(n_shards),
+            "shards": [],
+        }
+        if taxonomy is not None:
+            manifest["taxonomy"] = taxonomy
+        client_arrays = {"sample_ids": ids, "key_codes": np.arange(n_codes)}
+        for name in ("mean", "taxonomy_paths"):
+            if name in arrays:
+                client_arrays[name] = arrays[name]
+        states = split_state(meta, arrays, int(n_shards), shard_of(ids, n_shards))
+        manifest["shards"] = [
+            {"uid": m["uid"], "version": 0, "n_samples": int(a["sample_ids"].size)}
+            for m, a in states
+        ]
+        return cls._opened(manifest, client_arrays, client, states=states)
+
+    @classmethod
+    def _opened(cls, meta, arrays, client, *, files=None, states=None):
+        self = cls.__new__(cls)
+        self._restore_client_state(meta, arrays)
+        client = current_client() if client is None else client
+        workers = sorted(client.scheduler_info()["workers"])
+        self._futures = []
+        for i in range(self.n_shards):
+            worker = workers[i % len(workers)]
+            if files is not None:
+                fut = self._start_shard(client, worker, i, file=files[i])
+            else:  # the rows travel to their worker once, not inside the task
+                data = client.scatter([states[i]], workers=[worker])[0]
+                fut = self._start_shard(client, worker, i, state=data)
+            self._futures.append(fut)
+        self._actors = [f.result() for f in self._futures]
+        self._describe(
+            self._gather([(i, a.info()) for i, a in enumerate(self._actors)])
+        )
+        self._lock()
+        return self
+
+    def _restore_client_state(self, meta: dict, arrays: dict) -> None:
+        from skknn.io import labels_from_json
+
+        _check_manifest(meta, arrays)
+        self.n_features = meta["n_features"]
+        self.metric = METRICS[meta["metric"]]
+        self.preprocessing = meta["preprocessing"]
+        self.storage_dtype = meta["storage_dtype"]
+        self._config = {
+            "metric": meta["metric"],
+            "preprocessing": meta["preprocessing"],
+            "index": meta["index"],
+            "index_params": meta["index_params"],
+            "device": meta["device"],
+            "storage_dtype": meta["storage_dtype"],
+        }
+        self.uid = meta["uid"]
+        self._version = meta["version"]
+        self.n_shards = meta["n_shards"]
+        self._ids = arrays["sample_ids"]
+        self._n = self._ids.size
+        self._next_id = meta["next_id"]
+        self._classes = (
+            None if meta["classes"] is None else labels_from_json(meta["classes"])
+        )
+        self._taxonomy = None
+        if meta.get("taxonomy") is not None:
+            self._taxonomy = Taxonomy(
+                tuple(labels_from_json(c) for c in meta["taxonomy"]),
+                arrays["taxonomy_paths"],
+            )
+        self._key_codes = arrays["key_codes"]
+        self._mean = arrays.get("mean")
+        self._sorted_ids = None
+        self._marks = [(s["uid"], s["version"], s["n_samples"]) for s in meta["shards"]]
+
+    @edits
+    def restore(self, path) -> list[int]:
+        """Re-create lost shards from the save at ``path``; returns their numbers.
+
+        A shard is restored only if it has not changed since that save (its own
+        version matches the manifest's): edits made after the save exist nowhere
+        else. Otherwise load the whole save with ``skknn.load(path)``.
+        """
+        from skknn.io import read_archive
+
+        path = Path(path)
+        meta, _ = read_archive(path)
+        manifest = _find_manifest(meta["state"])
+        if manifest is None or manifest["uid"] != self.uid:
+            raise ValueError(f"{str(path)!r} is not a save of this memory.")
+        client = current_client()
+        lost = []
+        for i, a in enumerate(self._actors):
+            try:
+                self._gather([(i, a.info())])
+            except ShardLost:
+                lost.append(i)
+        workers = sorted(client.scheduler_info()["workers"])
+        for i in lost:
+            saved = manifest["shards"][i]
+            want = self._marks[i]
+            if (saved["uid"], saved["version"], saved["n_samples"]) != tuple(want):
+                raise ValueError(
+                    f"Shard {i} changed after the save at {str(path)!r} (it is at "
+                    f"version {want[1]}, the save holds {saved['version']}): its "
+                    "later edits exist nowhere. Load the whole save with "
+                    "skknn.load(path) instead."
+                )
+            file = shard_path(path.resolve().parent, saved["file"])
+            fut = self._start_shard(client, workers[i % len(workers)], i, str(file))
+            self._futures[i], self._actors[i] = fut, fut.result()
+        return lost
+
+    @reads
+    def gathered_state(self, device) -> tuple[dict, dict]:
+        """The ``(meta, arrays)`` of one local store (on ``device``) holding every
+        shard's rows: :func:`skknn.distributed.to_local`."""
+        meta, arrays = self._client_state()
+        shards = self._gather([(i, a.state()) for i, a in enumerate(self._actors)])
+        return local_state(
+            meta, arrays, [shards[i] for i in range(self.n_shards)], device
+        )
+
+    def __getstate__(self):
+        self.state()  # raises, with the way out
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardedStore(n_samples={self._n}, n_shards={self.n_shards}, "
+            f"n_features={self.n_features}, metric={self.metric.name!r}, "
+            f"engine={self.engine_name!r})"
+        )
+
+
+def _capped_k(k: int, available: int) -> int:
+    k = min(int(k), available)
+    if k <= 0:
+        raise ValueError("The memory is empty: fit or partial_fit samples first.")
+    return k
+
+
+def _windowed(items, submit):
+    """``submit(item)`` for each item, yielding each submission once IN_FLIGHT
+    newer ones are out (the caller gathers it before the next is made)."""
+    pending = []
+    for item in items:
+        pending.append(submit(item))
+        if len(pending) > IN_FLIGHT:
+            yield pending.pop(0)
+    yield from pending
+
+
+def _progress(iterable, total: int, progress: bool, desc: str):
+    if not progress or total < 2:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="block")
+
+
+def _with(record: Neighbors, **fields) -> Neighbors:
+    from dataclasses import replace
+
+    return replace(record, **fields)
+
+
+def _take(record: Neighbors, order: np.ndarray) -> Neighbors:
+    from dataclasses import fields, replace
+
+    out = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if f.name in ("classes", "taxonomy") or value is None:
+            continue
+        out[f.name] = value[order]
+    return replace(record, **out)
+
+
+def shard_path(folder: Path, name: str) -> Path:
+    if "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise ValueError(f"shard file name {name!r} is not a plain file name")
+    return folder / name
+
+
+def _remove_stale(folder: Path, stem: str, keep: set) -> None:
+    for f in folder.glob(f"{glob_escape(stem)}.*.shard*"):
+        name = f.name
+        if name not in keep and _SHARD_FILE.search(name[len(stem) :]):
+            f.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _find_manifest(state: dict):
+    """The sharded memory's manifest in an estimator's saved state (nested
+    voters included), or None."""
+    if not isinstance(state, dict):
+        return None
+    if state.get("memory", {}).get("sharded"):
+        return state["memory"]
+    for value in state.values():
+        if isinstance(value, dict):
+            found = _find_manifest(value)
+            if found is not None:
+                return found
+    return None
+
+
+def _check_manifest(meta: dict, arrays: dict) -> None:
+    need = (
+        "n_shards",
+        "shards",
+        "n_features",
+        "metric",
+        "preprocessing",
+        "storage_dtype",
+        "index",
+        "index_params",
+        "device",
+        "next_id",
+        "uid",
+        "version",
+        "classes",
+    )
+    missing = [k for k in need if k not in meta]
+    if missing:
+        raise ValueError(f"the shard manifest lacks {missing}")
+    if len(meta["shards"]) != meta["n_shards"]:
+        raise ValueError("the manifest lists a different number of shard files")
+    if "sample_ids" not in arrays or "key_codes" not in arrays:
+        raise ValueError("the manifest lacks its sample ids or label keys")
+    total = sum(int(s["n_samples"]) for s in meta["shards"])
+    if total != arrays["sample_ids"].shape[0]:
+        raise ValueError(
+            f"the shards hold {total} samples but the manifest lists "
+            f"{arrays['sample_ids'].shape[0]} ids"
+        )
+
+
+def local_state(meta: dict, arrays: dict, shards: list, device) -> tuple[dict, dict]:
+    """One local store's ``(meta, arrays)`` from a manifest and its shards'
+    states: rows in the memory's insertion order, label keys turned into class
+    codes, the index chosen for ``device`` (rebuilt when the store is made)."""
+    from skknn._device import resolve_engine
+    from skknn._search import auto_engine
+    from skknn.io import labels_from_json
+
+    ids = np.concatenate([s[1]["sample_ids"] for s in shards])
+    want = arrays["sample_ids"]
+    sorter = np.argsort(ids, kind="stable")
+    pos = np.searchsorted(ids, want, sorter=sorter)
+    pos = sorter[np.minimum(pos, max(ids.size - 1, 0))]
+    if ids.size != want.size or not np.array_equal(ids[pos], want):
+        raise ValueError("the shards do not hold exactly the manifest's sample ids")
+    keys = np.concatenate(
+        [
+            labels_from_json(s[0]["classes"]).astype(np.int64)[s[1]["labels"]]
+            if s[0].get("classes") is not None
+            else s[1]["labels"]
+            for s in shards
+        ]
+    )
+    key_codes = arrays["key_codes"]
+    if keys.size and (keys.min() < 0 or keys.max() >= key_codes.size):
+        raise ValueError("a shard holds a label key the manifest does not know")
+    out = {
+        name: np.concatenate([s[1][name] for s in shards])[pos]
+        for name in (
+            "embeddings",
+            "sample_ids",
+            "reliability",
+            "excluded",
+            "sample_weight",
+        )
+    }
+    if all("norms" in s[1] for s in shards):
+        out["norms"] = np.concatenate([s[1]["norms"] for s in shards])[pos]
+    out["labels"] = key_codes[keys][pos]
+    for name in ("mean", "taxonomy_paths"):
+        if name in arrays:
+            out[name] = arrays[name]
+    engine = resolve_engine(meta["index"], torch.device(device))
+    auto = engine == "auto"
+    index_params = meta["index_params"]
+    if auto:
+        engine, index_params = auto_engine(want.size)
+    local = {
+        "n_features": meta["n_features"],
+        "metric": meta["metric"],
+        "preprocessing": meta["preprocessing"],
+        "engine": engine,
+        "auto": auto,
+        "storage_dtype": meta["storage_dtype"],
+        "index_params": index_params,
+        "next_id": meta["next_id"],
+        "uid": meta["uid"],
+        "version": meta["version"],
+        "classes": meta["classes"],
+    }
+    if "taxonomy" in meta:
+        local["taxonomy"] = meta["taxonomy"]
+    return local, out

@@ -1,0 +1,179 @@
+"""skknn on a Dask cluster: what a sharded memory needs besides the estimator.
+
+Two ways to use a cluster, for two different limits:
+
+- **The memory does not fit one machine**: ``KNNVoter(backend="dask")`` keeps
+  it in shards on the workers (``skknn/_sharded.py``); every estimator method
+  works as before.
+- **The memory fits, the queries do not** (a stream, a large dask array):
+  :func:`predict` scatters the fitted estimator to every worker once and
+  predicts the query blocks where they are (the replicated mode).
+
+:func:`to_local` brings a sharded memory into this process. :class:`ShardLost`
+is raised, with no partial answer, when a shard's worker is gone.
+
+Examples
+--------
+>>> import numpy as np
+>>> from distributed import Client, LocalCluster
+>>> from skknn import KNNVoter
+>>> from skknn.distributed import to_local
+>>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=None)
+>>> client = Client(cluster)
+>>> rng = np.random.default_rng(0)
+>>> X, y = rng.normal(size=(100, 8)), rng.integers(0, 3, 100)
+>>> knn = KNNVoter(5, index="flat", backend="dask").fit(X, y)
+>>> knn.memory_.n_shards, sum(knn.memory_.shard_sizes)
+(2, 100)
+>>> local = KNNVoter(5, index="flat").fit(X, y)
+>>> bool((knn.kneighbors(X[:5])[1] == local.kneighbors(X[:5])[1]).all())
+True
+>>> to_local(knn).memory_.n_samples
+100
+>>> client.close(); cluster.close()
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import clone
+
+from skknn._sharded import ShardedStore, ShardLost, current_client
+
+__all__ = ["ShardLost", "ShardedStore", "predict", "to_local"]
+
+
+def to_local(estimator):
+    """A copy of a ``backend="dask"`` KNNVoter whose memory is gathered into
+    this process (``backend="local"``): same ids, vectors, labels, weights and
+    exclusions, the index built here. The sharded original is untouched.
+
+    Parameters
+    ----------
+    estimator : KNNVoter
+        Fitted with ``backend="dask"``.
+
+    Returns
+    -------
+    local : KNNVoter
+    """
+    from skknn._device import resolve_device
+    from skknn._store import VectorStore
+    from skknn.voter import KNNVoter
+
+    if not isinstance(estimator, KNNVoter):
+        raise TypeError(
+            "to_local takes a KNNVoter; for a JointKNNClassifier or MemoryPruner "
+            "with a sharded memory, save it and skknn.load(path, backend='local')."
+        )
+    store = estimator.memory_
+    if not getattr(store, "sharded", False):
+        raise ValueError("This KNNVoter's memory is already local.")
+    device = resolve_device(estimator.device, owner="KNNVoter")
+    with store.reading():
+        meta, arrays = store.gathered_state(device)
+    local = clone(estimator).set_params(backend="local", n_shards=None)
+    local.memory_ = VectorStore.from_state(meta, arrays, device)
+    local.n_features_in_ = estimator.n_features_in_
+    if hasattr(estimator, "feature_names_in_"):
+        local.feature_names_in_ = estimator.feature_names_in_
+    local._fitted_config_ = local._memory_config()
+    return local
+
+
+def _apply(block, estimator, method):
+    return getattr(estimator, method)(block)
+
+
+def predict(estimator, X, *, method: str = "predict", client=None):
+    """Predict query blocks on every worker, the memory scattered once.
+
+    For a memory that fits one machine and a query stream that does not: the
+    fitted estimator (its memory included) is sent to each worker once
+    (``client.scatter(broadcast=True)``) and every task refers to that copy.
+
+    Parameters
+    ----------
+    estimator : fitted estimator with a local memory
+        A KNNVoter, JointKNNClassifier or MemoryPruner (``backend="local"``).
+    X : dask.array.Array or sequence of array-like
+        Queries: a dask array (rows in chunks), or blocks.
+    method : {"predict", "predict_proba", "score_samples"}, default="predict"
+    client : distributed.Client, default=None
+        The current client when None.
+
+    Returns
+    -------
+    out : dask.array.Array or ndarray
+        A dask array (lazy, one block per chunk of ``X``) for a dask array;
+        else the blocks' results, concatenated.
+    """
+    if method not in ("predict", "predict_proba", "score_samples"):
+        raise ValueError(
+            "method must be 'predict', 'predict_proba' or 'score_samples'; got "
+            f"{method!r}."
+        )
+    memory = _memory_of(estimator)
+    if getattr(memory, "sharded", False):
+        raise ValueError(
+            "This estimator's memory is already sharded on the cluster: call its "
+            f"{method} directly. The replicated mode is for local memories."
+        )
+    client = current_client() if client is None else client
+    [remote] = client.scatter([estimator], broadcast=True, hash=False)
+    if _is_dask_array(X):
+        return _predict_dask_array(estimator, remote, X, method)
+    futures = client.map(_apply, list(X), estimator=remote, method=method, pure=False)
+    results = client.gather(futures)
+    return np.concatenate(results) if results else np.empty(0)
+
+
+def _predict_dask_array(estimator, remote, X, method):
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-d; got a dask array of shape {X.shape}.")
+    X = X.rechunk({1: -1})
+    if method == "predict_proba":
+        classes = estimator.classes_
+        if isinstance(classes, list):
+            raise ValueError(
+                "predict_proba of multi-output labels gives one array per level; "
+                "pass blocks instead of a dask array."
+            )
+        return X.map_blocks(
+            _apply,
+            remote,
+            method,
+            dtype=np.float64,
+            chunks=(X.chunks[0], (len(classes),)),
+        )
+    if method == "predict":
+        classes = estimator.classes_
+        if isinstance(classes, list):
+            return X.map_blocks(
+                _apply,
+                remote,
+                method,
+                dtype=object,
+                chunks=(X.chunks[0], (len(classes),)),
+            )
+        return X.map_blocks(_apply, remote, method, dtype=classes.dtype, drop_axis=1)
+    return X.map_blocks(_apply, remote, method, dtype=np.float64, drop_axis=1)
+
+
+def _is_dask_array(X) -> bool:
+    try:
+        import dask.array as da
+    except ImportError:
+        return False
+    return isinstance(X, da.Array)
+
+
+def _memory_of(estimator):
+    for name in ("memory_", "knn_", "estimator_"):
+        inner = getattr(estimator, name, None)
+        if inner is None:
+            continue
+        if name == "memory_":
+            return inner
+        return _memory_of(inner)
+    raise ValueError("predict needs a fitted estimator (call fit first).")
