@@ -125,28 +125,39 @@ def _pair_scores(
     except ImportError:
         faiss = None
     if faiss is not None and X.flags.c_contiguous and X.dtype == np.float32:
-        nq, k = safe.shape
-        by_idx = (
-            faiss.fvec_inner_products_by_idx
-            if inner_product
-            else faiss.fvec_L2sqr_by_idx
-        )
-        by_idx(
-            faiss.swig_ptr(out),
-            faiss.swig_ptr(Q),
-            faiss.swig_ptr(X),
-            faiss.swig_ptr(safe),
-            X.shape[1],
-            nq,
-            k,
-        )
+        _faiss_by_idx(faiss, out, Q, X, safe, inner_product)
         return out
+    # Other storage (float16, a strided map): gather the pairs' rows as float32,
+    # then the same per-pair kernel, so a pair's value does not depend on where
+    # it sits in the call (a batched matmul's would: BLAS blocks the rows).
     for s in range(0, Q.shape[0], _PAIR_CHUNK):
-        nb = X[safe[s : s + _PAIR_CHUNK]].astype(np.float32, copy=False)
-        q = Q[s : s + _PAIR_CHUNK, None, :]
-        if inner_product:
-            out[s : s + _PAIR_CHUNK] = np.matmul(nb, q.transpose(0, 2, 1))[..., 0]
+        nb = X[safe[s : s + _PAIR_CHUNK]].astype(np.float32)
+        q = Q[s : s + _PAIR_CHUNK]
+        if faiss is not None:
+            c, k, d = nb.shape
+            pos = np.arange(c * k, dtype=np.int64).reshape(c, k)
+            block = np.empty((c, k), np.float32)
+            _faiss_by_idx(faiss, block, q, nb.reshape(c * k, d), pos, inner_product)
+            out[s : s + _PAIR_CHUNK] = block
+        elif inner_product:
+            out[s : s + _PAIR_CHUNK] = np.einsum("ijk,ik->ij", nb, q)
         else:
-            diff = nb - q
+            diff = nb - q[:, None, :]
             out[s : s + _PAIR_CHUNK] = np.einsum("ijk,ijk->ij", diff, diff)
     return out
+
+
+def _faiss_by_idx(faiss, out, Q, X, idx, inner_product: bool) -> None:
+    by_idx = (
+        faiss.fvec_inner_products_by_idx if inner_product else faiss.fvec_L2sqr_by_idx
+    )
+    nq, k = idx.shape
+    by_idx(
+        faiss.swig_ptr(out),
+        faiss.swig_ptr(np.ascontiguousarray(Q, dtype=np.float32)),
+        faiss.swig_ptr(X),
+        faiss.swig_ptr(np.ascontiguousarray(idx, dtype=np.int64)),
+        X.shape[1],
+        nq,
+        k,
+    )

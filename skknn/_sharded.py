@@ -153,9 +153,7 @@ class ShardedStore(GuardedState):
         self._futures = futures
         self._actors = [f.result() for f in futures]
         self._marks = [None] * self.n_shards  # (uid, version, n) of each shard
-        self._describe(
-            self._gather([(i, a.info()) for i, a in enumerate(self._actors)])
-        )
+        self._describe(self._each("info"))
         self._lock()
 
     def _start_shard(self, client, worker: str, i: int, file=None, state=None):
@@ -213,7 +211,7 @@ class ShardedStore(GuardedState):
     @property
     def vector_nbytes(self) -> int:
         """Bytes the shards hold for their vectors, all workers together."""
-        infos = self._gather([(i, a.info()) for i, a in enumerate(self._actors)])
+        infos = self._each("info")
         return sum(info["vector_nbytes"] for info in infos.values())
 
     def reading(self) -> AbstractContextManager[None]:
@@ -257,11 +255,24 @@ class ShardedStore(GuardedState):
             raise error
         return results
 
-    def _live(self, exclude=()):
+    def _call(self, i: int, method: str, *args):
+        """``(shard, future)`` of one actor call; a call that cannot even be sent
+        (the worker is known to be gone) fails when its result is asked for."""
+        try:
+            return i, getattr(self._actors[i], method)(*args)
+        except Exception as exc:  # raised by _gather, with the other calls'
+            return i, _Failed(exc)
+
+    def _each(self, method: str, *args) -> dict:
+        """The results of ``method`` on every shard."""
+        return self._gather(
+            [self._call(i, method, *args) for i in range(self.n_shards)]
+        )
+
+    def _live(self, exclude=()) -> list[int]:
+        """Shards holding samples (an empty store cannot be searched)."""
         return [
-            (i, a)
-            for i, a in enumerate(self._actors)
-            if self._marks[i][2] and i not in exclude
+            i for i in range(self.n_shards) if self._marks[i][2] and i not in exclude
         ]
 
     def _by_shard(self, ids: np.ndarray):
@@ -302,8 +313,7 @@ class ShardedStore(GuardedState):
         Xc = X - mean if mean is not None else X
         parts = self._by_shard(ids)
         calls = [
-            (i, self._actors[i].add(Xc[p], keys[p], ids[p], weights[p]))
-            for i, p in parts
+            self._call(i, "add", Xc[p], keys[p], ids[p], weights[p]) for i, p in parts
         ]
         try:
             marks = self._gather(calls)
@@ -335,7 +345,7 @@ class ShardedStore(GuardedState):
                 fut.result()
             except Exception:  # that shard holds nothing new
                 continue
-            undo.append((i, self._actors[i].remove(ids[where[i]], False)))
+            undo.append(self._call(i, "remove", ids[where[i]], False))
         for i, fut in undo:
             try:
                 self._marks[i] = fut.result()
@@ -429,9 +439,9 @@ class ShardedStore(GuardedState):
         parts = self._by_shard(uniq)
         retrain = bool(retrain_index)
         self._gather(
-            [(i, self._actors[i].check_remove(uniq[p], retrain)) for i, p in parts]
+            [self._call(i, "check_remove", uniq[p], retrain) for i, p in parts]
         )
-        calls = [(i, self._actors[i].remove(uniq[p], retrain)) for i, p in parts]
+        calls = [self._call(i, "remove", uniq[p], retrain) for i, p in parts]
         done = {}
         try:
             done = self._gather(calls)
@@ -454,7 +464,7 @@ class ShardedStore(GuardedState):
 
     @edits
     def retrain_index(self) -> None:
-        marks = self._gather([(i, a.retrain_index()) for i, a in self._live()])
+        marks = self._gather([self._call(i, "retrain_index") for i in self._live()])
         for i, mark in marks.items():
             self._marks[i] = mark
         self._version += 1
@@ -487,7 +497,7 @@ class ShardedStore(GuardedState):
     def _per_shard(self, method: str, ids, values) -> None:
         parts = self._by_shard(ids)
         marks = self._gather(
-            [(i, getattr(self._actors[i], method)(ids[p], values[p])) for i, p in parts]
+            [self._call(i, method, ids[p], values[p]) for i, p in parts]
         )
         for i, mark in marks.items():
             self._marks[i] = mark
@@ -503,14 +513,17 @@ class ShardedStore(GuardedState):
                 "its knobs."
             )
         old = self.index_params
-        self._gather([(0, self._actors[0].set_index_params(params))])
+        self._gather([self._call(0, "set_index_params", params)])
         try:
             marks = self._gather(
-                [(i, a.set_index_params(params)) for i, a in enumerate(self._actors)]
+                [
+                    self._call(i, "set_index_params", params)
+                    for i in range(self.n_shards)
+                ]
             )
         except BaseException:
             self._gather(
-                [(i, a.set_index_params(old)) for i, a in enumerate(self._actors)]
+                [self._call(i, "set_index_params", old) for i in range(self.n_shards)]
             )
             raise
         for i, mark in marks.items():
@@ -560,7 +573,8 @@ class ShardedStore(GuardedState):
                 else self.prepare(block)
             )
             calls = [
-                (i, a.search(Q, min(k, self._marks[i][2]), exact)) for i, a in live
+                self._call(i, "search", Q, min(k, self._marks[i][2]), exact)
+                for i in live
             ]
             return Q, calls
 
@@ -594,20 +608,14 @@ class ShardedStore(GuardedState):
         def submit(job):
             a, pos = job
             block = q_ids[pos]
-            Q, keys = self._actors[a].vectors(block).result()
+            Q, keys = self._gather([self._call(a, "vectors", block)])[a]
             calls = [
-                (i, act.search(Q, min(k, self._marks[i][2]), False))
-                for i, act in self._live(exclude=(a,))
+                self._call(i, "search", Q, min(k, self._marks[i][2]), False)
+                for i in self._live(exclude=(a,))
             ]
             if self._marks[a][2] >= 2:
-                calls.append(
-                    (
-                        a,
-                        self._actors[a].search_self(
-                            block, min(k, self._marks[a][2] - 1)
-                        ),
-                    )
-                )
+                own_k = min(k, self._marks[a][2] - 1)
+                calls.append(self._call(a, "search_self", block, own_k))
             return pos, block, keys, calls
 
         submitted = _windowed(jobs, submit)
@@ -661,9 +669,7 @@ class ShardedStore(GuardedState):
         sw = np.empty(n, np.float32)
         parts = self._by_shard(ids)
         method = "vectors" if prepared else "get"
-        got = self._gather(
-            [(i, getattr(self._actors[i], method)(ids[p])) for i, p in parts]
-        )
+        got = self._gather([self._call(i, method, ids[p]) for i, p in parts])
         for i, p in parts:
             X[p], keys[p] = got[i][0], got[i][1]
             if not prepared:
@@ -707,7 +713,7 @@ class ShardedStore(GuardedState):
         out = np.zeros(q.shape[0], dtype=bool)
         parts = self._by_shard(q)
         got = self._gather(
-            [(i, self._actors[i].within_radius(q[p], radii[p], P)) for i, p in parts]
+            [self._call(i, "within_radius", q[p], radii[p], P) for i, p in parts]
         )
         for i, p in parts:
             out[p] = got[i]
@@ -736,7 +742,10 @@ class ShardedStore(GuardedState):
         tag = f"{self.uid[:12]}-v{self._version}"
         names = [f"{path.name}.{tag}.shard{i}" for i in range(self.n_shards)]
         written = self._gather(
-            [(i, a.save(str(folder / names[i]))) for i, a in enumerate(self._actors)]
+            [
+                self._call(i, "save", str(folder / names[i]))
+                for i in range(self.n_shards)
+            ]
         )
         meta, arrays = self._client_state()
         meta["shards"] = [
@@ -861,9 +870,7 @@ class ShardedStore(GuardedState):
                 fut = self._start_shard(client, worker, i, state=data)
             self._futures.append(fut)
         self._actors = [f.result() for f in self._futures]
-        self._describe(
-            self._gather([(i, a.info()) for i, a in enumerate(self._actors)])
-        )
+        self._describe(self._each("info"))
         self._lock()
         return self
 
@@ -920,9 +927,9 @@ class ShardedStore(GuardedState):
             raise ValueError(f"{str(path)!r} is not a save of this memory.")
         client = current_client()
         lost = []
-        for i, a in enumerate(self._actors):
+        for i in range(self.n_shards):
             try:
-                self._gather([(i, a.info())])
+                self._gather([self._call(i, "info")])
             except ShardLost:
                 lost.append(i)
         workers = sorted(client.scheduler_info()["workers"])
@@ -946,7 +953,7 @@ class ShardedStore(GuardedState):
         """The ``(meta, arrays)`` of one local store (on ``device``) holding every
         shard's rows: :func:`skknn.distributed.to_local`."""
         meta, arrays = self._client_state()
-        shards = self._gather([(i, a.state()) for i, a in enumerate(self._actors)])
+        shards = self._each("state")
         return local_state(
             meta, arrays, [shards[i] for i in range(self.n_shards)], device
         )
@@ -960,6 +967,16 @@ class ShardedStore(GuardedState):
             f"n_features={self.n_features}, metric={self.metric.name!r}, "
             f"engine={self.engine_name!r})"
         )
+
+
+class _Failed:
+    """Stands for an actor call that raised before returning a future."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def result(self):
+        raise self.exc
 
 
 def _capped_k(k: int, available: int) -> int:

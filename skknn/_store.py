@@ -929,35 +929,52 @@ class VectorStore(StoreStateMixin, GuardedState):
         return k
 
     def _search_prepared(self, Q: np.ndarray, k: int, *, exact: bool = False):
-        """``(distances, rows)`` of pre-processed queries, refined and re-sorted."""
+        """``(distances, rows)`` of pre-processed queries, refined and re-sorted:
+        nearest first, equal distances by sample id.
+
+        One candidate beyond the ``k * refine`` asked for shows whether equal
+        distances straddle the k-th place; those queries fetch twice as many
+        until the tie is whole. So which of several equally distant samples
+        enters the k is settled by id, not by the engine's rounding (duplicate
+        vectors land in different GEMM blocks), and a sharded memory, merging
+        the shards' top k in the same order, gives the same answer.
+        """
         if Q.shape[0] == 0:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         X = self._X[: self._n]
+        kk = min(k * (1 if exact else self._refine) + 1, self._n)
+        dist, rows = self._candidates(X, Q, k, kk, exact)
+        todo = np.flatnonzero(_tie_open(dist, k, kk, self._n))
+        dist, rows = dist[:, :k].copy(), rows[:, :k].copy()
+        while todo.size:
+            kk = min(2 * kk, self._n)
+            d2, r2 = self._candidates(X, Q[todo], k, kk, exact)
+            dist[todo], rows[todo] = d2[:, :k], r2[:, :k]
+            todo = todo[_tie_open(d2, k, kk, self._n)]
+        return dist, rows
+
+    def _candidates(self, X, Q, k: int, kk: int, exact: bool):
+        """``kk`` candidates per query from the engine (or brute force), with
+        exact distances, sorted nearest first (equal distances by id)."""
         if exact:
-            rows = self._exact_rows(X, Q, k)
-            dist = self.metric.pair_distances(X, Q, rows)
-            order = self._nearest_first(dist, rows)
-            return np.take_along_axis(dist, order, 1), np.take_along_axis(
-                rows, order, 1
-            )
-        # With refinement, R * k candidates from the index, k kept by exact distance.
-        kk = min(k * self._refine, self._n)
-        _, keys = self.engine.search(X, Q, kk)
-        keys = np.asarray(keys, dtype=np.int64)
-        rows = self._rows_of(keys) if self.engine.keys_are_ids else keys
-        found = (rows >= 0).sum(axis=1)
-        short = found < k
-        if short.any():
-            none = found == 0
-            if none.any():
-                # Only empty inverted lists probed (small nprobe, lists emptied by
-                # unlearn): nothing to vote with, so search those exactly.
-                rows = rows.copy()
-                rows[none] = self._exact_rows(X, Q[none], kk)
-            self._warn_short(int(short.sum()), int(none.sum()), Q.shape[0], k)
+            rows = self._exact_rows(X, Q, kk)
+        else:
+            _, keys = self.engine.search(X, Q, kk)
+            keys = np.asarray(keys, dtype=np.int64)
+            rows = self._rows_of(keys) if self.engine.keys_are_ids else keys
+            found = (rows >= 0).sum(axis=1)
+            short = found < k
+            if short.any():
+                none = found == 0
+                if none.any():
+                    # Only empty inverted lists probed (small nprobe, lists emptied
+                    # by unlearn): nothing to vote with, so search those exactly.
+                    rows = rows.copy()
+                    rows[none] = self._exact_rows(X, Q[none], kk)
+                self._warn_short(int(short.sum()), int(none.sum()), Q.shape[0], k)
         dist = self.metric.pair_distances(X, Q, rows)
         # Exact distances may reorder near-ties the engine's arithmetic saw apart.
-        order = self._nearest_first(dist, rows)[:, :k]
+        order = self._nearest_first(dist, rows)
         return np.take_along_axis(dist, order, 1), np.take_along_axis(rows, order, 1)
 
     def _nearest_first(self, dist: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -1014,6 +1031,15 @@ class VectorStore(StoreStateMixin, GuardedState):
             f"metric={self.metric.name!r}, preprocessing={self.preprocessing!r}, "
             f"engine={self.engine_name!r})"
         )
+
+
+def _tie_open(dist: np.ndarray, k: int, kk: int, n: int) -> np.ndarray:
+    """Queries whose k-th distance is shared by their last candidate while more
+    samples exist: the tie may go on beyond what was fetched."""
+    if kk >= n or kk <= k:
+        return np.zeros(dist.shape[0], dtype=bool)
+    d_k = dist[:, k - 1]
+    return np.isfinite(d_k) & (dist[:, kk - 1] == d_k)
 
 
 def refuse_duplicates(ids: np.ndarray, what: str) -> np.ndarray:

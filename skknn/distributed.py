@@ -18,7 +18,7 @@ Examples
 >>> from distributed import Client, LocalCluster
 >>> from skknn import KNNVoter
 >>> from skknn.distributed import to_local
->>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=None)
+>>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=":0")
 >>> client = Client(cluster)
 >>> rng = np.random.default_rng(0)
 >>> X, y = rng.normal(size=(100, 8)), rng.integers(0, 3, 100)
