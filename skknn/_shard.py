@@ -17,6 +17,7 @@ What it is sent and keeps:
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import numpy as np
@@ -49,6 +50,8 @@ class Shard:
     """
 
     def __init__(self, n_features: int, config: dict, file=None, state=None):
+        self.search_seconds = 0.0  # time spent searching: the client's overhead is
+        # its wall time less the slowest shard's share of this
         device = resolve_device(config["device"], owner="KNNVoter shard")
         if file is not None:
             self.store = load_shard_store(file, device)
@@ -84,6 +87,7 @@ class Shard:
             "device": str(s.device),
             "vector_nbytes": s.vector_nbytes,
             "pid": os.getpid(),
+            "search_seconds": self.search_seconds,
         }
 
     def _mark(self) -> tuple[str, int, int]:
@@ -123,13 +127,18 @@ class Shard:
     def search(self, Q, k: int, exact: bool = False):
         """Top ``k`` of prepared queries: ``(distances, ids, keys, reliability,
         excluded)``."""
+        start = time.perf_counter()
         find = self.store.search_exact if exact else self.store.search
-        return _grid(find(Q, k, batch_size=max(1, len(Q)), prepared=True))
+        out = _grid(find(Q, k, batch_size=max(1, len(Q)), prepared=True))
+        self.search_seconds += time.perf_counter() - start
+        return out
 
     def search_self(self, ids, k: int):
         """Leave-one-out within this shard, as :meth:`search` plus the queries'
         own keys."""
+        start = time.perf_counter()
         nb = self.store.search_self(ids, k, batch_size=max(1, len(ids)))
+        self.search_seconds += time.perf_counter() - start
         return (*_grid(nb), nb.classes[nb.query_labels])
 
     def vectors(self, ids):

@@ -211,8 +211,16 @@ class ShardedStore(GuardedState):
     @property
     def vector_nbytes(self) -> int:
         """Bytes the shards hold for their vectors, all workers together."""
+        return sum(info["vector_nbytes"] for info in self.shard_info())
+
+    def shard_info(self) -> list[dict]:
+        """Per shard: its worker, process id, samples, engine, device, vector
+        bytes and the seconds it has spent searching."""
         infos = self._each("info")
-        return sum(info["vector_nbytes"] for info in infos.values())
+        return [
+            {"worker": getattr(self._actors[i], "_address", None), **infos[i]}
+            for i in range(self.n_shards)
+        ]
 
     def reading(self) -> AbstractContextManager[None]:
         """Hold one state of the memory across several reads (edits wait)."""

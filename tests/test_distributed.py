@@ -437,6 +437,18 @@ def test_a_lost_worker_names_its_shard_and_a_save_restores_it(data, tmp_path):
             os.kill(pid, signal.SIGKILL)
             lost = _until_lost(lambda: sharded.predict_proba(Q))
             assert "Shard(s) 1 of 2" in str(lost)
+            # An add reaching the lost shard is taken back from the live one.
+            ids, version = sharded.sample_ids_, sharded.memory_.version
+            with pytest.raises(ShardLost):
+                sharded.partial_fit(Q[:20], y[:20])
+            assert (
+                sharded.memory_._gather([sharded.memory_._call(0, "info")])[0][
+                    "n_samples"
+                ]
+                == sharded.memory_.shard_sizes[0]
+            )
+            np.testing.assert_array_equal(sharded.sample_ids_, ids)
+            assert sharded.memory_.version == version
             client.wait_for_workers(2, timeout=60)  # the nanny starts a new one
             assert sharded.memory_.restore(path) == [1]
             np.testing.assert_array_equal(sharded.predict_proba(Q), want)
