@@ -54,3 +54,16 @@ def merge_classes(
 def encode(classes: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Class indices of labels known to be in ``classes``."""
     return np.searchsorted(classes, y).astype(np.int64)
+
+
+def grown_classes(known, labels: np.ndarray, classes, owner: str):
+    """``merge_classes`` of the known classes with ``labels`` and the extra
+    ``classes`` to know before their samples arrive, each checked for its type."""
+    check_label_kind(labels, known, owner)
+    y_all = labels
+    if classes is not None:
+        classes = np.asarray(classes)
+        check_label_kind(classes, known, owner)
+        if classes.size:
+            y_all = np.concatenate([np.unique(classes), labels])
+    return merge_classes(known, y_all)

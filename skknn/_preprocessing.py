@@ -38,3 +38,15 @@ def preprocess_inplace(
             norms[norms == 0] = 1.0
             block /= norms[:, None]
     return X
+
+
+def prepared_queries(X, n_features: int, center, normalize: bool) -> np.ndarray:
+    """A pre-processed float32 copy of raw query vectors (the input untouched)."""
+    Q = np.array(X, dtype=np.float32, order="C", copy=True)
+    if Q.ndim != 2 or Q.shape[1] != n_features:
+        raise ValueError(
+            f"Queries must have shape (n_queries, {n_features}); got {Q.shape}."
+        )
+    if normalize:
+        preprocess_inplace(Q, center=center, normalize=True)
+    return Q

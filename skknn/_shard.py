@@ -28,6 +28,8 @@ from skknn._store import VectorStore
 from skknn.io import FORMAT, VERSION, read_archive, write_archive
 
 SHARD_CLASS = "skknn-shard"
+# A store state's arrays with one entry per row (besides labels and "norms").
+ROW_ARRAYS = ("embeddings", "sample_ids", "reliability", "excluded", "sample_weight")
 
 
 def shard_preprocessing(preprocessing: str | None) -> str | None:
@@ -232,14 +234,7 @@ def split_state(meta: dict, arrays: dict, n_shards: int, owner) -> list:
         }
         shard_arrays = {
             name: np.ascontiguousarray(arrays[name][rows])
-            for name in (
-                "embeddings",
-                "sample_ids",
-                "reliability",
-                "excluded",
-                "sample_weight",
-                "norms",
-            )
+            for name in (*ROW_ARRAYS, "norms")
             if name in arrays
         }
         shard_arrays["labels"] = np.searchsorted(classes, keys).astype(np.int64)

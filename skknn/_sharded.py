@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextvars
 import re
 import uuid
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +34,23 @@ import torch
 from sklearn.utils import Bunch
 
 from skknn._hierarchy import Taxonomy
-from skknn._labels import check_label_kind, encode, merge_classes
-from skknn._locks import GuardedState, edits, reads
+from skknn._labels import encode, grown_classes
+from skknn._locks import edits, reads
 from skknn._metric import METRICS
 from skknn._neighbors import MISSING, Neighbors
-from skknn._preprocessing import fit_center, preprocess_inplace
-from skknn._shard import Shard
-from skknn._store import DEFAULT_BATCH_SIZE, refuse_duplicates
-from skknn._store_checks import MAX_ID, checked_ids, checked_weights
+from skknn._preprocessing import fit_center, prepared_queries
+from skknn._shard import ROW_ARRAYS, Shard
+from skknn._store import DEFAULT_BATCH_SIZE
+from skknn._store_checks import (
+    checked_excluded,
+    checked_ids,
+    checked_new_ids,
+    checked_reliability,
+    checked_rows,
+    checked_weights,
+    refuse_duplicates,
+)
+from skknn._store_view import StoreView
 
 # Query blocks in flight at once: enough to keep every worker busy while the
 # client merges, few enough to bound the memory queued on the workers.
@@ -101,7 +109,7 @@ def _is_lost(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "Actor was lost" in str(exc)
 
 
-class ShardedStore(GuardedState):
+class ShardedStore(StoreView):
     """A memory of labelled embeddings in shards on Dask workers.
 
     Made by ``KNNVoter(backend="dask").fit``; see the module docstring and
@@ -180,30 +188,6 @@ class ShardedStore(GuardedState):
 
     # -- what it holds ------------------------------------------------------------
     @property
-    def normalizes(self) -> bool:
-        return self.preprocessing is not None or self.metric.name == "cosine"
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def n_samples(self) -> int:
-        return self._n
-
-    @property
-    def classes(self) -> np.ndarray:
-        return np.empty(0) if self._classes is None else self._classes
-
-    @property
-    def taxonomy(self) -> Taxonomy | None:
-        return self._taxonomy
-
-    @property
-    def mean(self) -> np.ndarray | None:
-        return self._mean
-
-    @property
     def shard_sizes(self) -> list[int]:
         """Samples held by each shard."""
         return [m[2] for m in self._marks]
@@ -221,23 +205,6 @@ class ShardedStore(GuardedState):
             {"worker": getattr(self._actors[i], "_address", None), **infos[i]}
             for i in range(self.n_shards)
         ]
-
-    def reading(self) -> AbstractContextManager[None]:
-        """Hold one state of the memory across several reads (edits wait)."""
-        return self._reading()
-
-    @reads
-    def ids(self) -> np.ndarray:
-        return self._ids[: self._n].copy()
-
-    @reads
-    def next_ids(self, n: int) -> np.ndarray:
-        if self._next_id + n - 1 > MAX_ID:
-            raise ValueError(
-                f"No fresh sample ids are left above the largest ever issued "
-                f"({self._next_id - 1}). Pass sample_ids explicitly."
-            )
-        return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
 
     # -- talking to the shards ------------------------------------------------------
     def _gather(self, calls) -> dict:
@@ -299,19 +266,8 @@ class ShardedStore(GuardedState):
     def add(self, X, labels, ids=None, *, classes=None, sample_weight=None):
         """Store raw vectors with their labels on the shards; returns their ids
         (as :meth:`VectorStore.add`)."""
-        X = np.asarray(X, dtype=np.float32)
-        labels = np.asarray(labels)
+        X, labels = checked_rows(X, labels, self.n_features)
         m = X.shape[0]
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(
-                f"X must have shape (n_samples, {self.n_features}); got {X.shape}."
-            )
-        if not np.isfinite(X).all():
-            raise ValueError("X holds NaN or infinite values; the memory takes none.")
-        if labels.ndim not in (1, 2) or labels.shape[0] != m:
-            raise ValueError(
-                f"labels must have shape ({m},) or ({m}, n_levels); got {labels.shape}."
-            )
         taxonomy, new_classes, key_codes, keys = self._keys_for(labels, classes)
         ids = self.next_ids(m) if ids is None else self._check_new_ids(ids, m)
         weights = checked_weights(sample_weight, m)
@@ -377,14 +333,7 @@ class ShardedStore(GuardedState):
             taxonomy, paths = tax.grown(labels, classes, owner)
             codes = np.arange(taxonomy.n_paths)
             return taxonomy, codes, codes, paths.astype(np.int64)
-        check_label_kind(labels, self._classes, owner)
-        y_all = labels
-        if classes is not None:
-            classes = np.asarray(classes)
-            check_label_kind(classes, self._classes, owner)
-            if classes.size:
-                y_all = np.concatenate([np.unique(classes), labels])
-        new_classes, old_to_new = merge_classes(self._classes, y_all)
+        new_classes, old_to_new = grown_classes(self._classes, labels, classes, owner)
         key_codes = self._key_codes
         if old_to_new is not None:
             key_codes = old_to_new[key_codes]
@@ -395,20 +344,7 @@ class ShardedStore(GuardedState):
         return None, new_classes, key_codes, code_to_key[encode(new_classes, labels)]
 
     def _check_new_ids(self, ids, n: int) -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or ids.shape[0] != n:
-            raise ValueError(
-                f"sample_ids must be a 1-d array of {n} ids (one per sample); got "
-                f"shape {ids.shape}."
-            )
-        ids = checked_ids(ids)
-        refuse_duplicates(ids, "sample_ids")
-        clash = ids[self._stored(ids)]
-        if clash.size:
-            raise ValueError(
-                f"sample_ids already in memory: {np.sort(clash)[:10].tolist()}."
-            )
-        return ids
+        return checked_new_ids(ids, n, self._stored)
 
     def _stored(self, ids: np.ndarray) -> np.ndarray:
         if self._sorted_ids is None:
@@ -481,25 +417,13 @@ class ShardedStore(GuardedState):
     @edits
     def set_reliability(self, ids, reliability) -> None:
         ids = self._stored_ids(ids)
-        values = np.asarray(reliability, dtype=np.float32)
-        if values.shape != ids.shape:
-            raise ValueError(
-                f"reliability must have shape {ids.shape}, one per id; got "
-                f"{values.shape}."
-            )
-        if not np.all(np.isfinite(values)) or np.any(values <= 0):
-            raise ValueError("reliability weights must be finite and > 0.")
+        values = checked_reliability(reliability, ids.shape)
         self._per_shard("set_reliability", ids, values)
 
     @edits
     def set_excluded(self, ids, excluded) -> None:
         ids = self._stored_ids(ids)
-        values = np.asarray(excluded)
-        if values.shape != ids.shape or values.dtype != bool:
-            raise ValueError(
-                f"excluded must be a bool array of shape {ids.shape}, one per id; "
-                f"got {values.dtype} {values.shape}."
-            )
+        values = checked_excluded(excluded, ids.shape)
         self._per_shard("set_excluded", ids, values)
 
     def _per_shard(self, method: str, ids, values) -> None:
@@ -542,15 +466,7 @@ class ShardedStore(GuardedState):
     # -- searching --------------------------------------------------------------------
     def prepare(self, X) -> np.ndarray:
         """A pre-processed float32 copy of raw vectors, as the local store makes."""
-        Q = np.array(X, dtype=np.float32, order="C", copy=True)
-        if Q.ndim != 2 or Q.shape[1] != self.n_features:
-            raise ValueError(
-                f"Queries must have shape (n_queries, {self.n_features}); got "
-                f"{Q.shape}."
-            )
-        if self.normalizes:
-            preprocess_inplace(Q, center=self._mean, normalize=True)
-        return Q
+        return prepared_queries(X, self.n_features, self._mean, self.normalizes)
 
     @reads
     def search(
@@ -1123,14 +1039,7 @@ def local_state(meta: dict, arrays: dict, shards: list, device) -> tuple[dict, d
     if keys.size and (keys.min() < 0 or keys.max() >= key_codes.size):
         raise ValueError("a shard holds a label key the manifest does not know")
     out = {
-        name: np.concatenate([s[1][name] for s in shards])[pos]
-        for name in (
-            "embeddings",
-            "sample_ids",
-            "reliability",
-            "excluded",
-            "sample_weight",
-        )
+        name: np.concatenate([s[1][name] for s in shards])[pos] for name in ROW_ARRAYS
     }
     if all("norms" in s[1] for s in shards):
         out["norms"] = np.concatenate([s[1]["norms"] for s in shards])[pos]

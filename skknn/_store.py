@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from contextlib import AbstractContextManager
 from dataclasses import replace
 
 import numpy as np
@@ -24,20 +23,35 @@ from sklearn.utils import Bunch
 
 from skknn._disk import DiskVectors
 from skknn._hierarchy import Taxonomy
-from skknn._labels import check_label_kind, encode, merge_classes
-from skknn._locks import GuardedState, edits, reads
+from skknn._labels import encode, grown_classes
+from skknn._locks import edits, reads
 from skknn._metric import METRICS, Metric
 from skknn._neighbors import MISSING, Neighbors
-from skknn._preprocessing import PREPROCESSING, fit_center, preprocess_inplace
+from skknn._preprocessing import (
+    PREPROCESSING,
+    fit_center,
+    prepared_queries,
+    preprocess_inplace,
+)
 from skknn._rows import compact_inplace, expand_inplace, grow, kept_runs, uninterrupted
 from skknn._search import auto_engine, make_engine, split_refine
-from skknn._store_checks import MAX_ID, STORAGE_DTYPES, checked_ids, checked_weights
+from skknn._store_checks import (
+    STORAGE_DTYPES,
+    checked_excluded,
+    checked_ids,
+    checked_new_ids,
+    checked_reliability,
+    checked_rows,
+    checked_weights,
+    refuse_duplicates,
+)
 from skknn._store_io import StoreStateMixin
+from skknn._store_view import StoreView
 
 DEFAULT_BATCH_SIZE = 4096
 
 
-class VectorStore(StoreStateMixin, GuardedState):
+class VectorStore(StoreStateMixin, StoreView):
     """A searchable, editable memory of labelled embeddings, in RAM.
 
     Parameters
@@ -182,19 +196,6 @@ class VectorStore(StoreStateMixin, GuardedState):
 
     # -- what it holds ------------------------------------------------------------
     @property
-    def normalizes(self) -> bool:
-        """Whether vectors are L2-normalised (any pre-processing, or cosine)."""
-        return self.preprocessing is not None or self.metric.name == "cosine"
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def n_samples(self) -> int:
-        return self._n
-
-    @property
     def storage_folder(self):
         """The folder holding this store's vectors file, or None (RAM)."""
         return None if self._disk is None else self._disk.folder
@@ -205,49 +206,6 @@ class VectorStore(StoreStateMixin, GuardedState):
         included); 0 when they are memory-mapped from a file (``storage_path``,
         ``skknn.load(mmap=True)``): those pages are the OS's cache."""
         return 0 if isinstance(self._X, np.memmap) else int(self._X.nbytes)
-
-    @property
-    def classes(self) -> np.ndarray:
-        if self._classes is None:
-            return np.empty(0)
-        return self._classes
-
-    @property
-    def taxonomy(self) -> Taxonomy | None:
-        """For multi-output labels, each level's classes and the label path of
-        each class code (:attr:`classes` are then path codes 0, 1, ...); None
-        for one label column."""
-        return self._taxonomy
-
-    @property
-    def mean(self) -> np.ndarray | None:
-        """Centre of ``"center_l2"`` (None for other pre-processing)."""
-        return self._mean
-
-    def reading(self) -> AbstractContextManager[None]:
-        """Hold one state of the store across several reads.
-
-        Every method is consistent on its own; hold this to read several things
-        (a search and a :meth:`get`, say) from the same state while other threads
-        edit. Edits wait until it is released.
-        """
-        return self._reading()
-
-    @reads
-    def ids(self) -> np.ndarray:
-        """Ids of every stored sample, oldest first (a copy)."""
-        return self._ids[: self._n].copy()
-
-    @reads
-    def next_ids(self, n: int) -> np.ndarray:
-        """The ids :meth:`add` gives ``n`` samples by default: never used before."""
-        if self._next_id + n - 1 > MAX_ID:
-            raise ValueError(
-                f"No fresh sample ids are left above the largest ever issued "
-                f"({self._next_id - 1}; ids must be <= 2**63 - 1). Pass sample_ids "
-                "explicitly (unused ids below it are still free)."
-            )
-        return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
 
     # -- adding ---------------------------------------------------------------------
     @edits
@@ -280,32 +238,13 @@ class VectorStore(StoreStateMixin, GuardedState):
         -------
         ids : ndarray of int64
         """
-        X = np.asarray(X, dtype=np.float32)
-        labels = np.asarray(labels)
+        X, labels = checked_rows(X, labels, self.n_features)
         m = X.shape[0]
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(
-                f"X must have shape (n_samples, {self.n_features}); got {X.shape}."
-            )
-        if not np.isfinite(X).all():
-            raise ValueError("X holds NaN or infinite values; the memory takes none.")
-        if labels.ndim not in (1, 2) or labels.shape[0] != m:
-            raise ValueError(
-                f"labels must have shape ({m},) or ({m}, n_levels), one row per row "
-                f"of X; got {labels.shape}."
-            )
         owner = type(self).__name__
         taxonomy, labels = self._label_paths(labels, classes, owner)
         if taxonomy is not None:  # path codes: classes are 0 .. n_paths - 1
             classes = np.arange(taxonomy.n_paths)
-        check_label_kind(labels, self._classes, owner)
-        y_all = labels
-        if classes is not None:
-            classes = np.asarray(classes)
-            check_label_kind(classes, self._classes, owner)
-            if classes.size:
-                y_all = np.concatenate([np.unique(classes), labels])
-        new_classes, old_to_new = merge_classes(self._classes, y_all)
+        new_classes, old_to_new = grown_classes(self._classes, labels, classes, owner)
         ids = self.next_ids(m) if ids is None else self._check_new_ids(ids, m)
         weights = checked_weights(sample_weight, m)
         mean = self._mean
@@ -454,23 +393,16 @@ class VectorStore(StoreStateMixin, GuardedState):
             self._norm = bufs[6]
 
     def _check_new_ids(self, ids, n: int) -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or ids.shape[0] != n:
-            raise ValueError(
-                f"sample_ids must be a 1-d array of {n} ids (one per sample); got "
-                f"shape {ids.shape}."
-            )
-        ids = checked_ids(ids)
-        refuse_duplicates(ids, "sample_ids")
-        if self._n and n:
-            # Ids above every id ever issued cannot collide; check only the rest.
-            low = ids[ids < self._next_id]
-            clash = low[np.isin(low, self._ids[: self._n])]
-            if clash.size:
-                raise ValueError(
-                    f"sample_ids already in memory: {np.sort(clash)[:10].tolist()}."
-                )
-        return ids
+        return checked_new_ids(ids, n, self._stored)
+
+    def _stored(self, ids: np.ndarray) -> np.ndarray:
+        """Which of these ids are stored (ids above every id ever issued cannot
+        be, so only the rest are looked up)."""
+        out = np.zeros(ids.shape, dtype=bool)
+        if self._n:
+            low = ids < self._next_id
+            out[low] = np.isin(ids[low], self._ids[: self._n])
+        return out
 
     # -- looking up -----------------------------------------------------------------
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
@@ -679,14 +611,7 @@ class VectorStore(StoreStateMixin, GuardedState):
     def set_reliability(self, ids, reliability) -> None:
         """Set the voting weights of stored samples (finite, > 0; FORMULAS.md 5)."""
         rows = self._stored_rows(ids)
-        values = np.asarray(reliability, dtype=np.float32)
-        if values.shape != rows.shape:
-            raise ValueError(
-                f"reliability must have shape {rows.shape}, one per id; got "
-                f"{values.shape}."
-            )
-        if not np.all(np.isfinite(values)) or np.any(values <= 0):
-            raise ValueError("reliability weights must be finite and > 0.")
+        values = checked_reliability(reliability, rows.shape)
         rel = self._rel.copy()  # keeps the spare capacity add() writes into
         rel[rows] = values
         bufs = self._buffers()
@@ -699,12 +624,7 @@ class VectorStore(StoreStateMixin, GuardedState):
     def set_excluded(self, ids, excluded) -> None:
         """Set the hard-pruning flags of stored samples (excluded: no vote)."""
         rows = self._stored_rows(ids)
-        values = np.asarray(excluded)
-        if values.shape != rows.shape or values.dtype != bool:
-            raise ValueError(
-                f"excluded must be a bool array of shape {rows.shape}, one per id; "
-                f"got {values.dtype} {values.shape}."
-            )
+        values = checked_excluded(excluded, rows.shape)
         excl = self._excl.copy()
         excl[rows] = values
         bufs = self._buffers()
@@ -744,15 +664,7 @@ class VectorStore(StoreStateMixin, GuardedState):
     # -- searching --------------------------------------------------------------------
     def prepare(self, X) -> np.ndarray:
         """A pre-processed float32 copy of raw vectors (the input is untouched)."""
-        Q = np.array(X, dtype=np.float32, order="C", copy=True)
-        if Q.ndim != 2 or Q.shape[1] != self.n_features:
-            raise ValueError(
-                f"Queries must have shape (n_queries, {self.n_features}); got "
-                f"{Q.shape}."
-            )
-        if self.normalizes:
-            preprocess_inplace(Q, center=self._mean, normalize=True)
-        return Q
+        return prepared_queries(X, self.n_features, self._mean, self.normalizes)
 
     @reads
     def search(
@@ -1040,16 +952,6 @@ def _tie_open(dist: np.ndarray, k: int, kk: int, n: int) -> np.ndarray:
         return np.zeros(dist.shape[0], dtype=bool)
     d_k = dist[:, k - 1]
     return np.isfinite(d_k) & (dist[:, kk - 1] == d_k)
-
-
-def refuse_duplicates(ids: np.ndarray, what: str) -> np.ndarray:
-    """The sorted unique ids; ValueError naming any given twice."""
-    uniq, counts = np.unique(ids, return_counts=True)
-    if np.any(counts > 1):
-        raise ValueError(
-            f"{what} must be unique; duplicated: {uniq[counts > 1][:10].tolist()}."
-        )
-    return uniq
 
 
 def query_blocks(n: int, size: int, progress: bool, desc: str):

@@ -205,3 +205,72 @@ def checked_ids(ids: np.ndarray) -> np.ndarray:
             f"sample_ids must be in [0, 2**63 - 1]; got {sorted(bad)[:10]}."
         )
     return ids.astype(np.int64)
+
+
+def checked_rows(X, labels, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors (float32) and labels to add: shapes that agree, finite values."""
+    X = np.asarray(X, dtype=np.float32)
+    labels = np.asarray(labels)
+    m = X.shape[0]
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise ValueError(f"X must have shape (n_samples, {n_features}); got {X.shape}.")
+    if not np.isfinite(X).all():
+        raise ValueError("X holds NaN or infinite values; the memory takes none.")
+    if labels.ndim not in (1, 2) or labels.shape[0] != m:
+        raise ValueError(
+            f"labels must have shape ({m},) or ({m}, n_levels), one row per row "
+            f"of X; got {labels.shape}."
+        )
+    return X, labels
+
+
+def checked_reliability(reliability, shape: tuple) -> np.ndarray:
+    """Voting weights for stored samples: one per id, finite, > 0."""
+    values = np.asarray(reliability, dtype=np.float32)
+    if values.shape != shape:
+        raise ValueError(
+            f"reliability must have shape {shape}, one per id; got {values.shape}."
+        )
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError("reliability weights must be finite and > 0.")
+    return values
+
+
+def checked_excluded(excluded, shape: tuple) -> np.ndarray:
+    """Hard-pruning flags for stored samples: one bool per id."""
+    values = np.asarray(excluded)
+    if values.shape != shape or values.dtype != bool:
+        raise ValueError(
+            f"excluded must be a bool array of shape {shape}, one per id; got "
+            f"{values.dtype} {values.shape}."
+        )
+    return values
+
+
+def checked_new_ids(ids, n: int, stored) -> np.ndarray:
+    """Ids for ``n`` new samples: 1-d, in range, unique, none of them stored
+    (``stored(ids)`` says which are)."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.shape[0] != n:
+        raise ValueError(
+            f"sample_ids must be a 1-d array of {n} ids (one per sample); got "
+            f"shape {ids.shape}."
+        )
+    ids = checked_ids(ids)
+    refuse_duplicates(ids, "sample_ids")
+    clash = ids[stored(ids)]
+    if clash.size:
+        raise ValueError(
+            f"sample_ids already in memory: {np.sort(clash)[:10].tolist()}."
+        )
+    return ids
+
+
+def refuse_duplicates(ids: np.ndarray, what: str) -> np.ndarray:
+    """The sorted unique ids; ValueError naming any given twice."""
+    uniq, counts = np.unique(ids, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(
+            f"{what} must be unique; duplicated: {uniq[counts > 1][:10].tolist()}."
+        )
+    return uniq

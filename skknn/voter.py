@@ -506,14 +506,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         if self.backend == "dask":
             from skknn._sharded import ShardedStore
 
-            config = {
-                "metric": self.metric,
-                "preprocessing": self.preprocessing,
-                "index": self.index,
-                "index_params": self.index_params,
-                "device": self.device,
-                "storage_dtype": self.storage_dtype,
-            }
+            config = self._shard_config(self.index_params)
             return ShardedStore(n_features, config, n_shards=self.n_shards)
         device = resolve_device(self.device, owner=type(self).__name__)
         return VectorStore(
@@ -1072,20 +1065,25 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 f"memory ({built})"
             )
 
+    def _shard_config(self, index_params) -> dict:
+        """What each shard of a ``backend="dask"`` memory is made from (the device
+        and engine are resolved on its worker)."""
+        return {
+            "metric": self.metric,
+            "preprocessing": self.preprocessing,
+            "index": self.index,
+            "index_params": index_params,
+            "device": self.device,
+            "storage_dtype": self.storage_dtype,
+        }
+
     def _load_memory_across(self, meta, arrays, sharded, backend, loading, device):
         """A saved memory moved between backends: a sharded one re-created on the
         cluster or gathered here, a local one split into shards."""
         from skknn._shard import read_shard
         from skknn._sharded import ShardedStore, local_state, shard_path
 
-        config = {
-            "metric": self.metric,
-            "preprocessing": self.preprocessing,
-            "index": self.index,
-            "index_params": meta.get("index_params"),
-            "device": self.device,
-            "storage_dtype": self.storage_dtype,
-        }
+        config = self._shard_config(meta.get("index_params"))
         if not sharded:  # a local memory split into shards
             n_shards = self.n_shards if self.backend == "dask" else None
             return ShardedStore.from_local_state(meta, arrays, config, n_shards)
