@@ -86,3 +86,15 @@ sphinx_gallery_conf = {
 # Matplotlib draws off screen; the examples' own warnings are not the docs'.
 os.environ.setdefault("MPLBACKEND", "Agg")
 warnings.filterwarnings("ignore", category=UserWarning, module="matplotlib")
+
+
+def _skip_member(app, what, name, obj, skip, options):
+    # scikit-learn's generated metadata-routing setters (set_fit_request, ...)
+    # are documented by scikit-learn; their docstrings cite its glossary.
+    if name.startswith("set_") and name.endswith("_request"):
+        return True
+    return skip
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_member)

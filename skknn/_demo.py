@@ -61,7 +61,13 @@ def mnist_subset(n_samples: int, seed: int):
     return X.reshape(-1, side, side), X, y, name
 
 
-def embed(images, image_size: int | None, layer: str | None, batch_size: int = 128):
+def embed(
+    images,
+    image_size: int | None,
+    layer: str | None,
+    batch_size: int = 128,
+    progress: bool = True,
+):
     """Embeddings of ``images`` by EfficientNet-Lite0, and the seconds it took."""
     from skknn.features import TorchFeatureExtractor
 
@@ -71,7 +77,7 @@ def embed(images, image_size: int | None, layer: str | None, batch_size: int = 1
         pooling="none" if layer else "avg",
         image_size=image_size,
         batch_size=batch_size,
-        progress=True,
+        progress=progress,
     )
     t = time.perf_counter()
     E = extractor.fit(images[:1]).transform(images)

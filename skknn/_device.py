@@ -13,7 +13,16 @@ import torch
 
 
 class DeviceWarning(UserWarning):
-    """Warned when a model saved on a GPU is loaded where that GPU is missing."""
+    """Warned when a model saved on a GPU is loaded where that GPU is missing.
+
+    The model is loaded onto the CPU instead.
+
+    Examples
+    --------
+    >>> from skknn import DeviceWarning
+    >>> issubclass(DeviceWarning, UserWarning)
+    True
+    """
 
 
 def resolve_device(

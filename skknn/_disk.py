@@ -39,7 +39,19 @@ _CHUNK_BYTES = 64 << 20
 
 
 class StorageInUse(RuntimeError):
-    """The folder's memory is held by another live store (this or another process)."""
+    """The folder's memory is held by another live store (this or another process).
+
+    Examples
+    --------
+    >>> import tempfile, skknn
+    >>> folder = tempfile.mkdtemp()
+    >>> knn = skknn.KNNVoter(n_neighbors=1, index="exact", storage_path=folder)
+    >>> knn = knn.fit([[0., 1.], [1., 0.]], [0, 1])
+    >>> skknn.load(folder)  # knn still holds its memory
+    Traceback (most recent call last):
+    ...
+    skknn._disk.StorageInUse: The memory in '...' is in use by another store ...
+    """
 
 
 def _try_lock(folder: Path) -> int | None:

@@ -24,9 +24,10 @@ class Neighbors:
     """Retrieved neighbours of a batch of queries, nearest first.
 
     Every field but ``classes`` and the ``query_*`` fields has shape
-    ``(n_queries, k)``.
+    ``(n_queries, k)``. The fields are the constructor's parameters and the
+    record's attributes (the record is frozen).
 
-    Attributes
+    Parameters
     ----------
     distances : ndarray of float32
         Distance to each neighbour under the store's metric; ``inf`` in empty
@@ -55,6 +56,24 @@ class Neighbors:
         For multi-output labels, the store's levels when the search ran:
         ``labels`` and ``classes`` are then label-path codes, and
         ``taxonomy.paths[:, l]`` maps them to classes of level ``l``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn import KNNVoter
+    >>> X = np.array([[1., 0.], [.9, .1], [0., 1.], [.1, .9]])
+    >>> y = np.array(["cat", "cat", "dog", "dog"])
+    >>> knn = KNNVoter(n_neighbors=2, index="exact").fit(X, y)
+    >>> nb = knn.neighbors([[.8, .2], [.2, .8]])
+    >>> nb.ids
+    array([[1, 0],
+           [3, 2]])
+    >>> nb.label_values()
+    array([['cat', 'cat'],
+           ['dog', 'dog']], dtype='<U3')
+    >>> nb.first(1).ids
+    array([[1],
+           [3]])
     """
 
     distances: np.ndarray
@@ -88,12 +107,26 @@ class Neighbors:
 
     def farthest(self) -> np.ndarray:
         """Distance to each query's last neighbour found: ``d_k`` (the k-th), or
-        the farthest found where an approximate index found fewer."""
+        the farthest found where an approximate index found fewer.
+
+        Returns
+        -------
+        distances : ndarray of float32 of shape (n_queries,)
+            ``-inf`` for a query with no neighbour found.
+        """
         return np.where(self.present, self.distances, -np.inf).max(axis=1)
 
     def label_values(self) -> np.ndarray:
         """The neighbours' labels as class values (not codes): ``(n_queries, k)``,
-        or ``(n_queries, k, n_levels)`` for multi-output labels."""
+        or ``(n_queries, k, n_levels)`` for multi-output labels.
+
+        Returns
+        -------
+        values : ndarray
+            Values of ``classes`` (of each level's classes for multi-output
+            labels); empty slots hold the value of code 0 (mask them with
+            :attr:`present`).
+        """
         if self.taxonomy is not None:
             return self.taxonomy.rows(self.labels)
         return self.classes[self.labels]
@@ -101,7 +134,20 @@ class Neighbors:
     def level(self, level: int) -> Neighbors:
         """The record at one level of multi-output labels: the neighbours' label
         paths replaced by their labels at ``level`` (FORMULAS.md 7), as if the
-        memory held that one column. Voting it votes that level."""
+        memory held that one column. Voting it votes that level.
+
+        Parameters
+        ----------
+        level : int
+            Index of the level (column of the labels); negative counts from the
+            last.
+
+        Returns
+        -------
+        neighbors : Neighbors
+            With one label column: ``labels`` and ``query_labels`` are codes of
+            ``classes``, the level's classes, and ``taxonomy`` is None.
+        """
         if self.taxonomy is None:
             raise ValueError("This record holds one label column; it has no levels.")
         tax = self.taxonomy
@@ -118,13 +164,37 @@ class Neighbors:
         )
 
     def first(self, k: int) -> Neighbors:
-        """The ``k`` nearest of each query's neighbours (records are sorted)."""
+        """The ``k`` nearest of each query's neighbours (records are sorted).
+
+        Parameters
+        ----------
+        k : int
+            Neighbours kept per query (all of them if ``k`` is at least the
+            record's ``k``).
+
+        Returns
+        -------
+        neighbors : Neighbors
+            Every ``(n_queries, k)`` field cut to its first ``k`` columns.
+        """
         out = {f: getattr(self, f)[:, :k] for f in _GRID_FIELDS}
         return replace(self, **out)
 
     @classmethod
     def concatenate(cls, parts: list[Neighbors]) -> Neighbors:
-        """Stack the records of consecutive query blocks (same ``k``)."""
+        """Stack the records of consecutive query blocks (same ``k``).
+
+        Parameters
+        ----------
+        parts : list of Neighbors
+            Records of consecutive query blocks, in order; ``classes`` and
+            ``taxonomy`` are taken from the last.
+
+        Returns
+        -------
+        neighbors : Neighbors
+            One record of every part's queries, in order.
+        """
         if len(parts) == 1:
             return parts[0]
         out = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _GRID_FIELDS}

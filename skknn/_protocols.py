@@ -30,6 +30,20 @@ class SearchEngine(Protocol):
     the engine unchanged: the store relies on that to stay all-or-nothing.
     ``ready`` is False while an index waits for enough samples to train: the
     store then calls :meth:`build` on every add instead of :meth:`add`.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        A protocol is not instantiated: implementations take their own
+        parameters.
+
+    Examples
+    --------
+    A store's engine satisfies the protocol (it is checked at run time):
+
+    >>> from skknn import SearchEngine, VectorStore
+    >>> isinstance(VectorStore(2, engine="exact").engine, SearchEngine)
+    True
     """
 
     metric: Metric
@@ -38,13 +52,39 @@ class SearchEngine(Protocol):
     ready: bool
 
     def build(self, X: np.ndarray, ids: np.ndarray) -> None:
-        """Index ``X`` (rows with sample ``ids``) from scratch."""
+        """Index ``X`` (rows with sample ``ids``) from scratch.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_features)
+            The store's pre-processed rows.
+        ids : ndarray of int64 of shape (n_samples,)
+            The sample id of each row.
+        """
 
     def add(self, X_new: np.ndarray, ids_new: np.ndarray) -> None:
-        """Index rows appended to the store's array."""
+        """Index rows appended to the store's array.
+
+        Parameters
+        ----------
+        X_new : ndarray of shape (n_new, n_features)
+            The appended pre-processed rows.
+        ids_new : ndarray of int64 of shape (n_new,)
+            Their sample ids.
+        """
 
     def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
-        """Raise, before anything changes, if removing down to ``n_kept`` would."""
+        """Raise, before anything changes, if removing down to ``n_kept`` would.
+
+        Parameters
+        ----------
+        n_features : int
+            Width of the stored vectors.
+        n_kept : int
+            Number of samples the removal leaves.
+        retrain : bool
+            Whether the removal retrains the index (as :meth:`remove`).
+        """
 
     def remove(
         self,
@@ -53,17 +93,49 @@ class SearchEngine(Protocol):
         ids_removed: np.ndarray,
         retrain: bool = False,
     ) -> None:
-        """Forget ``ids_removed``; ``X_kept`` / ``ids_kept`` are what remains."""
+        """Forget ``ids_removed``; ``X_kept`` / ``ids_kept`` are what remains.
+
+        Parameters
+        ----------
+        X_kept : ndarray of shape (n_kept, n_features)
+            The pre-processed rows that remain, in the store's new order.
+        ids_kept : ndarray of int64 of shape (n_kept,)
+            Their sample ids.
+        ids_removed : ndarray of int64
+            The removed sample ids (sorted, unique).
+        retrain : bool, default=False
+            Retrain an approximate index's trained parts (IVF centroids, PQ/SQ
+            codebooks) on what remains; otherwise they are kept and only the
+            removed codes leave the index.
+        """
 
     def set_params(self, params: dict) -> None:
         """Set search knobs by their FAISS names (``nprobe``, ``efSearch``);
-        ValueError for a knob the engine does not have, with nothing changed."""
+        ValueError for a knob the engine does not have, with nothing changed.
+
+        Parameters
+        ----------
+        params : dict
+            Knob values by FAISS name (``{"nprobe": 32}``); the store keeps
+            ``"refine"`` to itself.
+        """
 
     def search(
         self, X: np.ndarray, Q: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, keys)`` of the ``k`` nearest rows of ``X`` for each row of
-        ``Q``, nearest first, each of shape ``(n_queries, k)``."""
+        ``Q``, nearest first, each of shape ``(n_queries, k)``.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_features)
+            The store's pre-processed rows (an engine with its own copy or codes
+            may not read them).
+        Q : ndarray of float32 of shape (n_queries, n_features)
+            Pre-processed queries.
+        k : int
+            Neighbours per query.
+        """
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays that :meth:`load_state` needs besides the store's own."""
@@ -71,7 +143,17 @@ class SearchEngine(Protocol):
     def load_state(
         self, state: dict[str, np.ndarray], X: np.ndarray, ids: np.ndarray
     ) -> None:
-        """Restore from :meth:`state` over the store's restored rows."""
+        """Restore from :meth:`state` over the store's restored rows.
+
+        Parameters
+        ----------
+        state : dict of str to ndarray
+            What :meth:`state` returned when the store was saved.
+        X : ndarray of shape (n_samples, n_features)
+            The store's restored pre-processed rows.
+        ids : ndarray of int64 of shape (n_samples,)
+            Their sample ids.
+        """
 
 
 @runtime_checkable
@@ -82,6 +164,21 @@ class Store(Protocol):
     labels, the ids, the reliabilities and exclusions. Every edit increments
     ``version``; ``uid`` names the store, so ``(uid, version)`` identifies one
     state of one memory (kept across save and load).
+
+    Parameters
+    ----------
+    *args, **kwargs
+        A protocol is not instantiated: implementations take their own
+        parameters.
+
+    Examples
+    --------
+    :class:`~skknn.VectorStore` satisfies the protocol (it is checked at run
+    time):
+
+    >>> from skknn import Store, VectorStore
+    >>> isinstance(VectorStore(2), Store)
+    True
     """
 
     n_features: int
@@ -112,7 +209,13 @@ class Store(Protocol):
         """Sample ids of every stored sample (a copy), oldest first."""
 
     def next_ids(self, n: int) -> np.ndarray:
-        """Ids :meth:`add` would give ``n`` samples: never used before."""
+        """Ids :meth:`add` would give ``n`` samples: never used before.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        """
 
     def reading(self):
         """A context holding one state of the store across several reads."""
@@ -124,34 +227,134 @@ class Store(Protocol):
         self, X, labels, ids=None, *, classes=None, sample_weight=None
     ) -> np.ndarray:
         """Store raw vectors with their labels (one column, or one per level)
-        and vote weights; returns ids."""
+        and vote weights; returns ids.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Raw embeddings (the caller's array is never modified).
+        labels : array-like of shape (n_samples,) or (n_samples, n_levels)
+            Class labels; new ones extend :attr:`classes`. Two dimensions give
+            multi-output labels, one column per level (FORMULAS.md 7). The first
+            add decides which; every later add must match it.
+        ids : array-like of shape (n_samples,), default=None
+            Unique int ids, none stored before; default :meth:`next_ids`.
+        classes : array-like, default=None
+            Labels to know before any of their samples arrive; for multi-output
+            labels, one array-like per level.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Each sample's weight in every vote it takes part in (finite, > 0;
+            multiplies pruning's reliability). Default 1.
+        """
 
     def check_removable(self, ids) -> np.ndarray:
-        """Validate ids to remove without changing anything; sorted copy."""
+        """Validate ids to remove without changing anything; sorted copy.
+
+        Parameters
+        ----------
+        ids : array-like of int
+            Sample ids to remove (1-d, unique, all stored).
+        """
 
     def remove(self, ids, *, retrain_index: bool = False) -> None:
-        """Delete these samples everywhere (all must be stored)."""
+        """Delete these samples everywhere (all must be stored).
+
+        Parameters
+        ----------
+        ids : array-like of int
+            Stored sample ids.
+        retrain_index : bool, default=False
+            Retrain an approximate index's trained parts (IVF centroids, PQ/SQ
+            codebooks) on what remains; otherwise they are kept and only the
+            removed codes leave the index.
+        """
 
     def search(self, X, k: int, *, batch_size: int = ..., progress=None) -> Neighbors:
-        """Neighbours of raw query vectors."""
+        """Neighbours of raw query vectors.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Raw queries, pre-processed as the stored vectors were.
+        k : int
+            Capped at the number of stored samples.
+        batch_size : int, optional
+            Queries per block: bounds the working memory.
+        progress : bool, optional
+            A progress bar over blocks.
+        """
 
     def search_self(
         self, ids=None, k: int = ..., *, batch_size: int = ..., progress=None
     ) -> Neighbors:
-        """Leave-one-out neighbours of stored samples (all when ``ids`` is None)."""
+        """Leave-one-out neighbours of stored samples (all when ``ids`` is None).
+
+        Parameters
+        ----------
+        ids : array-like of int, default=None
+            Stored samples that query; all, oldest first, if None.
+        k : int, optional
+            Neighbours per query, capped at the number of stored samples minus
+            one.
+        batch_size : int, optional
+            Queries per block: bounds the working memory.
+        progress : bool, optional
+            A progress bar over blocks.
+        """
 
     def within_radius(self, query_ids, radii, *, X=None, ids=None) -> np.ndarray:
         """Which stored queries have a point of ``X`` (raw) or of the stored
-        samples ``ids`` within their radius."""
+        samples ``ids`` within their radius.
+
+        Parameters
+        ----------
+        query_ids : array-like of int
+            Stored samples whose radii are given.
+        radii : array-like of float, aligned with ``query_ids``
+            Each query's radius, a distance under the store's metric; an
+            infinite radius takes any point.
+        X : array-like of shape (n_points, n_features), default=None
+            Raw points.
+        ids : array-like of int, default=None
+            Stored samples as points. Exactly one of ``X`` and ``ids``.
+        """
 
     def get(self, ids):
-        """Raw vectors, labels, reliabilities and exclusions of stored samples."""
+        """Raw vectors, labels, reliabilities and exclusions of stored samples.
+
+        Parameters
+        ----------
+        ids : array-like of int
+            Stored sample ids.
+        """
 
     def set_reliability(self, ids, reliability) -> None:
-        """Voting weights of stored samples (finite, > 0)."""
+        """Voting weights of stored samples (finite, > 0).
+
+        Parameters
+        ----------
+        ids : array-like of int
+            Stored sample ids.
+        reliability : array-like of float, aligned with ``ids``
+            One weight per id.
+        """
 
     def set_excluded(self, ids, excluded) -> None:
-        """Hard-pruning flags of stored samples."""
+        """Hard-pruning flags of stored samples.
+
+        Parameters
+        ----------
+        ids : array-like of int
+            Stored sample ids.
+        excluded : array-like of bool, aligned with ``ids``
+            One flag per id; an excluded sample is retrieved but does not vote.
+        """
 
     def set_index_params(self, params: dict) -> None:
-        """Search knobs of the index (``nprobe``, ``efSearch``)."""
+        """Search knobs of the index (``nprobe``, ``efSearch``).
+
+        Parameters
+        ----------
+        params : dict
+            Knob values by FAISS name (``{"nprobe": 32}``), and ``"refine"``.
+        """

@@ -228,7 +228,21 @@ def accepts_rows(model) -> bool:
 
 
 def available_models() -> list[str]:
-    """Registered model names, sorted (prefixed names are resolved on demand)."""
+    """Registered model names, sorted (prefixed names are resolved on demand).
+
+    Returns
+    -------
+    names : list of str
+        The names :class:`~skknn.TorchFeatureExtractor` accepts as ``model``,
+        built in or added with :func:`register_model`; ``"torchvision:"``,
+        ``"timm:"`` and ``"hub:"`` names are not listed.
+
+    Examples
+    --------
+    >>> from skknn import available_models
+    >>> "tiny-cnn" in available_models()
+    True
+    """
     return sorted(_REGISTRY)
 
 

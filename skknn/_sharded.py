@@ -66,7 +66,14 @@ _SHARD_FILE = re.compile(r"\.[0-9a-f]{12}-v\d+\.shard\d+$")
 
 class ShardLost(RuntimeError):
     """A shard's worker is gone: no partial answer is given. Restore the shard
-    from the last save with ``est.memory_.restore(path)``, or fit again."""
+    from the last save with ``est.memory_.restore(path)``, or fit again.
+
+    Examples
+    --------
+    >>> from skknn.distributed import ShardLost
+    >>> issubclass(ShardLost, RuntimeError)
+    True
+    """
 
 
 def current_client():
@@ -118,6 +125,7 @@ class ShardedStore(StoreView):
     Parameters
     ----------
     n_features : int
+        Embedding width.
     config : dict
         The estimator's ``metric``, ``preprocessing``, ``index``,
         ``index_params``, ``device`` and ``storage_dtype``.
@@ -126,6 +134,24 @@ class ShardedStore(StoreView):
     client : distributed.Client, default=None
         The current client when None. It is used, never stored in a file or a
         pickle.
+
+    Examples
+    --------
+    >>> from distributed import Client, LocalCluster
+    >>> from skknn.distributed import ShardedStore
+    >>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=":0")
+    >>> client = Client(cluster)
+    >>> config = dict(metric="cosine", preprocessing="l2", index="flat",
+    ...               index_params=None, device="cpu", storage_dtype="float32")
+    >>> store = ShardedStore(2, config)
+    >>> store.add([[1., 0.], [0., 1.], [.9, .1]], ["cat", "dog", "cat"])
+    array([0, 1, 2])
+    >>> store.n_shards, sum(store.shard_sizes)
+    (2, 3)
+    >>> nb = store.search([[1., .2]], k=2)
+    >>> nb.ids, nb.label_values()
+    (array([[2, 0]]), array([['cat', 'cat']], dtype='<U3'))
+    >>> client.close(); cluster.close()
     """
 
     sharded = True
@@ -199,7 +225,16 @@ class ShardedStore(StoreView):
 
     def shard_info(self) -> list[dict]:
         """Per shard: its worker, process id, samples, engine, device, vector
-        bytes and the seconds it has spent searching."""
+        bytes and the seconds it has spent searching.
+
+        Returns
+        -------
+        info : list of dict
+            One dict per shard, in shard order: ``worker`` (its address),
+            ``pid``, ``n_samples``, ``uid``, ``version``, ``engine``,
+            ``index_params``, ``device``, ``vector_nbytes`` and
+            ``search_seconds``.
+        """
         infos = self._each("info")
         return [
             {"worker": getattr(self._actors[i], "_address", None), **infos[i]}
@@ -265,7 +300,38 @@ class ShardedStore(StoreView):
     @edits
     def add(self, X, labels, ids=None, *, classes=None, sample_weight=None):
         """Store raw vectors with their labels on the shards; returns their ids
-        (as :meth:`VectorStore.add`)."""
+        (as :meth:`VectorStore.add`).
+
+        Each row goes to the shard its id is hashed to. An add that fails on one
+        shard is taken back from the others.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Raw embeddings; centred here for ``"center_l2"`` (the centre is the
+            mean of the first add, frozen after it), L2-normalised by the shards
+            when the store normalises.
+        labels : array-like of shape (n_samples,) or (n_samples, n_levels)
+            Class labels; new ones extend :attr:`classes` (the shards keep a
+            fixed key per label, only the client's map of keys to classes
+            changes). Two dimensions give multi-output labels, one column per
+            level (FORMULAS.md 7): the store keeps each sample's label path as
+            its class and the levels in :attr:`taxonomy`. The first add decides
+            which; every later add must match it.
+        ids : array-like of shape (n_samples,), default=None
+            Unique int ids, none stored before; default :meth:`next_ids`.
+        classes : array-like, default=None
+            Labels to know before any of their samples arrive; for multi-output
+            labels, one array-like per level.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Each sample's weight in every vote it takes part in (finite, > 0;
+            multiplies pruning's reliability). Default 1.
+
+        Returns
+        -------
+        ids : ndarray of int64
+            The samples' ids, in the order of ``X``.
+        """
         X, labels = checked_rows(X, labels, self.n_features)
         m = X.shape[0]
         taxonomy, new_classes, key_codes, keys = self._keys_for(labels, classes)
@@ -376,7 +442,17 @@ class ShardedStore(StoreView):
     @edits
     def remove(self, ids, *, retrain_index: bool = False) -> None:
         """Delete samples from the shards that hold them (physically, as the
-        local store does); every shard checks first, then all remove."""
+        local store does); every shard checks first, then all remove.
+
+        Parameters
+        ----------
+        ids : array-like of int
+            Stored sample ids.
+        retrain_index : bool, default=False
+            Retrain an approximate index's trained parts (IVF centroids, PQ/SQ
+            codebooks) on what remains, in each shard that held one of the ids;
+            otherwise they are kept and only the removed codes leave the index.
+        """
         uniq = self.check_removable(ids)
         if not uniq.size:
             return
@@ -437,7 +513,15 @@ class ShardedStore(StoreView):
 
     @edits
     def set_index_params(self, params: dict) -> None:
-        """Set every shard's search knobs; one shard refusing changes none."""
+        """Set every shard's search knobs; one shard refusing changes none.
+
+        Parameters
+        ----------
+        params : dict
+            The knobs by their FAISS names (``{"nprobe": 32}``), as
+            :meth:`VectorStore.set_index_params` takes them. A knob the index
+            does not have raises ValueError.
+        """
         params = dict(params)
         if self.auto and params != self.index_params:
             raise ValueError(
@@ -465,7 +549,19 @@ class ShardedStore(StoreView):
 
     # -- searching --------------------------------------------------------------------
     def prepare(self, X) -> np.ndarray:
-        """A pre-processed float32 copy of raw vectors, as the local store makes."""
+        """A pre-processed float32 copy of raw vectors, as the local store makes.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Raw vectors (untouched).
+
+        Returns
+        -------
+        prepared : ndarray of shape (n_queries, n_features), dtype float32
+            Centred (``"center_l2"``) and L2-normalised when the store
+            normalises: the space the shards search in.
+        """
         return prepared_queries(X, self.n_features, self._mean, self.normalizes)
 
     @reads
@@ -473,14 +569,64 @@ class ShardedStore(StoreView):
         self, X, k, *, batch_size=DEFAULT_BATCH_SIZE, progress=False, prepared=False
     ) -> Neighbors:
         """The ``k`` nearest stored samples of raw queries, merged from every
-        shard's top ``k`` (as :meth:`VectorStore.search`)."""
+        shard's top ``k`` (as :meth:`VectorStore.search`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Raw queries, pre-processed as the stored vectors were (on a copy,
+            one block at a time); each block is sent to every shard holding
+            samples.
+        k : int
+            Capped at the number of stored samples.
+        batch_size : int, default=4096
+            Queries per block: bounds the working memory. A few blocks are in
+            flight at once, to keep every worker busy.
+        progress : bool, default=False
+            A progress bar over blocks.
+        prepared : bool, default=False
+            ``X`` is already in the stored vectors' space (e.g. built from
+            :meth:`get` with ``prepared=True``): searched as given.
+
+        Returns
+        -------
+        neighbors : Neighbors
+            The ``k`` nearest of the shards' candidates, equal distances by
+            sample id: with exact engines, the record a local store gives.
+        """
         return self._search(X, k, batch_size, progress, prepared, exact=False)
 
     @reads
     def search_exact(
         self, X, k, *, batch_size=DEFAULT_BATCH_SIZE, progress=False, prepared=False
     ) -> Neighbors:
-        """Brute-force search on every shard, merged: the reference of tuning."""
+        """Brute-force search on every shard, merged: the reference of tuning.
+
+        The ``k`` nearest stored samples of raw queries by brute force over the
+        stored vectors, whatever the engine (as :meth:`VectorStore.search_exact`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Raw queries, pre-processed as the stored vectors were (on a copy,
+            one block at a time); each block is sent to every shard holding
+            samples.
+        k : int
+            Capped at the number of stored samples.
+        batch_size : int, default=4096
+            Queries per block: bounds the working memory. A few blocks are in
+            flight at once, to keep every worker busy.
+        progress : bool, default=False
+            A progress bar over blocks.
+        prepared : bool, default=False
+            ``X`` is already in the stored vectors' space (e.g. built from
+            :meth:`get` with ``prepared=True``): searched as given.
+
+        Returns
+        -------
+        neighbors : Neighbors
+            The exact ``k`` nearest neighbours, equal distances by sample id.
+        """
         return self._search(X, k, batch_size, progress, prepared, exact=True)
 
     def _search(self, X, k, batch_size, progress, prepared, *, exact):
@@ -516,7 +662,27 @@ class ShardedStore(StoreView):
     ) -> Neighbors:
         """Leave-one-out neighbours of stored samples, across every shard: each
         shard's queries are searched in their own shard leaving themselves out
-        and in every other shard in full (FORMULAS.md 2)."""
+        and in every other shard in full (FORMULAS.md 2).
+
+        Parameters
+        ----------
+        ids : array-like of int, default=None
+            Stored samples that query; all, oldest first, if None.
+        k : int, default=1
+            Neighbours per query, capped at the number of stored samples less
+            one.
+        batch_size : int, default=4096
+            Queries per block (each block from one shard): bounds the working
+            memory.
+        progress : bool, default=False
+            A progress bar over blocks.
+
+        Returns
+        -------
+        neighbors : Neighbors
+            With ``query_ids`` and ``query_labels`` set; rows in the order of
+            the query ids.
+        """
         q_ids = self._ids[: self._n] if ids is None else self._stored_ids(ids)
         if self._n < 2:
             raise ValueError(
@@ -583,7 +749,24 @@ class ShardedStore(StoreView):
     @reads
     def get(self, ids, *, prepared: bool = False) -> Bunch:
         """Raw (or pre-processed) vectors, labels, reliabilities, exclusions and
-        sample weights of stored samples, in the order of ids."""
+        sample weights of stored samples, in the order of ids.
+
+        Parameters
+        ----------
+        ids : array-like of int
+            Stored sample ids.
+        prepared : bool, default=False
+            Give ``X`` as stored and searched (pre-processed) instead of raw,
+            with ``labels`` only.
+
+        Returns
+        -------
+        data : Bunch
+            ``X`` (float32, the raw vectors as added, to float32 rounding of the
+            pre-processing and its inverse), ``labels`` (class values),
+            ``reliability``, ``excluded``, ``sample_weight``; rows in the order
+            of ``ids``. With ``prepared=True``, ``X`` and ``labels`` only.
+        """
         ids = self._stored_ids(ids)
         n, d = ids.shape[0], self.n_features
         X = np.empty((n, d), np.float32)
@@ -621,7 +804,26 @@ class ShardedStore(StoreView):
         self, query_ids, radii, *, X=None, ids=None, prepared=False
     ) -> np.ndarray:
         """Which stored queries have a point within their radius (as
-        :meth:`VectorStore.within_radius`), each answered by its own shard."""
+        :meth:`VectorStore.within_radius`), each answered by its own shard.
+
+        Parameters
+        ----------
+        query_ids : array-like of int
+            Stored samples whose radii are given.
+        radii : array-like of float, aligned with ``query_ids``
+            Each query's radius; an infinite one takes any point.
+        X : array-like of shape (n_points, n_features), default=None
+            Raw points, pre-processed here (unless ``prepared``).
+        ids : array-like of int, default=None
+            Stored samples as the points. Exactly one of ``X`` and ``ids``.
+        prepared : bool, default=False
+            ``X`` is already pre-processed (as :meth:`search` takes it).
+
+        Returns
+        -------
+        near : ndarray of bool, aligned with ``query_ids``
+            Whether some point lies within the query's radius.
+        """
         if (X is None) == (ids is None):
             raise ValueError("within_radius takes exactly one of X and ids.")
         if ids is not None:
@@ -649,6 +851,21 @@ class ShardedStore(StoreView):
 
         Only inside ``est.save(path)``: a sharded memory is never gathered into
         one pickle behind the user's back.
+
+        Returns
+        -------
+        meta : dict
+            The client's state (configuration, classes, next id, uid, version)
+            and ``shards``: per shard, the name of the file it wrote beside
+            ``path``, its uid, version and number of samples.
+        arrays : dict
+            ``sample_ids`` (insertion order) and ``key_codes`` (the class code
+            of each label key); ``mean`` and ``taxonomy_paths`` where held.
+
+        Raises
+        ------
+        TypeError
+            Outside ``est.save(path)`` (a pickle or a copy).
         """
         saving = SAVING.get()
         if saving is None:
@@ -714,7 +931,26 @@ class ShardedStore(StoreView):
 
     @classmethod
     def from_manifest(cls, meta: dict, arrays: dict, folder: Path, client=None):
-        """Re-create the shards of a saved sharded memory on the current cluster."""
+        """Re-create the shards of a saved sharded memory on the current cluster.
+
+        Parameters
+        ----------
+        meta : dict
+            The manifest :meth:`state` wrote; its ``shards`` name the files.
+        arrays : dict
+            The manifest's arrays (``sample_ids``, ``key_codes``, ...).
+        folder : path-like
+            The folder holding the shard files; each shard's worker reads its
+            file there.
+        client : distributed.Client, default=None
+            The current client when None.
+
+        Returns
+        -------
+        store : ShardedStore
+            One shard per file, each checked against the manifest (files from
+            different saves raise ValueError).
+        """
         files = [str(shard_path(Path(folder), s["file"])) for s in meta["shards"]]
         self = cls._opened(meta, arrays, client, files=files)
         for i, shard in enumerate(meta["shards"]):
@@ -730,7 +966,27 @@ class ShardedStore(StoreView):
     @classmethod
     def from_local_state(cls, meta, arrays, config: dict, n_shards=None, client=None):
         """Split a local store's state into shards on the current cluster (rows
-        routed by id as :meth:`add` routes them, vectors sent as stored)."""
+        routed by id as :meth:`add` routes them, vectors sent as stored).
+
+        Parameters
+        ----------
+        meta : dict
+            A local store's state (:meth:`VectorStore.state`), its scalars.
+        arrays : dict
+            That state's arrays.
+        config : dict
+            As the class takes it; its ``index``, ``index_params`` and
+            ``device`` make each shard's engine (the rest comes from ``meta``).
+        n_shards : int, default=None
+            One per worker of the client's cluster when None.
+        client : distributed.Client, default=None
+            The current client when None.
+
+        Returns
+        -------
+        store : ShardedStore
+            The same samples, ids, uid and version, in ``n_shards`` shards.
+        """
         from skknn._shard import split_state
 
         client = current_client() if client is None else client
@@ -841,6 +1097,17 @@ class ShardedStore(StoreView):
         A shard is restored only if it has not changed since that save (its own
         version matches the manifest's): edits made after the save exist nowhere
         else. Otherwise load the whole save with ``skknn.load(path)``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file an estimator holding this memory was saved to
+            (``est.save(path)``); the shard files lie beside it.
+
+        Returns
+        -------
+        lost : list of int
+            The numbers of the shards re-created (empty when none was lost).
         """
         from skknn.io import read_archive
 
@@ -875,7 +1142,22 @@ class ShardedStore(StoreView):
     @reads
     def gathered_state(self, device) -> tuple[dict, dict]:
         """The ``(meta, arrays)`` of one local store (on ``device``) holding every
-        shard's rows: :func:`skknn.distributed.to_local`."""
+        shard's rows: :func:`skknn.distributed.to_local`.
+
+        Parameters
+        ----------
+        device : str or torch.device
+            Where the local store will search: its index is chosen for it.
+
+        Returns
+        -------
+        meta : dict
+            The local store's scalars, as :meth:`VectorStore.from_state` takes
+            them.
+        arrays : dict
+            Its arrays: every shard's rows in the memory's insertion order,
+            label keys turned into class codes.
+        """
         meta, arrays = self._client_state()
         shards = self._each("state")
         return local_state(

@@ -237,6 +237,7 @@ class VectorStore(StoreStateMixin, StoreView):
         Returns
         -------
         ids : ndarray of int64
+            The stored samples' ids, in the order of ``X`` (a copy).
         """
         X, labels = checked_rows(X, labels, self.n_features)
         m = X.shape[0]
@@ -481,6 +482,16 @@ class VectorStore(StoreStateMixin, StoreView):
         """Validate ids to remove (1-d ints, unique, all stored); a sorted copy.
 
         Nothing changes: callers check before they start an edit of their own.
+
+        Parameters
+        ----------
+        ids : array-like of int
+            Sample ids to remove.
+
+        Returns
+        -------
+        ids : ndarray of int64
+            The same ids, sorted.
         """
         ids = np.asarray(ids)
         self._stored_rows(ids, "sample_ids to unlearn")
@@ -609,7 +620,15 @@ class VectorStore(StoreStateMixin, StoreView):
     # -- reliabilities and exclusions -------------------------------------------------
     @edits
     def set_reliability(self, ids, reliability) -> None:
-        """Set the voting weights of stored samples (finite, > 0; FORMULAS.md 5)."""
+        """Set the voting weights of stored samples (finite, > 0; FORMULAS.md 5).
+
+        Parameters
+        ----------
+        ids : array-like of int
+            Stored sample ids.
+        reliability : array-like of float, aligned with ``ids``
+            One weight per id.
+        """
         rows = self._stored_rows(ids)
         values = checked_reliability(reliability, rows.shape)
         rel = self._rel.copy()  # keeps the spare capacity add() writes into
@@ -622,7 +641,15 @@ class VectorStore(StoreStateMixin, StoreView):
 
     @edits
     def set_excluded(self, ids, excluded) -> None:
-        """Set the hard-pruning flags of stored samples (excluded: no vote)."""
+        """Set the hard-pruning flags of stored samples (excluded: no vote).
+
+        Parameters
+        ----------
+        ids : array-like of int
+            Stored sample ids.
+        excluded : array-like of bool, aligned with ``ids``
+            One flag per id.
+        """
         rows = self._stored_rows(ids)
         values = checked_excluded(excluded, rows.shape)
         excl = self._excl.copy()
@@ -639,6 +666,12 @@ class VectorStore(StoreStateMixin, StoreView):
 
         Search results may change, so the version advances. A knob the index does
         not have raises ValueError and changes nothing.
+
+        Parameters
+        ----------
+        params : dict
+            The new ``index_params``: FAISS knobs by their FAISS names, and
+            ``"refine"``. A knob left out goes back to FAISS's default.
         """
         if self.auto and dict(params) != self.index_params:
             raise ValueError(
@@ -663,7 +696,19 @@ class VectorStore(StoreStateMixin, StoreView):
 
     # -- searching --------------------------------------------------------------------
     def prepare(self, X) -> np.ndarray:
-        """A pre-processed float32 copy of raw vectors (the input is untouched)."""
+        """A pre-processed float32 copy of raw vectors (the input is untouched).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Raw vectors.
+
+        Returns
+        -------
+        Q : ndarray of float32 of shape (n_queries, n_features)
+            ``X`` in the stored vectors' space, as :meth:`search` takes it with
+            ``prepared=True``.
+        """
         return prepared_queries(X, self.n_features, self._mean, self.normalizes)
 
     @reads
@@ -683,19 +728,20 @@ class VectorStore(StoreStateMixin, StoreView):
         X : array-like of shape (n_queries, n_features)
             Raw queries, pre-processed as the stored vectors were (on a copy,
             one block at a time).
-        prepared : bool, default=False
-            ``X`` is already in the stored vectors' space (e.g. built from
-            :meth:`get` with ``prepared=True``): searched as given.
         k : int
             Capped at the number of stored samples.
         batch_size : int, default=4096
             Queries per block: bounds the working memory.
         progress : bool, default=False
             A progress bar over blocks.
+        prepared : bool, default=False
+            ``X`` is already in the stored vectors' space (e.g. built from
+            :meth:`get` with ``prepared=True``): searched as given.
 
         Returns
         -------
         neighbors : Neighbors
+            The ``k`` nearest of each query, nearest first.
         """
         return self._search_blocks(X, k, batch_size, progress, prepared, exact=False)
 
@@ -711,7 +757,28 @@ class VectorStore(StoreStateMixin, StoreView):
     ) -> Neighbors:
         """The ``k`` nearest stored samples of raw queries by brute force over the
         stored vectors, whatever the engine: the reference that approximate
-        indexes are measured against (:meth:`KNNVoter.tune_index`)."""
+        indexes are measured against (:meth:`KNNVoter.tune_index`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Raw queries, pre-processed as the stored vectors were (on a copy,
+            one block at a time).
+        k : int
+            Capped at the number of stored samples.
+        batch_size : int, default=4096
+            Queries per block: bounds the working memory.
+        progress : bool, default=False
+            A progress bar over blocks.
+        prepared : bool, default=False
+            ``X`` is already in the stored vectors' space (e.g. built from
+            :meth:`get` with ``prepared=True``): searched as given.
+
+        Returns
+        -------
+        neighbors : Neighbors
+            The exact ``k`` nearest of each query, nearest first.
+        """
         return self._search_blocks(X, k, batch_size, progress, prepared, exact=True)
 
     def _search_blocks(self, X, k, batch_size, progress, prepared, *, exact):
@@ -752,8 +819,11 @@ class VectorStore(StoreStateMixin, StoreView):
         ids : array-like of int, default=None
             Stored samples that query; all, oldest first, if None.
         k : int, default=1
+            Capped at the number of stored samples minus one.
         batch_size : int, default=4096
+            Queries per block: bounds the working memory.
         progress : bool, default=False
+            A progress bar over blocks.
 
         Returns
         -------
@@ -801,7 +871,9 @@ class VectorStore(StoreStateMixin, StoreView):
         query_ids : array-like of int
             Stored samples whose radii are given.
         radii : array-like of float, aligned with ``query_ids``
+            Each query's radius, a distance under the store's metric.
         X : array-like of shape (n_points, n_features), default=None
+            Raw points.
         ids : array-like of int, default=None
             Exactly one of ``X`` and ``ids``.
         prepared : bool, default=False
@@ -810,6 +882,7 @@ class VectorStore(StoreStateMixin, StoreView):
         Returns
         -------
         near : ndarray of bool, aligned with ``query_ids``
+            Whether some point lies within each query's radius.
         """
         if (X is None) == (ids is None):
             raise ValueError("within_radius takes exactly one of X and ids.")

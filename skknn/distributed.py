@@ -56,6 +56,25 @@ def to_local(estimator):
     Returns
     -------
     local : KNNVoter
+        Fitted, with ``backend="local"`` and ``n_shards=None``, its memory a
+        :class:`~skknn.VectorStore` on the estimator's device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from distributed import Client, LocalCluster
+    >>> from skknn import KNNVoter
+    >>> from skknn.distributed import to_local
+    >>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=":0")
+    >>> client = Client(cluster)
+    >>> X = np.array([[1., 0.], [.9, .1], [0., 1.], [.1, .9]])
+    >>> knn = KNNVoter(1, index="flat", backend="dask").fit(X, [0, 0, 1, 1])
+    >>> local = to_local(knn)
+    >>> local.backend, type(local.memory_).__name__, local.memory_.ids()
+    ('local', 'VectorStore', array([0, 1, 2, 3]))
+    >>> local.predict([[.8, .2], [.2, .8]])
+    array([0, 1])
+    >>> client.close(); cluster.close()
     """
     from skknn._device import resolve_device
     from skknn._store import VectorStore
@@ -99,6 +118,7 @@ def predict(estimator, X, *, method: str = "predict", client=None):
     X : dask.array.Array or sequence of array-like
         Queries: a dask array (rows in chunks), or blocks.
     method : {"predict", "predict_proba", "score_samples"}, default="predict"
+        The estimator's method applied to each block.
     client : distributed.Client, default=None
         The current client when None.
 
@@ -107,6 +127,23 @@ def predict(estimator, X, *, method: str = "predict", client=None):
     out : dask.array.Array or ndarray
         A dask array (lazy, one block per chunk of ``X``) for a dask array;
         else the blocks' results, concatenated.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from distributed import Client, LocalCluster
+    >>> from skknn import KNNVoter
+    >>> from skknn.distributed import predict
+    >>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=":0")
+    >>> client = Client(cluster)
+    >>> X = np.array([[1., 0.], [.9, .1], [0., 1.], [.1, .9]])
+    >>> knn = KNNVoter(1, index="flat").fit(X, [0, 0, 1, 1])
+    >>> predict(knn, [X[:2], X[2:]])
+    array([0, 0, 1, 1])
+    >>> predict(knn, da.from_array(X, chunks=(2, 2))).compute()
+    array([0, 0, 1, 1])
+    >>> client.close(); cluster.close()
     """
     if method not in ("predict", "predict_proba", "score_samples"):
         raise ValueError(

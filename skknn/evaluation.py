@@ -24,9 +24,11 @@ def voting_accuracy_by_k(
     voter : KNNVoter
         A fitted voter (its memory is the training set).
     X : array-like of shape (n_queries, n_features)
+        Queries (unused when ``neighbors`` is given).
     y : array-like of shape (n_queries,)
         True labels; labels unknown to the memory count as errors.
     max_k : int, default=100
+        The largest ``k`` evaluated (capped at the memory size).
     votings : iterable of str
         Rules to evaluate.
     neighbors : Neighbors, default=None
@@ -87,9 +89,11 @@ def hit_rate_by_k(voter, X, y, *, max_k: int = 100, neighbors=None) -> np.ndarra
     voter : KNNVoter
         A fitted voter.
     X : array-like of shape (n_queries, n_features)
+        Queries (unused when ``neighbors`` is given).
     y : array-like of shape (n_queries,)
         True labels; labels unknown to the memory are never hit.
     max_k : int, default=100
+        The largest ``k`` evaluated (capped at the memory size).
     neighbors : Neighbors, default=None
         The record of ``voter.neighbors(X, max_k)``, if already searched.
 
@@ -129,10 +133,12 @@ def expected_calibration_error(proba, y, classes=None, *, n_bins: int = 15):
         The labels of ``proba``'s columns (an estimator's ``classes_``); default
         ``0 .. n_classes - 1``.
     n_bins : int, default=15
+        Number of equal-width bins of the confidence over [0, 1].
 
     Returns
     -------
     ece : float
+        In [0, 1]; 0 when every bin's accuracy equals its mean confidence.
     bins : Bunch
         ``confidence``, ``accuracy`` and ``count`` per bin (NaN where empty):
         the points of a reliability diagram.
@@ -184,12 +190,32 @@ def calibration_at_best_k(voter, neighbors, y, accuracy: dict, *, n_bins: int = 
     accuracy : dict of str to ndarray
         :func:`voting_accuracy_by_k` on the same record.
     n_bins : int, default=15
+        Number of equal-width confidence bins, as in
+        :func:`expected_calibration_error`.
 
     Returns
     -------
     calibration : dict of str to (int, float, Bunch)
         ``{rule: (best k, ECE, bins)}``; ``bins`` as
         :func:`expected_calibration_error` gives them (a reliability diagram).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn import KNNVoter
+    >>> from skknn.evaluation import calibration_at_best_k, voting_accuracy_by_k
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.r_[rng.normal(0, 1, (40, 4)), rng.normal(2, 1, (40, 4))]
+    >>> y = np.repeat([0, 1], 40)
+    >>> voter = KNNVoter(index="exact").fit(X[::2], y[::2])
+    >>> nb = voter.neighbors(X[1::2], 10)
+    >>> acc = voting_accuracy_by_k(voter, X[1::2], y[1::2], max_k=10, neighbors=nb)
+    >>> calibration = calibration_at_best_k(voter, nb, y[1::2], acc, n_bins=5)
+    >>> {rule: k for rule, (k, ece, bins) in calibration.items()}
+    {'plurality': 5, 'distance': 8, 'softmax': 6, 'rank': 6}
+    >>> k, ece, bins = calibration["rank"]
+    >>> round(ece, 3), bins.count
+    (0.081, array([ 0,  0,  5,  4, 31]))
     """
     neighbors = _one_column(neighbors)
     out = {}
@@ -276,7 +302,9 @@ def memory_scaling(
     sizes : array-like of int, default=None
         Default: 6 sizes from ``max(n_neighbors, 2 * n_classes)`` to ``len(y)``.
     n_seeds : int, default=3
+        Random draws of the memory at each size.
     random_state : int, default=0
+        Seeds the draws.
 
     Returns
     -------
@@ -284,6 +312,24 @@ def memory_scaling(
         ``sizes``, ``accuracy`` (n_sizes, n_seeds), ``error`` (mean per size),
         ``exponent`` ``b`` and ``intercept`` ``a`` (NaN when fewer than two sizes
         have an error to fit).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn import KNNVoter
+    >>> from skknn.evaluation import memory_scaling
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.r_[rng.normal(0, 1, (100, 4)), rng.normal(2, 1, (100, 4))]
+    >>> y = np.repeat([0, 1], 100)
+    >>> scaling = memory_scaling(
+    ...     KNNVoter(5, index="exact"), X[::2], y[::2], X[1::2], y[1::2]
+    ... )
+    >>> scaling.sizes, scaling.accuracy.shape
+    (array([  5,   9,  17,  30,  55, 100]), (6, 3))
+    >>> scaling.error.round(2)
+    array([0.38, 0.37, 0.18, 0.12, 0.1 , 0.08])
+    >>> round(scaling.exponent, 2)
+    -0.57
     """
     from sklearn.base import clone
     from sklearn.utils import Bunch

@@ -370,7 +370,7 @@ class TorchFeatureExtractor(
 
         Returns
         -------
-        embeddings : ndarray of shape (n_samples, embedding_dim_), dtype float32
+        embeddings : ndarray of shape (n_samples, `embedding_dim_`), dtype float32
             One row per sample.
         """
         check_is_fitted(self)

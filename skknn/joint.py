@@ -69,6 +69,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
     alpha : float, default=0.01
         Strength of the kNN modulation (>= 0); 0 gives plain cross-entropy.
     modulation : {"nll", "focal"}, default="nll"
+        How ``p_n`` weights each sample's cross-entropy (formulas above).
     gamma : float, default=2.0
         Exponent of the focal modulation (>= 0).
     interpolation : float, default=0.5
@@ -79,9 +80,14 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         Learning rate per 256 samples (the rate is ``base_lr * batch_size / 256``),
         with linear warm-up and cosine decay to 0.
     batch_size : int, default=512
+        SGD mini-batch size, capped at a twentieth of the training samples (at
+        least 1) so that an epoch takes at least 20 steps where it can.
     max_epochs : int, default=30
+        SGD epochs; the cosine schedule reaches 0 at the end of the last one.
     warmup_epochs : float, default=2
+        Length of the linear warm-up, in epochs (clipped to ``max_epochs``).
     momentum : float, default=0.9
+        SGD momentum, in [0, 1).
     weight_decay : float, default=1e-3
         L2 penalty on weights, never on biases.
     validation_fraction : float, default=None
@@ -145,8 +151,8 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
 
     See Also
     --------
-    skknn.KNNVoter : the memory alone.
-    sklearn.linear_model.LogisticRegression : the head alone, by L-BFGS.
+    skknn.KNNVoter : The memory alone.
+    sklearn.linear_model.LogisticRegression : The head alone, by L-BFGS.
 
     Notes
     -----
@@ -229,6 +235,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         Returns
         -------
         self : JointKNNClassifier
+            The estimator.
         """
         make_default_explicit(self, "knn", params, _default_knn)
         return super().set_params(**params)
@@ -310,7 +317,9 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Embeddings.
         y : array-like of shape (n_samples,)
+            Labels (at least 2 classes).
         sample_ids : array-like of shape (n_samples,), default=None
             Stable ids for the memory (see :class:`KNNVoter`).
         sample_weight : array-like of shape (n_samples,), default=None
@@ -320,6 +329,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         Returns
         -------
         self : JointKNNClassifier
+            The fitted estimator.
         """
         with self._editing():
             return self._fit(
@@ -473,16 +483,21 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Embeddings of the new samples.
         y : array-like of shape (n_samples,)
+            Their labels, new classes included.
         classes : array-like, default=None
             Labels to know before their samples arrive.
         sample_ids : array-like of shape (n_samples,), default=None
+            Unique ids not yet used; default: fresh ids after the largest ever
+            issued.
         sample_weight : array-like of shape (n_samples,), default=None
             See :meth:`fit`.
 
         Returns
         -------
         self : JointKNNClassifier
+            The estimator, its memory grown and its head updated.
         """
         with self._editing():
             if not hasattr(self, "head_"):
@@ -641,6 +656,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         Returns
         -------
         self : JointKNNClassifier
+            The estimator, without the removed samples.
         """
         check_is_fitted(self)
         with self._editing():
@@ -688,10 +704,12 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
 
         Returns
         -------
         proba : ndarray of shape (n_queries, n_classes)
+            Columns follow :attr:`classes_`.
         """
         check_is_fitted(self)
         self._check_params()
@@ -724,10 +742,12 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
 
         Returns
         -------
         y : ndarray of shape (n_queries,)
+            Predicted labels.
         """
         check_is_fitted(self)
         self._check_params()
@@ -742,16 +762,38 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
 
         Returns
         -------
         scores : ndarray of shape (n_queries, n_classes) or (n_queries,)
+            Log-probabilities, columns following :attr:`classes_`; for two
+            classes, the log-odds of ``classes_[1]`` against ``classes_[0]``.
         """
         logp = np.log(np.maximum(self.predict_proba(X), np.finfo(np.float64).tiny))
         return logp[:, 1] - logp[:, 0] if logp.shape[1] == 2 else logp
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
-        """Nearest memory samples by id: see :meth:`KNNVoter.kneighbors`."""
+        """Nearest memory samples by id: see :meth:`KNNVoter.kneighbors`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features), default=None
+            Queries. None queries the memory with its own samples, leaving each
+            one out by id (FORMULAS.md 2), like sklearn's ``kneighbors()``.
+        n_neighbors : int, default=None
+            Defaults to the kNN's ``n_neighbors``; capped at the memory size
+            (minus one when leaving one out).
+        return_distance : bool, default=True
+            Also return the distances; False returns the ids only.
+
+        Returns
+        -------
+        distances : ndarray of shape (n_queries, k)
+            Only when ``return_distance``.
+        ids : ndarray of shape (n_queries, k)
+            Sample ids (-1 where an approximate index found fewer).
+        """
         check_is_fitted(self)
         return self.knn_.kneighbors(X, n_neighbors, return_distance)
 
@@ -762,18 +804,37 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
         n_neighbors : int, default=None
+            ``k``; defaults to the kNN's ``n_neighbors``, capped at the memory
+            size.
 
         Returns
         -------
         scores : ndarray of shape (n_queries,)
+            Minus each query's distance to its ``k``-th nearest neighbour.
         """
         check_is_fitted(self)
         return self.knn_.score_samples(X, n_neighbors)
 
     def explain(self, X):
         """The kNN's explanation (:meth:`KNNVoter.explain`) with the head's and the
-        interpolated probabilities added (``head_proba``, ``joint_proba``)."""
+        interpolated probabilities added (``head_proba``, ``joint_proba``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
+
+        Returns
+        -------
+        explanation : Bunch
+            The kNN's explanation: ``neighbor_ids``, ``neighbor_labels``,
+            ``distances``, ``weights``, and ``proba`` (the kNN's probabilities)
+            with columns following ``classes`` (:attr:`classes_`). Added:
+            ``head_proba`` and ``joint_proba`` (n_queries, n_classes);
+            ``prediction`` is the label of the largest ``joint_proba``.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float32)
         with self._reading():

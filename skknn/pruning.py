@@ -123,8 +123,8 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
 
     See Also
     --------
-    skknn.KNNVoter : the memory and its vote.
-    skknn.JointKNNClassifier : a head trained with kNN guidance.
+    skknn.KNNVoter : The memory and its vote.
+    skknn.JointKNNClassifier : A head trained with kNN guidance.
 
     Notes
     -----
@@ -201,6 +201,7 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : MemoryPruner
+            The estimator.
         """
         make_default_explicit(self, "estimator", params, KNNVoter)
         return super().set_params(**params)
@@ -269,6 +270,7 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : MemoryPruner
+            The fitted pruner.
         """
         self._check_params()
         with restore_attributes_on_error(self, _SEEN_FEATURES):
@@ -291,7 +293,9 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Embeddings of the new samples.
         y : array-like of shape (n_samples,)
+            Their labels, new classes included.
         classes : array-like, default=None
             Labels to know even before any of their samples arrive.
         sample_ids : array-like of shape (n_samples,), default=None
@@ -302,6 +306,7 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : MemoryPruner
+            The pruner, its memory grown and its counts updated.
         """
         self._check_params()
         with restore_attributes_on_error(self, _SEEN_FEATURES):
@@ -380,6 +385,7 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : MemoryPruner
+            The pruner, without the removed samples.
         """
         check_is_fitted(self)
         self._check_params()
@@ -500,10 +506,12 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
 
         Returns
         -------
         y : ndarray of shape (n_queries,)
+            Predicted labels.
         """
         X = self._checked(X)
         return self.estimator_.predict(X)
@@ -515,6 +523,7 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
 
         Returns
         -------
@@ -532,10 +541,12 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
 
         Returns
         -------
         scores : ndarray of shape (n_queries, n_classes) or (n_queries,)
+            The estimator's ``decision_function`` of ``X``.
         """
         X = self._checked(X)
         return self.estimator_.decision_function(X)
@@ -553,12 +564,14 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         n_neighbors : int, default=None
             Defaults to the estimator's ``n_neighbors``.
         return_distance : bool, default=True
+            Also return the distances; False returns the ids only.
 
         Returns
         -------
         distances : ndarray of shape (n_queries, k)
             Only when ``return_distance``.
         ids : ndarray of shape (n_queries, k)
+            Sample ids (-1 where an approximate index found fewer).
         """
         check_is_fitted(self)
         if X is not None:
@@ -573,11 +586,15 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
         n_neighbors : int, default=None
+            ``k``; defaults to the estimator's ``n_neighbors``, capped at the
+            memory size.
 
         Returns
         -------
         scores : ndarray of shape (n_queries,)
+            Minus each query's distance to its ``k``-th nearest neighbour.
         """
         X = self._checked(X)
         return self.estimator_.score_samples(X, n_neighbors)
@@ -590,10 +607,13 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
 
         Returns
         -------
         explanation : Bunch
+            The estimator's explanation; each neighbour's ``weights`` share
+            includes its reliability (0 for a sample excluded from voting).
         """
         X = self._checked(X)
         return self.estimator_.explain(X)

@@ -91,6 +91,19 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         retrieve ``refine * k`` candidates and keep the ``k`` nearest by exact
         distance from the stored vectors (``{"nprobe": 16, "refine": 4}``).
         :meth:`tune_index` picks them for a target prediction agreement.
+    device : str, default="auto"
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    batch_size : int, default=4096
+        Queries searched per block; bounds the working memory of predictions.
+    verbose : bool, default=False
+        Show a progress bar over query blocks.
+    reranker : callable, default=None
+        Re-ranking (FORMULAS.md 7, [VM] 3.2): ``reranker(neighbors, X)`` gets
+        each query's :class:`~skknn.Neighbors` record and the queries and returns
+        non-negative class scores ``(n_queries, n_classes)`` (columns follow
+        ``neighbors.classes``) that replace the vote. The place a stronger model
+        plugs in; :class:`skknn.rerankers.ProbeReranker` re-ranks with a
+        classifier over the labels present among the neighbours.
     storage_dtype : {"float32", "float16"}, default="float32"
         How the memory keeps its vectors (for exact distances, refinement,
         leave-one-out and retraining after :meth:`unlearn`). ``"float16"``
@@ -119,19 +132,6 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         See "Beyond one machine" in docs/architecture.md.
     n_shards : int, default=None
         Shards of a ``backend="dask"`` memory; None: one per worker.
-    device : str, default="auto"
-        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-    batch_size : int, default=4096
-        Queries searched per block; bounds the working memory of predictions.
-    verbose : bool, default=False
-        Show a progress bar over query blocks.
-    reranker : callable, default=None
-        Re-ranking (FORMULAS.md 7, [VM] 3.2): ``reranker(neighbors, X)`` gets
-        each query's :class:`~skknn.Neighbors` record and the queries and returns
-        non-negative class scores ``(n_queries, n_classes)`` (columns follow
-        ``neighbors.classes``) that replace the vote. The place a stronger model
-        plugs in; :class:`skknn.rerankers.ProbeReranker` re-ranks with a
-        classifier over the labels present among the neighbours.
 
     Attributes
     ----------
@@ -157,9 +157,10 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
     See Also
     --------
-    sklearn.neighbors.KNeighborsClassifier : kNN without an editable memory.
-    skknn.JointKNNClassifier : a linear head trained with kNN guidance.
-    skknn.MemoryPruner : hard and soft pruning of the memory.
+    sklearn.neighbors.KNeighborsClassifier : Scikit-learn's kNN, without an editable
+        memory.
+    skknn.JointKNNClassifier : A linear head trained with kNN guidance.
+    skknn.MemoryPruner : Hard and soft pruning of the memory.
 
     Notes
     -----
@@ -355,6 +356,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : KNNVoter
+            The estimator.
         """
         old = self.index_params
         super().set_params(**params)
@@ -385,6 +387,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : KNNVoter
+            The fitted estimator.
         """
         # The old memory stays in place until the new one is complete.
         return self._add(
@@ -405,6 +408,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Embeddings of the new samples.
         y : array-like of shape (n_samples,) or (n_samples, n_levels)
             Labels, in the shape the first fit had (new fine labels with their
             ancestors grow each level's classes).
@@ -420,6 +424,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : KNNVoter
+            The estimator, its memory grown.
         """
         first_call = not hasattr(self, "memory_")
         return self._add(
@@ -455,6 +460,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : KNNVoter
+            The estimator, its memory grown.
 
         Examples
         --------
@@ -554,6 +560,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : KNNVoter
+            The estimator, without the removed samples.
         """
         check_is_fitted(self)
         self.memory_.remove(np.asarray(sample_ids), retrain_index=bool(retrain_index))
@@ -570,6 +577,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : KNNVoter
+            The estimator, its index rebuilt.
         """
         check_is_fitted(self)
         self._check_memory_unchanged()
@@ -693,6 +701,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings; the memory pre-processes them).
 
         Returns
         -------
@@ -710,10 +719,12 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings; the memory pre-processes them).
 
         Returns
         -------
         y : ndarray of shape (n_queries,) or (n_queries, n_levels)
+            Predicted labels; one column per level for multi-output labels.
         """
         self._check_vote_params()
         X = self._queries_for_reranker(X)
@@ -727,12 +738,16 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings; the memory pre-processes them).
         y : array-like of shape (n_queries,) or (n_queries, n_levels)
+            True labels; one column per level for multi-output labels.
         sample_weight : array-like of shape (n_queries,), default=None
+            Weights of the queries in the mean; None weighs them equally.
 
         Returns
         -------
         score : float
+            Accuracy of :meth:`predict` on ``X`` against ``y``.
         """
         check_is_fitted(self)
         if self.n_outputs_ == 1:
@@ -758,6 +773,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             Defaults to ``n_neighbors``; capped at the memory size (minus one
             when leaving one out).
         return_distance : bool, default=True
+            Also return the distances; False returns the ids only.
 
         Returns
         -------
@@ -805,12 +821,14 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings; the memory pre-processes them).
         n_neighbors : int, default=None
             ``k``; defaults to ``n_neighbors``, capped at the memory size.
 
         Returns
         -------
         scores : ndarray of shape (n_queries,)
+            Minus each query's distance to its ``k``-th nearest neighbour.
 
         Examples
         --------
@@ -829,6 +847,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings; the memory pre-processes them).
         residual : bool, default=False
             Also search the residual query ``phi(q) - phi(n1)`` (FORMULAS.md 7,
             [VM] 3.7): the pre-processed query minus its nearest neighbour,
