@@ -6,6 +6,7 @@ from skknn._neighbors import Neighbors
 from skknn._protocols import SearchEngine, Store
 from skknn._store import VectorStore
 from skknn.features import TorchFeatureExtractor, available_models, register_model
+from skknn.finetune import FineTunedJointClassifier
 from skknn.io import load
 from skknn.joint import JointKNNClassifier
 from skknn.pruning import MemoryPruner
@@ -13,6 +14,7 @@ from skknn.voter import KNNVoter
 
 __all__ = [
     "DeviceWarning",
+    "FineTunedJointClassifier",
     "JointKNNClassifier",
     "KNNVoter",
     "MemoryPruner",

@@ -600,6 +600,61 @@ class VectorStore(StoreStateMixin, StoreView):
             disk.retire(old_gen, gone_rows)
 
     @edits
+    def replace_vectors(self, X) -> None:
+        """Replace every stored vector, keeping ids, labels and weights.
+
+        For a memory whose encoder has changed (a backbone being fine-tuned):
+        ``X`` holds the samples' new raw embeddings, one row per stored sample
+        in the order of :meth:`ids`. They are pre-processed anew (the centre of
+        ``"center_l2"`` is refitted on them), written over the old rows and the
+        index is rebuilt on them, all or nothing.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The new raw vectors, aligned with :meth:`ids`.
+        """
+        X = np.asarray(X, dtype=np.float32)
+        if X.shape != (self._n, self.n_features):
+            raise ValueError(
+                f"X must hold one row per stored sample, shape "
+                f"({self._n}, {self.n_features}); got {X.shape}."
+            )
+        if not np.isfinite(X).all():
+            raise ValueError("X holds NaN or infinite values; the memory takes none.")
+        if self._disk is not None:
+            raise ValueError(
+                "replace_vectors works on a memory in RAM; a memory on disk "
+                "(storage_path) is rebuilt by fitting again."
+            )
+        mean = None
+        if self.preprocessing == "center_l2" and self._n:
+            mean = fit_center(X)
+        rows = np.empty_like(self._X)
+        norms = None if self._norm is None else np.empty_like(self._norm)
+        prepared = X.copy()
+        out_norms = None if norms is None else norms[: self._n]
+        preprocess_inplace(
+            prepared, center=mean, normalize=self.normalizes, norms_out=out_norms
+        )
+        rows[: self._n] = prepared
+        rows[self._n :] = 0
+        engine = make_engine(
+            self.engine_name,
+            self.metric,
+            self.device,
+            split_refine(self.engine_name, self.index_params)[1],
+        )
+        if self._n:
+            engine.build(rows[: self._n], self._ids[: self._n])
+        self.engine, self._X = engine, rows
+        if norms is not None:
+            self._norm = norms
+        if mean is not None:
+            self._mean = mean
+        self._version += 1
+
+    @edits
     def retrain_index(self) -> None:
         """Build the index afresh on every stored sample: an approximate index
         trains again on a sample of the whole memory (as a fresh fit would),

@@ -41,6 +41,7 @@ from skknn._registry import (
     register_model,
 )
 from skknn._validation import check_int, check_option
+from skknn.io import register_params
 
 __all__ = ["TorchFeatureExtractor", "available_models", "register_model"]
 
@@ -57,6 +58,7 @@ _POOLINGS = ("avg", "max", "none")
 # --- the estimator ----------------------------------------------------------------
 
 
+@register_params
 class TorchFeatureExtractor(
     ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
 ):

@@ -44,8 +44,22 @@ def register(cls: type) -> type:
     return cls
 
 
+# Classes a file may name as a *parameter* only: rebuilt from their JSON
+# parameters (a TorchFeatureExtractor inside a fine-tuned classifier).
+_PARAM_CLASSES: dict[str, type] = {}
+
+
+def register_params(cls: type) -> type:
+    """Class decorator: let files hold ``cls`` as a nested parameter, rebuilt
+    from its (JSON) parameters alone; such a class is never saved on its own."""
+    _PARAM_CLASSES[cls.__name__] = cls
+    return cls
+
+
 def registered(name: str) -> type:
     """The registered class of this name; ValueError for any other."""
+    if name in _PARAM_CLASSES:
+        return _PARAM_CLASSES[name]
     if name not in _REGISTRY:
         raise ValueError(
             f"{name!r} is not a skknn estimator that files can hold; known: "
@@ -78,7 +92,10 @@ def params_to_json(est) -> dict:
     out = {}
     for name, value in est.get_params(deep=False).items():
         if isinstance(value, BaseEstimator):
-            if type(value).__name__ not in _REGISTRY:
+            known = _REGISTRY.get(type(value).__name__) or _PARAM_CLASSES.get(
+                type(value).__name__
+            )
+            if known is not type(value):
                 raise TypeError(
                     f"save() can store skknn estimators only; parameter {name!r} is "
                     f"a {type(value).__name__}. Use joblib.dump for this model."

@@ -423,3 +423,37 @@ def test_copies_and_pickles_never_share_the_buffers(rng):
     np.testing.assert_array_equal(back.ids(), np.arange(30))
     with pytest.raises(ValueError, match="NaN or infinite"):
         store.add(np.full((1, 8), np.nan, np.float32), [0])
+
+
+def test_replace_vectors_equals_a_fresh_store_on_the_new_vectors(tmp_path):
+    """A memory re-embedded in place (a fine-tuned encoder) answers as a store
+    built from scratch on the new vectors, with the same ids, labels and weights."""
+    rng = np.random.default_rng(0)
+    X_old, X_new = rng.normal(size=(2, 60, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    ids = rng.permutation(1000)[:60]
+    store = VectorStore(6, preprocessing="center_l2", engine="exact")
+    store.add(X_old, y, ids, sample_weight=np.linspace(0.5, 2, 60))
+    store.set_reliability(ids[:5], np.full(5, 0.25, np.float32))
+    version = store.version
+    store.replace_vectors(X_new)
+    fresh = VectorStore(6, preprocessing="center_l2", engine="exact")
+    fresh.add(X_new, y, ids, sample_weight=np.linspace(0.5, 2, 60))
+    fresh.set_reliability(ids[:5], np.full(5, 0.25, np.float32))
+    assert store.version == version + 1
+    np.testing.assert_allclose(store.mean, X_new.mean(axis=0), rtol=1e-5, atol=1e-6)
+    Q = rng.normal(size=(10, 6))
+    a, b = store.search(Q, 5), fresh.search(Q, 5)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.distances, b.distances, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(a.reliability, b.reliability)
+    np.testing.assert_allclose(store.get(ids).X, X_new, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one row per stored sample"):
+        store.replace_vectors(X_new[:-1])
+    with pytest.raises(ValueError, match="NaN"):
+        store.replace_vectors(np.full_like(X_new, np.nan))
+    np.testing.assert_array_equal(store.search(Q, 5).ids, a.ids)  # unchanged
+    on_disk = VectorStore(6, engine="exact", storage_path=tmp_path)
+    on_disk.add(X_old, y)
+    with pytest.raises(ValueError, match="in RAM"):
+        on_disk.replace_vectors(X_new)

@@ -1,0 +1,695 @@
+"""JOINT with the backbone trained too: [NN]'s fine-tuning protocol (App. A.5).
+
+:class:`FineTunedJointClassifier` trains the last modules of a pretrained image
+backbone (a :class:`~skknn.TorchFeatureExtractor`) together with a linear head, with
+JOINT's kNN-weighted cross-entropy (FORMULAS.md 4). Because the backbone changes,
+the kNN memory of the training images is re-embedded:
+
+- ``memory_refresh="epoch"`` (JOINT): before every epoch, so each epoch's
+  ``p_kNN`` comes from the current backbone;
+- ``"test"`` (JOINT-UT): ``p_kNN`` from the pretrained backbone throughout
+  training, the memory re-embedded once, after it;
+- ``"never"``: the memory and its queries stay with the pretrained backbone (a
+  frozen copy is kept for them).
+
+Re-embedding is an inference pass (no gradients, eval mode, batched) and the
+memory is rebuilt in place (:meth:`VectorStore.replace_vectors`: same ids, labels
+and weights, the centre refitted, the index rebuilt).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils.validation import check_is_fitted
+
+from skknn._device import device_after_unpickling
+from skknn._head_training import modulation_weights
+from skknn._validation import check_float, check_int, check_option
+from skknn.features import TorchFeatureExtractor
+from skknn.io import Persistable, register, subtree
+from skknn.voter import KNNVoter
+
+MEMORY_REFRESH = ("epoch", "test", "never")
+AUGMENTATIONS = ("crop_flip", "crop")
+
+
+def _default_extractor() -> TorchFeatureExtractor:
+    return TorchFeatureExtractor(
+        "efficientnet-lite0", layer="_blocks.10", pooling="avg"
+    )
+
+
+def _default_knn() -> KNNVoter:
+    return KNNVoter(n_neighbors=10, voting="softmax", preprocessing="center_l2")
+
+
+@register
+class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
+    """JOINT over a trainable backbone: the memory re-embedded as it learns.
+
+    Images in, labels out. The backbone of ``extractor`` is loaded with its
+    pretrained weights; the modules named in ``trainable`` (and everything
+    inside them) are trained with a linear head on the kNN-weighted
+    cross-entropy ``(1 + alpha * min(-log p_kNN, 100)) * CE`` ([NN], FORMULAS.md
+    4), where ``p_kNN`` is the leave-one-out probability of each training
+    image's own class from a memory of the training images (``knn``). At test
+    time ``interpolation * p_kNN + (1 - interpolation) * softmax(head)``.
+    ``alpha=0, interpolation=0`` is a fine-tuned linear classifier ([NN]'s
+    BASE).
+
+    Parameters
+    ----------
+    extractor : TorchFeatureExtractor, default=None
+        The backbone, its input size, layer and pooling. None means
+        ``TorchFeatureExtractor("efficientnet-lite0", layer="_blocks.10")``.
+    knn : KNNVoter, default=None
+        The memory and its vote; None means ``KNNVoter(n_neighbors=10,
+        voting="softmax", preprocessing="center_l2")``.
+    trainable : list of str, default=None
+        Names of the backbone's submodules to train (as in
+        ``named_modules()``); None trains every parameter, ``[]`` none (a
+        linear probe trained by the same recipe). Batch-norm statistics stay
+        as pretrained (the backbone runs in eval mode).
+    memory_refresh : {"epoch", "test", "never"}, default="epoch"
+        When the memory is re-embedded: before every epoch (JOINT), once after
+        training (JOINT-UT), or never (the pretrained backbone serves the kNN).
+    alpha : float, default=0.01
+        Strength of the kNN modulation; 0 gives a plain cross-entropy.
+    interpolation : float, default=0.5
+        Weight of the kNN's probabilities at test time, in [0, 1].
+    max_epochs : int, default=30
+        Passes over the training images.
+    batch_size : int, default=32
+        Images per training step.
+    backbone_lr : float, default=0.003
+        Peak learning rate of the backbone's trainable parameters (SGD).
+    head_lr : float, default=0.1
+        Peak learning rate of the head.
+    momentum : float, default=0.9
+        SGD momentum.
+    weight_decay : float, default=1e-4
+        L2 penalty on weights (not biases).
+    warmup_epochs : float, default=1
+        Linear warm-up of both learning rates, then cosine decay to 0.
+    augment : {"crop_flip", "crop"} or None, default="crop_flip"
+        Training augmentation: a random resized crop (scale 0.6 to 1, aspect
+        3/4 to 4/3) and, with ``"crop_flip"``, a horizontal flip with
+        probability 1/2. Use ``"crop"`` where a flip changes the class (digits).
+    mixed_precision : bool or "auto", default="auto"
+        Autocast to bfloat16 on a CUDA device ("auto": when the backbone runs
+        on one); the CPU trains in float32.
+    random_state : int or None, default=None
+        Seeds shuffling, augmentation and the head's initialisation: on the CPU
+        two fits with the same seed give identical models.
+    verbose : bool, default=False
+        A progress bar over epochs (loss and training accuracy).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Known labels, sorted (the memory's, grown by :meth:`partial_fit`).
+    extractor_ : TorchFeatureExtractor
+        The fitted extractor whose backbone was trained.
+    frozen_extractor_ : TorchFeatureExtractor or None
+        With ``memory_refresh="never"``, the pretrained extractor that embeds the
+        memory and the kNN's queries.
+    knn_ : KNNVoter
+        The memory of the training images (and of later :meth:`partial_fit`).
+    head_ : torch.nn.Linear
+        The trained head, over standardised embeddings.
+    head_classes_ : ndarray
+        The classes the head was trained on (those of :meth:`fit`).
+    n_memory_refreshes_ : int
+        How many times the memory was embedded during :meth:`fit`.
+    history_ : list of dict
+        Per epoch: mean training loss, training accuracy and seconds.
+
+    See Also
+    --------
+    skknn.JointKNNClassifier : JOINT on frozen embeddings.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn import KNNVoter, TorchFeatureExtractor
+    >>> from skknn.finetune import FineTunedJointClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
+    >>> y = np.repeat([0, 1], 20)
+    >>> X[y == 1, :16] = 255  # class 1: a white top half
+    >>> clf = FineTunedJointClassifier(
+    ...     TorchFeatureExtractor("tiny-cnn"), KNNVoter(5), max_epochs=2,
+    ...     random_state=0).fit(X, y)
+    >>> clf.predict(X[[0, 39]])
+    array([0, 1])
+    >>> clf.n_memory_refreshes_  # before each of 2 epochs, and after training
+    3
+    """
+
+    def __init__(
+        self,
+        extractor: TorchFeatureExtractor | None = None,
+        knn: KNNVoter | None = None,
+        *,
+        trainable: list | None = None,
+        memory_refresh: str = "epoch",
+        alpha: float = 0.01,
+        interpolation: float = 0.5,
+        max_epochs: int = 30,
+        batch_size: int = 32,
+        backbone_lr: float = 0.003,
+        head_lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 1,
+        augment: str | None = "crop_flip",
+        mixed_precision="auto",
+        random_state=None,
+        verbose: bool = False,
+    ):
+        self.extractor = extractor
+        self.knn = knn
+        self.trainable = trainable
+        self.memory_refresh = memory_refresh
+        self.alpha = alpha
+        self.interpolation = interpolation
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.backbone_lr = backbone_lr
+        self.head_lr = head_lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.augment = augment
+        self.mixed_precision = mixed_precision
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- parameters -----------------------------------------------------------------
+    def _check_params(self) -> None:
+        check_option(self, "memory_refresh", self.memory_refresh, MEMORY_REFRESH)
+        if self.augment is not None:
+            check_option(self, "augment", self.augment, AUGMENTATIONS)
+        check_float(self, "alpha", self.alpha, low=0)
+        check_float(self, "interpolation", self.interpolation, low=0, high=1)
+        check_int(self, "max_epochs", self.max_epochs, low=1)
+        check_int(self, "batch_size", self.batch_size, low=1)
+        for name in ("backbone_lr", "head_lr"):
+            check_float(self, name, getattr(self, name), low=0, low_inclusive=False)
+        check_float(self, "momentum", self.momentum, low=0, high=1)
+        check_float(self, "weight_decay", self.weight_decay, low=0)
+        check_float(self, "warmup_epochs", self.warmup_epochs, low=0)
+        if self.mixed_precision not in (True, False, "auto"):
+            raise ValueError(
+                "The 'mixed_precision' parameter of FineTunedJointClassifier must "
+                f"be True, False or 'auto'. Got {self.mixed_precision!r} instead."
+            )
+        if self.knn is not None and (
+            self.knn.backend != "local" or self.knn.storage_path is not None
+        ):
+            raise ValueError(
+                "FineTunedJointClassifier re-embeds its memory in place, in RAM: "
+                "give it a KNNVoter with backend='local' and no storage_path."
+            )
+        if self.extractor is not None and not isinstance(
+            self.extractor, TorchFeatureExtractor
+        ):
+            raise TypeError(
+                "The 'extractor' parameter of FineTunedJointClassifier must be a "
+                f"TorchFeatureExtractor or None. Got {self.extractor!r} instead."
+            )
+
+    # -- fitting --------------------------------------------------------------------
+    def fit(self, X, y):
+        """Train the backbone's trainable modules and the head on images.
+
+        Parameters
+        ----------
+        X : array-like of images or list
+            Training images in any form :class:`TorchFeatureExtractor` takes
+            (uint8 or [0, 1] float arrays, paths, PIL images).
+        y : array-like of shape (n_samples,)
+            Their labels.
+
+        Returns
+        -------
+        self : FineTunedJointClassifier
+            The fitted classifier.
+        """
+        from tqdm.auto import tqdm
+
+        self._check_params()
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise ValueError(
+                f"y must be 1-d (one label per image); got shape {y.shape}."
+            )
+        extractor = clone(self.extractor or _default_extractor()).fit(_first(X))
+        pipe = extractor._pipeline()
+        images = _decoded(extractor, X, pipe)  # (n, C, H, W), model input
+        if images.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"X holds {images.shape[0]} images but y {y.shape[0]} labels."
+            )
+        gen = torch.Generator().manual_seed(_seed(self.random_state))
+        # The backbone trained is a copy: a module the user passed stays as it
+        # was, and with memory_refresh="never" the original serves the memory.
+        frozen = extractor if self.memory_refresh == "never" else None
+        extractor = _copy_extractor(extractor)
+        pipe = extractor._pipeline()
+        model = pipe.model
+        params = _trainable(model, self.trainable)
+        ids = np.arange(len(y))
+        knn = clone(self.knn or _default_knn())
+        E0 = _embed(pipe, images, self.batch_size)
+        knn.fit(E0, y, sample_ids=ids)
+        refreshes = 1
+        classes = knn.classes_
+        codes = np.searchsorted(classes, y)
+        p_true = _p_true(knn, codes, ids)
+        mean = torch.from_numpy(E0.mean(axis=0))
+        std = torch.from_numpy(E0.std(axis=0) + 1e-6)
+        head = torch.nn.Linear(E0.shape[1], len(classes))
+        with torch.no_grad():
+            head.weight.normal_(0.0, 0.01, generator=gen)
+            head.bias.zero_()
+        head = head.to(pipe.device)
+        stats = (mean.to(pipe.device), std.to(pipe.device))
+        groups = [
+            {"params": _decayed(params), "lr": self.backbone_lr, "decay": True},
+            {"params": _biases(params), "lr": self.backbone_lr, "decay": False},
+            {"params": [head.weight], "lr": self.head_lr, "decay": True},
+            {"params": [head.bias], "lr": self.head_lr, "decay": False},
+        ]
+        groups = [g for g in groups if g["params"]]  # trainable=[]: the head only
+        for group in groups:
+            group["weight_decay"] = self.weight_decay if group.pop("decay") else 0.0
+        peaks = [group["lr"] for group in groups]
+        optimizer = torch.optim.SGD(groups, momentum=self.momentum)
+        targets = torch.from_numpy(codes).to(pipe.device)
+        n = len(y)
+        steps = math.ceil(n / self.batch_size)
+        autocast = self._autocast(pipe.device)
+        history = []
+        epochs = tqdm(
+            range(self.max_epochs), disable=not self.verbose, desc="fine-tune"
+        )
+        import time
+
+        for epoch in epochs:
+            start = time.perf_counter()
+            if self.memory_refresh == "epoch" and epoch > 0:
+                knn.memory_.replace_vectors(_embed(pipe, images, self.batch_size))
+                refreshes += 1
+                p_true = _p_true(knn, codes, ids)
+            weights = modulation_weights(
+                torch.from_numpy(p_true), alpha=float(self.alpha)
+            ).to(pipe.device)
+            order = torch.randperm(n, generator=gen)
+            total, correct = 0.0, 0
+            for step in range(steps):
+                t = (epoch + step / steps) / self.max_epochs
+                factor = _schedule(t, self.warmup_epochs / self.max_epochs)
+                for group, peak in zip(optimizer.param_groups, peaks):
+                    group["lr"] = peak * factor
+                batch = order[step * self.batch_size : (step + 1) * self.batch_size]
+                x = images[batch.to(images.device)]
+                if self.augment is not None:
+                    x = _augment(x, self.augment == "crop_flip", gen)
+                with autocast:
+                    emb = pipe.embed(x).float()
+                    logits = head((emb - stats[0]) / stats[1])
+                b = batch.to(pipe.device)
+                ce = F.cross_entropy(logits.float(), targets[b], reduction="none")
+                loss = (weights[b] * ce).mean()
+                if not torch.isfinite(loss):
+                    value = float(loss.detach())
+                    raise FloatingPointError(
+                        f"Training diverged at epoch {epoch + 1} (the loss is "
+                        f"{value}); lower backbone_lr ({self.backbone_lr}) or "
+                        f"head_lr ({self.head_lr})."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+                correct += int((logits.argmax(1) == targets[b]).sum())
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": total / n,
+                    "train_accuracy": correct / n,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+            if self.verbose:
+                epochs.set_postfix(loss=f"{total / n:.3f}", acc=f"{correct / n:.3f}")
+        model.requires_grad_(False)
+        if self.memory_refresh in ("epoch", "test"):
+            knn.memory_.replace_vectors(_embed(pipe, images, self.batch_size))
+            refreshes += 1
+        self.extractor_ = extractor
+        self.frozen_extractor_ = frozen
+        self.knn_ = knn
+        self.head_ = head.eval()
+        self.head_classes_ = classes
+        self._stats = stats
+        self.n_memory_refreshes_ = refreshes
+        self.history_ = history
+        return self
+
+    def _autocast(self, device: torch.device):
+        import contextlib
+
+        use = self.mixed_precision is True or (
+            self.mixed_precision == "auto" and device.type == "cuda"
+        )
+        if not use or device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    # -- the memory after training -----------------------------------------------
+    @property
+    def classes_(self) -> np.ndarray:
+        return self.knn_.classes_
+
+    def embed(self, X) -> np.ndarray:
+        """Embeddings of images by the trained backbone.
+
+        Parameters
+        ----------
+        X : array-like of images or list
+            Images, as :meth:`fit` takes them.
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n_images, n_features), dtype float32
+            One row per image.
+        """
+        check_is_fitted(self)
+        return self.extractor_.transform(X)
+
+    def _memory_embed(self, X) -> np.ndarray:
+        extractor = self.frozen_extractor_ or self.extractor_
+        return extractor.transform(X)
+
+    def partial_fit(self, X, y, sample_ids=None):
+        """Add images to the memory, embedded by the trained backbone.
+
+        The head is not trained: labels new to the memory get probability from
+        the kNN only (the head gives them none).
+
+        Parameters
+        ----------
+        X : array-like of images or list
+            Images to add.
+        y : array-like of shape (n_samples,)
+            Their labels; new classes extend :attr:`classes_`.
+        sample_ids : array-like of shape (n_samples,), default=None
+            Their ids in the memory (default: fresh ids).
+
+        Returns
+        -------
+        self : FineTunedJointClassifier
+            The classifier, its memory grown.
+        """
+        check_is_fitted(self)
+        self.knn_.partial_fit(self._memory_embed(X), y, sample_ids=sample_ids)
+        return self
+
+    def unlearn(self, sample_ids):
+        """Remove samples from the memory (the head keeps what it learnt).
+
+        Parameters
+        ----------
+        sample_ids : array-like of int
+            Ids of memory samples (the training images are ``0 .. n - 1``).
+
+        Returns
+        -------
+        self : FineTunedJointClassifier
+            The classifier, without the removed samples in its memory.
+        """
+        check_is_fitted(self)
+        self.knn_.unlearn(sample_ids)
+        return self
+
+    # -- prediction -------------------------------------------------------------------
+    def _head_proba(self, E: np.ndarray) -> np.ndarray:
+        device = self._stats[0].device
+        with torch.inference_mode():
+            z = (torch.from_numpy(E).to(device) - self._stats[0]) / self._stats[1]
+            proba = torch.softmax(self.head_(z).float(), dim=1).cpu().numpy()
+        out = np.zeros((len(E), len(self.classes_)))
+        out[:, np.searchsorted(self.classes_, self.head_classes_)] = proba
+        return out
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities: the head's interpolated with the kNN's.
+
+        Parameters
+        ----------
+        X : array-like of images or list
+            Query images.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_images, n_classes)
+            Columns follow :attr:`classes_`.
+        """
+        check_is_fitted(self)
+        E = self.extractor_.transform(X)
+        E_knn = E if self.frozen_extractor_ is None else self._memory_embed(X)
+        lam = float(self.interpolation)
+        proba = (1 - lam) * self._head_proba(E)
+        if lam > 0:
+            proba += lam * self.knn_.predict_proba(E_knn)
+        return proba
+
+    def predict(self, X) -> np.ndarray:
+        """The most probable class of each image.
+
+        Parameters
+        ----------
+        X : array-like of images or list
+            Query images.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_images,)
+            Predicted labels.
+        """
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    # -- persistence ----------------------------------------------------------------
+    def __skknn_reading__(self):
+        check_is_fitted(self)
+        return self.knn_.__skknn_reading__()
+
+    def __skknn_save__(self) -> tuple[dict, dict]:
+        from skknn.io import labels_to_json
+
+        check_is_fitted(self)
+        knn_meta, knn_arrays = self.knn_.__skknn_save__()
+        ext = self.extractor_
+        meta = {
+            "extractor": {
+                "device": str(ext.device_),
+                "input_size": None
+                if ext.input_size_ is None
+                else list(ext.input_size_),
+                "mean": None if ext._mean is None else list(ext._mean),
+                "std": None if ext._std is None else list(ext._std),
+                "hook_layer": ext._hook_layer,
+                "method": ext._embedding_method,
+                "embedding_dim": int(ext.embedding_dim_),
+            },
+            "head_classes": labels_to_json(self.head_classes_),
+            "n_memory_refreshes": int(self.n_memory_refreshes_),
+            "history": self.history_,
+            "knn": knn_meta,
+        }
+        arrays = {"knn/" + k: v for k, v in knn_arrays.items()}
+        for name, value in ext.model_.state_dict().items():
+            arrays["backbone/" + name] = value.detach().cpu().numpy()
+        arrays["head/weight"] = self.head_.weight.detach().cpu().numpy()
+        arrays["head/bias"] = self.head_.bias.detach().cpu().numpy()
+        arrays["head/mean"] = self._stats[0].cpu().numpy()
+        arrays["head/std"] = self._stats[1].cpu().numpy()
+        return meta, arrays
+
+    def __skknn_load__(self, meta: dict, arrays: dict, version: int) -> None:
+        from skknn.io import labels_from_json
+
+        self._check_params()
+        fitted = meta["extractor"]
+        device = device_after_unpickling(fitted["device"], owner=type(self).__name__)
+        weights = {
+            k: torch.from_numpy(np.array(v))
+            for k, v in subtree(arrays, "backbone/").items()
+        }
+        template = self.extractor or _default_extractor()
+        self.extractor_ = _restored_extractor(template, fitted, device, weights)
+        self.frozen_extractor_ = None
+        if self.memory_refresh == "never":
+            self.frozen_extractor_ = _restored_extractor(template, fitted, device, None)
+        knn = clone(self.knn or _default_knn())
+        knn.__skknn_load__(meta["knn"], subtree(arrays, "knn/"), version)
+        self.knn_ = knn
+        weight = torch.from_numpy(np.array(arrays["head/weight"]))
+        head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(torch.from_numpy(np.array(arrays["head/bias"])))
+        self.head_ = head.to(device).eval()
+        self._stats = (
+            torch.from_numpy(np.array(arrays["head/mean"])).to(device),
+            torch.from_numpy(np.array(arrays["head/std"])).to(device),
+        )
+        self.head_classes_ = labels_from_json(meta["head_classes"])
+        if weight.shape[0] != len(self.head_classes_):
+            raise ValueError("the head's rows disagree with its classes")
+        self.n_memory_refreshes_ = int(meta["n_memory_refreshes"])
+        self.history_ = list(meta["history"])
+
+    def __getstate__(self):
+        # The extractor pickles its backbone by name (pretrained weights on
+        # load): the trained weights travel beside it.
+        state = dict(super().__getstate__())
+        if "extractor_" in state:
+            state["_trained_weights"] = {
+                k: v.detach().cpu().clone()
+                for k, v in self.extractor_.model_.state_dict().items()
+            }
+        return state
+
+    def __setstate__(self, state):
+        weights = state.pop("_trained_weights", None)
+        super().__setstate__(state)
+        if weights is not None:
+            self.extractor_.model_.load_state_dict(weights)
+
+
+def _restored_extractor(template, fitted: dict, device, weights):
+    """A fitted TorchFeatureExtractor from its saved fitted state (no probe
+    image needed), with ``weights`` over the pretrained ones."""
+    from skknn._registry import get_model_spec
+
+    ext = clone(template)
+    spec = get_model_spec(ext.model) if isinstance(ext.model, str) else None
+    model = ext._load_model(spec, device)
+    if weights is not None:
+        model.load_state_dict(weights)
+    ext.model_ = model
+    ext.device_ = device
+    size = fitted["input_size"]
+    ext.input_size_ = None if size is None else tuple(size)
+    ext._mean = None if fitted["mean"] is None else tuple(fitted["mean"])
+    ext._std = None if fitted["std"] is None else tuple(fitted["std"])
+    ext._hook_layer, ext._embedding_method = fitted["hook_layer"], fitted["method"]
+    ext.embedding_dim_ = int(fitted["embedding_dim"])
+    return ext
+
+
+def _first(X):
+    return X[:1]
+
+
+def _seed(random_state) -> int:
+    if random_state is None:
+        return int(np.random.default_rng().integers(2**31))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31))
+    return int(random_state)
+
+
+def _decoded(extractor, X, pipe) -> torch.Tensor:
+    """Every image decoded and pre-processed once: the model's input."""
+    source = extractor._source(X, reset=False)
+    parts = [
+        source.batch(s, min(s + extractor.batch_size, source.n), pipe)
+        for s in range(0, source.n, extractor.batch_size)
+    ]
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
+def _embed(pipe, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    """The inference pass: eval mode, no gradients, in batches."""
+    out = []
+    with torch.inference_mode():
+        for s in range(0, images.shape[0], batch_size):
+            out.append(pipe.embed(images[s : s + batch_size]).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _copy_extractor(extractor: TorchFeatureExtractor) -> TorchFeatureExtractor:
+    """The fitted extractor with its own copy of the backbone (to train it)."""
+    other = copy.copy(extractor)
+    other.model_ = copy.deepcopy(extractor.model_)
+    return other
+
+
+def _trainable(model: torch.nn.Module, names) -> list[torch.nn.Parameter]:
+    if names is None:
+        params = list(model.parameters())
+    else:
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ValueError(
+                f"trainable names modules the backbone does not have: {missing}; "
+                f"some it has: {list(modules)[1:8]}."
+            )
+        params = [p for n in names for p in modules[n].parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _decayed(params):
+    return [p for p in params if p.ndim > 1]
+
+
+def _biases(params):
+    return [p for p in params if p.ndim <= 1]
+
+
+def _schedule(t: float, warmup: float) -> float:
+    """Linear warm-up to 1 over ``warmup`` of training, then cosine to 0."""
+    if warmup > 0 and t < warmup:
+        return (t + 1e-9) / warmup
+    span = max(1e-9, 1 - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warmup) / span)))
+
+
+def _augment(x: torch.Tensor, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random resized crop (scale 0.6-1, aspect 3/4-4/3) and optional flip."""
+    n, _, H, W = x.shape
+    out = torch.empty_like(x)
+    u = torch.rand(n, 4, generator=gen)
+    for i in range(n):
+        area = (0.6 + 0.4 * float(u[i, 0])) * H * W
+        ratio = math.exp(math.log(3 / 4) + float(u[i, 1]) * math.log(16 / 9))
+        h = min(H, max(1, round(math.sqrt(area / ratio))))
+        w = min(W, max(1, round(math.sqrt(area * ratio))))
+        top = int(float(u[i, 2]) * (H - h + 1))
+        left = int(float(u[i, 3]) * (W - w + 1))
+        crop = x[i : i + 1, :, top : top + h, left : left + w]
+        out[i] = F.interpolate(crop, size=(H, W), mode="bilinear", align_corners=False)[
+            0
+        ]
+    if flip:
+        mask = torch.rand(n, generator=gen) < 0.5
+        out[mask] = out[mask].flip(-1)
+    return out
+
+
+def _p_true(knn: KNNVoter, codes: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    return knn.loo_proba(ids)[np.arange(len(codes)), codes].astype(np.float32)

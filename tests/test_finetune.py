@@ -1,0 +1,211 @@
+"""FineTunedJointClassifier: JOINT with a trainable backbone and a refreshed memory.
+
+Small and fast: the seeded ``tiny-cnn`` backbone on 32x32 images made from
+sklearn's real 8x8 digits (upscaled), a few epochs. The claim on real data with
+EfficientNet-Lite0 is measured by ``benchmarks/bench_finetune.py``; one test here
+checks its first half (fine-tuning beats the frozen probe) on MNIST.
+"""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import skknn
+from skknn import KNNVoter, TorchFeatureExtractor
+from skknn.finetune import FineTunedJointClassifier
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    images = np.kron(X.reshape(-1, 8, 8) / 16.0, np.ones((4, 4))).astype(np.float32)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    images, y = images[order], y[order]
+    return images[:300], y[:300], images[300:500], y[300:500]
+
+
+def _model(**params):
+    defaults = {
+        "max_epochs": 3,
+        "batch_size": 32,
+        "augment": "crop",
+        "random_state": 0,
+        "knn": KNNVoter(5, voting="softmax", preprocessing="center_l2"),
+    }
+    return FineTunedJointClassifier(
+        TorchFeatureExtractor("tiny-cnn"), **{**defaults, **params}
+    )
+
+
+def _backbone_params(clf):
+    return {
+        k: v.detach().clone() for k, v in clf.extractor_.model_.state_dict().items()
+    }
+
+
+def test_memory_follows_the_backbone_for_each_refresh_mode(digit_images):
+    X, y, Q, _ = digit_images
+    pretrained = TorchFeatureExtractor("tiny-cnn").fit(X[:1]).transform(X)
+    for mode, refreshes in (("epoch", 4), ("test", 2), ("never", 1)):
+        clf = _model(memory_refresh=mode).fit(X, y)
+        assert clf.n_memory_refreshes_ == refreshes
+        stored = clf.knn_.memory_.get(clf.knn_.sample_ids_).X
+        if mode == "never":  # the pretrained backbone serves the memory
+            np.testing.assert_allclose(stored, pretrained, rtol=1e-5, atol=1e-5)
+        else:  # the memory holds the trained backbone's embeddings
+            np.testing.assert_allclose(stored, clf.embed(X), rtol=1e-4, atol=1e-5)
+            assert not np.allclose(stored, pretrained, atol=1e-3)
+        proba = clf.predict_proba(Q)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+        assert (clf.predict(Q) == clf.classes_[proba.argmax(1)]).all()
+
+
+def test_p_knn_is_recomputed_from_the_current_backbone_only_with_epoch(
+    digit_images, monkeypatch
+):
+    from skknn import finetune
+
+    X, y, _, _ = digit_images
+    seen = []
+    original = finetune._p_true
+
+    def spy(knn, codes, ids):
+        seen.append(knn.memory_.version)
+        return original(knn, codes, ids)
+
+    monkeypatch.setattr(finetune, "_p_true", spy)
+    _model(memory_refresh="epoch", max_epochs=3).fit(X, y)
+    assert len(seen) == 3
+    assert len(set(seen)) == 3
+    seen.clear()
+    _model(memory_refresh="test", max_epochs=3).fit(X, y)
+    assert len(seen) == 1  # JOINT-UT: from the pretrained backbone only
+
+
+def test_only_the_named_modules_train(digit_images):
+    X, y, _, _ = digit_images
+    before = TorchFeatureExtractor("tiny-cnn").fit(X[:1]).model_.state_dict()
+    names = [
+        n
+        for n, _ in TorchFeatureExtractor("tiny-cnn").fit(X[:1]).model_.named_children()
+    ]
+    last = names[-1]
+    clf = _model(trainable=[last]).fit(X, y)
+    after = _backbone_params(clf)
+    for key, value in before.items():
+        changed = not torch.equal(value, after[key])
+        assert changed == (
+            key.startswith(last + ".")
+            and value.is_floating_point()
+            and "running" not in key
+            and "num_batches" not in key
+        ), key
+    probe = _model(trainable=[]).fit(X, y)  # only the head
+    assert all(torch.equal(v, _backbone_params(probe)[k]) for k, v in before.items())
+
+
+def test_same_seed_same_model_on_the_cpu(digit_images):
+    X, y, Q, _ = digit_images
+    a = _model(random_state=3).fit(X, y)
+    b = _model(random_state=3).fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(Q), b.predict_proba(Q))
+    assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]
+    c = _model(random_state=4).fit(X, y)
+    assert not np.array_equal(a.predict_proba(Q), c.predict_proba(Q))
+
+
+def test_interpolation_and_base(digit_images):
+    X, y, Q, _ = digit_images
+    base = _model(alpha=0.0, interpolation=0.0).fit(X, y)
+    knn_only = _model(interpolation=1.0).fit(X, y)
+    E = knn_only.embed(Q)
+    np.testing.assert_allclose(
+        knn_only.predict_proba(Q), knn_only.knn_.predict_proba(E)
+    )
+    head = base._head_proba(base.embed(Q))
+    np.testing.assert_allclose(base.predict_proba(Q), head)
+
+
+def test_partial_fit_unlearn_and_a_new_class(digit_images):
+    X, y, Q, yq = digit_images
+    clf = _model().fit(X[y != 9], y[y != 9])
+    new = Q[yq == 9]
+    clf.partial_fit(new, np.full(len(new), 9), sample_ids=10_000 + np.arange(len(new)))
+    assert 9 in clf.classes_
+    stored = clf.knn_.memory_.get(10_000 + np.arange(len(new))).X
+    np.testing.assert_allclose(stored, clf.embed(new), rtol=1e-4, atol=1e-5)
+    proba = clf.predict_proba(new)
+    assert proba.shape[1] == 10
+    assert (proba[:, -1] > 0).any()
+    clf.unlearn(10_000 + np.arange(len(new)))
+    assert not np.isin(10_000 + np.arange(len(new)), clf.knn_.sample_ids_).any()
+
+
+def test_save_and_load_keep_the_trained_backbone_without_pickle(digit_images, tmp_path):
+    X, y, Q, _ = digit_images
+    for mode in ("epoch", "never"):
+        clf = _model(memory_refresh=mode).fit(X, y)
+        path = tmp_path / f"ft-{mode}.skknn"
+        clf.save(path)
+        with zipfile.ZipFile(path) as zf:
+            assert all(n.endswith((".npy", ".json")) for n in zf.namelist())
+        back = skknn.load(path)
+        np.testing.assert_allclose(
+            back.predict_proba(Q), clf.predict_proba(Q), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(back.embed(Q), clf.embed(Q), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_parameters_are_refused(digit_images):
+    X, y, _, _ = digit_images
+    with pytest.raises(ValueError, match="memory_refresh"):
+        _model(memory_refresh="always").fit(X, y)
+    with pytest.raises(ValueError, match="augment"):
+        _model(augment="rotate").fit(X, y)
+    with pytest.raises(ValueError, match="trainable"):
+        _model(trainable=["no_such_block"]).fit(X, y)
+    with pytest.raises(ValueError, match="in RAM"):
+        _model(knn=KNNVoter(backend="dask")).fit(X, y)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        _model(backbone_lr=1e6, head_lr=1e6, max_epochs=3).fit(X, y)
+
+
+@pytest.mark.slow
+def test_fine_tuning_beats_the_frozen_probe_on_mnist():
+    """[NN] A.5's premise on real digits and a real pretrained backbone: training
+    the last blocks beats the same head on the frozen backbone (10 per class)."""
+    from skknn.datasets import load_mnist
+
+    X, y, _ = load_mnist()
+    images = X.reshape(-1, 28, 28)
+    rng = np.random.default_rng(0)
+    train = np.concatenate(
+        [rng.choice(np.flatnonzero(y == c), 10, replace=False) for c in range(10)]
+    )
+    test = rng.choice(np.setdiff1d(np.arange(len(y)), train), 2000, replace=False)
+    extractor = TorchFeatureExtractor(
+        "efficientnet-lite0", layer="_blocks.10", pooling="avg", image_size=32
+    )
+    common = {
+        "alpha": 0.0,
+        "interpolation": 0.0,
+        "memory_refresh": "test",
+        "augment": "crop",
+        "batch_size": 20,
+        "random_state": 0,
+    }
+    frozen = FineTunedJointClassifier(extractor, trainable=[], **common)
+    tuned = FineTunedJointClassifier(
+        extractor, trainable=["_blocks.9", "_blocks.10"], **common
+    )
+    acc_frozen = frozen.fit(images[train], y[train]).score(images[test], y[test])
+    acc_tuned = tuned.fit(images[train], y[train]).score(images[test], y[test])
+    # Same seed and recipe: an untrained backbone would give the same accuracy.
+    assert acc_tuned > acc_frozen + 0.005
