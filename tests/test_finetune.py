@@ -209,3 +209,15 @@ def test_fine_tuning_beats_the_frozen_probe_on_mnist():
     acc_tuned = tuned.fit(images[train], y[train]).score(images[test], y[test])
     # Same seed and recipe: an untrained backbone would give the same accuracy.
     assert acc_tuned > acc_frozen + 0.005
+
+
+def test_pickle_keeps_the_trained_backbone(digit_images):
+    import pickle
+
+    X, y, Q, _ = digit_images
+    clf = _model().fit(X, y)
+    back = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(back.embed(Q), clf.embed(Q))
+    np.testing.assert_array_equal(back.predict_proba(Q), clf.predict_proba(Q))
+    pretrained = TorchFeatureExtractor("tiny-cnn").fit(X[:1]).transform(Q)
+    assert not np.allclose(back.embed(Q), pretrained, atol=1e-3)
