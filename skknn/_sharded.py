@@ -547,6 +547,23 @@ class ShardedStore(StoreView):
         self.index_params = params
         self._version += 1
 
+    def tuning_grid(self, n_features: int | None = None):
+        """The shards' index knob grid, as ``KNNVoter.tune_index`` walks it (every
+        shard has the same index), or None for an exact engine.
+
+        Parameters
+        ----------
+        n_features : int, default=None
+            Unused: the shards know their width (kept for the engine's call).
+
+        Returns
+        -------
+        grid : tuple of (list of dict, list of int) or None
+            The knob settings and refine factors to try.
+        """
+        shard = (self._live() or [0])[0]
+        return self._gather([self._call(shard, "tuning_grid")])[shard]
+
     # -- searching --------------------------------------------------------------------
     def prepare(self, X) -> np.ndarray:
         """A pre-processed float32 copy of raw vectors, as the local store makes.

@@ -32,7 +32,8 @@ def tune(voter, X: np.ndarray, target: float, k: int, predict) -> Bunch:
     ``index_params`` are restored on error; the caller applies the choice.
     """
     store = voter.memory_
-    knobs, refines = store.engine.tuning_grid(store.n_features)
+    grid = getattr(store, "tuning_grid", None) or store.engine.tuning_grid
+    knobs, refines = grid(store.n_features)
     exact = store.search_exact(X, k, batch_size=voter.batch_size)
     reference = predict(exact)
     rows = []

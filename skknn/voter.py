@@ -964,12 +964,10 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 "index=<a faiss.index_factory string> to tune them."
             )
         if getattr(self.memory_, "sharded", False):
-            raise ValueError(
-                "tune_index measures one memory against exact search; tune a "
-                "backend='local' voter fitted on a sample of the data, then pass "
-                "its index_params (tuning_.params) to the sharded one."
-            )
-        if not hasattr(self.memory_.engine, "tuning_grid"):
+            tunable = self.memory_.tuning_grid() is not None
+        else:
+            tunable = hasattr(self.memory_.engine, "tuning_grid")
+        if not tunable:
             raise ValueError(
                 f"index={self.engine_!r} is an exact search: it has no knobs to "
                 "tune. tune_index is for approximate indexes ('IVF1024,PQ32', "

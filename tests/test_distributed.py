@@ -240,6 +240,22 @@ def test_ivf_per_shard(client, data):
     _same_neighbors(local, sharded, Q)
 
 
+def test_tune_index_on_a_sharded_memory(client, data):
+    X, y, Q = data
+    sharded = KNNVoter(
+        10, index="IVF16,Flat", backend="dask", n_shards=2, index_params={"nprobe": 1}
+    ).fit(X, y)
+    local_exact = KNNVoter(10, index="flat").fit(X, y)
+    sharded.tune_index(Q, target_agreement=0.99)
+    chosen = sharded.tuning_.params[sharded.tuning_.chosen]
+    assert sharded.tuning_.agreement[sharded.tuning_.chosen] >= 0.99
+    assert sharded.memory_.index_params == chosen  # every shard took the knobs
+    agree = np.mean(sharded.predict(Q) == local_exact.predict(Q))
+    assert agree >= 0.99
+    with pytest.raises(ValueError, match="exact search"):
+        KNNVoter(10, index="flat", backend="dask").fit(X, y).tune_index(Q)
+
+
 # -- files -------------------------------------------------------------------------
 def test_save_load_round_trips(client, data, tmp_path):
     X, y, Q = data
