@@ -61,7 +61,7 @@ IN_FLIGHT = 4
 SAVING: contextvars.ContextVar = contextvars.ContextVar("skknn_saving", default=None)
 LOADING: contextvars.ContextVar = contextvars.ContextVar("skknn_loading", default=None)
 
-_SHARD_FILE = re.compile(r"\.[0-9a-f]{12}-v\d+\.shard\d+$")
+_SHARD_FILE = re.compile(r"\.[0-9a-f]{12}-v\d+\.shard\d+")
 
 
 class ShardLost(RuntimeError):
@@ -1255,7 +1255,7 @@ def shard_path(folder: Path, name: str) -> Path:
 def _remove_stale(folder: Path, stem: str, keep: set) -> None:
     for f in folder.glob(f"{glob_escape(stem)}.*.shard*"):
         name = f.name
-        if name not in keep and _SHARD_FILE.search(name[len(stem) :]):
+        if name not in keep and _SHARD_FILE.fullmatch(name[len(stem) :]):
             f.unlink(missing_ok=True)
 
 

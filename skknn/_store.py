@@ -49,6 +49,10 @@ from skknn._store_io import StoreStateMixin
 from skknn._store_view import StoreView
 
 DEFAULT_BATCH_SIZE = 4096
+# Engines rank by float32 sums whose error is about sqrt(d) * 2**-24 of the
+# vectors' scale; candidates this close (relative) to the k-th are treated as
+# possibly tied with it, and more are fetched to settle the tie by id.
+TIE_RTOL = 1e-5
 
 
 class VectorStore(StoreStateMixin, StoreView):
@@ -984,14 +988,31 @@ class VectorStore(StoreStateMixin, StoreView):
         X = self._X[: self._n]
         kk = min(k * (1 if exact else self._refine) + 1, self._n)
         dist, rows = self._candidates(X, Q, k, kk, exact)
-        todo = np.flatnonzero(_tie_open(dist, k, kk, self._n))
+        sq_norms = np.einsum("ij,ij->i", Q, Q)
+        todo = np.flatnonzero(self._tie_open(dist, k, kk, sq_norms))
         dist, rows = dist[:, :k].copy(), rows[:, :k].copy()
         while todo.size:
             kk = min(2 * kk, self._n)
             d2, r2 = self._candidates(X, Q[todo], k, kk, exact)
             dist[todo], rows[todo] = d2[:, :k], r2[:, :k]
-            todo = todo[_tie_open(d2, k, kk, self._n)]
+            todo = todo[self._tie_open(d2, k, kk, sq_norms[todo])]
         return dist, rows
+
+    def _tie_open(self, dist, k: int, kk: int, sq_norms) -> np.ndarray:
+        """Queries whose k-th distance may be shared beyond the candidates
+        fetched: the last one's exact distance is within the engine's rounding
+        of the k-th (the engine ranked the candidates by its own arithmetic,
+        which may put a sample 1 ulp farther ahead of an exact tie)."""
+        if kk >= self._n or kk <= k:
+            return np.zeros(dist.shape[0], dtype=bool)
+        d_k, last = dist[:, k - 1].astype(np.float64), dist[:, kk - 1]
+        if self.metric.inner_product:  # 1 - <q, x>: |q| |x| bounds the error
+            return np.isfinite(d_k) & (last <= d_k + TIE_RTOL * np.sqrt(sq_norms))
+        if self.metric.sqrt:  # compare squared distances
+            d_k, last = d_k**2, np.square(last, dtype=np.float64)
+        # |q - x|^2 by GEMM: the error scales with |q|^2 + |x|^2 <= 3|q|^2 + 2 d.
+        tol = TIE_RTOL * (3 * sq_norms + 2 * d_k)
+        return np.isfinite(d_k) & (last <= d_k + tol)
 
     def _candidates(self, X, Q, k: int, kk: int, exact: bool):
         """``kk`` candidates per query from the engine (or brute force), with
@@ -1071,15 +1092,6 @@ class VectorStore(StoreStateMixin, StoreView):
             f"metric={self.metric.name!r}, preprocessing={self.preprocessing!r}, "
             f"engine={self.engine_name!r})"
         )
-
-
-def _tie_open(dist: np.ndarray, k: int, kk: int, n: int) -> np.ndarray:
-    """Queries whose k-th distance is shared by their last candidate while more
-    samples exist: the tie may go on beyond what was fetched."""
-    if kk >= n or kk <= k:
-        return np.zeros(dist.shape[0], dtype=bool)
-    d_k = dist[:, k - 1]
-    return np.isfinite(d_k) & (dist[:, kk - 1] == d_k)
 
 
 def query_blocks(n: int, size: int, progress: bool, desc: str):

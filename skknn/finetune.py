@@ -647,7 +647,9 @@ def _trainable(model: torch.nn.Module, names) -> list[torch.nn.Parameter]:
                 f"trainable names modules the backbone does not have: {missing}; "
                 f"some it has: {list(modules)[1:8]}."
             )
-        params = [p for n in names for p in modules[n].parameters()]
+        # A module named with one of its children: each parameter once.
+        unique = {id(p): p for n in names for p in modules[n].parameters()}
+        params = list(unique.values())
     for p in params:
         p.requires_grad_(True)
     return params

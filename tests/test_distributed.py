@@ -299,6 +299,17 @@ def test_save_load_round_trips(client, data, tmp_path):
     _same_neighbors(sharded, skknn.load(path), Q)
 
 
+def test_saving_one_memory_leaves_the_shard_files_of_another_alone(
+    client, data, tmp_path
+):
+    X, y, Q = data
+    backup = KNNVoter(3, index="flat", backend="dask").fit(X[:50], y[:50])
+    backup.save(tmp_path / "model.bak")
+    KNNVoter(3, index="flat", backend="dask").fit(X, y).save(tmp_path / "model")
+    back = skknn.load(tmp_path / "model.bak")  # its shards were not "stale"
+    _same_neighbors(backup, back, Q)
+
+
 def test_a_joint_with_a_sharded_memory_saves_and_loads(client, data, tmp_path):
     X, y, Q = data
     joint = JointKNNClassifier(

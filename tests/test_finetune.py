@@ -111,6 +111,19 @@ def test_only_the_named_modules_train(digit_images):
     assert all(torch.equal(v, _backbone_params(probe)[k]) for k, v in before.items())
 
 
+def test_a_module_named_with_its_child_trains_once(digit_images):
+    X, y, _, _ = digit_images
+    # "" is the whole backbone (as in named_modules()); "conv2" lies inside it.
+    a = _backbone_params(_model(trainable=[""], max_epochs=1).fit(X, y))
+    b = _backbone_params(_model(trainable=["", "conv2"], max_epochs=1).fit(X, y))
+    assert not torch.equal(
+        a["conv2.weight"],
+        _backbone_params(_model(trainable=[], max_epochs=1).fit(X, y))["conv2.weight"],
+    )
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_same_seed_same_model_on_the_cpu(digit_images):
     X, y, Q, _ = digit_images
     a = _model(random_state=3).fit(X, y)

@@ -457,3 +457,34 @@ def test_replace_vectors_equals_a_fresh_store_on_the_new_vectors(tmp_path):
     on_disk.add(X_old, y)
     with pytest.raises(ValueError, match="in RAM"):
         on_disk.replace_vectors(X_new)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("metric", "preprocessing"),
+    [("cosine", "l2"), ("sqeuclidean", None), ("euclidean", None)],
+)
+def test_near_and_exact_ties_are_settled_by_id_like_brute_force(
+    engine, metric, preprocessing
+):
+    """Duplicates and vectors 1 ulp apart: the engine's float32 ranking may put
+    a 1-ulp-farther sample ahead of an exact tie; the store still returns the k
+    nearest by (exact distance, id), as sorting every pair would."""
+    for seed in range(8):
+        gen = np.random.default_rng(seed)
+        base = gen.normal(size=(int(gen.integers(4, 20)), 8)).astype(np.float32)
+        wobble = gen.choice([0.0, 1e-7, -1e-7], size=(40, 1)).astype(np.float32)
+        near = base[gen.integers(0, len(base), 40)] * (1 + wobble)
+        X = np.concatenate([base, base, base, near]).astype(np.float32)
+        X = X[gen.permutation(len(X))]
+        ids = gen.choice(10**9, len(X), replace=False)
+        store = VectorStore(
+            8, metric=metric, preprocessing=preprocessing, engine=engine
+        )
+        store.add(X, np.zeros(len(X), dtype=int), ids)
+        Q = base[gen.integers(0, len(base), 20)]
+        every = np.broadcast_to(np.arange(len(X)), (len(Q), len(X))).copy()
+        D = store.metric.pair_distances(store._X[: len(X)], store.prepare(Q), every)
+        order = np.lexsort((ids[every], D), axis=-1)
+        for k in (1, 3, 5):
+            np.testing.assert_array_equal(store.search(Q, k).ids, ids[order[:, :k]])
