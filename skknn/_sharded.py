@@ -207,12 +207,21 @@ class ShardedStore(StoreView):
         for i, info in infos.items():
             self._marks[i] = (info["uid"], info["version"], info["n_samples"])
         first = infos[min(infos)]
-        self.engine_name = first["engine"]
+        self._engine_name = first["engine"]
         self.index_params = first["index_params"]
         self.device = torch.device(first["device"])
         self.auto = self._config["index"] == "auto" and not self.index_params
 
     # -- what it holds ------------------------------------------------------------
+    @property
+    def engine_name(self) -> str:
+        """The shards' engine; with ``index="auto"`` each shard switches by its
+        own size, so this asks the first shard holding samples."""
+        if not self.auto or not any(self.shard_sizes):
+            return self._engine_name
+        shard = self._live()[0]
+        return self._gather([self._call(shard, "info")])[shard]["engine"]
+
     @property
     def shard_sizes(self) -> list[int]:
         """Samples held by each shard."""
