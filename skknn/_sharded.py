@@ -96,6 +96,13 @@ def current_client():
         ) from exc
 
 
+def _workers(client) -> list[str]:
+    """The workers' addresses, asked of the scheduler now. Not
+    ``scheduler_info()["workers"]``: the client's periodic refresh may leave
+    that cached dict without its workers for a moment."""
+    return sorted(client.nthreads())
+
+
 def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
     """The shard holding each id: a SplitMix64 hash of the id modulo the shard
     count, so ids a user chooses (all even, in ranges) still spread evenly."""
@@ -176,7 +183,7 @@ class ShardedStore(StoreView):
         self._mean: np.ndarray | None = None
         self._sorted_ids = None
         client = current_client() if client is None else client
-        workers = sorted(client.scheduler_info()["workers"])
+        workers = _workers(client)
         if not workers:
             raise ValueError("The Dask cluster has no workers to hold the shards.")
         self.n_shards = len(workers) if n_shards is None else int(n_shards)
@@ -1017,7 +1024,7 @@ class ShardedStore(StoreView):
 
         client = current_client() if client is None else client
         if n_shards is None:
-            n_shards = len(client.scheduler_info()["workers"])
+            n_shards = len(_workers(client))
         ids = arrays["sample_ids"]
         taxonomy = meta.get("taxonomy")
         n_codes = (
@@ -1065,7 +1072,7 @@ class ShardedStore(StoreView):
         self = cls.__new__(cls)
         self._restore_client_state(meta, arrays)
         client = current_client() if client is None else client
-        workers = sorted(client.scheduler_info()["workers"])
+        workers = _workers(client)
         self._futures = []
         for i in range(self.n_shards):
             worker = workers[i % len(workers)]
@@ -1149,7 +1156,7 @@ class ShardedStore(StoreView):
                 self._gather([self._call(i, "info")])
             except ShardLost:
                 lost.append(i)
-        workers = sorted(client.scheduler_info()["workers"])
+        workers = _workers(client)
         for i in lost:
             saved = manifest["shards"][i]
             want = self._marks[i]
