@@ -396,6 +396,102 @@ class TorchFeatureExtractor(
                 out[start:stop] = emb.float().cpu().numpy()
         return out
 
+    # -- for training the backbone (skknn.finetune) ---------------------------------
+
+    def decode(self, X: Any) -> torch.Tensor:
+        """The model's input for ``X``: every image decoded, resized and
+        normalised, on the backbone's device (no embedding).
+
+        Parameters
+        ----------
+        X : array-like or list
+            Images, as :meth:`transform` takes them.
+
+        Returns
+        -------
+        inputs : torch.Tensor of shape (n_samples, C, H, W)
+            What :meth:`embed_inputs` takes.
+        """
+        check_is_fitted(self)
+        source = self._source(X, reset=False)
+        pipe = self._pipeline()
+        parts = [
+            source.batch(s, min(s + self.batch_size, source.n), pipe)
+            for s in range(0, source.n, self.batch_size)
+        ]
+        return torch.cat(parts) if parts else torch.empty(0)
+
+    def embed_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Embeddings of decoded inputs, with gradients where the backbone has
+        them (call it under ``torch.inference_mode()`` for inference).
+
+        Parameters
+        ----------
+        inputs : torch.Tensor of shape (n_samples, C, H, W)
+            As :meth:`decode` gives them.
+
+        Returns
+        -------
+        embeddings : torch.Tensor of shape (n_samples, `embedding_dim_`)
+            In the compute dtype, on the backbone's device.
+        """
+        check_is_fitted(self)
+        return self._pipeline().embed(inputs)
+
+    def fitted_state(self) -> dict:
+        """What :meth:`fit` learnt besides the weights, as JSON-able values.
+
+        Returns
+        -------
+        state : dict
+            Device, input size, normalisation, captured layer, embedding method
+            and width: with :meth:`from_fitted_state`, a fitted extractor is
+            rebuilt without embedding a probe image.
+        """
+        check_is_fitted(self)
+        return {
+            "device": str(self.device_),
+            "input_size": None if self.input_size_ is None else list(self.input_size_),
+            "mean": None if self._mean is None else list(self._mean),
+            "std": None if self._std is None else list(self._std),
+            "hook_layer": self._hook_layer,
+            "method": self._embedding_method,
+            "embedding_dim": int(self.embedding_dim_),
+        }
+
+    def from_fitted_state(
+        self, state: dict, device=None, weights: dict | None = None
+    ) -> TorchFeatureExtractor:
+        """Become fitted from :meth:`fitted_state`, the backbone loaded anew.
+
+        Parameters
+        ----------
+        state : dict
+            As :meth:`fitted_state` gave it.
+        device : str or torch.device, default=None
+            Where the backbone goes; the saved device when None.
+        weights : dict of str to torch.Tensor, default=None
+            A state dict loaded over the pretrained weights (a trained backbone).
+
+        Returns
+        -------
+        self : TorchFeatureExtractor
+            The fitted extractor.
+        """
+        spec, _ = self._check_params()
+        device = torch.device(state["device"] if device is None else device)
+        model = self._load_model(spec, device)
+        if weights is not None:
+            model.load_state_dict(weights)
+        self.model_, self.device_ = model, device
+        size = state["input_size"]
+        self.input_size_ = None if size is None else tuple(size)
+        self._mean = None if state["mean"] is None else tuple(state["mean"])
+        self._std = None if state["std"] is None else tuple(state["std"])
+        self._hook_layer, self._embedding_method = state["hook_layer"], state["method"]
+        self.embedding_dim_ = int(state["embedding_dim"])
+        return self
+
     @property
     def _n_features_out(self) -> int:
         # Read by ClassNamePrefixFeaturesOutMixin.get_feature_names_out; raising

@@ -19,8 +19,10 @@ and weights, the centre refitted, the index rebuilt).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import time
 
 import numpy as np
 import torch
@@ -250,9 +252,8 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"y must be 1-d (one label per image); got shape {y.shape}."
             )
-        extractor = clone(self.extractor or _default_extractor()).fit(_first(X))
-        pipe = extractor._pipeline()
-        images = _decoded(extractor, X, pipe)  # (n, C, H, W), model input
+        extractor = clone(self.extractor or _default_extractor()).fit(X[:1])
+        images = extractor.decode(X)  # (n, C, H, W), the model's input
         if images.shape[0] != y.shape[0]:
             raise ValueError(
                 f"X holds {images.shape[0]} images but y {y.shape[0]} labels."
@@ -262,12 +263,11 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         # was, and with memory_refresh="never" the original serves the memory.
         frozen = extractor if self.memory_refresh == "never" else None
         extractor = _copy_extractor(extractor)
-        pipe = extractor._pipeline()
-        model = pipe.model
+        model, device = extractor.model_, extractor.device_
         params = _trainable(model, self.trainable)
         ids = np.arange(len(y))
         knn = clone(self.knn or _default_knn())
-        E0 = _embed(pipe, images, self.batch_size)
+        E0 = _embed(extractor, images, self.batch_size)
         knn.fit(E0, y, sample_ids=ids)
         refreshes = 1
         classes = knn.classes_
@@ -279,8 +279,8 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         with torch.no_grad():
             head.weight.normal_(0.0, 0.01, generator=gen)
             head.bias.zero_()
-        head = head.to(pipe.device)
-        stats = (mean.to(pipe.device), std.to(pipe.device))
+        head = head.to(device)
+        stats = (mean.to(device), std.to(device))
         groups = [
             {"params": _decayed(params), "lr": self.backbone_lr, "decay": True},
             {"params": _biases(params), "lr": self.backbone_lr, "decay": False},
@@ -292,25 +292,23 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
             group["weight_decay"] = self.weight_decay if group.pop("decay") else 0.0
         peaks = [group["lr"] for group in groups]
         optimizer = torch.optim.SGD(groups, momentum=self.momentum)
-        targets = torch.from_numpy(codes).to(pipe.device)
+        targets = torch.from_numpy(codes).to(device)
         n = len(y)
         steps = math.ceil(n / self.batch_size)
-        autocast = self._autocast(pipe.device)
+        autocast = self._autocast(device)
         history = []
         epochs = tqdm(
             range(self.max_epochs), disable=not self.verbose, desc="fine-tune"
         )
-        import time
-
         for epoch in epochs:
             start = time.perf_counter()
             if self.memory_refresh == "epoch" and epoch > 0:
-                knn.memory_.replace_vectors(_embed(pipe, images, self.batch_size))
+                knn.memory_.replace_vectors(_embed(extractor, images, self.batch_size))
                 refreshes += 1
                 p_true = _p_true(knn, codes, ids)
             weights = modulation_weights(
                 torch.from_numpy(p_true), alpha=float(self.alpha)
-            ).to(pipe.device)
+            ).to(device)
             order = torch.randperm(n, generator=gen)
             total, correct = 0.0, 0
             for step in range(steps):
@@ -323,9 +321,9 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
                 if self.augment is not None:
                     x = _augment(x, self.augment == "crop_flip", gen)
                 with autocast:
-                    emb = pipe.embed(x).float()
+                    emb = extractor.embed_inputs(x).float()
                     logits = head((emb - stats[0]) / stats[1])
-                b = batch.to(pipe.device)
+                b = batch.to(device)
                 ce = F.cross_entropy(logits.float(), targets[b], reduction="none")
                 loss = (weights[b] * ce).mean()
                 if not torch.isfinite(loss):
@@ -352,7 +350,7 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
                 epochs.set_postfix(loss=f"{total / n:.3f}", acc=f"{correct / n:.3f}")
         model.requires_grad_(False)
         if self.memory_refresh in ("epoch", "test"):
-            knn.memory_.replace_vectors(_embed(pipe, images, self.batch_size))
+            knn.memory_.replace_vectors(_embed(extractor, images, self.batch_size))
             refreshes += 1
         self.extractor_ = extractor
         self.frozen_extractor_ = frozen
@@ -365,8 +363,6 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         return self
 
     def _autocast(self, device: torch.device):
-        import contextlib
-
         use = self.mixed_precision is True or (
             self.mixed_precision == "auto" and device.type == "cuda"
         )
@@ -500,17 +496,7 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         knn_meta, knn_arrays = self.knn_.__skknn_save__()
         ext = self.extractor_
         meta = {
-            "extractor": {
-                "device": str(ext.device_),
-                "input_size": None
-                if ext.input_size_ is None
-                else list(ext.input_size_),
-                "mean": None if ext._mean is None else list(ext._mean),
-                "std": None if ext._std is None else list(ext._std),
-                "hook_layer": ext._hook_layer,
-                "method": ext._embedding_method,
-                "embedding_dim": int(ext.embedding_dim_),
-            },
+            "extractor": ext.fitted_state(),
             "head_classes": labels_to_json(self.head_classes_),
             "n_memory_refreshes": int(self.n_memory_refreshes_),
             "history": self.history_,
@@ -536,10 +522,10 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
             for k, v in subtree(arrays, "backbone/").items()
         }
         template = self.extractor or _default_extractor()
-        self.extractor_ = _restored_extractor(template, fitted, device, weights)
+        self.extractor_ = clone(template).from_fitted_state(fitted, device, weights)
         self.frozen_extractor_ = None
         if self.memory_refresh == "never":
-            self.frozen_extractor_ = _restored_extractor(template, fitted, device, None)
+            self.frozen_extractor_ = clone(template).from_fitted_state(fitted, device)
         knn = clone(self.knn or _default_knn())
         knn.__skknn_load__(meta["knn"], subtree(arrays, "knn/"), version)
         self.knn_ = knn
@@ -577,31 +563,6 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
             self.extractor_.model_.load_state_dict(weights)
 
 
-def _restored_extractor(template, fitted: dict, device, weights):
-    """A fitted TorchFeatureExtractor from its saved fitted state (no probe
-    image needed), with ``weights`` over the pretrained ones."""
-    from skknn._registry import get_model_spec
-
-    ext = clone(template)
-    spec = get_model_spec(ext.model) if isinstance(ext.model, str) else None
-    model = ext._load_model(spec, device)
-    if weights is not None:
-        model.load_state_dict(weights)
-    ext.model_ = model
-    ext.device_ = device
-    size = fitted["input_size"]
-    ext.input_size_ = None if size is None else tuple(size)
-    ext._mean = None if fitted["mean"] is None else tuple(fitted["mean"])
-    ext._std = None if fitted["std"] is None else tuple(fitted["std"])
-    ext._hook_layer, ext._embedding_method = fitted["hook_layer"], fitted["method"]
-    ext.embedding_dim_ = int(fitted["embedding_dim"])
-    return ext
-
-
-def _first(X):
-    return X[:1]
-
-
 def _seed(random_state) -> int:
     if random_state is None:
         return int(np.random.default_rng().integers(2**31))
@@ -610,22 +571,13 @@ def _seed(random_state) -> int:
     return int(random_state)
 
 
-def _decoded(extractor, X, pipe) -> torch.Tensor:
-    """Every image decoded and pre-processed once: the model's input."""
-    source = extractor._source(X, reset=False)
-    parts = [
-        source.batch(s, min(s + extractor.batch_size, source.n), pipe)
-        for s in range(0, source.n, extractor.batch_size)
-    ]
-    return torch.cat(parts) if parts else torch.empty(0)
-
-
-def _embed(pipe, images: torch.Tensor, batch_size: int) -> np.ndarray:
+def _embed(extractor, images: torch.Tensor, batch_size: int) -> np.ndarray:
     """The inference pass: eval mode, no gradients, in batches."""
     out = []
     with torch.inference_mode():
         for s in range(0, images.shape[0], batch_size):
-            out.append(pipe.embed(images[s : s + batch_size]).float().cpu().numpy())
+            emb = extractor.embed_inputs(images[s : s + batch_size])
+            out.append(emb.float().cpu().numpy())
     return np.concatenate(out).astype(np.float32, copy=False)
 
 

@@ -412,3 +412,17 @@ def test_the_default_extractor_passes_the_estimator_checks():
     with pytest.warns(SkipTestWarning):
         results = check_estimator(TorchFeatureExtractor(), on_fail=None)
     assert [r for r in results if r["status"] == "failed"] == []
+
+
+def test_decode_embed_inputs_and_fitted_state_agree_with_transform(images):
+    from sklearn.base import clone
+
+    ext = TorchFeatureExtractor("tiny-cnn").fit(images)
+    with torch.inference_mode():
+        E = ext.embed_inputs(ext.decode(images)).float().numpy()
+    np.testing.assert_allclose(E, ext.transform(images), rtol=1e-6, atol=1e-6)
+    rebuilt = clone(ext).from_fitted_state(ext.fitted_state())
+    np.testing.assert_array_equal(rebuilt.transform(images), ext.transform(images))
+    weights = {k: v * 0 for k, v in ext.model_.state_dict().items()}
+    zeroed = clone(ext).from_fitted_state(ext.fitted_state(), weights=weights)
+    assert not np.array_equal(zeroed.transform(images), ext.transform(images))
