@@ -180,6 +180,26 @@ class Neighbors:
         out = {f: getattr(self, f)[:, :k] for f in _GRID_FIELDS}
         return replace(self, **out)
 
+    def take(self, queries: np.ndarray) -> Neighbors:
+        """The records of some queries, in the order given.
+
+        Parameters
+        ----------
+        queries : array-like of int
+            Query positions (rows of every ``(n_queries, k)`` field).
+
+        Returns
+        -------
+        neighbors : Neighbors
+            The same record restricted to (and ordered as) ``queries``.
+        """
+        queries = np.asarray(queries)
+        out = {f: getattr(self, f)[queries] for f in _GRID_FIELDS}
+        for f in _QUERY_FIELDS:
+            value = getattr(self, f)
+            out[f] = None if value is None else value[queries]
+        return replace(self, **out)
+
     @classmethod
     def concatenate(cls, parts: list[Neighbors]) -> Neighbors:
         """Stack the records of consecutive query blocks (same ``k``).

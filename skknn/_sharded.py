@@ -25,8 +25,10 @@ ids it held stay listed (unlearn them again once it is restored).
 from __future__ import annotations
 
 import contextvars
+import glob
 import re
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ from skknn._metric import METRICS
 from skknn._neighbors import MISSING, Neighbors
 from skknn._preprocessing import fit_center, prepared_queries
 from skknn._shard import ROW_ARRAYS, Shard
-from skknn._store import DEFAULT_BATCH_SIZE
+from skknn._store import DEFAULT_BATCH_SIZE, capped_k
 from skknn._store_checks import (
     checked_excluded,
     checked_ids,
@@ -62,6 +64,15 @@ SAVING: contextvars.ContextVar = contextvars.ContextVar("skknn_saving", default=
 LOADING: contextvars.ContextVar = contextvars.ContextVar("skknn_loading", default=None)
 
 _SHARD_FILE = re.compile(r"\.[0-9a-f]{12}-v\d+\.shard\d+")
+
+
+_NOT_PICKLED = (
+    "A sharded memory (backend='dask') is not pickled or copied: that "
+    "would gather every shard's vectors into one process. Save it with "
+    "est.save(path) (a manifest and one file per shard, written by the "
+    "workers), or bring it into one process with "
+    "skknn.distributed.to_local(est)."
+)
 
 
 class ShardLost(RuntimeError):
@@ -664,7 +675,7 @@ class ShardedStore(StoreView):
 
     def _search(self, X, k, batch_size, progress, prepared, *, exact):
         X = np.asarray(X)
-        k = _capped_k(k, self._n)
+        k = capped_k(k, self._n)
         live = self._live()
         starts = range(0, X.shape[0], batch_size)
 
@@ -686,7 +697,7 @@ class ShardedStore(StoreView):
         for Q, calls in _progress(submitted, len(starts), progress, "search"):
             record = self._merge(self._gather(calls).values(), k)
             lost = ~Q.any(axis=1) if self.normalizes else None
-            parts.append(_with(record, directionless=lost))
+            parts.append(replace(record, directionless=lost))
         return Neighbors.concatenate(parts) if parts else self._empty(k)
 
     @reads
@@ -721,7 +732,7 @@ class ShardedStore(StoreView):
             raise ValueError(
                 f"Leave-one-out needs at least 2 samples in memory; it has {self._n}."
             )
-        k = _capped_k(k, self._n - 1)
+        k = capped_k(k, self._n - 1)
         jobs = [
             (a, p[s : s + batch_size])
             for a, p in self._by_shard(q_ids)
@@ -749,7 +760,7 @@ class ShardedStore(StoreView):
             got = self._gather(calls)
             grids = [g[:5] for g in got.values()]
             record = self._merge(grids, k)
-            record = _with(
+            record = replace(
                 record, query_ids=block.copy(), query_labels=self._key_codes[keys]
             )
             records.append((pos, record))
@@ -757,7 +768,7 @@ class ShardedStore(StoreView):
             return self._empty(k)
         order = np.argsort(np.concatenate([p for p, _ in records]), kind="stable")
         merged = Neighbors.concatenate([r for _, r in records])
-        return _take(merged, order)
+        return merged.take(order)
 
     def _merge(self, grids, k: int) -> Neighbors:
         """The ``k`` nearest of the shards' candidates, equal distances by id."""
@@ -902,13 +913,7 @@ class ShardedStore(StoreView):
         """
         saving = SAVING.get()
         if saving is None:
-            raise TypeError(
-                "A sharded memory (backend='dask') is not pickled or copied: that "
-                "would gather every shard's vectors into one process. Save it with "
-                "est.save(path) (a manifest and one file per shard, written by the "
-                "workers), or bring it into one process with "
-                "skknn.distributed.to_local(est)."
-            )
+            raise TypeError(_NOT_PICKLED)
         return self._write_shards(Path(saving["path"]), saving["after"])
 
     def _write_shards(self, path: Path, after: list) -> tuple[dict, dict]:
@@ -1198,7 +1203,7 @@ class ShardedStore(StoreView):
         )
 
     def __getstate__(self):
-        self.state()  # raises, with the way out
+        raise TypeError(_NOT_PICKLED)
 
     def __repr__(self) -> str:
         return (
@@ -1216,13 +1221,6 @@ class _Failed:
 
     def result(self):
         raise self.exc
-
-
-def _capped_k(k: int, available: int) -> int:
-    k = min(int(k), available)
-    if k <= 0:
-        raise ValueError("The memory is empty: fit or partial_fit samples first.")
-    return k
 
 
 def _windowed(items, submit):
@@ -1244,24 +1242,6 @@ def _progress(iterable, total: int, progress: bool, desc: str):
     return tqdm(iterable, total=total, desc=desc, unit="block")
 
 
-def _with(record: Neighbors, **fields) -> Neighbors:
-    from dataclasses import replace
-
-    return replace(record, **fields)
-
-
-def _take(record: Neighbors, order: np.ndarray) -> Neighbors:
-    from dataclasses import fields, replace
-
-    out = {}
-    for f in fields(record):
-        value = getattr(record, f.name)
-        if f.name in ("classes", "taxonomy") or value is None:
-            continue
-        out[f.name] = value[order]
-    return replace(record, **out)
-
-
 def shard_path(folder: Path, name: str) -> Path:
     if "/" in name or "\\" in name or name in ("", ".", ".."):
         raise ValueError(f"shard file name {name!r} is not a plain file name")
@@ -1269,16 +1249,10 @@ def shard_path(folder: Path, name: str) -> Path:
 
 
 def _remove_stale(folder: Path, stem: str, keep: set) -> None:
-    for f in folder.glob(f"{glob_escape(stem)}.*.shard*"):
+    for f in folder.glob(f"{glob.escape(stem)}.*.shard*"):
         name = f.name
         if name not in keep and _SHARD_FILE.fullmatch(name[len(stem) :]):
             f.unlink(missing_ok=True)
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
 
 
 def _find_manifest(state: dict):

@@ -842,7 +842,7 @@ class VectorStore(StoreStateMixin, StoreView):
 
     def _search_blocks(self, X, k, batch_size, progress, prepared, *, exact):
         X = np.asarray(X)
-        k = self._capped_k(k, self._n)
+        k = capped_k(k, self._n)
         parts = []
         for s in query_blocks(X.shape[0], batch_size, progress, "search"):
             block = X[s : s + batch_size]
@@ -894,7 +894,7 @@ class VectorStore(StoreStateMixin, StoreView):
             raise ValueError(
                 f"Leave-one-out needs at least 2 samples in memory; it has {self._n}."
             )
-        k = self._capped_k(k, self._n - 1)
+        k = capped_k(k, self._n - 1)
         parts = []
         for s in query_blocks(rows.shape[0], batch_size, progress, "leave-one-out"):
             qr = rows[s : s + batch_size]
@@ -964,13 +964,6 @@ class VectorStore(StoreStateMixin, StoreView):
             A = self._X[rows[block]].astype(np.float32)
             out[block] = self.metric.any_within(A, P, radii[block])
         return out
-
-    @staticmethod
-    def _capped_k(k: int, available: int) -> int:
-        k = min(int(k), available)
-        if k <= 0:
-            raise ValueError("The memory is empty: fit or partial_fit samples first.")
-        return k
 
     def _search_prepared(self, Q: np.ndarray, k: int, *, exact: bool = False):
         """``(distances, rows)`` of pre-processed queries, refined and re-sorted:
@@ -1092,6 +1085,14 @@ class VectorStore(StoreStateMixin, StoreView):
             f"metric={self.metric.name!r}, preprocessing={self.preprocessing!r}, "
             f"engine={self.engine_name!r})"
         )
+
+
+def capped_k(k: int, available: int) -> int:
+    """``k`` capped at the samples available; ValueError for an empty memory."""
+    k = min(int(k), available)
+    if k <= 0:
+        raise ValueError("The memory is empty: fit or partial_fit samples first.")
+    return k
 
 
 def query_blocks(n: int, size: int, progress: bool, desc: str):

@@ -238,6 +238,15 @@ def test_ivf_per_shard(client, data):
     sharded.unlearn(np.arange(100), retrain_index=True)
     local.unlearn(np.arange(100))
     _same_neighbors(local, sharded, Q)
+    version = sharded.memory_.version
+    sharded.retrain_index()  # every shard trains again on all it holds
+    assert sharded.memory_.version == version + 1
+    _same_neighbors(local, sharded, Q)
+    info = sharded.memory_.shard_info()
+    assert [i["n_samples"] for i in info] == sharded.memory_.shard_sizes
+    assert len({i["pid"] for i in info}) == 2  # one worker process each
+    held = sharded.memory_.vector_nbytes
+    assert held >= (len(X) - 100) * X.shape[1] * 4  # float32 rows, with headroom
 
 
 def test_tune_index_on_a_sharded_memory(client, data):

@@ -488,3 +488,23 @@ def test_near_and_exact_ties_are_settled_by_id_like_brute_force(
         order = np.lexsort((ids[every], D), axis=-1)
         for k in (1, 3, 5):
             np.testing.assert_array_equal(store.search(Q, k).ids, ids[order[:, :k]])
+
+
+def test_neighbors_take_reorders_every_per_query_field():
+    rng = np.random.default_rng(0)
+    store = VectorStore(4, engine="exact")
+    store.add(rng.normal(size=(30, 4)), np.arange(30) % 3)
+    nb = store.search_self([5, 9, 2, 7], k=3)
+    taken = nb.take([2, 0])
+    for field in (
+        "distances",
+        "ids",
+        "labels",
+        "reliability",
+        "excluded",
+        "query_ids",
+        "query_labels",
+    ):
+        np.testing.assert_array_equal(getattr(taken, field), getattr(nb, field)[[2, 0]])
+    np.testing.assert_array_equal(taken.query_ids, [2, 5])
+    assert taken.classes is nb.classes
