@@ -169,32 +169,21 @@ def _predict_dask_array(estimator, remote, X, method):
     if X.ndim != 2:
         raise ValueError(f"X must be 2-d; got a dask array of shape {X.shape}.")
     X = X.rechunk({1: -1})
-    if method == "predict_proba":
-        classes = estimator.classes_
-        if isinstance(classes, list):
-            raise ValueError(
-                "predict_proba of multi-output labels gives one array per level; "
-                "pass blocks instead of a dask array."
-            )
-        return X.map_blocks(
-            _apply,
-            remote,
-            method,
-            dtype=np.float64,
-            chunks=(X.chunks[0], (len(classes),)),
+    classes = estimator.classes_ if method != "score_samples" else None
+    levels = isinstance(classes, list)  # multi-output labels: one array per level
+    if method == "predict_proba" and levels:
+        raise ValueError(
+            "predict_proba of multi-output labels gives one array per level; "
+            "pass blocks instead of a dask array."
         )
-    if method == "predict":
-        classes = estimator.classes_
-        if isinstance(classes, list):
-            return X.map_blocks(
-                _apply,
-                remote,
-                method,
-                dtype=object,
-                chunks=(X.chunks[0], (len(classes),)),
-            )
-        return X.map_blocks(_apply, remote, method, dtype=classes.dtype, drop_axis=1)
-    return X.map_blocks(_apply, remote, method, dtype=np.float64, drop_axis=1)
+    if method == "predict_proba" or (method == "predict" and levels):
+        # One column per class, or per level of predicted labels.
+        shape = {"chunks": (X.chunks[0], (len(classes),))}
+        dtype = np.float64 if method == "predict_proba" else object
+    else:
+        shape = {"drop_axis": 1}
+        dtype = classes.dtype if method == "predict" else np.float64
+    return X.map_blocks(_apply, remote, method, dtype=dtype, **shape)
 
 
 def _is_dask_array(X) -> bool:

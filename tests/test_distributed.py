@@ -421,6 +421,11 @@ def test_replicated_predict_scatters_the_memory_once(client, data):
     np.testing.assert_array_equal(proba, est.predict_proba(Q))
     blocks = predict(est, [Q[:70], Q[70:]])
     np.testing.assert_array_equal(blocks, est.predict(Q))
+    scores = predict(est, dq, method="score_samples").compute()
+    np.testing.assert_array_equal(scores, est.score_samples(Q))
+    Y = np.stack([y, np.where(np.isin(y, ["ant", "bee"]), "insect", "other")], 1)
+    levels = KNNVoter(10, index="flat").fit(X, Y)
+    np.testing.assert_array_equal(predict(levels, dq).compute(), levels.predict(Q))
     sharded = KNNVoter(5, index="flat", backend="dask").fit(X, y)
     with pytest.raises(ValueError, match="already sharded"):
         predict(sharded, [Q])
