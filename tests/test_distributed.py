@@ -210,9 +210,10 @@ def test_pruning_counts_and_joint_p_knn_equal_local(client, data):
     j_sharded.fit(X, y)
     ids = j_local.knn_.sample_ids_
     codes = np.searchsorted(j_local.classes_, y)
+    rows = np.arange(len(codes))  # p_kNN: leave-one-out probability of the label
     np.testing.assert_array_equal(
-        j_local._p_true(j_local.knn_, codes, ids),
-        j_sharded._p_true(j_sharded.knn_, codes, ids),
+        j_local.knn_.loo_proba(ids)[rows, codes],
+        j_sharded.knn_.loo_proba(ids)[rows, codes],
     )
     np.testing.assert_allclose(
         j_local.predict_proba(Q), j_sharded.predict_proba(Q), rtol=1e-6, atol=1e-7
@@ -474,7 +475,8 @@ def test_a_lost_worker_names_its_shard_and_a_save_restores_it(data, tmp_path):
             want = sharded.predict_proba(Q)
             path = tmp_path / "memory.skknn"
             sharded.save(path)
-            pid = sharded.memory_._actors[1].info().result()["pid"]
+            sizes = sharded.memory_.shard_sizes
+            pid = sharded.memory_.shard_info()[1]["pid"]
             os.kill(pid, signal.SIGKILL)
             lost = _until_lost(lambda: sharded.predict_proba(Q))
             assert "Shard(s) 1 of 2" in str(lost)
@@ -482,16 +484,12 @@ def test_a_lost_worker_names_its_shard_and_a_save_restores_it(data, tmp_path):
             ids, version = sharded.sample_ids_, sharded.memory_.version
             with pytest.raises(ShardLost):
                 sharded.partial_fit(Q[:20], y[:20])
-            assert (
-                sharded.memory_._gather([sharded.memory_._call(0, "info")])[0][
-                    "n_samples"
-                ]
-                == sharded.memory_.shard_sizes[0]
-            )
             np.testing.assert_array_equal(sharded.sample_ids_, ids)
             assert sharded.memory_.version == version
             client.wait_for_workers(2, timeout=60)  # the nanny starts a new one
             assert sharded.memory_.restore(path) == [1]
+            # Shard 0 holds what it held before the add (asked of it, not the client).
+            assert [i["n_samples"] for i in sharded.memory_.shard_info()] == sizes
             np.testing.assert_array_equal(sharded.predict_proba(Q), want)
             # A shard edited after the save cannot be restored from it.
             sharded.partial_fit(Q[:20], y[:20])
@@ -501,7 +499,7 @@ def test_a_lost_worker_names_its_shard_and_a_save_restores_it(data, tmp_path):
                     skknn._sharded.shard_of(sharded.sample_ids_[-20:], 2)
                 )
             ]
-            pid = sharded.memory_._actors[edited[0]].info().result()["pid"]
+            pid = sharded.memory_.shard_info()[edited[0]]["pid"]
             os.kill(pid, signal.SIGKILL)
             _until_lost(lambda: sharded.predict(Q))
             client.wait_for_workers(2, timeout=60)
