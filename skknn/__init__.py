@@ -5,6 +5,7 @@ from skknn._disk import StorageInUse
 from skknn._neighbors import Neighbors
 from skknn._protocols import SearchEngine, Store
 from skknn._store import VectorStore
+from skknn.exceptions import ModelFileError
 from skknn.features import TorchFeatureExtractor, available_models, register_model
 from skknn.finetune import FineTunedJointClassifier
 from skknn.io import load
@@ -18,6 +19,7 @@ __all__ = [
     "JointKNNClassifier",
     "KNNVoter",
     "MemoryPruner",
+    "ModelFileError",
     "Neighbors",
     "SearchEngine",
     "StorageInUse",

@@ -22,10 +22,10 @@ import uuid
 
 import numpy as np
 
+from skknn._archive import FORMAT, VERSION, read_archive, write_archive
 from skknn._device import resolve_device, resolve_engine
 from skknn._search import auto_engine
 from skknn._store import VectorStore
-from skknn.io import FORMAT, VERSION, read_archive, write_archive
 
 SHARD_CLASS = "skknn-shard"
 # A store state's arrays with one entry per row (besides labels and "norms").
@@ -220,7 +220,7 @@ def load_shard_store(path, device) -> VectorStore:
 def split_state(meta: dict, arrays: dict, n_shards: int, owner) -> list:
     """A local store's state split into shard states: shard ``i`` gets the rows
     with ``owner == i``, its labels as label keys (the class codes of now)."""
-    from skknn.io import labels_to_json
+    from skknn._archive import labels_to_json
 
     out = []
     for i in range(n_shards):

@@ -937,7 +937,7 @@ class ShardedStore(StoreView):
 
     def _client_state(self) -> tuple[dict, dict]:
         """What the client holds, as a manifest without its shard list."""
-        from skknn.io import labels_to_json
+        from skknn._archive import labels_to_json
 
         meta = {
             "sharded": True,
@@ -1093,7 +1093,7 @@ class ShardedStore(StoreView):
         return self
 
     def _restore_client_state(self, meta: dict, arrays: dict) -> None:
-        from skknn.io import labels_from_json
+        from skknn._archive import labels_from_json
 
         _check_manifest(meta, arrays)
         self.n_features = meta["n_features"]
@@ -1147,7 +1147,7 @@ class ShardedStore(StoreView):
         lost : list of int
             The numbers of the shards re-created (empty when none was lost).
         """
-        from skknn.io import read_archive
+        from skknn._archive import read_archive
 
         path = Path(path)
         meta, _ = read_archive(path)
@@ -1305,9 +1305,9 @@ def local_state(meta: dict, arrays: dict, shards: list, device) -> tuple[dict, d
     """One local store's ``(meta, arrays)`` from a manifest and its shards'
     states: rows in the memory's insertion order, label keys turned into class
     codes, the index chosen for ``device`` (rebuilt when the store is made)."""
+    from skknn._archive import labels_from_json
     from skknn._device import resolve_engine
     from skknn._search import auto_engine
-    from skknn.io import labels_from_json
 
     ids = np.concatenate([s[1]["sample_ids"] for s in shards])
     want = arrays["sample_ids"]

@@ -33,7 +33,7 @@ class StoreStateMixin:
         """The state the store has, or would have with ``bufs``, ``n`` rows and
         the ``changes`` (classes, taxonomy, mean, next_id, version,
         index_params) an edit is about to make; without the engine's state."""
-        from skknn.io import labels_to_json
+        from skknn._archive import labels_to_json
 
         now = {
             "classes": self._classes,
@@ -93,7 +93,7 @@ class StoreStateMixin:
         """The store :meth:`state` described, its engine on ``device``; with
         ``storage_path``, its vectors streamed into a file there (never whole in
         RAM). Without the engine's state, the index is built afresh."""
-        from skknn.io import labels_from_json
+        from skknn._archive import labels_from_json
 
         check_state(meta, arrays)
         store = cls(
@@ -198,7 +198,7 @@ class StoreStateMixin:
         aligned with the rows) restores them; without it :meth:`VectorStore.get`
         refuses to invent raw vectors.
         """
-        from skknn.io import labels_to_json
+        from skknn._archive import labels_to_json
 
         n = arrays["embeddings"].shape[0]
         state = {

@@ -490,7 +490,7 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         return self.knn_.__skknn_reading__()
 
     def __skknn_save__(self) -> tuple[dict, dict]:
-        from skknn.io import labels_to_json
+        from skknn._archive import labels_to_json
 
         check_is_fitted(self)
         knn_meta, knn_arrays = self.knn_.__skknn_save__()
@@ -512,7 +512,7 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         return meta, arrays
 
     def __skknn_load__(self, meta: dict, arrays: dict, version: int) -> None:
-        from skknn.io import labels_from_json
+        from skknn._archive import labels_from_json
 
         self._check_params()
         fitted = meta["extractor"]

@@ -10,22 +10,20 @@ renamed over the target: a crash leaves either the old file or the new one.
 
 from __future__ import annotations
 
-import io as _io
 import json
 import os
 import pickle
-import zipfile
 from pathlib import Path
 
-import numpy as np
-
-from skknn._atomic import replaced
-
-FORMAT = "skknn"
-# 2: the memory is a self-contained store (classes, centre, vector lengths in it).
-# 1 (skknn 0.1) still loads.
-VERSION = 2
-_META = "skknn.json"
+from skknn._archive import (  # noqa: F401  (re-exported: the documented names)
+    FORMAT,
+    VERSION,
+    labels_from_json,
+    labels_to_json,
+    read_archive,
+    subtree,
+    write_archive,
+)
 
 # Estimator classes a file may name, by class name: filled by @register.
 _REGISTRY: dict[str, type] = {}
@@ -133,133 +131,6 @@ def params_from_json(params: dict) -> dict:
             value = tuple(value["__tuple__"])
         out[name] = value
     return out
-
-
-def labels_to_json(classes: np.ndarray) -> dict:
-    """Class labels (numbers or strings) as JSON, with their dtype."""
-    return {"values": classes.tolist(), "dtype": classes.dtype.str}
-
-
-def labels_from_json(data: dict) -> np.ndarray:
-    dtype = np.dtype(data["dtype"])
-    if dtype.kind == "O":
-        return np.asarray(data["values"], dtype=object)
-    return np.asarray(data["values"], dtype=dtype)
-
-
-def subtree(arrays: dict, prefix: str) -> dict:
-    """The arrays under ``prefix``, with the prefix removed."""
-    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
-# -- the archive ----------------------------------------------------------------
-def write_archive(path, meta: dict, arrays: dict) -> None:
-    """Write ``meta`` and ``arrays`` to ``path`` atomically.
-
-    The file gets the permissions any new file of this process would get
-    (``0o666`` less the umask), and the rename is made durable
-    (``skknn/_atomic.py``).
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"Cannot save to {str(path)!r}: it is a folder. Give a file path, "
-            f"e.g. {str(path / 'model.skknn')!r}."
-        )
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"Cannot save to {str(path)!r}: folder {str(folder)!r} does not exist."
-        )
-    with replaced(path) as fh:
-        with zipfile.ZipFile(
-            fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True
-        ) as zf:
-            zf.writestr(_META, json.dumps(meta, indent=1, sort_keys=True))
-            for name, array in arrays.items():
-                array = np.asarray(array)
-                if array.dtype.kind == "O":
-                    raise TypeError(
-                        f"array {name!r} has object dtype; not storable safely."
-                    )
-                with zf.open(f"arrays/{name}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, array, allow_pickle=False)
-
-
-def read_archive(path, mmap: bool = False) -> tuple[dict, dict]:
-    """Read an archive written by :func:`write_archive` (no pickle anywhere);
-    with ``mmap``, the embeddings are memory-mapped read-only, not read."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No skknn model file at {str(path)!r}.")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            meta = json.loads(zf.read(_META))
-            arrays = {}
-            for info in zf.infolist():
-                name = info.filename
-                if name.startswith("arrays/") and name.endswith(".npy"):
-                    key = name[len("arrays/") : -len(".npy")]
-                    if mmap and key.endswith("embeddings"):
-                        arrays[key] = _mapped_member(path, info)
-                        continue
-                    data = _io.BytesIO(zf.read(name))
-                    arrays[key] = np.lib.format.read_array(data, allow_pickle=False)
-    except (
-        zipfile.BadZipFile,
-        KeyError,
-        json.JSONDecodeError,
-        UnicodeDecodeError,
-        ValueError,
-        EOFError,
-    ) as exc:
-        raise ValueError(f"{str(path)!r} is not a skknn model file.") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a skknn model file.")
-    version = meta.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(
-            f"{str(path)!r} is not a valid skknn model file: version {version!r}."
-        )
-    if version > VERSION:
-        raise ValueError(
-            f"{str(path)!r} was written by a newer skknn (format version "
-            f"{meta['version']}); upgrade skknn to read it."
-        )
-    return meta, arrays
-
-
-def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
-    """A stored (uncompressed) ``.npy`` member memory-mapped read-only, in place
-    in the archive: its data start after the zip local header and the npy header."""
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise ValueError(f"member {info.filename!r} is compressed; cannot map it")
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        local = fh.read(30)
-        if local[:4] != b"PK\x03\x04":
-            raise ValueError(f"member {info.filename!r} has no local header")
-        name_len = int.from_bytes(local[26:28], "little")
-        extra_len = int.from_bytes(local[28:30], "little")
-        fh.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        offset = fh.tell()
-    if dtype.hasobject:
-        raise ValueError(f"member {info.filename!r} holds objects")
-    if int(np.prod(shape)) == 0:
-        return np.empty(shape, dtype=dtype)
-    return np.memmap(
-        path,
-        dtype=dtype,
-        mode="r",
-        offset=offset,
-        shape=shape,
-        order="F" if fortran else "C",
-    )
 
 
 # -- estimators -----------------------------------------------------------------

@@ -1,0 +1,261 @@
+"""The model file's container: a zip of ``skknn.json`` and ``.npy`` members.
+
+Low level on purpose: it imports nothing of skknn's but the error class, so
+every layer above (stores, shards, estimators, ``io``) can use it without a
+circle. Everything read here is checked before memory is allocated for it: a
+file is data from outside, possibly crafted.
+
+* Only the members a version writes are accepted: ``skknn.json`` and
+  ``arrays/<key>.npy`` with a plain key, each at most once, stored (never
+  compressed: skknn writes none, so a compressed member can only be a bomb).
+* A member's ``.npy`` header is read first (a few hundred bytes) and must
+  describe exactly the bytes the member holds: a header claiming a huge shape
+  is refused without allocating it.
+* The JSON member is capped in size before it is read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from skknn._atomic import replaced
+from skknn.exceptions import ModelFileError
+
+FORMAT = "skknn"
+# 2: the memory is a self-contained store (classes, centre, vector lengths in it).
+# 1 (skknn 0.1) still loads.
+VERSION = 2
+META = "skknn.json"
+
+# Limits on what a file may claim, checked before anything is allocated.
+MAX_META_BYTES = 64 << 20
+MAX_MEMBERS = 4096
+_KEY = re.compile(r"^[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*$")
+# Array dtypes a file may hold: booleans, numbers and fixed-width strings.
+_KINDS = set("biufcU")
+_READ_CHUNK = 16 << 20
+
+
+def labels_to_json(classes: np.ndarray) -> dict:
+    """Class labels (numbers or strings) as JSON, with their dtype."""
+    return {"values": classes.tolist(), "dtype": classes.dtype.str}
+
+
+def labels_from_json(data: dict) -> np.ndarray:
+    dtype = np.dtype(data["dtype"])
+    if dtype.kind == "O":
+        return np.asarray(data["values"], dtype=object)
+    if dtype.kind not in _KINDS:
+        raise ValueError(f"labels of dtype {dtype} cannot be read from a file")
+    return np.asarray(data["values"], dtype=dtype)
+
+
+def subtree(arrays: dict, prefix: str) -> dict:
+    """The arrays under ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+# -- writing ----------------------------------------------------------------------
+def write_archive(path, meta: dict, arrays: dict) -> None:
+    """Write ``meta`` and ``arrays`` to ``path`` atomically.
+
+    The file gets the permissions any new file of this process would get
+    (``0o666`` less the umask), and the rename is made durable
+    (``skknn/_atomic.py``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"Cannot save to {str(path)!r}: it is a folder. Give a file path, "
+            f"e.g. {str(path / 'model.skknn')!r}."
+        )
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"Cannot save to {str(path)!r}: folder {str(folder)!r} does not exist."
+        )
+    for name in arrays:
+        if not _KEY.match(name):
+            raise ValueError(f"array name {name!r} cannot be stored")
+    with replaced(path) as fh:
+        with zipfile.ZipFile(
+            fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True
+        ) as zf:
+            zf.writestr(META, json.dumps(meta, indent=1, sort_keys=True))
+            for name, array in arrays.items():
+                array = np.asarray(array)
+                if array.dtype.kind == "O":
+                    raise TypeError(
+                        f"array {name!r} has object dtype; not storable safely."
+                    )
+                with zf.open(f"arrays/{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+# -- reading ----------------------------------------------------------------------
+def read_archive(path, mmap: bool = False) -> tuple[dict, dict]:
+    """``(meta, arrays)`` of an archive written by :func:`write_archive`.
+
+    No pickle anywhere; every member checked before it is read (see the module
+    doc). With ``mmap``, the embeddings are memory-mapped read-only in place.
+    Raises :class:`~skknn.exceptions.ModelFileError` for anything that is not a
+    well-formed skknn file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No skknn model file at {str(path)!r}.")
+    size = path.stat().st_size
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ModelFileError(path, "zip archive", f"not a zip archive ({exc})") from exc
+    with zf:
+        infos = _checked_members(path, zf, size)
+        meta = _read_meta(path, zf, infos.pop(META))
+        arrays = {}
+        for key, info in infos.items():
+            if mmap and key.endswith("embeddings"):
+                arrays[key] = _mapped_member(path, info)
+            else:
+                arrays[key] = _read_member(path, zf, info)
+    return meta, arrays
+
+
+def _checked_members(path: Path, zf: zipfile.ZipFile, size: int) -> dict:
+    """``{META: info, key: info, ...}``, each member allowed and plausible."""
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise ModelFileError(path, "zip archive", f"{len(infos)} members; too many")
+    out: dict = {}
+    for info in infos:
+        name = info.filename
+        if name == META:
+            key = META
+        elif name.startswith("arrays/") and name.endswith(".npy"):
+            key = name[len("arrays/") : -len(".npy")]
+            if not _KEY.match(key):
+                raise ModelFileError(path, name, "not a member skknn writes")
+        else:
+            raise ModelFileError(path, name, "not a member skknn writes")
+        if key in out:
+            raise ModelFileError(path, name, "appears twice in the archive")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ModelFileError(
+                path, name, "is compressed; skknn writes stored members only"
+            )
+        if info.file_size != info.compress_size or info.file_size > size:
+            raise ModelFileError(
+                path, name, f"claims {info.file_size} bytes in a {size}-byte file"
+            )
+        out[key] = info
+    if META not in out:
+        raise ModelFileError(path, META, "missing: not a skknn model file")
+    return out
+
+
+def _read_meta(path: Path, zf: zipfile.ZipFile, info) -> dict:
+    if info.file_size > MAX_META_BYTES:
+        raise ModelFileError(path, META, f"{info.file_size} bytes; too large")
+    try:
+        meta = json.loads(zf.read(info))
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
+        raise ModelFileError(path, META, f"unreadable ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(path, META, "not a skknn model file")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFileError(path, META, f"invalid format version {version!r}")
+    if version > VERSION:
+        raise ModelFileError(
+            path,
+            META,
+            f"written by a newer skknn (format version {version}); upgrade "
+            "skknn to read it",
+        )
+    return meta
+
+
+def _header(path: Path, name: str, fh, data_bytes: int, origin: int = 0):
+    """``(shape, fortran, dtype, header_bytes)`` of a ``.npy`` stream whose
+    member holds ``data_bytes`` bytes; refused unless they match exactly."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"npy format version {version}")
+        header = fh.tell() - origin
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as exc:
+        raise ModelFileError(path, name, f"not a .npy array ({exc})") from exc
+    if dtype.hasobject or dtype.kind not in _KINDS:
+        raise ModelFileError(path, name, f"dtype {dtype} is not stored by skknn")
+    if any(s < 0 for s in shape):
+        raise ModelFileError(path, name, f"invalid shape {shape}")
+    count = 1
+    for s in shape:
+        count *= int(s)
+    if header + count * dtype.itemsize != data_bytes:
+        raise ModelFileError(
+            path,
+            name,
+            f"header claims shape {shape} of {dtype} "
+            f"({count * dtype.itemsize} bytes) but the member holds "
+            f"{data_bytes - header} bytes of data",
+        )
+    return shape, fortran, dtype, header
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, info) -> np.ndarray:
+    name = info.filename
+    try:
+        with zf.open(info) as fh:
+            shape, fortran, dtype, _ = _header(path, name, fh, info.file_size)
+            # Read straight into the array (its size is now known to match the
+            # member), never through an intermediate bytes copy.
+            array = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
+            raw = array.reshape(-1).view(np.uint8)
+            pos = 0
+            while pos < raw.size:
+                got = fh.readinto(raw[pos : pos + _READ_CHUNK])
+                if not got:
+                    raise EOFError(f"member ends after {pos} of {raw.size} bytes")
+                pos += got
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelFileError(path, name, f"unreadable ({exc})") from exc
+    return array.T if fortran else array
+
+
+def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
+    """A stored ``.npy`` member memory-mapped read-only, in place in the archive:
+    its data start after the zip local header and the npy header."""
+    name = info.filename
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise ModelFileError(path, name, "no zip local header")
+        name_len = int.from_bytes(local[26:28], "little")
+        extra_len = int.from_bytes(local[28:30], "little")
+        start = info.header_offset + 30 + name_len + extra_len
+        fh.seek(start)
+        shape, fortran, dtype, header = _header(path, name, fh, info.file_size, origin=start)
+        offset = start + header
+    if start + info.file_size > path.stat().st_size:
+        raise ModelFileError(path, name, "runs past the end of the file")
+    if int(np.prod(shape)) == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.memmap(
+        path,
+        dtype=dtype,
+        mode="r",
+        offset=offset,
+        shape=shape,
+        order="F" if fortran else "C",
+    )
