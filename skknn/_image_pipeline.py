@@ -39,17 +39,27 @@ def _check_pixel_dtype(dtype: np.dtype, where: str) -> None:
 def _channels_last(shape: tuple[int, ...], where: str) -> bool:
     """Whether an image (or batch) of this shape has its channels last.
 
-    Channels are 1 or 3. When both readings are possible (an image 1 or 3 pixels
-    wide) the NumPy/PIL convention, channels last, wins.
+    Channels are 1, 3 or 4 (RGBA, whose alpha :func:`_drop_alpha` removes). When
+    both readings are possible (an image 1 or 3 pixels wide) the NumPy/PIL
+    convention, channels last, wins; 4 is tried only after 1 and 3, so that an
+    RGB image 4 pixels wide, (3, H, 4), keeps its reading.
     """
-    if shape[-1] in (1, 3):
-        return True
-    if shape[-3] in (1, 3):
-        return False
+    for channels in ((1, 3), (4,)):
+        if shape[-1] in channels:
+            return True
+        if shape[-3] in channels:
+            return False
     raise ValueError(
-        f"{where} has shape {shape}: expected 1 or 3 channels, first "
-        "(..., C, H, W) or last (..., H, W, C)."
+        f"{where} has shape {shape}: expected 1 or 3 channels (greyscale, RGB) or "
+        "4 (RGBA, alpha dropped), first (..., C, H, W) or last (..., H, W, C)."
     )
+
+
+def _drop_alpha(x: torch.Tensor) -> torch.Tensor:
+    """(n, 4, H, W) RGBA -> (n, 3, H, W) RGB: the alpha channel is dropped, as
+    Pillow's ``convert("RGB")`` does for RGBA files and PIL images, so an array
+    and the file it came from give the same embedding."""
+    return x[:, :3] if x.shape[1] == 4 else x
 
 
 def is_image_item(obj: Any) -> bool:
@@ -110,7 +120,7 @@ class BatchPipeline:
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """(n, C, H, W) raw pixels on the CPU -> normalised float32 on the device."""
         # Move before converting: uint8 crosses to a GPU in a quarter of the bytes.
-        x = x.to(self.device, non_blocking=True)
+        x = _drop_alpha(x).to(self.device, non_blocking=True)
         if x.dtype == torch.uint8:
             x = x.to(torch.float32).div_(255.0)
         else:

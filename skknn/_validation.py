@@ -15,6 +15,8 @@ import scipy.sparse as sp
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
+from skknn._labels import check_label_kind, has_one_dtype, refuse_mixed
+
 
 def _owner(est) -> str:
     return type(est).__name__
@@ -121,6 +123,7 @@ def validate_xy(est, X, y, *, reset: bool, levels: bool = False):
     shape = getattr(y, "shape", None)  # array-likes only: np.ndim would convert
     if shape is not None and len(shape) == 2 and shape[1] == 0:
         raise ValueError("y has no columns; give one label column per level.")
+    _refuse_mixed_labels(est, y)
     X, y = validate_data(est, X, y, reset=reset, dtype=np.float32, multi_output=True)
     if y.dtype == object:
         missing = np.array([v is None for v in y.ravel().tolist()]).reshape(y.shape)
@@ -148,7 +151,50 @@ def validate_xy(est, X, y, *, reset: bool, levels: bool = False):
             check_classification_targets(natural(y[:, level]))
     else:
         check_classification_targets(y)
+    if not reset:
+        _check_kind_kept(est, y)
     return X, y
+
+
+def _refuse_mixed_labels(est, y) -> None:
+    """A clear error for labels mixing strings and numbers, on ``y`` as given:
+    numpy turns ``["a", 1]`` into ``["a", "1"]`` silently and sorts an object
+    array of both with a raw ``'<' not supported`` TypeError."""
+    if has_one_dtype(y) or sp.issparse(y):
+        return
+    columns = np.asarray(y, dtype=object)
+    if columns.ndim == 1:
+        refuse_mixed(columns, _owner(est))
+    elif columns.ndim == 2:  # hierarchical: each level may have its own type
+        for level in range(columns.shape[1]):
+            refuse_mixed(columns[:, level], _owner(est), f"labels y (level {level})")
+
+
+def check_first_classes(est, classes, y) -> None:
+    """The ``classes=`` of a first ``partial_fit``: one kind of label, the kind
+    of ``y`` (validated), before anything sorts or concatenates them."""
+    if classes is None:
+        return
+    where = f"{_owner(est)}.partial_fit"
+    refuse_mixed(classes, where, "classes")
+    check_label_kind(np.asarray(classes), y, where, "classes", "the labels y")
+
+
+def _check_kind_kept(est, y) -> None:
+    """Labels of a later partial_fit keep the type of the memory's classes,
+    checked here so that the message names the estimator, not its memory."""
+    try:
+        known = est.classes_
+    except (AttributeError, ValueError):  # not fitted yet, or no memory
+        return
+    if y.ndim == 1 and isinstance(known, np.ndarray):
+        check_label_kind(y, known, _owner(est))
+    elif y.ndim == 2 and isinstance(known, list) and len(known) == y.shape[1]:
+        from skknn._hierarchy import natural
+
+        for level, classes in enumerate(known):
+            column = natural(y[:, level])
+            check_label_kind(column, classes, _owner(est), f"labels (level {level})")
 
 
 def _refuse_ragged(y) -> None:

@@ -86,7 +86,11 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.plot:
         from skknn._gallery import new_figure
 
-        _check_writable(Path(args.plot), "--plot", (".png",))
+        plot = Path(args.plot)
+        _check_writable(plot, "--plot", (".png",))
+        extras = ["reliability", "scaling"] if args.scaling else ["reliability"]
+        for tag in extras:
+            _check_writable(_with_suffix_name(plot, tag), "--plot", (".png",))
         new_figure(10, 10)  # fails now, not after the search, without matplotlib
     if args.tune is not None:
         if not 0 < args.tune <= 1:
@@ -188,20 +192,27 @@ def evaluate(args: argparse.Namespace) -> int:
         plot_accuracy_by_k(args.plot, acc, title=title)
         print(f"wrote {args.plot}")
         plot = Path(args.plot)
-        extra = plot.with_name(f"{plot.stem}-reliability{plot.suffix}")
+        extra = _with_suffix_name(plot, "reliability")
         plot_reliability(extra, calibration, title=f"Reliability: {title}")
         print(f"wrote {extra}")
         if args.scaling:
-            extra = plot.with_name(f"{plot.stem}-scaling{plot.suffix}")
+            extra = _with_suffix_name(plot, "scaling")
             plot_scaling(extra, scaling, title=f"Memory scaling: {title}")
             print(f"wrote {extra}")
     return 0
 
 
 def _check_writable(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
+    """Refuse an output path before any work: the search can take minutes, and
+    a bad path would only fail when the result is written."""
     if path.suffix.lower() not in suffixes:
         raise ValueError(
             f"{option} must end in {' or '.join(suffixes)}. Got {str(path)!r} instead."
+        )
+    if path.is_dir():
+        raise ValueError(
+            f"{option} must be a file name; {str(path)!r} is an existing folder "
+            f"(write into it as {str(path / ('out' + path.suffix))!r})."
         )
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -210,6 +221,12 @@ def _check_writable(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
         path.exists() and not os.access(path, os.W_OK)
     ):
         raise ValueError(f"{option}: {str(path)!r} is not writable.")
+
+
+def _with_suffix_name(path: Path, tag: str) -> Path:
+    """``gallery.png`` -> ``gallery-<tag>.png``: the extra files a command
+    writes next to its output."""
+    return path.with_name(f"{path.stem}-{tag}{path.suffix}")
 
 
 def _3(x: float) -> str:
@@ -288,6 +305,10 @@ def _write_results(out: Path, acc, args, n_memory: int, n_queries: int) -> None:
 
 
 # -- skknn explain ----------------------------------------------------------------
+# What matplotlib's Agg canvas writes with its own dependencies (Pillow for JPEG).
+_GALLERY_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
 def explain(args: argparse.Namespace) -> int:
     """Write a PNG gallery of a query image and its nearest memory images.
 
@@ -299,6 +320,10 @@ def explain(args: argparse.Namespace) -> int:
     from skknn._gallery import draw_gallery, new_figure
 
     new_figure(10, 10)  # fail before embedding anything when matplotlib is missing
+    out = Path(args.out)
+    _check_writable(out, "--out", _GALLERY_SUFFIXES)  # before minutes of embedding
+    if args.residual:
+        _check_writable(_with_suffix_name(out, "residual"), "--out", _GALLERY_SUFFIXES)
     set_threads(args.threads)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1. Got {args.k} instead.")
@@ -335,8 +360,7 @@ def explain(args: argparse.Namespace) -> int:
     if args.residual:
         # The residual phi(q) - phi(n1): what the query shows besides its
         # nearest neighbour (FORMULAS.md 7); its neighbours do not vote.
-        out = Path(args.out)
-        out = out.with_name(f"{out.stem}-residual{out.suffix}")
+        out = _with_suffix_name(out, "residual")
         rids = expl.residual_ids[0]
         draw_gallery(
             out,
@@ -620,7 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     p.add_argument(
-        "--out", required=True, metavar="FILE.png", help="where the gallery is written"
+        "--out",
+        required=True,
+        metavar="FILE.png",
+        help="where the gallery is written (.png, .jpg, .pdf or .svg; checked "
+        "before any embedding)",
     )
     p.add_argument(
         "--query-index",

@@ -132,12 +132,19 @@ class TorchFeatureExtractor(
     Accepted ``X``:
 
     - uint8 (0-255), uint16, bool or float arrays of images shaped (n, H, W)
-      (greyscale), (n, H, W, C) or (n, C, H, W) with C in {1, 3}; when both
-      readings fit, channels last is assumed. **Float pixels are assumed to lie in
-      [0, 1]** (a warning is raised above 1);
+      (greyscale), (n, H, W, C) or (n, C, H, W) with C in {1, 3, 4}; when both
+      readings fit, channels last is assumed. 4 channels are RGBA: the alpha
+      channel is dropped, as Pillow's ``convert("RGB")`` does for RGBA files
+      (composite onto a background first if transparency matters). **Float
+      pixels are assumed to lie in [0, 1]** (a warning is raised above 1);
     - a list of file paths, PIL images or single-image arrays (sizes may differ);
     - a 2-D array (n, d): passed to the model unchanged as float32, with no image
-      preprocessing (for tabular models and the ``"identity"`` model).
+      preprocessing (for tabular models and the ``"identity"`` model; registered
+      image models refuse it).
+
+    An empty list or array is refused by ``fit`` (it embeds one sample to learn
+    the embedding size); ``transform`` returns an empty (0, `embedding_dim_`)
+    array.
 
     Greyscale images are repeated over 3 channels. A single (H, W, 3) image must be
     wrapped, ``X[np.newaxis]`` or ``[image]``: a 3-D array is a batch. Images are
@@ -266,7 +273,8 @@ class TorchFeatureExtractor(
 
     def _source(self, X: Any, *, reset: bool):
         """Wrap X in a batch source; 2-D input goes through ``validate_data``."""
-        if isinstance(X, (list, tuple)) and len(X) and is_image_item(X[0]):
+        if isinstance(X, (list, tuple)) and (not len(X) or is_image_item(X[0])):
+            # [] holds no rows and no images: 0 samples, not a 1-D array.
             return ItemSource(X)
         ndim = getattr(X, "ndim", None)
         if ndim is None and isinstance(X, (list, tuple)):
@@ -279,8 +287,39 @@ class TorchFeatureExtractor(
                 f"X has {ndim} dimensions; expected 2 (tabular), 3 (n, H, W) or 4 "
                 "(n, H, W, C) / (n, C, H, W)."
             )
+        if ndim == 2 and not reset and not accepts_rows(self.model):
+            raise ValueError(self._rows_message(getattr(X, "shape", None)))
         X = validate_data(self, X, dtype=np.float32, reset=reset)
         return TabularSource(X)
+
+    def _rows_message(self, shape) -> str:
+        """Why 2-D X does not suit an image model, and the shapes it takes."""
+        return (
+            f"X is 2-D (shape {shape}): 2-D X is read as rows of features "
+            "(n_samples, n_features) and passed to the model unchanged, for models "
+            f"that take vectors such as model='identity'. model={self.model!r} "
+            "takes images: an (n, H, W), (n, H, W, C) or (n, C, H, W) array or a "
+            "list of images; one greyscale image (H, W) goes as X[np.newaxis]."
+        )
+
+    def _dim_message(self, source, width: int) -> str:
+        """The embedding width differs from fit's: say what the input was."""
+        if isinstance(source, TabularSource):
+            given = f"X (rows of {source.X.shape[1]} features, passed unchanged)"
+        else:
+            given = "X (images)"
+        identity = ""
+        if isinstance(self.model, str) and self.model == "identity":
+            identity = (
+                " model='identity' flattens its input: 2-D rows (n, d) give d "
+                "features, images give 3 * H * W (greyscale repeated over 3 "
+                "channels, after resizing to image_size)."
+            )
+        return (
+            f"{given} gives {width}-dimensional embeddings, but "
+            f"{type(self).__name__} was fitted on input giving "
+            f"{self.embedding_dim_}: give X in the form and size fit had." + identity
+        )
 
     # -- fit / transform ------------------------------------------------------------
 
@@ -307,7 +346,11 @@ class TorchFeatureExtractor(
         device = resolve_device(self.device, owner=owner)
         source = self._source(X, reset=True)
         if source.n == 0:
-            raise ValueError(f"{owner}.fit got an empty X.")
+            raise ValueError(
+                f"{owner}.fit got an empty X ({type(X).__name__} of 0 samples); it "
+                "embeds one sample to learn the embedding size: give at least one "
+                "image or row."
+            )
         model = self._load_model(spec, device)
 
         hook_layer = self.layer
@@ -343,9 +386,11 @@ class TorchFeatureExtractor(
             with torch.inference_mode():
                 probe = pipe.embed(source.batch(0, 1, pipe))
         except RuntimeError as exc:
+            tabular = isinstance(source, TabularSource)
+            rows = self._rows_message(source.X.shape) if tabular else ""
             raise ValueError(
                 f"{owner}: the model could not embed the first sample of X "
-                f"({type(X).__name__}): {exc}"
+                f"({type(X).__name__}): {exc}. {rows}"
             ) from exc
 
         # Validated: commit the fitted state.
@@ -388,11 +433,7 @@ class TorchFeatureExtractor(
                 stop = min(start + self.batch_size, source.n)
                 emb = pipe.embed(source.batch(start, stop, pipe))
                 if emb.shape[1] != self.embedding_dim_:
-                    raise ValueError(
-                        f"X gives {emb.shape[1]}-dimensional embeddings, but "
-                        f"{type(self).__name__} was fitted on input giving "
-                        f"{self.embedding_dim_}."
-                    )
+                    raise ValueError(self._dim_message(source, emb.shape[1]))
                 out[start:stop] = emb.float().cpu().numpy()
         return out
 

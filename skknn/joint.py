@@ -19,6 +19,7 @@ from skknn._locks import GuardedState
 from skknn._new_classes import imprint_new_rows
 from skknn._store import VectorStore
 from skknn._validation import (
+    check_first_classes,
     check_float,
     check_int,
     check_option,
@@ -351,6 +352,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
     ):
         self._check_params()
         X, y = validate_xy(self, X, y, reset=True)
+        check_first_classes(self, classes, y)
         known = np.unique(y if classes is None else np.r_[np.unique(y), classes])
         if known.shape[0] < 2:
             raise ValueError(
@@ -657,6 +659,16 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         -------
         self : JointKNNClassifier
             The estimator, without the removed samples.
+
+        Raises
+        ------
+        ValueError
+            With ``retrain=True``, when the ids are every sample in memory or
+            leave samples of one class only: there is nothing to retrain the
+            head on. Nothing changes; fit anew to start over. With
+            ``retrain=False`` the memory may be emptied, as
+            :meth:`KNNVoter.unlearn` allows: prediction then says the memory
+            is empty until :meth:`partial_fit` adds samples.
         """
         check_is_fitted(self)
         with self._editing():
@@ -670,7 +682,9 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             # The memory is the one copy of the training set: refit on what it
             # keeps, in training order.
             kept_ids = self._train_ids[keep]
+            self._check_retrainable(kept_ids, removed)
             data = store.get(kept_ids)
+            self._check_classes_left(data.labels)
             names = self.__dict__.get("feature_names_in_")
             self._fit(
                 data.X,
@@ -687,6 +701,31 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             if self.knn_train_proba_ is not None:
                 self.knn_train_proba_ = self.knn_train_proba_[keep]
         return self
+
+    def _check_retrainable(self, kept_ids: np.ndarray, removed: np.ndarray) -> None:
+        """Refuse, before anything changes, a retrain on no samples (a fresh fit
+        on nothing would fail deep inside with an obscure message)."""
+        if kept_ids.size:
+            return
+        raise ValueError(
+            f"JointKNNClassifier.unlearn was given every sample in memory "
+            f"({removed.size} ids): nothing would be left to retrain on, and the "
+            "memory cannot be emptied with retrain=True. To start over, fit anew "
+            "(est.fit(X, y) replaces the memory and the head); to empty only the "
+            "memory and keep the head, pass retrain=False."
+        )
+
+    def _check_classes_left(self, labels: np.ndarray) -> None:
+        """Refuse a retrain on one class with the reason in unlearn's words."""
+        left = np.unique(labels)
+        if left.size >= 2:
+            return
+        raise ValueError(
+            "JointKNNClassifier.unlearn would leave samples of one class only "
+            f"({left.tolist()[0]!r}); retrain=True refits the head, which needs "
+            "at least 2 classes. Unlearn fewer samples, pass retrain=False (only "
+            "the memory forgets), or fit anew."
+        )
 
     # -- prediction -----------------------------------------------------------
     def _head_proba(self, X: np.ndarray) -> np.ndarray:

@@ -369,7 +369,9 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         Their own queries' wrong decisions are withdrawn, and memory samples
         whose neighbour lists held them are searched again (they now see a
         replacement neighbour). The counts equal those of a memory that never
-        held the removed samples (exact search).
+        held the removed samples (exact search). Removing every sample is the
+        estimator's call: a KNNVoter's memory is left empty (prediction says so
+        until :meth:`partial_fit`), a JointKNNClassifier retraining refuses.
 
         Parameters
         ----------
