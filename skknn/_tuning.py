@@ -28,47 +28,88 @@ def tune(voter, X: np.ndarray, target: float, k: int, predict) -> Bunch:
     first; per refine factor, stop raising the knob once ``target`` is met) and
     return the table with the fastest setting that met it.
 
-    ``predict(neighbors)`` turns a record into predictions. The voter's
-    ``index_params`` are restored on error; the caller applies the choice.
+    ``predict(neighbors)`` turns a record into predictions. The memory's own
+    ``index_params`` never change here, so threads predicting meanwhile keep
+    them (the caller applies the choice): a local memory searches each setting
+    for this call only (``search(index_params=...)``); a sharded memory, whose
+    shards take knobs only by ``set_index_params``, is held for writing while
+    the grid is measured and set back, so its readers wait instead.
     """
     store = voter.memory_
     grid = getattr(store, "tuning_grid", None) or store.engine.tuning_grid
     knobs, refines = grid(store.n_features)
     exact = store.search_exact(X, k, batch_size=voter.batch_size)
     reference = predict(exact)
+
+    def score(found):
+        return agreement(predict(found), reference), recall_at_k(found.ids, exact.ids)
+
+    if getattr(store, "sharded", False):
+        with store._editing():
+            original = dict(store.index_params)
+            try:
+                search = _published(store, X, k, voter)
+                rows = _measure(knobs, refines, len(X), target, search, score)
+            finally:
+                store.set_index_params(original)
+    else:
+
+        def search(params):
+            return store.search(X, k, batch_size=voter.batch_size, index_params=params)
+
+        rows = _measure(knobs, refines, len(X), target, search, score)
+    return _chosen(store, rows, target, X, k)
+
+
+def _published(store, X, k: int, voter):
+    """A search at given knobs by setting them on the store (held for writing)."""
+
+    def search(params):
+        store.set_index_params(params)
+        return store.search(X, k, batch_size=voter.batch_size)
+
+    return search
+
+
+def _measure(knobs, refines, n_queries: int, target: float, search, score):
+    """One row per setting tried: its knobs, agreement, recall and speed.
+    ``search(params)`` searches the queries at a setting; ``score(found)``
+    gives its ``(agreement, recall)``."""
     rows = []
-    original = dict(store.index_params)
     # A setting with more refinement and no fewer probes than one that met the
     # target costs more: each refine factor only tries knobs below the last one
     # that met it.
     limit = len(knobs)
-    try:
-        for refine in refines:
-            if limit == 0:
+    for refine in refines:
+        if limit == 0:
+            break
+        for j, knob in enumerate(knobs[:limit]):
+            params = {**knob, **({"refine": refine} if refine > 1 else {})}
+            with warnings.catch_warnings():
+                # Few probes may find fewer than k: that is what is measured.
+                warnings.simplefilter("ignore", UserWarning)
+                start = time.perf_counter()
+                found = search(params)
+                seconds = time.perf_counter() - start
+            agree, recall = score(found)
+            rows.append(
+                {
+                    "params": params,
+                    "agreement": agree,
+                    "recall": recall,
+                    "seconds": seconds,
+                    "queries_per_s": n_queries / max(seconds, 1e-9),
+                }
+            )
+            if rows[-1]["agreement"] >= target:
+                limit = j
                 break
-            for j, knob in enumerate(knobs[:limit]):
-                params = {**knob, **({"refine": refine} if refine > 1 else {})}
-                store.set_index_params(params)
-                with warnings.catch_warnings():
-                    # Few probes may find fewer than k: that is what is measured.
-                    warnings.simplefilter("ignore", UserWarning)
-                    start = time.perf_counter()
-                    found = store.search(X, k, batch_size=voter.batch_size)
-                    seconds = time.perf_counter() - start
-                rows.append(
-                    {
-                        "params": params,
-                        "agreement": agreement(predict(found), reference),
-                        "recall": recall_at_k(found.ids, exact.ids),
-                        "seconds": seconds,
-                        "queries_per_s": len(X) / max(seconds, 1e-9),
-                    }
-                )
-                if rows[-1]["agreement"] >= target:
-                    limit = j
-                    break
-    finally:
-        store.set_index_params(original)
+    return rows
+
+
+def _chosen(store, rows, target, X, k):
+    """The tuning table, with the fastest row that met ``target`` chosen (the
+    most accurate, with a warning, when none did)."""
     met = [i for i, r in enumerate(rows) if r["agreement"] >= target]
     if met:
         chosen = min(met, key=lambda i: rows[i]["seconds"])
@@ -80,7 +121,7 @@ def tune(voter, X: np.ndarray, target: float, k: int, predict) -> Bunch:
             f"{rows[chosen]['agreement']:.4f}, set). Use more inverted lists' "
             "probes, a finer code (more PQ bytes, SQ8) or index='flat'.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     table = {
         name: [r[name] for r in rows]
