@@ -23,6 +23,10 @@ _RADIUS_BLOCK = 2048
 # generous test only costs one unnecessary re-search, a strict one would miss a
 # changed neighbour list.
 RADIUS_TOL = 1e-4
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Squared distances of data of this size (2**-100) still keep 24 bits above
+# float32's smallest normal (2**-126).
+_SMALLEST_SQUARE = 2.0**-100
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,48 @@ class Metric:
             return 1.0 - score
         score = np.maximum(score, 0.0)  # the expansion can go slightly negative
         return np.sqrt(score) if self.sqrt else score
+
+    def distance_exponent(self, scale: float) -> int:
+        """``e`` such that distances between vectors multiplied by ``scale`` (a
+        power of two) are ``2**e`` times the raw vectors' distances."""
+        if self.inner_product or scale == 1.0:
+            return 0  # cosine compares unit vectors: a memory scale never applies
+        p = int(np.frexp(scale)[1]) - 1  # scale == 2**p
+        return p if self.sqrt else 2 * p
+
+    def unscaled(self, dist: np.ndarray, scale: float) -> np.ndarray:
+        """Distances of vectors kept times ``scale``, as between the raw vectors
+        (float32; exact: a power of two)."""
+        e = self.distance_exponent(scale)
+        return dist if e == 0 else np.ldexp(dist, -e).astype(np.float32, copy=False)
+
+    def scaled(self, radii: np.ndarray, scale: float) -> np.ndarray:
+        """Raw distances (radii) in the units of vectors kept times ``scale``."""
+        e = self.distance_exponent(scale)
+        return radii if e == 0 else np.ldexp(radii, e).astype(np.float32, copy=False)
+
+    def check_reported_range(self, top: float, n_features: int, first: bool) -> None:
+        """Refuse raw data whose distances the float32 record cannot hold.
+
+        ``top`` is the data's largest |value|. Distances reach ``2 sqrt(d) top``
+        (squared for ``"sqeuclidean"``); for ``"sqeuclidean"`` data so small that
+        its squares fall among float32's subnormals (``first``: the data that
+        sets the memory's scale) would lose its digits. Euclidean distances of
+        float32 data always fit: the way out for the other.
+        """
+        if self.inner_product or top == 0.0:
+            return
+        largest = 2.0 * np.sqrt(n_features) * top
+        largest = largest if self.sqrt else largest**2
+        small = not self.sqrt and first and top * top < _SMALLEST_SQUARE
+        if largest <= _FLOAT32_MAX and not small:
+            return
+        raise ValueError(
+            f"Data with |x| up to {top:.3g} has {self.name} distances up to "
+            f"{largest:.3g}, {'below' if small else 'beyond'} what the float32 "
+            "distances of the neighbour record can hold. metric='euclidean' finds "
+            "the same neighbours with distances that fit; or rescale the data."
+        )
 
     def pair_distances(
         self, X: np.ndarray, Q: np.ndarray, rows: np.ndarray
