@@ -35,7 +35,9 @@ META = "skknn.json"
 # Limits on what a file may claim, checked before anything is allocated.
 MAX_META_BYTES = 64 << 20
 MAX_MEMBERS = 4096
-_KEY = re.compile(r"^[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*$")
+# Each segment starts with a letter, digit or underscore: "." and ".." never
+# appear, and torch's dotted parameter names ("conv1.weight") do.
+_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
 # Array dtypes a file may hold: booleans, numbers and fixed-width strings.
 _KINDS = set("biufcU")
 _READ_CHUNK = 16 << 20
@@ -113,7 +115,9 @@ def read_archive(path, mmap: bool = False) -> tuple[dict, dict]:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise ModelFileError(path, "zip archive", f"not a zip archive ({exc})") from exc
+        raise ModelFileError(
+            path, "zip archive", f"not a skknn model file (not a zip: {exc})"
+        ) from exc
     with zf:
         infos = _checked_members(path, zf, size)
         meta = _read_meta(path, zf, infos.pop(META))
@@ -245,7 +249,9 @@ def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
         extra_len = int.from_bytes(local[28:30], "little")
         start = info.header_offset + 30 + name_len + extra_len
         fh.seek(start)
-        shape, fortran, dtype, header = _header(path, name, fh, info.file_size, origin=start)
+        shape, fortran, dtype, header = _header(
+            path, name, fh, info.file_size, origin=start
+        )
         offset = start + header
     if start + info.file_size > path.stat().st_size:
         raise ModelFileError(path, name, "runs past the end of the file")

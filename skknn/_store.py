@@ -29,9 +29,13 @@ from skknn._metric import METRICS, Metric
 from skknn._neighbors import MISSING, Neighbors
 from skknn._preprocessing import (
     PREPROCESSING,
+    check_scaled,
+    choose_scale,
     fit_center,
+    largest_abs,
     prepared_queries,
     preprocess_inplace,
+    rescaled,
 )
 from skknn._rows import compact_inplace, expand_inplace, grow, kept_runs, uninterrupted
 from skknn._search import auto_engine, make_engine, split_refine
@@ -53,6 +57,9 @@ DEFAULT_BATCH_SIZE = 4096
 # vectors' scale; candidates this close (relative) to the k-th are treated as
 # possibly tied with it, and more are fetched to settle the tie by id.
 TIE_RTOL = 1e-5
+
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 class VectorStore(StoreStateMixin, StoreView):
@@ -106,6 +113,15 @@ class VectorStore(StoreStateMixin, StoreView):
     The store keeps one float32 copy of the pre-processed vectors and, when it
     normalises, each raw vector's length, so :meth:`get` returns the raw vectors
     (to float32 rounding) without a second copy.
+
+    Searches square float32 values, so data near 1e20 would overflow and data
+    near 1e-21 would sink into float32's subnormals. Lengths are measured on
+    rows rescaled by a power of two; an unnormalised memory (``preprocessing``
+    None, a Euclidean metric) keeps its vectors times one power of two chosen
+    by its first add, searches queries times the same, and reports distances
+    of the raw data. What cannot be held is refused with a ValueError: later
+    rows or queries far larger than the first add, ``"sqeuclidean"`` distances
+    beyond float32, a rescaled memory on disk or in float16.
 
     Distances of retrieved pairs are always recomputed exactly (one pair at a
     time) and the neighbours re-sorted on them. Engines compute them from
@@ -196,6 +212,13 @@ class VectorStore(StoreStateMixin, StoreView):
         self._sw = np.empty(0, dtype=np.float32)  # sample weights given to add
         self._next_id = 0
         self._sorted = None  # (sorted ids, their rows): built lazily for lookups
+        # Power of two an unnormalised memory keeps its vectors multiplied by, so
+        # data near 1e20 or 1e-21 is searched in float32 without overflow or
+        # underflow (skknn/_preprocessing.py); distances are reported unscaled.
+        self._scale = 1.0
+        # Called before every commit to disk: the estimator's check that its
+        # storage folder still opens to this memory (skknn/_storage_folder.py).
+        self.commit_guard = None
         self._lock()  # made now: searches must not add attributes
 
     # -- what it holds ------------------------------------------------------------
@@ -255,17 +278,24 @@ class VectorStore(StoreStateMixin, StoreView):
         mean = self._mean
         if mean is None and self.preprocessing == "center_l2" and m:
             mean = fit_center(X)
+        scale = self._scale_for(X, first=self._n == 0)
 
         n = self._n
         bufs = self._buffers()
-        if n + m > self._X.shape[0]:
+        cap = self._X.shape[0]
+        if n + m > cap:
             # Amortised growth, with headroom from the start: a small add to a
             # large store must not copy the store.
             cap = (
                 n + m + max(1024, (n + m) // 16)
                 if n == 0
-                else max(n + m, int(self._X.shape[0] * 1.5) + 16)
+                else max(n + m, int(cap * 1.5) + 16)
             )
+        if self._disk is not None:
+            # every per-row file mapped with room for the rows (in place, grown
+            # alike): the new rows are written past the committed ones
+            bufs = self._disk.buffers(bufs, cap)
+        elif n + m > self._X.shape[0]:
             bufs = [self._grown_rows(n, cap)] + [grow(b, n, cap) for b in bufs[1:]]
         elif not all(b.flags.writeable for b in bufs):  # a read-only memmap
             bufs = [grow(b, n, b.shape[0]) for b in bufs]
@@ -279,6 +309,8 @@ class VectorStore(StoreStateMixin, StoreView):
             preprocess_inplace(
                 Xb[n : n + m], center=mean, normalize=self.normalizes, norms_out=norms
             )
+            if scale != 1.0:
+                rescaled(Xb[n : n + m], scale, out=Xb[n : n + m])
         else:  # pre-processed in float32, then rounded once to the storage type
             X32 = X.copy()
             preprocess_inplace(
@@ -291,8 +323,6 @@ class VectorStore(StoreStateMixin, StoreView):
         eb[n : n + m] = False
         wb[n : n + m] = weights
         next_id = max(self._next_id, int(ids.max()) + 1) if m else self._next_id
-        if self._disk is not None:
-            self._disk.sync(Xb)  # the new rows reach the disk before the commit
         switch = self._auto_switch(n + m)
         engine = self.engine if switch is None else switch[0]
         # Ctrl-C is held until index and rows agree: an id in the index that the
@@ -318,8 +348,12 @@ class VectorStore(StoreStateMixin, StoreView):
                     self.engine.build(self._X[:n], self._ids[:n])
                 raise
             self._use_engine(switch)
-            self._set_buffers([Xb, yb, idb, rb, eb, wb, nb])
+            if self._disk is not None:  # the files' maps, re-encoded labels too
+                self._set_buffers(self._disk.mapped(len(bufs)))
+            else:
+                self._set_buffers([Xb, yb, idb, rb, eb, wb, nb])
             self._classes, self._mean = new_classes, mean
+            self._scale = scale
             self._taxonomy = taxonomy
             self._n = n + m
             self._next_id = next_id
@@ -337,6 +371,42 @@ class VectorStore(StoreStateMixin, StoreView):
         self._n = 0
         self._sorted = None
         self._version += 1
+
+    def _scale_for(self, X: np.ndarray, first: bool) -> float:
+        """The memory's scale once raw rows ``X`` are added: chosen by the
+        ``first`` add of an unnormalised memory, then fixed. Refuses rows whose
+        distances would overflow at that scale or in the float32 record."""
+        if self.normalizes or not X.size:
+            return self._scale  # unit vectors: lengths are measured rescaled
+        top = largest_abs(X)
+        self.metric.check_reported_range(top, self.n_features, first)
+        scale = choose_scale(top) if first else self._scale
+        if scale != 1.0:
+            self._refuse_rescaled(self._disk, f"Data with |x| up to {top:.3g}")
+        check_scaled(top, scale, "Rows added")
+        if self.storage_dtype == "float16" and top * scale > _FLOAT16_MAX:
+            # float16 would keep them as inf: every distance to them wrong.
+            raise ValueError(
+                f"Rows added hold values up to {top:.3g}, beyond float16's "
+                f"largest ({_FLOAT16_MAX:g}); a memory with storage_dtype="
+                "'float16' and no normalising pre-processing cannot keep them. "
+                "Use storage_dtype='float32', or preprocessing='l2'."
+            )
+        return scale
+
+    def _refuse_rescaled(self, disk, what: str = "This memory's data") -> None:
+        """Refuse a scale other than 1 where the vectors are kept in a file
+        (``disk``: a folder or its vectors) or as float16: both hold them as
+        pre-processed."""
+        if disk is None and self.storage_dtype == "float32":
+            return
+        where = "storage_path" if disk is not None else "float16 storage"
+        raise ValueError(
+            f"{what} is kept rescaled by a power of two (its squares leave "
+            f"float32's range), which a memory with {where} does not do. Rescale "
+            "the data (e.g. divide it by a power of ten), or keep the memory in "
+            "RAM as float32."
+        )
 
     def _auto_switch(self, n: int):
         """For ``engine="auto"``, ``(new engine, its name and knobs)`` when a
@@ -362,7 +432,7 @@ class VectorStore(StoreStateMixin, StoreView):
         """The vector rows with capacity ``cap``: a bigger file mapping on disk
         (rows in place), a copy in RAM."""
         if self._disk is not None:
-            return self._disk.buffer(cap)
+            return self._disk.buffers([self._X], cap)[0]
         return grow(self._X, n, cap)
 
     def _label_paths(self, labels: np.ndarray, classes, owner: str):
@@ -454,7 +524,7 @@ class VectorStore(StoreStateMixin, StoreView):
             of ``ids``.
         """
         rows = self._stored_rows(ids)
-        X = self._X[rows].astype(np.float32)  # a copy, widened
+        X = self._unscaled_rows(self._X[rows].astype(np.float32))  # a copy, widened
         if prepared:
             pass
         elif self._norm is not None:
@@ -512,7 +582,10 @@ class VectorStore(StoreStateMixin, StoreView):
         retrain_index : bool, default=False
             Retrain an approximate index's trained parts (IVF centroids, PQ/SQ
             codebooks) on what remains; otherwise they are kept and only the
-            removed codes leave the index.
+            removed codes leave the index, except from an HNSW graph: there the
+            removed nodes are marked dead and skipped by searches, and their
+            bytes stay until the graph is compacted (``retrain_index=True``,
+            over 20% dead, or a save, which writes no index then).
         """
         uniq = self.check_removable(ids)
         if not uniq.size:
@@ -562,14 +635,16 @@ class VectorStore(StoreStateMixin, StoreView):
             self._version += 1
 
     def _remove_on_disk(self, uniq, gone_rows, runs, n_new: int, retrain: bool):
-        """Remove with versioned files: the kept rows go to a new generation, the
-        commit switches to it, and only then are the removed rows zeroed in the
-        old file and the file deleted (``skknn/_disk.py``)."""
+        """Remove with versioned files: the kept rows go to new generation files
+        (the vectors', and each per-row part's), the commit switches to them, and
+        only then are the removed rows zeroed in the old files and the files
+        deleted (``skknn/_disk.py``). Order is kept, as in RAM, so every row past
+        the first removed one moves: the vectors file is rewritten."""
         disk, n_old = self._disk, self._n
         old = self._buffers()
         small = [compact_inplace(np.array(b[:n_old]), runs) for b in old[1:]]
         with uninterrupted():
-            gen, X_new = disk.write_generation(old[0], runs, n_new)
+            X_new = disk.stage("vectors", old[0], runs, n_new)
             bufs = [X_new, *small]
             switch = self._auto_switch(n_new)
             try:
@@ -580,28 +655,26 @@ class VectorStore(StoreStateMixin, StoreView):
                 else:
                     switch[0].build(X_new[:n_new], small[1][:n_new])
             except BaseException:
-                disk.discard(gen)
+                disk.discard()
                 raise
             try:
                 self._commit(
                     bufs,
                     n_new,
-                    gen=gen,
                     version=self._version + 1,
                     **({} if switch is None else switch[1]),
                 )
             except BaseException:  # not committed: the index takes the old rows back
                 if switch is None:
                     self.engine.build(old[0][:n_old], old[2][:n_old])
-                disk.discard(gen)
+                disk.discard()
                 raise
             self._use_engine(switch)
-            old_gen, disk.gen = disk.gen, gen
-            self._set_buffers(bufs)
+            self._set_buffers(disk.mapped(len(old)))
             self._n = n_new
             self._sorted = None
             self._version += 1
-            disk.retire(old_gen, gone_rows)
+            disk.retire(removed_rows=gone_rows)
 
     @edits
     def replace_vectors(self, X) -> None:
@@ -634,6 +707,7 @@ class VectorStore(StoreStateMixin, StoreView):
         mean = None
         if self.preprocessing == "center_l2" and self._n:
             mean = fit_center(X)
+        scale = self._scale_for(X, first=True)  # chosen anew, as by a first add
         rows = np.empty_like(self._X)
         norms = None if self._norm is None else np.empty_like(self._norm)
         prepared = X.copy()
@@ -641,6 +715,8 @@ class VectorStore(StoreStateMixin, StoreView):
         preprocess_inplace(
             prepared, center=mean, normalize=self.normalizes, norms_out=out_norms
         )
+        if scale != 1.0:
+            rescaled(prepared, scale, out=prepared)
         rows[: self._n] = prepared
         rows[self._n :] = 0
         engine = make_engine(
@@ -651,7 +727,7 @@ class VectorStore(StoreStateMixin, StoreView):
         )
         if self._n:
             engine.build(rows[: self._n], self._ids[: self._n])
-        self.engine, self._X = engine, rows
+        self.engine, self._X, self._scale = engine, rows, scale
         if norms is not None:
             self._norm = norms
         if mean is not None:
@@ -779,6 +855,7 @@ class VectorStore(StoreStateMixin, StoreView):
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = False,
         prepared: bool = False,
+        index_params: dict | None = None,
     ) -> Neighbors:
         """The ``k`` nearest stored samples of raw query vectors.
 
@@ -796,13 +873,23 @@ class VectorStore(StoreStateMixin, StoreView):
         prepared : bool, default=False
             ``X`` is already in the stored vectors' space (e.g. built from
             :meth:`get` with ``prepared=True``): searched as given.
+        index_params : dict, default=None
+            Search with these knobs (as :meth:`set_index_params` takes them)
+            instead of the memory's, for this call only: what
+            ``KNNVoter.tune_index`` measures while other threads search with
+            the memory's own.
 
         Returns
         -------
         neighbors : Neighbors
             The ``k`` nearest of each query, nearest first.
         """
-        return self._search_blocks(X, k, batch_size, progress, prepared, exact=False)
+        knobs = None
+        if index_params is not None:
+            knobs = split_refine(self.engine_name, dict(index_params))
+        return self._search_blocks(
+            X, k, batch_size, progress, prepared, exact=False, knobs=knobs
+        )
 
     @reads
     def search_exact(
@@ -840,7 +927,9 @@ class VectorStore(StoreStateMixin, StoreView):
         """
         return self._search_blocks(X, k, batch_size, progress, prepared, exact=True)
 
-    def _search_blocks(self, X, k, batch_size, progress, prepared, *, exact):
+    def _search_blocks(
+        self, X, k, batch_size, progress, prepared, *, exact, knobs=None
+    ):
         X = np.asarray(X)
         k = capped_k(k, self._n)
         parts = []
@@ -851,10 +940,13 @@ class VectorStore(StoreStateMixin, StoreView):
                 if prepared
                 else self.prepare(block)
             )
+            Q = self._scaled_queries(Q, "Queries")
             # A zero query (after centring) has no direction: every normalised
             # sample is equally far from it, so its neighbours are arbitrary.
             lost = ~Q.any(axis=1) if self.normalizes else None
-            record = self._record(*self._search_prepared(Q, k, exact=exact))
+            record = self._record(
+                *self._search_prepared(Q, k, exact=exact, knobs=knobs)
+            )
             parts.append(replace(record, directionless=lost))
         return Neighbors.concatenate(parts) if parts else self._empty(k)
 
@@ -948,9 +1040,9 @@ class VectorStore(StoreStateMixin, StoreView):
         if ids is not None:
             P = self._X[self._stored_rows(ids)].astype(np.float32)
         elif prepared:  # already in the stored vectors' space
-            P = np.asarray(X, dtype=np.float32)
+            P = self._scaled_queries(np.array(X, dtype=np.float32), "Points")
         else:
-            P = self.prepare(X)
+            P = self._scaled_queries(self.prepare(X), "Points")
         rows = self._stored_rows(query_ids, "query_ids")
         radii = np.asarray(radii, dtype=np.float32)
         if radii.shape != rows.shape:
@@ -962,10 +1054,35 @@ class VectorStore(StoreStateMixin, StoreView):
         for s in range(0, rows.shape[0], DEFAULT_BATCH_SIZE):
             block = slice(s, s + DEFAULT_BATCH_SIZE)
             A = self._X[rows[block]].astype(np.float32)
-            out[block] = self.metric.any_within(A, P, radii[block])
+            inner = self.metric.scaled(radii[block], self._scale)
+            out[block] = self.metric.any_within(A, P, inner)
         return out
 
-    def _search_prepared(self, Q: np.ndarray, k: int, *, exact: bool = False):
+    def _scaled_queries(self, Q: np.ndarray, what: str) -> np.ndarray:
+        """Pre-processed float32 vectors (a copy of the caller's, modified) in
+        the stored vectors' units: times the memory's scale. Refuses vectors
+        whose distances to the memory would overflow float32."""
+        if not np.isfinite(Q).all():
+            raise ValueError(
+                f"{what} hold NaN, infinite values or values beyond float32's "
+                "range (|x| > 3.4e38)."
+            )
+        if self.normalizes:
+            return Q  # unit vectors, never scaled
+        check_scaled(largest_abs(Q), self._scale, what)
+        if self._scale != 1.0:
+            rescaled(Q, self._scale, out=Q)
+        return Q
+
+    def _unscaled_rows(self, X: np.ndarray) -> np.ndarray:
+        """Stored rows (a float32 copy, modified) as pre-processed, unscaled."""
+        if self._scale != 1.0:
+            rescaled(X, 1.0 / self._scale, out=X)
+        return X
+
+    def _search_prepared(
+        self, Q: np.ndarray, k: int, *, exact: bool = False, knobs=None
+    ):
         """``(distances, rows)`` of pre-processed queries, refined and re-sorted:
         nearest first, equal distances by sample id.
 
@@ -975,18 +1092,22 @@ class VectorStore(StoreStateMixin, StoreView):
         enters the k is settled by id, not by the engine's rounding (duplicate
         vectors land in different GEMM blocks), and a sharded memory, merging
         the shards' top k in the same order, gives the same answer.
+
+        ``knobs``: ``(refine, engine knobs)`` for this search instead of the
+        memory's (:func:`~skknn._search.split_refine` of ``index_params``).
         """
         if Q.shape[0] == 0:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         X = self._X[: self._n]
-        kk = min(k * (1 if exact else self._refine) + 1, self._n)
-        dist, rows = self._candidates(X, Q, k, kk, exact)
+        refine, params = (self._refine, None) if knobs is None else knobs
+        kk = min(k * (1 if exact else refine) + 1, self._n)
+        dist, rows = self._candidates(X, Q, k, kk, exact, params)
         sq_norms = np.einsum("ij,ij->i", Q, Q)
         todo = np.flatnonzero(self._tie_open(dist, k, kk, sq_norms))
         dist, rows = dist[:, :k].copy(), rows[:, :k].copy()
         while todo.size:
             kk = min(2 * kk, self._n)
-            d2, r2 = self._candidates(X, Q[todo], k, kk, exact)
+            d2, r2 = self._candidates(X, Q[todo], k, kk, exact, params)
             dist[todo], rows[todo] = d2[:, :k], r2[:, :k]
             todo = todo[self._tie_open(d2, k, kk, sq_norms[todo])]
         return dist, rows
@@ -1007,13 +1128,17 @@ class VectorStore(StoreStateMixin, StoreView):
         tol = TIE_RTOL * (3 * sq_norms + 2 * d_k)
         return np.isfinite(d_k) & (last <= d_k + tol)
 
-    def _candidates(self, X, Q, k: int, kk: int, exact: bool):
+    def _candidates(self, X, Q, k: int, kk: int, exact: bool, params=None):
         """``kk`` candidates per query from the engine (or brute force), with
-        exact distances, sorted nearest first (equal distances by id)."""
+        exact distances, sorted nearest first (equal distances by id); the
+        engine searches with ``params`` for knobs when given."""
         if exact:
             rows = self._exact_rows(X, Q, kk)
         else:
-            _, keys = self.engine.search(X, Q, kk)
+            if params is None:
+                _, keys = self.engine.search(X, Q, kk)
+            else:
+                _, keys = self.engine.search(X, Q, kk, params=params)
             keys = np.asarray(keys, dtype=np.int64)
             rows = self._rows_of(keys) if self.engine.keys_are_ids else keys
             found = (rows >= 0).sum(axis=1)
@@ -1065,7 +1190,7 @@ class VectorStore(StoreStateMixin, StoreView):
         present = rows >= 0
         safe = np.where(present, rows, 0)
         return Neighbors(
-            distances=dist,
+            distances=self.metric.unscaled(dist, self._scale),
             ids=np.where(present, self._ids[safe], MISSING),
             labels=np.where(present, self._y[safe], 0),
             reliability=self._rel[safe] * self._sw[safe],

@@ -80,9 +80,10 @@ def check_state(meta: dict, arrays: dict) -> None:
         isinstance(next_id, int) and not isinstance(next_id, bool),
         f"next_id must be an int; got {next_id!r}",
     )
+    largest = int(ids.max()) if n else -1
     _need(
-        n == 0 or next_id > int(ids.max()),
-        f"next_id {next_id} is not above every stored id (largest {int(ids.max())}): "
+        next_id > largest,
+        f"next_id {next_id} is not above every stored id (largest {largest}): "
         "fresh ids would collide",
     )
     _need(next_id <= MAX_ID + 1, "next_id is beyond the id range")

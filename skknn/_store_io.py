@@ -15,6 +15,7 @@ import torch
 from skknn._disk import DiskVectors
 from skknn._hierarchy import Taxonomy
 from skknn._locks import reads
+from skknn._preprocessing import choose_scale, largest_abs, rescaled
 from skknn._store_checks import check_state
 
 
@@ -43,6 +44,7 @@ class StoreStateMixin:
             "version": self._version,
             "index_params": self.index_params,
             "engine_name": self.engine_name,
+            "scale": self._scale,
         }
         now.update(changes)
         classes, taxonomy = now["classes"], now["taxonomy"]
@@ -58,6 +60,7 @@ class StoreStateMixin:
             "uid": self.uid,
             "version": int(now["version"]),
             "classes": None if classes is None else labels_to_json(classes),
+            "scale": float(now["scale"]),
         }
         if taxonomy is not None:
             meta["taxonomy"] = [labels_to_json(c) for c in taxonomy.classes]
@@ -70,6 +73,8 @@ class StoreStateMixin:
             "excluded": np.ascontiguousarray(excl[:n]),
             "sample_weight": np.ascontiguousarray(sw[:n]),
         }
+        if now["scale"] != 1.0:  # saved pre-processed, as a shard split reads them
+            arrays["embeddings"] = rescaled(arrays["embeddings"], 1.0 / now["scale"])
         if len(bufs) > 6:
             arrays["norms"] = np.ascontiguousarray(bufs[6][:n])
         if now["mean"] is not None:
@@ -78,13 +83,17 @@ class StoreStateMixin:
             arrays["taxonomy_paths"] = taxonomy.paths
         return meta, arrays
 
-    def _commit(self, bufs: list, n: int, gen: int | None = None, **changes) -> None:
-        """On disk, commit the state an edit is about to make (nothing in RAM)."""
+    def _commit(self, bufs: list, n: int, **changes) -> None:
+        """On disk, commit the state an edit is about to make (nothing in RAM):
+        the per-row ``bufs`` go to their files (appended rows only, where the
+        committed ones are unchanged), the rest to the manifest."""
         if self._disk is None:
             return
+        if self.commit_guard is not None:
+            self.commit_guard()
         meta, arrays = self._state_of(bufs, n, **changes)
-        del arrays["embeddings"]  # they are the generation file's rows
-        self._disk.commit(meta, arrays, self._disk.gen if gen is None else gen, n)
+        small = {k: arrays[k] for k in ("mean", "taxonomy_paths") if k in arrays}
+        self._disk.commit(meta, small, bufs, n)
 
     @classmethod
     def from_state(
@@ -107,10 +116,16 @@ class StoreStateMixin:
         )
         X = arrays["embeddings"]
         n = X.shape[0]
+        scale = _saved_scale(meta, X, store.normalizes)
+        if meta.get("scale") is None and scale != 1.0:
+            arrays = {k: v for k, v in arrays.items() if not k.startswith("engine/")}
+        if scale != 1.0:
+            store._refuse_rescaled(storage_path)
+            X = rescaled(X, scale)  # a copy: the engine searches rescaled vectors
+        store._scale = scale
         if storage_path is not None:
             store._disk = DiskVectors.new(storage_path, X.shape[1], X.dtype)
-            store._disk.gen, rows = store._disk.write_generation(X, [(0, n)], n)
-            X = rows[:n]
+            X = store._disk.stage("vectors", X, [(0, n)], n)  # streamed in
         store._X, store._y, store._ids = X, arrays["labels"], arrays["sample_ids"]
         store._rel, store._excl = arrays["reliability"], arrays["excluded"]
         # Files of format 1 had no sample weights.
@@ -138,21 +153,49 @@ class StoreStateMixin:
         elif n:
             store.engine.build(store._X[:n], store._ids[:n])
         if store._disk is not None:
-            store._commit(store._buffers(), n)
+            bufs = store._buffers()
+            store._commit(bufs, n)
+            # every per-row array is now its file's map, with the vectors' layout
+            store._set_buffers(store._disk.mapped(len(bufs)))
         return store
 
     @classmethod
-    def open(cls, folder, device="cpu"):
-        """Reopen the last committed state of a store's folder (its vectors
-        memory-mapped, the index built afresh from them)."""
-        disk, meta, arrays, rows, n = DiskVectors.open(folder)
+    def open(cls, folder, device="cpu", *, verify_vectors: bool = True):
+        """Reopen the last committed state of a store's folder (every per-row
+        array memory-mapped, the index built afresh from the vectors).
+
+        A damaged, truncated, linked or out-of-date part raises
+        :class:`~skknn.ModelFileError` (``skknn/_disk.py``)."""
+        from skknn._store_checks import InvalidState
+        from skknn.exceptions import ModelFileError
+
+        disk, meta, arrays, rows, n = DiskVectors.open(
+            folder, verify_vectors=verify_vectors
+        )
         arrays["embeddings"] = rows[:n]
         try:
-            store = cls.from_state(meta, arrays, torch.device(device))
+            try:
+                store = cls.from_state(meta, arrays, torch.device(device))
+            except (InvalidState, KeyError, TypeError) as exc:
+                raise ModelFileError(
+                    disk.folder / "manifest.json",
+                    "manifest.json: store",
+                    f"does not describe a memory ({exc})",
+                ) from exc
+            # Every per-row array is its file's map, all with the same capacity:
+            # an add writes its rows past n in each of them (skknn/_disk.py).
+            count = len(store._buffers())
+            if count > len(disk.parts):
+                raise ModelFileError(
+                    disk.folder / "manifest.json",
+                    "manifest.json: parts",
+                    "names no norms for a memory that normalises",
+                )
+            store._disk = disk
+            store._set_buffers(disk.mapped(count))
         except BaseException:
             disk._release()
             raise
-        store._X, store._disk = rows, disk
         return store
 
     def __getstate__(self):
@@ -220,3 +263,26 @@ class StoreStateMixin:
         elif normalizes:
             arrays["norms"] = np.full(n, np.nan, dtype=np.float32)
         return cls.from_state(state, arrays, device)
+
+
+def _saved_scale(meta: dict, X: np.ndarray, normalizes: bool) -> float:
+    """The scale of a saved state (a power of two), or, where it names none
+    (older files, a shard's split of a memory), the one its data calls for;
+    the index saved with an older file is then rebuilt."""
+    from skknn._store_checks import InvalidState
+
+    scale = meta.get("scale")
+    if scale is None:
+        return 1.0 if normalizes else choose_scale(largest_abs(X))
+    ok = (
+        isinstance(scale, (int, float))
+        and not isinstance(scale, bool)
+        and 0 < scale < np.inf
+        and np.frexp(scale)[0] == 0.5
+        and (scale == 1.0 or not normalizes)
+    )
+    if not ok:
+        raise InvalidState(
+            f"scale must be a power of two (1 when normalising); got {scale!r}"
+        )
+    return float(scale)

@@ -24,6 +24,7 @@ from skknn._archive import (  # noqa: F401  (re-exported: the documented names)
     subtree,
     write_archive,
 )
+from skknn.exceptions import ModelFileError
 
 # Estimator classes a file may name, by class name: filled by @register.
 _REGISTRY: dict[str, type] = {}
@@ -162,9 +163,14 @@ def save(est, path) -> None:
         done()
 
 
-def load(path, *, mmap: bool = False, backend: str | None = None):
+def load(path, *, mmap: bool = False, backend: str | None = None, storage_path=None):
     """Load an estimator saved with ``est.save(path)``, or reopen the memory of
     a ``storage_path`` folder.
+
+    A file is data, never a set of instructions: a ``storage_path`` recorded in
+    it (the folder its memory was kept in when it was saved) is not used. The
+    loaded memory lives in RAM unless ``storage_path`` is given here, and
+    nothing outside the folder you name is created, written or deleted.
 
     Parameters
     ----------
@@ -172,7 +178,7 @@ def load(path, *, mmap: bool = False, backend: str | None = None):
         A file written by ``save``, or a folder given as ``storage_path`` to a
         fitted ``KNNVoter``: its last committed memory is reopened (vectors
         memory-mapped, the index built afresh from them) inside the estimator
-        that was last fitted there.
+        that was last fitted there, which owns the folder from then on.
     mmap : bool, default=False
         Memory-map the file's embeddings (read-only, in place in the file)
         instead of reading them: a large memory loads in seconds and its pages
@@ -184,11 +190,22 @@ def load(path, *, mmap: bool = False, backend: str | None = None):
         from their files on the current Dask cluster, or splits a local memory
         into shards; ``"local"`` gathers a sharded memory's files into one
         memory in this process.
+    storage_path : str or path-like, default=None
+        Keep the loaded memory on disk in this folder (as the ``storage_path``
+        parameter of ``KNNVoter`` does), streamed from the file, never whole in
+        RAM. The folder must not hold a memory already: loading never replaces
+        or rolls back a folder's memory (open that with ``load(folder)``).
 
     Returns
     -------
     estimator : KNNVoter, JointKNNClassifier or MemoryPruner
         Fitted, on its saved device if present here, else the CPU.
+
+    Raises
+    ------
+    skknn.ModelFileError
+        The file or folder is damaged, crafted or not skknn's: the error names
+        the path and the part at fault.
 
     Examples
     --------
@@ -200,32 +217,66 @@ def load(path, *, mmap: bool = False, backend: str | None = None):
     >>> skknn.load(path).predict([[0.1, 0.9]])
     array([0])
     """
-    if Path(path).is_dir():
+    if os.path.isdir(path):
         from skknn._storage_folder import open_folder
 
+        if storage_path is not None or mmap or backend not in (None, "local"):
+            raise ValueError(
+                f"{os.fspath(path)!r} is a storage folder: it reopens in place; "
+                "storage_path, mmap and backend apply to model files."
+            )
         return open_folder(path)
     from skknn._sharded import LOADING
 
     if backend not in (None, "local", "dask"):
         raise ValueError(f"backend must be None, 'local' or 'dask'; got {backend!r}.")
+    root = None if storage_path is None else _fresh_storage_root(storage_path)
+    if root is not None and mmap:
+        raise ValueError("mmap=True maps the file itself; it takes no storage_path.")
     meta, arrays = read_archive(path, mmap=mmap)
     name = meta.get("class")
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"{str(path)!r} holds an unknown class {name!r}.")
+        raise ModelFileError(path, "skknn.json: class", f"unknown class {name!r}")
     token = LOADING.set(
-        {"folder": Path(path).resolve().parent, "backend": backend, "mmap": mmap}
+        {
+            "folder": Path(path).resolve().parent,
+            "backend": backend,
+            "mmap": mmap,
+            "storage_path": None if root is None else os.fspath(storage_path),
+        }
     )
     try:
         est = _REGISTRY[name](**params_from_json(meta["params"]))
         est.__skknn_load__(meta["state"], arrays, meta["version"])
     except _DAMAGE as exc:
-        # Every field is checked as it is read; whatever is wrong, one message.
-        raise ValueError(
-            f"{str(path)!r} is not a valid skknn model file: {exc}"
+        # Every field is checked as it is read; whatever is wrong, one error.
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(
+            path, "skknn.json: state", f"not a valid skknn model file: {exc}"
         ) from exc
     finally:
         LOADING.reset(token)
     return est
+
+
+def _fresh_storage_root(storage_path) -> Path:
+    """The folder ``load(..., storage_path=)`` may put a memory in: one that
+    holds no memory yet (a file never replaces a folder's memory)."""
+    from skknn._storage_folder import MEMORY_NAME, POINTER, resolve_root
+
+    root = resolve_root(storage_path)
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise NotADirectoryError(f"storage_path {str(root)!r} is not a folder.")
+    if os.path.isdir(root):
+        held = [e for e in os.listdir(root) if e == POINTER or MEMORY_NAME.match(e)]
+        if held:
+            raise FileExistsError(
+                f"storage_path {str(root)!r} holds a memory already; loading a "
+                "file never replaces or rolls back a folder's memory. Reopen "
+                "that memory with skknn.load(folder), or name an empty folder."
+            )
+    return root
 
 
 # What a damaged or hand-edited file can raise while its state is rebuilt.

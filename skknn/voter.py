@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skknn import _voting
+from skknn import _storage_folder, _voting
 from skknn._device import (
     device_after_unpickling,
     resolve_device,
@@ -21,7 +22,7 @@ from skknn._hierarchy import stack_levels
 from skknn._metric import METRICS
 from skknn._neighbors import Neighbors
 from skknn._preprocessing import PREPROCESSING
-from skknn._store import VectorStore
+from skknn._store import VectorStore, query_blocks
 from skknn._store_checks import STORAGE_DTYPES
 from skknn._validation import (
     check_float,
@@ -335,14 +336,19 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 "through fit. "
                 "Call fit to rebuild the memory, or set them back."
             )
-        if (
-            not self.memory_.auto
-            and dict(self.index_params or {}) != self.memory_.index_params
-        ):
+        if not self.memory_.auto and not self._index_params_agree():
             raise ValueError(
                 "KNNVoter.index_params was changed without set_params; call "
                 "set_params(index_params=...) so the index takes the new knobs."
             )
+
+    def _index_params_agree(self) -> bool:
+        """Whether ``index_params`` are the memory's. Compared under the
+        memory's read lock, which :meth:`set_params` holds for writing while it
+        changes both: a prediction running beside a ``set_params`` or a
+        ``tune_index`` sees both old or both new, never one of each."""
+        with self.memory_.reading():
+            return dict(self.index_params or {}) == self.memory_.index_params
 
     def set_params(self, **params):
         """Set parameters; on a fitted voter, ``index_params`` (search knobs such
@@ -358,14 +364,14 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         self : KNNVoter
             The estimator.
         """
-        old = self.index_params
+        if "index_params" not in params or "memory_" not in self.__dict__:
+            return super().set_params(**params)
+        new = params.pop("index_params")
         super().set_params(**params)
-        if "index_params" in params and "memory_" in self.__dict__:
-            try:
-                self.memory_.set_index_params(dict(self.index_params or {}))
-            except ValueError:
-                self.index_params = old  # refused: the index kept its knobs
-                raise
+        with self.memory_._editing():  # see _index_params_agree
+            # The memory first: when it refuses the knobs, neither changes.
+            self.memory_.set_index_params(dict(new or {}))
+            super().set_params(index_params=new)
         return self
 
     # -- fitting --------------------------------------------------------------
@@ -491,6 +497,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         self._check_memory_params()
         if not first_call:
             self._check_memory_unchanged()
+            self._check_storage_owner()
         # validate_data sets n_features_in_ on a first call: undo it if the call
         # fails later (bad ids, labels), so a failed fit changes nothing.
         with restore_attributes_on_error(self, ("n_features_in_", "feature_names_in_")):
@@ -523,7 +530,9 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             device=device,
             index_params=self.index_params,
             storage_dtype=self.storage_dtype,
-            storage_path=self.storage_path,
+            storage_path=None
+            if self.storage_path is None
+            else _storage_folder.resolve_root(self.storage_path),
         )
 
     def _publish_storage(self, old=None) -> None:
@@ -533,16 +542,35 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             if old is not None and old.storage_folder is not None:
                 old.destroy()
             return
-        from skknn import _storage_folder
-
-        _storage_folder.publish(self)
+        # The folder resolved at fit: a later os.chdir does not move it.
+        folder = self.memory_.storage_folder
+        root = folder.parent
+        _storage_folder.publish(self, root)
+        self._guard_storage(root, folder.name)
         if old is not None and old.storage_folder is not None:
             old.destroy()
-        _storage_folder.purge(self.storage_path, keep=self.memory_.storage_folder)
+        _storage_folder.purge(root, keep=folder)
+
+    def _check_storage_owner(self) -> None:
+        """Before an edit writes anything: does the folder still open to this
+        memory? (The memory checks again at its commit.)"""
+        guard = getattr(self.memory_, "commit_guard", None)
+        if guard is not None:
+            guard()
+
+    def _guard_storage(self, root, name: str) -> None:
+        """Refuse this memory's edits once the folder opens to another's."""
+        self.memory_.commit_guard = functools.partial(
+            _storage_folder.check_owner, root, name
+        )
 
     # -- editing --------------------------------------------------------------
     def unlearn(self, sample_ids, retrain_index: bool = True):
         """Delete samples from the memory: they vote and appear nowhere again.
+
+        Every sample may go: the memory is then empty (``classes_`` stay) and
+        prediction raises a ValueError saying so until :meth:`partial_fit` adds
+        samples.
 
         Parameters
         ----------
@@ -555,7 +583,14 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             present would still carry a trace of them. The result equals a fresh
             :meth:`fit` on what remains with the same ids. False keeps the trained
             parts and only removes the codes (faster on large memories). Exact
-            engines and HNSW have nothing to retrain.
+            engines have nothing to retrain. An HNSW graph cannot drop nodes:
+            with False its removed nodes are marked dead and every search skips
+            them (asking for more candidates, so the ``k`` found are the nearest
+            remaining), and their vectors' bytes leave the index at the next
+            compaction (a rebuild on the remaining samples), which unlearn runs
+            before returning when ``retrain_index=True``, and which also runs
+            once over 20% of the graph is dead. A saved memory never holds
+            them: its file gets no index, which loading rebuilds.
 
         Returns
         -------
@@ -563,6 +598,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             The estimator, without the removed samples.
         """
         check_is_fitted(self)
+        self._check_storage_owner()
         self.memory_.remove(np.asarray(sample_ids), retrain_index=bool(retrain_index))
         return self
 
@@ -709,9 +745,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             Columns follow :attr:`classes_`; for multi-output labels one array
             per level.
         """
-        self._check_vote_params()
-        X = self._queries_for_reranker(X)
-        return _proba(self.vote(self.neighbors(X), X))
+        return self._answer_blocks(X, _proba)
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels, ties broken by the nearest tied neighbour.
@@ -726,9 +760,31 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         y : ndarray of shape (n_queries,) or (n_queries, n_levels)
             Predicted labels; one column per level for multi-output labels.
         """
+        return self._answer_blocks(X, _prediction)
+
+    def _answer_blocks(self, X, answer):
+        """``answer(vote)`` of every query, searched and voted ``batch_size``
+        queries at a time into one output.
+
+        Only one block's neighbour record and vote are alive at once: held for
+        every query they cost ~50 bytes per query-neighbour pair, 500 MB for
+        200k queries at k = 50, where the output is the only thing that must
+        grow with the queries. One state of the memory answers every block.
+        """
         self._check_vote_params()
-        X = self._queries_for_reranker(X)
-        return _prediction(self.vote(self.neighbors(X), X))
+        check_is_fitted(self)
+        check_int(self, "n_neighbors", self.n_neighbors, low=1)
+        check_int(self, "batch_size", self.batch_size, low=1)
+        self._check_memory_unchanged()
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        store, size, out = self.memory_, self.batch_size, None
+        with store.reading():
+            for s in query_blocks(X.shape[0], size, self.verbose, "predict"):
+                block = X[s : s + size]
+                nb = store.search(block, self.n_neighbors, batch_size=size)
+                out = _write_rows(out, answer(self.vote(nb, block)), s, X.shape[0])
+                del nb  # before the next block's search
+        return out  # validate_data refuses zero queries: out is set
 
     def score(self, X, y, sample_weight=None) -> float:
         """Mean accuracy; for multi-output labels the subset accuracy (a query
@@ -1008,6 +1064,12 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         return meta, arrays
 
     def __skknn_load__(self, meta: dict, arrays: dict, version: int) -> None:
+        from skknn._sharded import LOADING
+
+        loading = LOADING.get() or {}
+        # A file's recorded storage_path is data, never a place to write: the
+        # memory goes to RAM, or to the folder the caller of load() named.
+        self.storage_path = loading.get("storage_path")
         if isinstance(arrays.get("memory/embeddings"), np.memmap):
             # skknn.load(mmap=True): the memory is the file's, mapped read-only
             # (edits copy it into RAM), not a storage folder's.
@@ -1015,9 +1077,6 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         device = device_after_unpickling(meta["device"], owner=type(self).__name__)
         mem_arrays = subtree(arrays, "memory/")
         sharded = bool(meta["memory"].get("sharded"))
-        from skknn._sharded import LOADING
-
-        loading = LOADING.get() or {}
         backend = loading.get("backend") or self.backend
         if sharded or backend == "dask":
             self.memory_ = self._load_memory_across(
@@ -1037,7 +1096,12 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             )
         else:
             self.memory_ = VectorStore.from_state(
-                meta["memory"], mem_arrays, device, storage_path=self.storage_path
+                meta["memory"],
+                mem_arrays,
+                device,
+                storage_path=None
+                if self.storage_path is None
+                else _storage_folder.resolve_root(self.storage_path),
             )
         if meta["n_features_in"] != self.memory_.n_features:
             raise ValueError(
@@ -1134,10 +1198,14 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             state["device"] if device is None else device, owner=type(self).__name__
         )
         self.memory_ = VectorStore.open(folder, device)
+        self._guard_storage(self.memory_.storage_folder.parent, folder.name)
         self.n_features_in_ = int(state["n_features_in"])
         if "feature_names_in" in state:
             self.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
         self._fitted_config_ = dict(state["fitted_config"])
+        # The folder is where the caller opened it, whatever path the record
+        # was written under.
+        self._fitted_config_["storage_path"] = self._memory_config()["storage_path"]
         self._check_memory_unchanged()
 
     def __sklearn_tags__(self):
@@ -1150,6 +1218,19 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
 def _proba(vote):
     return [v.proba for v in vote] if isinstance(vote, list) else vote.proba
+
+
+def _write_rows(out, rows, start: int, n: int):
+    """Write one block's answer (an array, or one per level) at ``start`` of
+    the output for ``n`` queries, allocated from the first block."""
+    if isinstance(rows, list):
+        if out is None:
+            out = [None] * len(rows)
+        return [_write_rows(o, r, start, n) for o, r in zip(out, rows)]
+    if out is None:
+        out = np.empty((n, *rows.shape[1:]), dtype=rows.dtype)
+    out[start : start + rows.shape[0]] = rows
+    return out
 
 
 def _prediction(vote):

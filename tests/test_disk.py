@@ -122,9 +122,12 @@ def test_save_streams_and_mmap_load(digits, tmp_path):
     np.testing.assert_allclose(
         skknn.load(tmp_path / "m.skknn").predict_proba(Q), expected
     )
-    # loading with the estimator's storage_path streams the vectors into a folder
-    on_disk = skknn.load(tmp_path / "m.skknn")
-    assert on_disk.memory_.storage_folder.parent == tmp_path / "a"
+    # the recorded storage_path is not used: the memory loads into RAM ...
+    in_ram = skknn.load(tmp_path / "m.skknn")
+    assert in_ram.storage_path is None and in_ram.memory_.storage_folder is None
+    # ... or streams into the folder the caller names
+    on_disk = skknn.load(tmp_path / "m.skknn", storage_path=tmp_path / "b")
+    assert on_disk.memory_.storage_folder.parent == tmp_path / "b"
     np.testing.assert_allclose(on_disk.predict_proba(Q), expected)
 
 
