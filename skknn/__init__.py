@@ -11,12 +11,14 @@ from skknn.finetune import FineTunedJointClassifier
 from skknn.io import load
 from skknn.joint import JointKNNClassifier
 from skknn.pruning import MemoryPruner
+from skknn.transformer import KNNTransformer
 from skknn.voter import KNNVoter
 
 __all__ = [
     "DeviceWarning",
     "FineTunedJointClassifier",
     "JointKNNClassifier",
+    "KNNTransformer",
     "KNNVoter",
     "MemoryPruner",
     "ModelFileError",

@@ -111,20 +111,29 @@ def make_default_explicit(est, name: str, params: dict, default) -> None:
         setattr(est, name, default())
 
 
-def validate_xy(est, X, y, *, reset: bool, levels: bool = False):
+def validate_xy(est, X, y, *, reset: bool, levels: bool = False, accept_sparse=False):
     """``(X, y)`` validated as scikit-learn does, embeddings as float32.
 
     ``y`` is one label column or, where ``levels`` (KNNVoter), one column per
     level of hierarchical labels. A column vector counts as one column, with
     scikit-learn's DataConversionWarning; an estimator without levels refuses
-    several columns with a message that names the way out.
+    several columns with a message that names the way out. ``accept_sparse``
+    as for ``validate_data`` (a sparse ``X`` is then returned sparse).
     """
     _refuse_ragged(y)
     shape = getattr(y, "shape", None)  # array-likes only: np.ndim would convert
     if shape is not None and len(shape) == 2 and shape[1] == 0:
         raise ValueError("y has no columns; give one label column per level.")
     _refuse_mixed_labels(est, y)
-    X, y = validate_data(est, X, y, reset=reset, dtype=np.float32, multi_output=True)
+    X, y = validate_data(
+        est,
+        X,
+        y,
+        reset=reset,
+        dtype=np.float32,
+        multi_output=True,
+        accept_sparse=accept_sparse,
+    )
     if y.dtype == object:
         missing = np.array([v is None for v in y.ravel().tolist()]).reshape(y.shape)
         if missing.any():
@@ -211,3 +220,107 @@ def _refuse_ragged(y) -> None:
             f"The rows of y have different lengths ({sorted(lengths)[:5]} labels); "
             "every sample needs a label at every level (one column per level)."
         )
+
+
+# -- sklearn's input conventions ---------------------------------------------------
+# Engines that search every stored row exactly: a sparse X is densified for them,
+# a block of rows at a time. "auto" is flat FAISS below a million samples and
+# takes densified rows from then on too.
+SPARSE_INDEXES = ("auto", "exact", "flat")
+
+
+def refuse_fitted_neighbors(est, X) -> None:
+    """sklearn's neighbours estimators take a fitted ``NearestNeighbors``,
+    ``BallTree`` or ``KDTree`` as ``X`` and reuse its private data
+    (``_fit_X``); a memory is built from embeddings, so say which to pass
+    rather than let numpy fail on ``float(NearestNeighbors())``."""
+    from sklearn.neighbors import BallTree, KDTree
+
+    tree = isinstance(X, (BallTree, KDTree))
+    if tree or (hasattr(X, "kneighbors") and hasattr(X, "get_params")):
+        raise TypeError(
+            f"{_owner(est)}.fit takes the embeddings themselves, not a fitted "
+            f"{type(X).__name__}: pass the array it was fitted on (X of its fit). "
+            "Its private copy (_fit_X) is not read: the memory keeps its own "
+            "pre-processed rows, ids and labels."
+        )
+
+
+def check_sparse_engine(est, X, index) -> None:
+    """A sparse ``X`` only where the search engine is exact (see
+    :data:`SPARSE_INDEXES`); approximate FAISS indexes are trained on and
+    search dense float32 vectors, so the caller decides how to make them."""
+    if sp.issparse(X) and index not in SPARSE_INDEXES:
+        raise TypeError(
+            f"{_owner(est)}(index={index!r}) searches an approximate FAISS index "
+            "of dense float32 vectors, and a sparse X would be densified whole "
+            "to train and fill it. Pass dense rows (X.toarray()), reduce the "
+            "sparse features first (e.g. sklearn.decomposition.TruncatedSVD), "
+            "or use index='exact' or 'flat', which take sparse X and densify "
+            "it a block of rows at a time."
+        )
+
+
+def validate_rows(est, X, *, densify: bool = True):
+    """Queries validated as float32 against the fitted width: dense, or CSR
+    (left sparse unless ``densify``) after :func:`check_sparse_engine`."""
+    X = validate_data(est, X, reset=False, dtype=np.float32, accept_sparse="csr")
+    return dense(X) if densify else X
+
+
+def dense(X) -> np.ndarray:
+    """``X`` as a dense C-contiguous float32 array (a no-op on dense input)."""
+    if sp.issparse(X):
+        return np.ascontiguousarray(X.toarray(), dtype=np.float32)
+    return X
+
+
+def drop_absent_samples(est, X, y, sample_ids, sample_weight, classes, first_call):
+    """sklearn's convention: a zero ``sample_weight`` means the sample is absent.
+
+    ``BaggingClassifier`` passes bootstrap counts as weights, 0 for the rows it
+    left out; those rows must be nobody's neighbour (a zero-weight neighbour
+    would still take a place among the k), so they are dropped before anything
+    is stored. Their labels join ``classes`` (sklearn estimators take
+    ``classes_`` from the whole ``y``). Returns ``(X, y, sample_ids,
+    sample_weight, classes)`` without them; negative or non-finite weights are
+    refused.
+    """
+    if sample_weight is None:
+        return X, y, sample_ids, None, classes
+    weights = np.asarray(sample_weight, dtype=np.float64)
+    if weights.shape != (y.shape[0],):
+        raise ValueError(
+            f"sample_weight must have shape ({y.shape[0]},), one per sample; got "
+            f"{weights.shape}."
+        )
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError(
+            "sample_weight must be finite and >= 0 (0 leaves a sample out)."
+        )
+    keep = weights > 0
+    if keep.all():
+        return X, y, sample_ids, weights, classes
+    if first_call and not keep.any():
+        raise ValueError(
+            f"sample_weight is zero for all {y.shape[0]} samples: {_owner(est)} "
+            "would have an empty memory. Give some sample a positive weight."
+        )
+    if sample_ids is not None and np.shape(sample_ids) == keep.shape:
+        sample_ids = np.asarray(sample_ids)[keep]
+    return X[keep], y[keep], sample_ids, weights[keep], _with_absent(classes, y[~keep])
+
+
+def _with_absent(classes, absent: np.ndarray):
+    """``classes`` (None, or one array-like per level for 2-D labels) grown by
+    the labels of absent samples."""
+    if absent.ndim == 1:
+        return _union(classes, absent)
+    levels = [None] * absent.shape[1] if classes is None else list(classes)
+    return [_union(c, absent[:, level]) for level, c in enumerate(levels)]
+
+
+def _union(known, labels: np.ndarray) -> np.ndarray:
+    if known is None:
+        return np.unique(labels)
+    return np.unique(np.concatenate([np.asarray(known).ravel(), labels]))

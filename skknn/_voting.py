@@ -17,6 +17,11 @@ from skknn._neighbors import Neighbors
 
 VOTING_RULES = ("plurality", "distance", "softmax", "rank")
 
+# How predict breaks exact ties between classes: "nearest" is FORMULAS.md 3's
+# rule; "lowest" is scikit-learn's (argmax: the lowest class index), for users
+# who need KNeighborsClassifier's predictions exactly.
+TIE_RULES = ("nearest", "lowest")
+
 # Scores within this relative distance of the top score count as tied. Scores are
 # float64 sums of float32 weights, so mathematically equal sums can differ in the
 # last bits depending on summation order; 1e-9 is far above that noise and far
@@ -142,14 +147,21 @@ def scores_to_proba(scores: np.ndarray) -> np.ndarray:
 
 
 def predict_with_ties(
-    scores: np.ndarray, labels: np.ndarray, mask: np.ndarray
+    scores: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    tie_break: str = "nearest",
 ) -> np.ndarray:
     """Class index per query; ties go to the class of the nearest tied neighbour.
 
     Among classes whose score equals the top score (within :data:`TIE_RTOL`), the
     winner is the class of the nearest-ranked voting neighbour that belongs to one
-    of them (FORMULAS.md 3). sklearn instead takes the lowest class index.
+    of them (FORMULAS.md 3). ``tie_break="lowest"`` is sklearn's rule instead: a
+    plain argmax, the lowest class index among exactly equal scores.
     """
+    if tie_break == "lowest":
+        # No tolerance: sklearn compares its float64 scores exactly.
+        return np.argmax(scores, axis=1)
     top = scores.max(axis=1, keepdims=True)
     tied = scores >= top * (1.0 - TIE_RTOL)
     rows = np.arange(scores.shape[0])[:, None]
@@ -238,13 +250,15 @@ def vote(
     temperature: float = 0.07,
     rank_offset: float = 2.0,
     distance_power: float = 1.0,
+    tie_break: str = "nearest",
 ) -> Vote:
     """Vote over retrieved neighbours (FORMULAS.md 3 and 5).
 
     Weights by ``voting``, times reliabilities; hard-pruned neighbours do not
     vote and ranks close up over them; probabilities are normalised scores and
-    ``argmax(proba)`` agrees with the tie rule. A directionless query (a zero
-    vector under normalisation) gets uniform probabilities and the first class.
+    ``argmax(proba)`` agrees with the tie rule (``tie_break``, see
+    :func:`predict_with_ties`). A directionless query (a zero vector under
+    normalisation) gets uniform probabilities and the first class.
     """
     weights, mask = weigh(
         neighbors,
@@ -253,10 +267,18 @@ def vote(
         rank_offset=rank_offset,
         distance_power=distance_power,
     )
-    return decide(weights, mask, neighbors.labels, neighbors.classes, neighbors)
+    return decide(
+        weights, mask, neighbors.labels, neighbors.classes, neighbors, tie_break
+    )
 
 
-def vote_levels(neighbors: Neighbors, voting: str | Callable, **params) -> list[Vote]:
+def vote_levels(
+    neighbors: Neighbors,
+    voting: str | Callable,
+    *,
+    tie_break: str = "nearest",
+    **params,
+) -> list[Vote]:
     """One vote per level of multi-output labels, from one set of weights.
 
     Each level replaces the neighbours' label paths by their labels at that
@@ -267,7 +289,7 @@ def vote_levels(neighbors: Neighbors, voting: str | Callable, **params) -> list[
     votes = []
     for level in range(neighbors.taxonomy.n_levels):
         at = neighbors.level(level)
-        votes.append(decide(weights, mask, at.labels, at.classes, neighbors))
+        votes.append(decide(weights, mask, at.labels, at.classes, neighbors, tie_break))
     return votes
 
 
@@ -288,6 +310,7 @@ def decide(
     labels: np.ndarray,
     classes: np.ndarray,
     neighbors: Neighbors,
+    tie_break: str = "nearest",
 ) -> Vote:
     """Scores, probabilities and winners of weighted neighbours whose class codes
     (into ``classes``) are ``labels``; a directionless query of ``neighbors``
@@ -297,14 +320,16 @@ def decide(
     if lost is not None and lost.any():
         scores[lost] = 1.0
     proba = scores_to_proba(scores)
-    winner = predict_with_ties(scores, labels, mask)
+    winner = predict_with_ties(scores, labels, mask, tie_break)
     if lost is not None and lost.any():
         winner[lost] = 0
     align_proba_with_ties(proba, winner)
     return Vote(weights, mask, scores, proba, winner, classes)
 
 
-def rerank(vote: Vote, neighbors: Neighbors, scores) -> Vote:
+def rerank(
+    vote: Vote, neighbors: Neighbors, scores, tie_break: str = "nearest"
+) -> Vote:
     """The vote with class scores from a reranker instead (FORMULAS.md 7)."""
     scores = np.asarray(scores, dtype=np.float64)
     shape = (neighbors.n_queries, len(neighbors.classes))
@@ -315,6 +340,6 @@ def rerank(vote: Vote, neighbors: Neighbors, scores) -> Vote:
     if not np.all(np.isfinite(scores)) or np.any(scores < 0):
         raise ValueError("The reranker returned negative, NaN or infinite scores.")
     proba = scores_to_proba(scores)
-    winner = predict_with_ties(scores, neighbors.labels, vote.mask)
+    winner = predict_with_ties(scores, neighbors.labels, vote.mask, tie_break)
     align_proba_with_ties(proba, winner)
     return Vote(vote.weights, vote.mask, scores, proba, winner, vote.classes)

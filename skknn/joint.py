@@ -23,6 +23,7 @@ from skknn._validation import (
     check_float,
     check_int,
     check_option,
+    drop_absent_samples,
     make_default_explicit,
     restore_attributes_on_error,
     validate_xy,
@@ -324,8 +325,10 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         sample_ids : array-like of shape (n_samples,), default=None
             Stable ids for the memory (see :class:`KNNVoter`).
         sample_weight : array-like of shape (n_samples,), default=None
-            Per-sample weights (finite, > 0): of each sample's vote in the
-            memory and of its term in the head's loss.
+            Per-sample weights (finite, >= 0): of each sample's vote in the
+            memory and of its term in the head's loss. A zero weight leaves the
+            sample out, as if absent from ``X`` (sklearn's convention, on which
+            ``BaggingClassifier`` relies); its label still joins ``classes_``.
 
         Returns
         -------
@@ -352,6 +355,9 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
     ):
         self._check_params()
         X, y = validate_xy(self, X, y, reset=True)
+        X, y, sample_ids, sample_weight, classes = drop_absent_samples(
+            self, X, y, sample_ids, sample_weight, classes, first_call=True
+        )
         check_first_classes(self, classes, y)
         known = np.unique(y if classes is None else np.r_[np.unique(y), classes])
         if known.shape[0] < 2:
@@ -494,7 +500,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             Unique ids not yet used; default: fresh ids after the largest ever
             issued.
         sample_weight : array-like of shape (n_samples,), default=None
-            See :meth:`fit`.
+            See :meth:`fit`; a call whose weights are all zero changes nothing.
 
         Returns
         -------
@@ -516,6 +522,11 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
     def _partial_fit(self, X, y, classes, sample_ids, sample_weight):
         self._check_params()
         X, y = validate_xy(self, X, y, reset=False)
+        X, y, sample_ids, sample_weight, classes = drop_absent_samples(
+            self, X, y, sample_ids, sample_weight, classes, first_call=False
+        )
+        if y.shape[0] == 0:  # every weight zero: no sample to learn from
+            return self
         store = self.knn_.memory_
         ids = store.next_ids(len(y)) if sample_ids is None else sample_ids
         saved = (
@@ -793,6 +804,25 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         X = validate_data(self, X, reset=False, dtype=np.float32)
         with self._reading():  # the classes of the same state as the proba
             return self.classes_[np.argmax(self._proba(X), axis=1)]
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Logarithm of :meth:`predict_proba` (``-inf`` where it is 0), as
+        ``LogisticRegression`` offers it (``cross_val_predict(...,
+        method="predict_log_proba")``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_queries, n_classes)
+            Columns follow :attr:`classes_`.
+        """
+        proba = self.predict_proba(X)
+        with np.errstate(divide="ignore"):  # log(0) = -inf is the answer
+            return np.log(proba)
 
     def decision_function(self, X) -> np.ndarray:
         """Log of the interpolated probabilities (log-odds of the second class

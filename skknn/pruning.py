@@ -265,7 +265,8 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
             Unique int ids of the memory samples; default ``0 .. n_samples - 1``.
         sample_weight : array-like of shape (n_samples,), default=None
             Passed to the estimator: each sample's vote weight, multiplied by
-            the reliability pruning gives it.
+            the reliability pruning gives it; zero leaves the sample out (it is
+            neither stored nor counted).
 
         Returns
         -------
@@ -534,6 +535,24 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         """
         X = self._checked(X)
         return self.estimator_.predict_proba(X)
+
+    @available_if(lambda self: _estimator_has(self, "predict_log_proba"))
+    @reads
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Log class probabilities of the pruned estimator.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings, as given to :meth:`fit`).
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_queries, n_classes)
+            Columns follow :attr:`classes_`; ``-inf`` where a probability is 0.
+        """
+        X = self._checked(X)
+        return self.estimator_.predict_log_proba(X)
 
     @available_if(lambda self: _estimator_has(self, "decision_function"))
     @reads

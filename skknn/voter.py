@@ -8,9 +8,10 @@ import os
 from collections.abc import Callable
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Bunch
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from skknn import _storage_folder, _voting
 from skknn._device import (
@@ -25,10 +26,16 @@ from skknn._preprocessing import PREPROCESSING
 from skknn._store import VectorStore, query_blocks
 from skknn._store_checks import STORAGE_DTYPES
 from skknn._validation import (
+    SPARSE_INDEXES,
     check_float,
     check_int,
     check_option,
+    check_sparse_engine,
+    dense,
+    drop_absent_samples,
+    refuse_fitted_neighbors,
     restore_attributes_on_error,
+    validate_rows,
     validate_xy,
 )
 from skknn.io import Persistable, labels_from_json, register, subtree
@@ -65,6 +72,15 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         RankVoting offset (> 0): weights 1/2, 1/3, 1/4, ... by default.
     distance_power : float, default=1.0
         Exponent ``p`` of the "distance" rule (>= 0).
+    tie_break : {"nearest", "lowest"}, default="nearest"
+        Which class :meth:`predict` gives when classes tie for the top score.
+        ``"nearest"``: the class of the nearest neighbour among the tied
+        classes (FORMULAS.md 3). ``"lowest"``: the lowest class index, as
+        scikit-learn's ``KNeighborsClassifier`` does; with ``voting="plurality"``
+        (its ``weights="uniform"``), ``metric="euclidean"``,
+        ``preprocessing=None`` and an exact index, predictions then equal its
+        predictions (see "Differences from KNeighborsClassifier" in the user
+        guide).
     metric : {"cosine", "sqeuclidean", "euclidean"}, default="cosine"
         Distance between pre-processed embeddings. Cosine compares directions:
         vectors are L2-normalised for it whatever ``preprocessing`` says.
@@ -110,14 +126,16 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         leave-one-out and retraining after :meth:`unlearn`). ``"float16"``
         halves their RAM; distances are still computed in float32.
     storage_path : str or path-like, default=None
-        None keeps the vectors in RAM. A folder keeps them in a memory-mapped
-        file there (in a sub-folder per memory); the RAM holds the index, ids,
-        labels and reliabilities. Every edit is committed to the folder
-        crash-safely: a process killed mid-edit leaves the last committed
-        memory, which ``skknn.load(storage_path)`` reopens. ``unlearn`` writes
-        the kept vectors to a new file and zeroes the removed ones in the old
-        file before deleting it, so their bytes leave the folder. A refit
-        replaces the folder's memory (the old files are zeroed and deleted).
+        None keeps the memory in RAM. A folder keeps the vectors and per-row
+        arrays in memory-mapped files there (in a sub-folder per memory); the
+        RAM holds the index. Every edit is committed to the folder
+        crash-safely, writing only what changed: a process killed mid-edit
+        leaves the last committed memory, which ``skknn.load(storage_path)``
+        reopens. The removed rows' bytes leave every file before ``unlearn``
+        returns. A refit replaces the folder's memory (the old files are zeroed
+        and deleted). Several estimators may fit into one folder; it opens to
+        the last one fitted, and the others' edits then raise
+        :class:`~skknn.StorageInUse`. A relative path is resolved at ``fit``.
         Such a memory is not pickled: :meth:`save` streams it to a file.
     backend : {"local", "dask"}, default="local"
         Where the memory lives. ``"dask"`` splits it into ``n_shards`` shards,
@@ -143,6 +161,15 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         Embedding width.
     sample_ids_ : ndarray of shape (n_samples,)
         Stable int64 ids of the memory's samples, in memory order.
+    n_samples_fit_ : int
+        Samples in the memory now (sklearn's name; it follows
+        :meth:`partial_fit` and :meth:`unlearn`).
+    effective_metric_ : str
+        The distance :meth:`kneighbors` returns (``metric``), as sklearn names it.
+    effective_metric_params_ : dict
+        Always empty: the metrics take no parameters.
+    outputs_2d_ : bool
+        Whether ``y`` had several label columns (hierarchical labels).
     memory_ : VectorStore
         The memory: pre-processed embeddings, labels, ids, reliabilities; every
         search of it returns a :class:`~skknn.Neighbors` record.
@@ -167,9 +194,17 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     -----
     Ties between classes with equal top score go to the class of the nearest
     neighbour among the tied classes (FORMULAS.md 3); sklearn takes the lowest
-    class index instead. With ``preprocessing=None, metric="euclidean",
-    voting="plurality"``, :meth:`predict_proba` equals sklearn's
-    ``KNeighborsClassifier(weights="uniform")``.
+    class index instead (``tie_break="lowest"``). With ``preprocessing=None,
+    metric="euclidean", voting="plurality"``, :meth:`predict_proba` equals
+    sklearn's ``KNeighborsClassifier(weights="uniform")``.
+
+    **sklearn's conventions.** A zero ``sample_weight`` means the sample is
+    absent: it is not stored and is nobody's neighbour (its label still counts
+    among ``classes_``), so ``BaggingClassifier`` can pass bootstrap counts.
+    ``X`` may be a scipy sparse matrix for ``index`` ``"exact"``, ``"flat"``
+    or ``"auto"``: the memory stores dense rows, and queries are densified
+    ``batch_size`` rows at a time. A fitted ``NearestNeighbors``, ``BallTree``
+    or ``KDTree`` as ``X`` is refused: pass the embeddings it was fitted on.
 
     **Hierarchical labels.** ``y`` of shape ``(n_samples, n_levels)`` gives each
     sample a label at every level of a taxonomy, one column per level (coarse to
@@ -218,6 +253,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         temperature: float = 0.07,
         rank_offset: float = 2.0,
         distance_power: float = 1.0,
+        tie_break: str = "nearest",
         metric: str = "cosine",
         preprocessing: str | None = "l2",
         index: str = "auto",
@@ -236,6 +272,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         self.temperature = temperature
         self.rank_offset = rank_offset
         self.distance_power = distance_power
+        self.tie_break = tie_break
         self.metric = metric
         self.preprocessing = preprocessing
         self.index = index
@@ -264,6 +301,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         check_float(self, "temperature", self.temperature, low=0, low_inclusive=False)
         check_float(self, "rank_offset", self.rank_offset, low=0, low_inclusive=False)
         check_float(self, "distance_power", self.distance_power, low=0)
+        check_option(self, "tie_break", self.tie_break, _voting.TIE_RULES)
         check_int(self, "batch_size", self.batch_size, low=1)
 
     def _check_memory_params(self) -> None:
@@ -387,8 +425,11 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         sample_ids : array-like of shape (n_samples,), default=None
             Unique int ids in ``[0, 2**63 - 1]``; default ``0 .. n_samples - 1``.
         sample_weight : array-like of shape (n_samples,), default=None
-            Each sample's weight in every vote it takes part in (finite, > 0),
-            multiplying its voting weight (and pruning's reliability).
+            Each sample's weight in every vote it takes part in (finite, >= 0),
+            multiplying its voting weight (and pruning's reliability). A zero
+            weight leaves the sample out, as if absent from ``X`` (sklearn's
+            convention, on which ``BaggingClassifier`` relies); its label
+            still joins ``classes_``.
 
         Returns
         -------
@@ -425,7 +466,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             Unique int ids in ``[0, 2**63 - 1]`` not yet used; default: fresh
             ids after the largest ever issued.
         sample_weight : array-like of shape (n_samples,), default=None
-            Vote weights of the new samples (see :meth:`fit`).
+            Vote weights of the new samples (see :meth:`fit`; zero leaves a
+            sample out).
 
         Returns
         -------
@@ -498,10 +540,20 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         if not first_call:
             self._check_memory_unchanged()
             self._check_storage_owner()
+        refuse_fitted_neighbors(self, X)
+        check_sparse_engine(self, X, self.index)
         # validate_data sets n_features_in_ on a first call: undo it if the call
         # fails later (bad ids, labels), so a failed fit changes nothing.
         with restore_attributes_on_error(self, ("n_features_in_", "feature_names_in_")):
-            X, y = validate_xy(self, X, y, reset=first_call, levels=True)
+            X, y = validate_xy(
+                self, X, y, reset=first_call, levels=True, accept_sparse="csr"
+            )
+            X, y, sample_ids, sample_weight, classes = drop_absent_samples(
+                self, X, y, sample_ids, sample_weight, classes, first_call
+            )
+            # The memory keeps dense rows anyway; the centre of "center_l2" is
+            # the mean of the whole first add, so it is not added in blocks.
+            X = dense(X)
             if first_call:
                 store = self._new_memory(X.shape[1])
             else:
@@ -638,6 +690,23 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     def sample_ids_(self) -> np.ndarray:
         return self.memory_.ids()
 
+    # sklearn's names, for code written against KNeighborsClassifier.
+    @property
+    def n_samples_fit_(self) -> int:
+        return int(self.memory_.n_samples)
+
+    @property
+    def effective_metric_(self) -> str:
+        return self._fitted_config_["metric"]
+
+    @property
+    def effective_metric_params_(self) -> dict:
+        return {}
+
+    @property
+    def outputs_2d_(self) -> bool:
+        return self.memory_.taxonomy is not None
+
     @property
     def mean_(self) -> np.ndarray | None:
         return self.memory_.mean
@@ -677,15 +746,30 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         options = {"batch_size": self.batch_size, "progress": self.verbose}
         if X is None:
             return self.memory_.search_self(None, k, **options)
-        X = validate_data(self, X, reset=False, dtype=np.float32)
-        return self.memory_.search(X, k, **options)
+        X = self._queries(X, densify=False)
+        if not sp.issparse(X):
+            return self.memory_.search(X, k, **options)
+        # Densified a block at a time: a wide sparse X may not fit in RAM dense.
+        size, store = self.batch_size, self.memory_
+        with store.reading():
+            parts = [
+                store.search(dense(X[s : s + size]), k, batch_size=size)
+                for s in range(0, X.shape[0], size)
+            ]
+        return Neighbors.concatenate(parts)
+
+    def _queries(self, X, densify: bool = True):
+        """Validated float32 queries: dense, or CSR (kept sparse unless
+        ``densify``) where the engine takes sparse input."""
+        check_sparse_engine(self, X, self._fitted_config_["index"])
+        return validate_rows(self, X, densify=densify)
 
     def _queries_for_reranker(self, X):
         """Validated queries when a reranker will see them (once, not twice)."""
         if self.reranker is None:
             return X
         check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=np.float32)
+        return self._queries(X)
 
     def vote(self, neighbors: Neighbors, X=None) -> _voting.Vote:
         """Vote over a neighbour record with this voter's rule (FORMULAS.md 3).
@@ -717,6 +801,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 temperature=self.temperature,
                 rank_offset=self.rank_offset,
                 distance_power=self.distance_power,
+                tie_break=self.tie_break,
             )
         vote = _voting.vote(
             neighbors,
@@ -724,12 +809,14 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             temperature=self.temperature,
             rank_offset=self.rank_offset,
             distance_power=self.distance_power,
+            tie_break=self.tie_break,
         )
         if self.reranker is None:
             return vote
         if X is None:
             raise ValueError("KNNVoter.vote needs the queries X to call its reranker.")
-        return _voting.rerank(vote, neighbors, self.reranker(neighbors, X))
+        scores = self.reranker(neighbors, X)
+        return _voting.rerank(vote, neighbors, scores, self.tie_break)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``p(c | x) = s_c / sum_c' s_c'`` (FORMULAS.md 3).
@@ -747,8 +834,29 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         """
         return self._answer_blocks(X, _proba)
 
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Logarithm of :meth:`predict_proba` (``-inf`` for a class no
+        neighbour voted for), as sklearn classifiers offer it.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Queries (raw embeddings; the memory pre-processes them).
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_queries, n_classes), or list of ndarray
+            Columns follow :attr:`classes_`; for multi-output labels one array
+            per level.
+        """
+        proba = self.predict_proba(X)
+        with np.errstate(divide="ignore"):  # log(0) = -inf is the answer
+            if isinstance(proba, list):
+                return [np.log(p) for p in proba]
+            return np.log(proba)
+
     def predict(self, X) -> np.ndarray:
-        """Predicted labels, ties broken by the nearest tied neighbour.
+        """Predicted labels, ties broken by ``tie_break``.
 
         Parameters
         ----------
@@ -776,11 +884,11 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         check_int(self, "n_neighbors", self.n_neighbors, low=1)
         check_int(self, "batch_size", self.batch_size, low=1)
         self._check_memory_unchanged()
-        X = validate_data(self, X, reset=False, dtype=np.float32)
+        X = self._queries(X, densify=False)
         store, size, out = self.memory_, self.batch_size, None
         with store.reading():
             for s in query_blocks(X.shape[0], size, self.verbose, "predict"):
-                block = X[s : s + size]
+                block = dense(X[s : s + size])
                 nb = store.search(block, self.n_neighbors, batch_size=size)
                 out = _write_rows(out, answer(self.vote(nb, block)), s, X.shape[0])
                 del nb  # before the next block's search
@@ -840,6 +948,52 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         """
         nb = self.neighbors(X, n_neighbors)
         return (nb.distances, nb.ids) if return_distance else nb.ids
+
+    def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
+        """The k-neighbours graph, as sklearn's ``kneighbors_graph``.
+
+        Unlike :meth:`kneighbors`, whose answers are sample ids, the graph's
+        columns are memory row positions (the order of :attr:`sample_ids_`), so
+        on the same data it equals sklearn's graph.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_queries, n_features), \
+                default=None
+            Queries. None queries the memory with its own samples, leaving each
+            one out (as :meth:`kneighbors`).
+        n_neighbors : int, default=None
+            Defaults to ``n_neighbors``; capped at the memory size (minus one
+            when leaving one out).
+        mode : {"connectivity", "distance"}, default="connectivity"
+            Entries of ones, or the distances under ``metric``.
+
+        Returns
+        -------
+        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit_)
+            Row ``i`` holds query ``i``'s neighbours, nearest first (fewer where
+            an approximate index found fewer).
+
+        Examples
+        --------
+        >>> from skknn import KNNVoter
+        >>> X = [[0.], [1.], [3.]]
+        >>> knn = KNNVoter(1, metric="euclidean", preprocessing=None,
+        ...                index="exact").fit(X, [0, 0, 1])
+        >>> knn.kneighbors_graph(mode="distance").toarray()
+        array([[0., 1., 0.],
+               [1., 0., 0.],
+               [0., 2., 0.]])
+        """
+        from skknn._graph import GRAPH_MODES, neighbors_graph
+
+        check_option(self, "mode", mode, GRAPH_MODES)
+        check_is_fitted(self)
+        # One state of the memory for the search and the ids that map it.
+        with self.memory_.reading():
+            nb = self.neighbors(X, n_neighbors)
+            ids = self.sample_ids_
+        return neighbors_graph(nb.distances, nb.ids, ids, mode)
 
     def loo_proba(self, sample_ids=None) -> np.ndarray:
         """Leave-one-out class probabilities of the memory's own samples.
@@ -947,7 +1101,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
     def _residual_neighbors(self, X, nb: Neighbors) -> dict:
         store = self.memory_
-        X = validate_data(self, X, reset=False, dtype=np.float32)
+        X = self._queries(X)
         Q = store.prepare(X) - store.get(nb.ids[:, 0], prepared=True).X
         if store.normalizes:
             norms = np.linalg.norm(Q, axis=1, keepdims=True)
@@ -1031,7 +1185,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             )
         k = self.n_neighbors if n_neighbors is None else n_neighbors
         check_int(self, "n_neighbors", k, low=1)
-        X = validate_data(self, X, reset=False, dtype=np.float32)
+        X = self._queries(X)
         tuning = tune(
             self,
             X,
@@ -1211,6 +1365,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
+        tags.input_tags.sparse = self.index in SPARSE_INDEXES
         # Approximate indexes may miss true neighbours, differently per build.
         tags.non_deterministic = self.index not in ("auto", "exact", "flat")
         return tags

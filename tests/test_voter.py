@@ -703,10 +703,13 @@ def test_sample_weight_multiplies_each_vote():
     np.testing.assert_allclose(est.predict_proba(Q), ref_p, rtol=1e-5)
     # partial_fit takes them too; bad weights are refused before any change.
     est.partial_fit(X[:2], y[:2], sample_weight=[2.0, 2.0])
-    for bad in ([0.0, 1.0], [-1.0, 1.0], [np.nan, 1.0], [1.0]):
+    for bad in ([-1.0, 1.0], [np.nan, 1.0], [1.0]):
         with pytest.raises(ValueError, match="sample_weight"):
             est.partial_fit(X[:2], y[:2], sample_weight=bad)
     assert est.memory_.n_samples == 62
+    # A zero weight means the sample is absent (sklearn's convention).
+    est.partial_fit(X[:2], y[:2], sample_weight=[0.0, 1.0])
+    assert est.memory_.n_samples == 63
 
 
 @needs_faiss
