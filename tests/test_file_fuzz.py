@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import io
 import json
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -27,22 +25,9 @@ from hypothesis import strategies as st
 import skknn
 from skknn import KNNVoter, ModelFileError
 
+from ._tree import tree
+
 TRIED = {"archives": 0, "archive_refused": 0, "folders": 0, "folder_refused": 0}
-
-
-def tree(root: Path) -> dict:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = ("link", os.readlink(p))
-            elif p.is_dir():
-                out[rel] = ("dir",)
-            else:
-                out[rel] = ("file", hashlib.sha256(p.read_bytes()).hexdigest())
-    return out
 
 
 @pytest.fixture(scope="module")

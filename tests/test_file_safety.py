@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import os
 import zipfile
@@ -26,21 +25,7 @@ from skknn import (
 )
 from skknn._archive import read_archive, write_archive
 
-
-def tree(root: Path) -> dict:
-    """Every entry under ``root`` (links not followed): kind and content hash."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = ("link", os.readlink(p))
-            elif p.is_dir():
-                out[rel] = ("dir",)
-            else:
-                out[rel] = ("file", hashlib.sha256(p.read_bytes()).hexdigest())
-    return out
+from ._tree import tree
 
 
 def victim_folder(root: Path) -> Path:
@@ -426,3 +411,44 @@ def test_a_folder_emptied_by_unlearn_reopens(data, tmp_path):
     assert back.memory_.n_samples == 0
     back.partial_fit(X[5:10], y[5:10])
     assert back.memory_.n_samples == 5
+
+
+def test_edit_cycles_keep_folder_rss_and_handles_flat(tmp_path):
+    """1,500 edit cycles (append one row, unlearn one id) on a disk memory: the
+    folder's size and files, the process's RSS, open files and mappings stay
+    flat after a warm-up."""
+    import psutil
+
+    gen = np.random.default_rng(0)
+    X = gen.normal(size=(2000, 8)).astype(np.float32)
+    y = gen.integers(0, 4, 2000)
+    root = tmp_path / "cycles"
+    knn = KNNVoter(3, index="flat", storage_path=root).fit(X[:400], y[:400])
+    proc = psutil.Process()
+
+    def footprint():
+        gc.collect()
+        files = [p for p in root.rglob("*") if p.is_file()]
+        return {
+            "bytes": sum(p.stat().st_size for p in files),
+            "files": len(files),
+            "rss": proc.memory_info().rss,
+            "fds": proc.num_fds(),
+            "maps": len(proc.memory_maps(grouped=False)),
+        }
+
+    def cycles(start, count):
+        for i in range(start, start + count):
+            knn.partial_fit(X[i % 2000 : i % 2000 + 1], y[i % 2000 : i % 2000 + 1])
+            knn.unlearn(knn.sample_ids_[:1], retrain_index=False)
+
+    cycles(0, 300)
+    warm = footprint()
+    cycles(300, 1200)
+    after = footprint()
+    assert knn.memory_.n_samples == 400
+    assert after["files"] == warm["files"], (warm, after)
+    assert after["bytes"] <= warm["bytes"] * 1.1 + 65536, (warm, after)
+    assert after["fds"] <= warm["fds"], (warm, after)
+    assert after["maps"] <= warm["maps"] + 2, (warm, after)
+    assert after["rss"] <= warm["rss"] + (16 << 20), (warm, after)
