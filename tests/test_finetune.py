@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 import skknn
 from skknn import KNNVoter, TorchFeatureExtractor
@@ -186,8 +187,113 @@ def test_bad_parameters_are_refused(digit_images):
         _model(trainable=["no_such_block"]).fit(X, y)
     with pytest.raises(ValueError, match="in RAM"):
         _model(knn=KNNVoter(backend="dask")).fit(X, y)
-    with pytest.raises(FloatingPointError, match="diverged"):
-        _model(backbone_lr=1e6, head_lr=1e6, max_epochs=3).fit(X, y)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        _model(early_stopping=True, validation_fraction=1.5).fit(X, y)
+    with pytest.raises(ValueError, match="n_iter_no_change"):
+        _model(early_stopping=True, n_iter_no_change=0).fit(X, y)
+
+
+def test_divergence_stops_restores_the_best_weights_and_warns(digit_images):
+    """An absurd learning rate used to raise (or, finite, to leave a head with
+    losses of 1e13): now training stops, the best weights come back, and a
+    ConvergenceWarning says so."""
+    X, y, Q, _yq = digit_images
+    probe = _model(trainable=[]).fit(X, y)  # the linear probe LP-FT starts from
+    with pytest.warns(ConvergenceWarning, match="diverged at epoch 1"):
+        clf = _model(backbone_lr=1e6, head_lr=1e6, max_epochs=5).fit(X, y)
+    assert clf.n_iter_ == 1
+    assert clf.best_epoch_ == 0
+    assert not clf.history_[-1]["loss"] < 10 * np.log(10)  # nan, inf or huge
+    pretrained = TorchFeatureExtractor("tiny-cnn").fit(X[:1]).model_.state_dict()
+    for key, value in _backbone_params(clf).items():
+        assert torch.equal(value, pretrained[key]), key  # the probe's backbone
+    for value in clf.head_.state_dict().values():
+        assert torch.isfinite(value).all()
+    np.testing.assert_allclose(clf.predict_proba(Q), probe.predict_proba(Q), atol=1e-6)
+
+
+def test_a_finite_blow_up_is_caught_too(digit_images, monkeypatch):
+    """A loss that stays finite but far above the first epoch's (the issue's
+    5e9 and 2e13) stops training at that epoch."""
+    from skknn import finetune
+
+    X, y, _, _ = digit_images
+    real = finetune.FineTunedJointClassifier._epoch
+    calls = []
+
+    def exploding(self, run, optimizer, peaks, epoch):
+        loss, accuracy = real(self, run, optimizer, peaks, epoch)
+        calls.append(epoch)
+        return (loss * 1e9 if epoch == 2 else loss), accuracy
+
+    monkeypatch.setattr(finetune.FineTunedJointClassifier, "_epoch", exploding)
+    with pytest.warns(ConvergenceWarning, match="diverged at epoch 3"):
+        clf = _model(max_epochs=6).fit(X, y)
+    assert calls == [0, 1, 2]
+    assert clf.n_iter_ == 3
+    losses = [h["loss"] for h in clf.history_]
+    assert clf.best_epoch_ == 1 + int(np.argmin(losses[:2]))
+
+
+def test_early_stopping_stops_when_validation_stalls(digit_images):
+    X, y, _, _ = digit_images
+    # Steps too small to change anything: the validation score stalls at once.
+    clf = _model(
+        early_stopping=True,
+        n_iter_no_change=2,
+        max_epochs=8,
+        backbone_lr=1e-12,
+        head_lr=1e-12,
+    ).fit(X, y)
+    assert clf.n_iter_ == 2 < 8
+    assert clf.best_epoch_ == 0  # the linear probe, measured before any epoch
+    assert len(clf.validation_scores_) == 3
+    assert all("validation_accuracy" in h for h in clf.history_)
+    # The held-out images train nothing but stay in the memory.
+    assert len(clf.knn_.sample_ids_) == len(y)
+    plain = _model(max_epochs=2).fit(X, y)
+    assert plain.n_iter_ == 2
+    assert plain.best_epoch_ == 2
+    assert plain.validation_scores_ == []
+
+
+def test_early_stopping_keeps_the_best_validated_epoch(digit_images):
+    X, y, _, _ = digit_images
+    clf = _model(early_stopping=True, n_iter_no_change=3, max_epochs=4).fit(X, y)
+    scores = clf.validation_scores_
+    assert 1 <= clf.n_iter_ <= 4
+    assert len(scores) == clf.n_iter_ + 1
+    assert scores[clf.best_epoch_] == max(scores)
+
+
+def test_frozen_head_matches_the_standardised_probe_on_dead_columns():
+    """EfficientNet-Lite0's default 1280-d embedding of 32 px digits has mostly
+    constant (dead) columns. The frozen head used to divide them by 1e-6 and
+    reached 0.46 against 0.66 for StandardScaler + LogisticRegression."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_digits(return_X_y=True)
+    images = np.kron(X.reshape(-1, 8, 8) / 16.0, np.ones((4, 4))).astype(np.float32)
+    rng = np.random.default_rng(0)
+    train = np.concatenate(
+        [rng.choice(np.flatnonzero(y == c), 15, replace=False) for c in range(10)]
+    )
+    test = rng.choice(np.setdiff1d(np.arange(len(y)), train), 300, replace=False)
+    extractor = TorchFeatureExtractor("efficientnet-lite0", image_size=32)
+    E = extractor.fit(images[:1]).transform(images[np.r_[train, test]])
+    assert (E[:150].std(axis=0) == 0).mean() > 0.5  # mostly dead columns
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    acc_probe = probe.fit(E[:150], y[train]).score(E[150:], y[test])
+    clf = FineTunedJointClassifier(
+        extractor, trainable=[], interpolation=0.0, random_state=0
+    ).fit(images[train], y[train])
+    for value in clf.head_.state_dict().values():
+        assert torch.isfinite(value).all()
+    acc_head = clf.score(images[test], y[test])
+    assert acc_head >= acc_probe - 0.04, (acc_head, acc_probe)
 
 
 @pytest.mark.slow
