@@ -5,8 +5,11 @@ every commit is.
 
 An append must cost about the same at any memory size: it writes the new row to
 each per-row file and a small manifest (``skknn/_disk.py``), where the first
-format rewrote every per-row array (``state.npz``) at each commit. An unlearn
-keeps the rows' order (as in RAM), so it still rewrites the vectors file.
+format rewrote every per-row array (``state.npz``) at each commit. So must an
+unlearn: it moves the last live row into the removed one in each per-row file
+and zeroes the tail, writing two small manifests (the patch, then its moves
+dropped); the rows' sequence numbers keep the memory order. Before, it
+rewrote every per-row file (O(n d) bytes).
 
     python benchmarks/bench_small_edits.py                 # the skknn importable
     python benchmarks/bench_small_edits.py --old /tmp/old  # and an older checkout
@@ -60,12 +63,13 @@ def measure(n: int, repeat: int) -> dict:
             appends.append(time.perf_counter() - t)
             append_kb.append((written() - w) / 1024)
             append_calls_kb.append((written("wchar") - c) / 1024)
-        unlearns, unlearn_kb = [], []
+        unlearns, unlearn_kb, unlearn_calls_kb = [], [], []
         for i in range(repeat):
-            t, w = time.perf_counter(), written()
+            t, w, c = time.perf_counter(), written(), written("wchar")
             knn.unlearn([i * 7], retrain_index=False)
             unlearns.append(time.perf_counter() - t)
             unlearn_kb.append((written() - w) / 1024)
+            unlearn_calls_kb.append((written("wchar") - c) / 1024)
         del knn
     return {
         "n": n,
@@ -74,6 +78,7 @@ def measure(n: int, repeat: int) -> dict:
         "append_write_calls_kb": float(np.median(append_calls_kb)),
         "unlearn_ms": 1e3 * float(np.median(unlearns)),
         "unlearn_kb": float(np.median(unlearn_kb)),
+        "unlearn_write_calls_kb": float(np.median(unlearn_calls_kb)),
         "skknn": str(Path(skknn.__file__).parents[1]),
     }
 
@@ -121,10 +126,13 @@ def main() -> None:
                 f" {r['append_kb']:6.0f} KB dirtied"
                 f" {r['append_write_calls_kb']:6.1f} KB by write()"
                 f"  1-id unlearn {r['unlearn_ms']:7.2f} ms"
-                f" {r['unlearn_kb']:8.0f} KB"
+                f" {r['unlearn_kb']:8.0f} KB dirtied"
+                f" {r.get('unlearn_write_calls_kb', float('nan')):8.1f} KB by write()"
             )
         ratio = rows[1]["append_ms"] / rows[0]["append_ms"]
         print(f"{label:4s} append at 200k / at 20k: {ratio:.2f}x ({rows[0]['skknn']})")
+        ratio = rows[1]["unlearn_ms"] / rows[0]["unlearn_ms"]
+        print(f"{label:4s} unlearn at 200k / at 20k: {ratio:.2f}x")
     out = Path(__file__).with_name("out")
     out.mkdir(exist_ok=True)
     (out / "small_edits.json").write_text(json.dumps(results, indent=1))

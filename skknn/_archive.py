@@ -63,6 +63,66 @@ def subtree(arrays: dict, prefix: str) -> dict:
 
 
 # -- writing ----------------------------------------------------------------------
+class RowsInOrder:
+    """The rows of a 2-d array taken in ``order``, gathered a block at a time
+    when written: a memory on disk whose rows were moved by a removal is saved
+    in memory order without copying every vector through RAM.
+
+    Anything that needs an array gets one (``np.asarray`` gathers it whole).
+    """
+
+    # Bytes gathered per block while writing.
+    BLOCK_BYTES = 16 << 20
+
+    def __init__(self, base: np.ndarray, order: np.ndarray):
+        self.base = base
+        self.order = np.asarray(order, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple:
+        return (self.order.size, *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return self.order.size
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.base[self.order]
+        return out if dtype is None else out.astype(dtype)
+
+    def spans(self):
+        """``(start, stop)`` of the blocks the rows are gathered in."""
+        row_bytes = max(1, self.base[:1].nbytes)
+        step = max(1, self.BLOCK_BYTES // row_bytes)
+        for start in range(0, self.order.size, step):
+            yield start, min(start + step, self.order.size)
+
+    def gather(self, start: int, stop: int) -> np.ndarray:
+        return np.ascontiguousarray(self.base[self.order[start:stop]])
+
+
+def _write_member(member, array) -> None:
+    if isinstance(array, RowsInOrder):
+        header = {
+            "descr": np.lib.format.dtype_to_descr(array.dtype),
+            "fortran_order": False,
+            "shape": array.shape,
+        }
+        np.lib.format.write_array_header_1_0(member, header)
+        for start, stop in array.spans():
+            # one block alive at a time, written without a bytes copy
+            member.write(memoryview(array.gather(start, stop)).cast("B"))
+        return
+    np.lib.format.write_array(member, array, allow_pickle=False)
+
+
 def write_archive(path, meta: dict, arrays: dict) -> None:
     """Write ``meta`` and ``arrays`` to ``path`` atomically.
 
@@ -90,13 +150,14 @@ def write_archive(path, meta: dict, arrays: dict) -> None:
         ) as zf:
             zf.writestr(META, json.dumps(meta, indent=1, sort_keys=True))
             for name, array in arrays.items():
-                array = np.asarray(array)
+                if not isinstance(array, RowsInOrder):
+                    array = np.asarray(array)
                 if array.dtype.kind == "O":
                     raise TypeError(
                         f"array {name!r} has object dtype; not storable safely."
                     )
                 with zf.open(f"arrays/{name}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, array, allow_pickle=False)
+                    _write_member(member, array)
 
 
 # -- reading ----------------------------------------------------------------------

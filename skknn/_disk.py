@@ -7,16 +7,24 @@ names makes the folder refused with :class:`~skknn.ModelFileError`):
 
 ``vectors-<g>.bin``
     The pre-processed vectors: rows of the storage dtype in C order, with spare
-    capacity past the committed rows (zeros, or rows of an uncommitted add).
+    capacity past the committed rows (zeros, rows of an uncommitted add, or
+    copies of live rows a deletion moved, until the deletion finishes).
 ``labels-<g>.bin``, ``sample_ids-<g>.bin``, ``reliability-<g>.bin``,
 ``excluded-<g>.bin``, ``sample_weight-<g>.bin``, ``norms-<g>.bin``
     The per-row arrays ("parts"), one raw file each, laid out as the vectors.
+``order-<g>.bin``
+    Each row's insertion sequence number (int64, from ``next_seq``, never
+    renumbered). A deletion moves rows (below), so the physical row order is
+    not the memory's order; the store sorts by these numbers wherever order
+    shows (``ids()``, leave-one-out, ``state()``, index builds), and a memory on
+    disk answers exactly as the same memory in RAM.
 ``manifest.json``
     The commit record: the store's description, the committed row count ``n``,
-    a commit ``generation`` (+1 per commit), for every part the generation
-    ``<g>`` of its file, its dtype, width and the CRC-32 of its committed bytes
-    (rows ``[0, n)``), the small arrays (centre, taxonomy paths) and a CRC-32
-    of the record itself.
+    a commit ``generation`` (+1 per commit), ``next_seq``, for every part the
+    generation ``<g>`` of its file, its dtype, width and the checksum of its
+    committed bytes (rows ``[0, n)``), a deletion's ``patch`` while it is being
+    applied, the small arrays (centre, taxonomy paths) and a CRC-32 of the
+    record itself.
 ``.lock``
     flock'ed by the one live store of the folder; holds the last commit
     generation (a high-water mark: a manifest older than it was copied back
@@ -24,33 +32,61 @@ names makes the folder refused with :class:`~skknn.ModelFileError`):
 ``.manifest.json.<8 random>.tmp``
     A manifest being written (:func:`skknn._atomic.replaced`).
 
+A part's checksum is the sum (mod 2**64) of the CRC-32 of each 64 KiB block of
+its committed bytes, each CRC seeded with its block's number: an edit of ``m``
+rows re-reads only the blocks those rows touch, O(m) whatever ``n`` is. (A
+rolling CRC-32 of the whole part cannot follow an in-place edit without the
+bytes after it; a sum of per-row CRCs would cost a call per row to append.)
+
 The commit protocol. The manifest is written to a temporary file, synced and
 renamed over the old one: the rename is the commit point. Before it:
 
 * an append (``add``) writes the new rows past the committed count into each
-  part's file (the memory maps the store writes into), syncs them, and extends
-  each part's CRC by the new rows' bytes: O(rows added), whatever ``n`` is.
-  Rows the committed manifest names are never written.
-* a part whose committed rows change (``remove`` compacts every part; a new
-  class re-encodes the labels; ``set_reliability``) is written whole to a new
-  generation file, synced, the folder synced; the old file is untouched.
+  part's file (the memory maps the store writes into), syncs them, and updates
+  each part's checksum with the blocks the new rows touch: O(rows added),
+  whatever ``n`` is. Rows the committed manifest names are never written.
+* a part whose committed rows change otherwise (a new class re-encodes the
+  labels; ``set_reliability``; a deletion too large for one patch, over
+  ``_MAX_MOVES`` moved rows) is written whole to a new generation file, synced,
+  the folder synced; the old file is untouched.
+* a deletion of ``m`` rows (``remove``) writes nothing but the manifest: the new
+  count ``n' = n - m``, the checksums the parts will have (computed from the
+  blocks the deletion touches) and the patch: ``end = n`` and the moves
+  ``dst <- src``, which put the live rows of the tail ``[n', n)`` into the
+  removed rows below ``n'`` (swap-last, O(m) bytes).
 
 After the rename the files the old manifest named and the new one does not are
-zeroed (the removed rows of the vectors, the whole of a small part) and deleted.
+zeroed (the removed rows of the vectors, the whole of a small part) and
+deleted. A deletion's patch is applied in every part file (the moves, and
+zeros over the removed rows in the tail), synced; a second manifest then drops
+the moves (keeping ``end``); then the tail ``[n', end)`` (the moved rows' old
+copies) is zeroed and synced, all before ``remove`` returns. Opening a folder
+whose manifest still lists moves applies them again (the sources, past ``n'``,
+are written by nothing until the second manifest: idempotent), checks the
+checksums, commits the second manifest, and zeroes ``[n, end)`` (rows past the
+committed count: zeroing them is always safe).
 
 A process killed at any instant therefore leaves the old manifest with every
-row it names intact, or the new one with every row it names written and synced:
+row it names intact, or the new one with every row it names written and synced
+(or, for a deletion, recoverable from the rows it names):
 
 * killed before the rename: the old commit; rows written past its ``n`` and new
   generation files are not named by it; a temporary manifest may remain.
+  A deletion has written nothing yet.
 * killed after the rename: the new commit; superseded files may remain.
+* a deletion killed after its rename, before or while its patch is applied: the
+  opening applies the patch (the removed rows below ``n'`` are overwritten by
+  the moved ones, those in the tail zeroed), then zeroes the tail; killed after
+  its second manifest, the opening zeroes the tail. Either way no removed row's
+  bytes are left in any file once the folder has been opened again.
 
-:meth:`DiskVectors.open` maps the committed parts, checks each file's size and
-the CRC of its committed rows (the vectors' too, at about 4 GB/s, unless
-``verify_vectors=False``: reopening reads them all anyway, to build the index),
-the manifest's own CRC and its generation against the high-water mark, and then
-zeroes and deletes what the manifest does not name (superseded or uncommitted
-generations, and stale temporaries no live writer holds).
+:meth:`DiskVectors.open` maps the committed parts, applies a listed patch,
+checks each file's size and the checksum of its committed rows (the vectors'
+too, at about 4 GB/s, unless ``verify_vectors=False``: reopening reads them all
+anyway, to build the index), the manifest's own CRC and its generation against
+the high-water mark, and then zeroes and deletes what the manifest does not name
+(superseded or uncommitted generations, and stale temporaries no live writer
+holds).
 
 A folder of the first format (``state.npz`` holding the per-row arrays) is
 converted at its first opening.
@@ -79,8 +115,9 @@ from skknn.exceptions import ModelFileError
 MANIFEST = "manifest.json"
 STATE = "state.npz"  # the first format's committed state
 LOCK = ".lock"
-FORMAT, VERSION = "skknn-store", 2
-# The per-row parts, in the order of the store's buffers.
+FORMAT, VERSION = "skknn-store", 3
+# The per-row parts, in the order of the store's buffers, then the rows'
+# sequence numbers (the folder's own: the store reads them with order()).
 PARTS = (
     "vectors",
     "labels",
@@ -89,8 +126,9 @@ PARTS = (
     "excluded",
     "sample_weight",
     "norms",
+    "order",
 )
-REQUIRED_PARTS = PARTS[:6]
+REQUIRED_PARTS = (*PARTS[:6], "order")
 SMALL_ARRAYS = ("mean", "taxonomy_paths")
 _PART_FILE = re.compile(r"(" + "|".join(PARTS) + r")-(\d{1,18})\.bin")
 _DTYPES = {"|b1", "<i4", "<i8", "<f2", "<f4", "<f8"}
@@ -98,7 +136,13 @@ _MAX_MANIFEST_BYTES = 64 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # Bytes zeroed or copied per step: bounded working memory whatever the memory size.
 _CHUNK_BYTES = 64 << 20
-_COPY_BYTES = 4 << 20  # a copy's step: its CRC reads it from the cache
+_COPY_BYTES = 4 << 20  # a copy's step
+# Bytes per checksum block (see the module doc), and the checksums' modulus.
+_BLOCK = 1 << 16
+_MASK64 = (1 << 64) - 1
+# A deletion moving more rows than this rewrites the parts instead (its patch
+# would make the manifest too large): 2**20 moves are 22 MB of manifest.
+_MAX_MOVES = 1 << 20
 # (pid, threads) syncing one commit's files together, made at first use
 _SYNC_POOL = None
 
@@ -190,30 +234,96 @@ def _zero_file(path: Path, rows=None, row_bytes: int = 0) -> None:
         os.fsync(fh.fileno())
 
 
-def _write_runs(fd: int, src: np.ndarray, runs, row_bytes: int) -> int:
+def _write_runs(fd: int, src: np.ndarray, runs, row_bytes: int) -> None:
     """Write the ``runs`` of ``src``'s rows one after another from the start of
-    ``fd``'s file; their CRC-32, taken on each chunk while it is in the cache.
-    (``pwrite`` rather than a fresh memory map: no page fault per page.)"""
+    ``fd``'s file. (``pwrite`` rather than a fresh memory map: no page fault
+    per page.)"""
     step = max(1, _COPY_BYTES // max(row_bytes, 1))
-    offset, crc = 0, 0
+    offset = 0
     for s, e in runs:
         for c in range(s, e, step):
             chunk = np.ascontiguousarray(src[c : min(c + step, e)])
             view = memoryview(chunk.reshape(-1).view(np.uint8))
-            crc = zlib.crc32(view, crc)
             while view:
                 done = os.pwrite(fd, view, offset)
                 offset += done
                 view = view[done:]
-    return crc
 
 
-def _crc(rows: np.ndarray, crc: int = 0) -> int:
-    """CRC-32 of ``rows``' bytes, continuing ``crc`` (in bounded chunks)."""
-    flat = np.ascontiguousarray(rows).reshape(-1).view(np.uint8)
-    for s in range(0, flat.size, _CHUNK_BYTES):
-        crc = zlib.crc32(flat[s : s + _CHUNK_BYTES], crc)
-    return crc
+def _flat(rows: np.ndarray, n: int) -> np.ndarray:
+    """The bytes of rows ``[0, n)`` (a view of a contiguous array)."""
+    return np.ascontiguousarray(rows[:n]).reshape(-1).view(np.uint8)
+
+
+def _row_bytes(rows: np.ndarray) -> int:
+    return int(np.prod(rows.shape[1:], dtype=np.int64)) * rows.dtype.itemsize
+
+
+def _block_crc(flat: np.ndarray, j: int, end: int) -> int:
+    """CRC-32 of block ``j`` of ``flat`` (cut at byte ``end``), seeded by ``j``."""
+    a = j * _BLOCK
+    return zlib.crc32(flat[a : min(a + _BLOCK, end)], j & 0xFFFFFFFF)
+
+
+def _blocksum(rows: np.ndarray, n: int) -> int:
+    """The checksum of rows ``[0, n)`` (module doc): block CRCs summed."""
+    return _appended_sum(0, rows, 0, n)
+
+
+def _appended_sum(total: int, rows: np.ndarray, old_n: int, n: int) -> int:
+    """The checksum ``total`` of rows ``[0, old_n)`` extended to rows ``[0, n)``:
+    the old last block's CRC out, the blocks from it on in (O(n - old_n))."""
+    old_end = old_n * _row_bytes(rows)
+    flat = _flat(rows, n)
+    j0 = old_end // _BLOCK
+    if old_end % _BLOCK:
+        total -= zlib.crc32(flat[j0 * _BLOCK : old_end], j0 & 0xFFFFFFFF)
+    for j in range(j0, -(-flat.size // _BLOCK)):
+        total += _block_crc(flat, j, flat.size)
+    return total & _MASK64
+
+
+def _moved(rows: np.ndarray, dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """Where each of ``rows`` takes its bytes from once ``dst <- src`` is applied
+    (``dst`` sorted)."""
+    if not dst.size:
+        return rows
+    pos = np.minimum(np.searchsorted(dst, rows), dst.size - 1)
+    hit = dst[pos] == rows
+    out = rows.copy()
+    out[hit] = src[pos[hit]]
+    return out
+
+
+def _removed_sum(total, rows, n_old: int, n_new: int, dst, src) -> int:
+    """The checksum ``total`` of rows ``[0, n_old)`` once the patch ``dst <- src``
+    is applied and the rows cut to ``n_new``, computed before it is: only the
+    blocks the moved rows and the tail touch are read (O(m))."""
+    rb = _row_bytes(rows)
+    old_end, new_end = n_old * rb, n_new * rb
+    flat = _flat(rows, n_old)
+    first, last = (dst * rb) // _BLOCK, (dst * rb + rb - 1) // _BLOCK
+    touched = [first, last, np.arange(new_end // _BLOCK, -(-old_end // _BLOCK))]
+    if rb > _BLOCK:  # a row spans blocks between its first and last
+        touched += [np.arange(f, g) for f, g in zip(first.tolist(), last.tolist())]
+    for j in np.unique(np.concatenate(touched).astype(np.int64)).tolist():
+        a = j * _BLOCK
+        if a < old_end:
+            total -= _block_crc(flat, j, old_end)
+        if a < new_end:
+            b = min(a + _BLOCK, new_end)
+            r0, r1 = a // rb, -(-b // rb)
+            src_rows = _moved(np.arange(r0, r1), dst, src)
+            block = np.ascontiguousarray(rows[src_rows]).reshape(-1).view(np.uint8)
+            total += zlib.crc32(block[a - r0 * rb : b - r0 * rb], j & 0xFFFFFFFF)
+    return total & _MASK64
+
+
+def _move_rows(rows: np.ndarray, dst, src, zero) -> None:
+    """A deletion's patch in one part's map: rows ``src`` copied over rows
+    ``dst`` (the removed rows below the new count), rows ``zero`` zeroed."""
+    rows[dst] = rows[src]
+    rows[zero] = 0
 
 
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
@@ -263,7 +373,11 @@ class DiskVectors:
         self.dtype = np.dtype(dtype)
         self.n = 0  # committed rows
         self.generation = 0  # commits made
-        self.parts: dict[str, dict] = {}  # committed: gen, dtype, width, crc32
+        self.next_seq = 0  # the sequence number of the next row added
+        # A deletion's patch being applied: (end, dst, src), or (end, [], [])
+        # once its moves are applied and dropped (rows [n, end) to zero).
+        self._patch = None
+        self.parts: dict[str, dict] = {}  # committed: gen, dtype, width, blocksum
         self._maps: dict[str, np.ndarray] = {}  # each part's file, mapped
         self._staged: dict[str, dict] = {}  # new generations for the next commit
         self._superseded: list[tuple] = []  # (part, gen, row bytes)
@@ -323,18 +437,29 @@ class DiskVectors:
         committed rows are the store's own (both are the committed state), so
         the store writes its new rows into these maps.
         """
+        # a deletion's patch not finished (its apply_patch raised): finished
+        # first, since its sources lie past the committed rows
+        self.apply_patch()
         out = []
         for part, buf in zip(PARTS, bufs):
-            cur = self._maps.get(part)
-            if cur is not None and cur.shape[0] >= cap:
-                out.append(cur)
-                continue
-            info = self.parts.get(part)
-            gen = self._initial_gen if info is None else info["gen"]
-            dtype = buf.dtype if info is None else np.dtype(info["dtype"])
-            self._maps[part] = self._map(part, gen, dtype, self._width(part), cap)
-            out.append(self._maps[part])
+            out.append(self._grown(part, buf.dtype, cap))
+        self._grown("order", np.dtype(np.int64), cap)
         return out
+
+    def _grown(self, part: str, dtype, cap: int) -> np.ndarray:
+        """``part``'s file mapped with at least ``cap`` rows."""
+        cur = self._maps.get(part)
+        if cur is not None and cur.shape[0] >= cap:
+            return cur
+        info = self.parts.get(part)
+        gen = self._initial_gen if info is None else info["gen"]
+        dtype = dtype if info is None else np.dtype(info["dtype"])
+        self._maps[part] = self._map(part, gen, dtype, self._width(part), cap)
+        return self._maps[part]
+
+    def order(self, n: int) -> np.ndarray:
+        """The sequence numbers of committed rows ``[0, n)`` (a view)."""
+        return self._maps["order"][:n]
 
     def mapped(self, count: int) -> list[np.ndarray]:
         """The committed parts' maps, in the store's buffer order."""
@@ -355,13 +480,13 @@ class DiskVectors:
         cap = max(n_new, 1) if cap is None else max(cap, n_new, 1)
         path = self.path(gen, part)
         fd = _open_file(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, part)
-        self._staged[part] = {"gen": gen, "map": None, "crc32": 0, "sync": path}
+        self._staged[part] = {"gen": gen, "map": None, "blocksum": 0, "sync": path}
         try:
-            crc = _write_runs(fd, src, runs, self._width(part) * src.dtype.itemsize)
+            _write_runs(fd, src, runs, self._width(part) * src.dtype.itemsize)
         finally:
             os.close(fd)
         dst = self._map(part, gen, src.dtype, self._width(part), cap)
-        self._staged[part].update(map=dst, crc32=crc)
+        self._staged[part].update(map=dst, blocksum=_blocksum(dst, n_new))
         return dst
 
     def write_generation(self, src: np.ndarray, runs, n_new: int):
@@ -397,12 +522,20 @@ class DiskVectors:
         fsync_folder(self.folder)
 
     # -- the commit ----------------------------------------------------------------
-    def commit(self, meta: dict, arrays: dict, bufs: list, n: int) -> None:
+    def commit(
+        self, meta: dict, arrays: dict, bufs: list, n: int, *, removed=None
+    ) -> None:
         """Make ``meta``, the small ``arrays`` and rows ``[0, n)`` of ``bufs``
-        (the store's buffers, in :data:`PARTS` order) the committed state."""
+        (the store's buffers, in :data:`PARTS` order) the committed state; or,
+        with ``removed`` (committed rows, sorted), commit their deletion by a
+        patch (``bufs`` unused; :meth:`apply_patch` applies it)."""
+        self.apply_patch()  # a deletion's, if its apply_patch raised
+        if removed is not None:
+            return self._commit_removal(meta, arrays, removed)
         removal = "vectors" in self._staged
         try:
             plan = {part: self._plan(part, b, n) for part, b in zip(PARTS, bufs)}
+            plan["order"] = self._plan_order(n, bufs[0].shape[0])
             syncs = [(p["sync"],) for p in plan.values() if p["sync"]]
             _in_parallel(_fsync_file, syncs)
             if any(p.get("staged") for p in plan.values()):
@@ -415,9 +548,34 @@ class DiskVectors:
             raise
         self._adopt(plan, n, record["generation"], removal)
 
+    def _plan_order(self, n: int, cap: int) -> dict:
+        """The sequence numbers' part for a commit of ``n`` rows: staged by a
+        deletion that rewrites the parts, else the next numbers written past
+        the committed rows (as any part's appended rows)."""
+        staged = self._staged.get("order")
+        if staged is not None:
+            return {**staged, "staged": True, "next_seq": self.next_seq}
+        info = self.parts.get("order")
+        base_n = 0 if info is None else self.n
+        if n < base_n:
+            raise RuntimeError("a removal commits by commit(removed=rows)")
+        cur = self._grown("order", np.dtype(np.int64), max(n, cap, 1))
+        cur[base_n:n] = np.arange(self.next_seq, self.next_seq + n - base_n)
+        gen = cur._skknn_part[1]
+        total = _appended_sum(0 if info is None else info["blocksum"], cur, base_n, n)
+        sync = self.path(gen, "order") if n > base_n or info is None else None
+        seq = self.next_seq + n - base_n
+        return {
+            "gen": gen,
+            "map": cur,
+            "blocksum": total,
+            "sync": sync,
+            "next_seq": seq,
+        }
+
     def _plan(self, part: str, buf: np.ndarray, n: int) -> dict:
         """How ``part`` reaches the commit: its rows appended to the committed
-        file (synced, CRC extended), or a new generation file."""
+        file (synced, checksum extended), or a new generation file."""
         staged = self._staged.get(part)
         if staged is not None and buf is staged["map"]:
             return {**staged, "staged": True}
@@ -433,24 +591,94 @@ class DiskVectors:
             if same:
                 gen = cur._skknn_part[1]
                 sync = self.path(gen, part) if n > base_n or info is None else None
-                crc = _crc(cur[base_n:n], 0 if info is None else info["crc32"])
-                return {"gen": gen, "map": cur, "crc32": crc, "sync": sync}
+                base = 0 if info is None else info["blocksum"]
+                total = _appended_sum(base, cur, base_n, n)
+                return {"gen": gen, "map": cur, "blocksum": total, "sync": sync}
         self.stage(part, buf, [(0, n)], n, cap=buf.shape[0])
         return {**self._staged[part], "staged": True}
 
-    def _record(self, meta: dict, arrays: dict, plan: dict, n: int) -> dict:
+    # -- a deletion: rows moved in place ------------------------------------------
+    def can_patch(self, gone_rows: np.ndarray) -> bool:
+        """Whether deleting ``gone_rows`` (committed rows) fits one patch."""
+        n_new = self.n - len(gone_rows)
+        moves = int(np.count_nonzero(np.asarray(gone_rows) < n_new))
+        return moves <= _MAX_MOVES and "order" in self.parts
+
+    def _commit_removal(self, meta: dict, arrays: dict, gone_rows) -> None:
+        """Commit the deletion of ``gone_rows`` (sorted, unique, committed rows)
+        with ``meta`` and the small ``arrays``: only the manifest is written,
+        naming the new count, the checksums the parts will have and the patch
+        (module doc). :meth:`apply_patch` applies it."""
+        gone = np.asarray(gone_rows, dtype=np.int64)
+        n_old = self.n
+        n_new = n_old - gone.size
+        dst = gone[gone < n_new]
+        tail = np.arange(n_new, n_old, dtype=np.int64)
+        src = tail[~np.isin(tail, gone)]
+        plan = {}
+        for part, info in self.parts.items():
+            rows = self._maps[part]
+            total = _removed_sum(info["blocksum"], rows, n_old, n_new, dst, src)
+            plan[part] = {"gen": info["gen"], "map": rows, "blocksum": total}
+        record = self._record(meta, arrays, plan, n_new, patch=(n_old, dst, src))
+        with replaced(self.folder / MANIFEST, "w") as fh:
+            json.dump(record, fh)
+        self._adopt(plan, n_new, record["generation"], False)
+        self._patch, self._committed = (n_old, dst, src), record
+
+    def apply_patch(self) -> None:
+        """Apply the committed deletion's patch in every part file: the moves,
+        zeros over the removed rows in the tail, synced; a manifest without the
+        moves; zeros over the tail ``[n, end)`` (the moved rows' old copies),
+        synced."""
+        if self._patch is None:
+            return
+        end, dst, src = self._patch
+        maps = [self._maps[part] for part in self.parts]
+        if dst.size:
+            tail = np.arange(self.n, end, dtype=np.int64)
+            gone = tail[~np.isin(tail, src)]
+            for rows in maps:
+                _move_rows(rows, dst, src, gone)
+            self._sync_parts()
+            self._drop_moves(end)
+        for rows in maps:
+            rows[self.n : min(end, rows.shape[0])] = 0
+        self._sync_parts()
+        self._patch = None
+
+    def _sync_parts(self) -> None:
+        """Make the committed parts' written rows durable."""
+        jobs = [(self.path(info["gen"], part),) for part, info in self.parts.items()]
+        _in_parallel(_fsync_file, jobs)
+
+    def _drop_moves(self, end: int) -> None:
+        """Commit the last record again, its patch's moves applied: only the
+        rows ``[n, end)`` to zero remain listed."""
+        body = {k: v for k, v in self._committed.items() if k != "checksum"}
+        body["generation"] = self.generation + 1
+        body["patch"] = {"end": int(end), "dst": "", "src": ""}
+        record = {**body, "checksum": _checksum(body)}
+        with replaced(self.folder / MANIFEST, "w") as fh:
+            json.dump(record, fh)
+        self.generation, self._committed = record["generation"], record
+        self._patch = (end, np.empty(0, np.int64), np.empty(0, np.int64))
+        os.pwrite(self._lock_fd, f"{self.generation:<20d}\n".encode(), 0)
+
+    def _record(self, meta: dict, arrays: dict, plan: dict, n: int, patch=None) -> dict:
         body = {
             "format": FORMAT,
             "version": VERSION,
             "generation": self.generation + 1,
             "n": int(n),
+            "next_seq": int(plan["order"].get("next_seq", self.next_seq)),
             "store": meta,
             "parts": {
                 part: {
                     "gen": int(p["gen"]),
                     "dtype": p["map"].dtype.str,
                     "width": self._width(part),
-                    "crc32": int(p["crc32"]),
+                    "blocksum": int(p["blocksum"]),
                 }
                 for part, p in plan.items()
             },
@@ -464,6 +692,9 @@ class DiskVectors:
                 if name in SMALL_ARRAYS
             },
         }
+        if patch is not None:
+            end, dst, src = patch
+            body["patch"] = {"end": int(end), "dst": _b64(dst), "src": _b64(src)}
         return {**body, "checksum": _checksum(body)}
 
     def _adopt(self, plan: dict, n: int, generation: int, removal: bool) -> None:
@@ -476,7 +707,7 @@ class DiskVectors:
                 "gen": int(p["gen"]),
                 "dtype": p["map"].dtype.str,
                 "width": self._width(part),
-                "crc32": int(p["crc32"]),
+                "blocksum": int(p["blocksum"]),
             }
             self._maps[part] = p["map"]
             self._staged.pop(part, None)
@@ -484,6 +715,8 @@ class DiskVectors:
                 row_bytes = self._width(part) * p["map"].dtype.itemsize
                 self._superseded.append((part, old[part], row_bytes))
         self.n, self.generation = int(n), int(generation)
+        self.next_seq = int(plan["order"].get("next_seq", self.next_seq))
+        self._patch = None
         os.pwrite(self._lock_fd, f"{generation:<20d}\n".encode(), 0)
         if removal:
             return  # the store's remove retires them, rows known
@@ -501,7 +734,8 @@ class DiskVectors:
 
         ``arrays`` holds the per-row parts (rows ``[0, n)``, mapped) and the small
         arrays; ``rows`` maps the vectors with their capacity. Every part's size
-        and CRC is checked (the vectors' unless ``verify_vectors=False``), then
+        and checksum is checked (the vectors' unless ``verify_vectors=False``),
+        after a deletion's listed patch is applied again, then
         files the manifest does not name are zeroed and deleted.
 
         Raises
@@ -542,19 +776,32 @@ class DiskVectors:
         self.n_features = int(meta["n_features"])
         self.dtype = np.dtype(record["parts"]["vectors"]["dtype"])
         self.n, self.generation = record["n"], record["generation"]
+        self.next_seq = record["next_seq"]
         self._check_high_water()
+        end, dst, src = _patch_of(self.folder / MANIFEST, record)
         arrays = {}
         for part, info in record["parts"].items():
-            rows = self._map_committed(part, info, verify_vectors)
+            rows = self._map_committed(part, info, end if dst.size else self.n)
+            if dst.size:  # a deletion's moves, applied again (idempotent)
+                _move_rows(rows, dst, src, [])
+            if part != "vectors" or verify_vectors:
+                self._verify(part, info, rows)
             if part != "vectors":
                 arrays[part] = rows[: self.n]
+        if end > self.n:  # finish the deletion: moves dropped, the tail zeroed
+            self._patch, self._committed = (end, dst, src), record
+            if dst.size:
+                self._sync_parts()
+                self._drop_moves(end)
+            self.apply_patch()
         for name, spec in record["arrays"].items():
             arrays[name] = _small_array(self.folder / MANIFEST, name, spec)
         self._next_gen = max(i["gen"] for i in self.parts.values()) + 1
         return meta, arrays
 
-    def _map_committed(self, part: str, info: dict, verify_vectors: bool):
-        """Map a committed part, refusing a missing, short or corrupt file."""
+    def _map_committed(self, part: str, info: dict, need: int):
+        """Map a committed part, refusing a missing or short file (``need``
+        rows at least)."""
         path = self.path(info["gen"], part)
         st = _lstat(path)
         if st is None or not stat.S_ISREG(st.st_mode):
@@ -562,24 +809,27 @@ class DiskVectors:
             raise ModelFileError(path, part, f"{what} (named by {MANIFEST})")
         dtype = np.dtype(info["dtype"])
         row_bytes = info["width"] * dtype.itemsize
-        if st.st_size < self.n * row_bytes or st.st_size % row_bytes:
+        if st.st_size < need * row_bytes or st.st_size % row_bytes:
             raise ModelFileError(
                 path,
                 part,
-                f"{st.st_size} bytes cannot hold the {self.n} committed rows of "
+                f"{st.st_size} bytes cannot hold the {need} committed rows of "
                 f"{row_bytes} bytes (truncated)",
             )
         cap = max(st.st_size // row_bytes, self.n)
         rows = self._map(part, info["gen"], dtype, info["width"], cap)
-        if (part != "vectors" or verify_vectors) and _crc(rows[: self.n]) != info[
-            "crc32"
-        ]:
-            raise ModelFileError(
-                path, part, "its committed rows do not match the manifest's CRC-32"
-            )
         self.parts[part] = dict(info)
         self._maps[part] = rows
         return rows
+
+    def _verify(self, part: str, info: dict, rows: np.ndarray) -> None:
+        """Refuse a part whose committed rows do not match their checksum."""
+        if _blocksum(rows, self.n) != info["blocksum"]:
+            raise ModelFileError(
+                self.path(info["gen"], part),
+                part,
+                "its committed rows do not match the manifest's checksum",
+            )
 
     def _read_manifest(self) -> dict:
         """The manifest, checked field by field before anything uses it."""
@@ -628,7 +878,7 @@ class DiskVectors:
             raise ModelFileError(path, STATE, f"unreadable ({exc!r})") from exc
         info = {"gen": gen, "dtype": self.dtype.str, "width": self.n_features}
         self.n = 0
-        rows = self._map_committed("vectors", {**info, "crc32": _crc([])}, False)
+        rows = self._map_committed("vectors", {**info, "blocksum": 0}, 0)
         self.parts.pop("vectors")
         self._initial_gen, self._next_gen = gen, gen + 1
         bufs = [rows] + [arrays[p] for p in PARTS[1:] if p in arrays]
@@ -706,7 +956,7 @@ def _checked_record(path: Path, record) -> dict:
     need(record.get("version") == VERSION, "version", "an unknown format version")
     body = {k: v for k, v in record.items() if k != "checksum"}
     need(record.get("checksum") == _checksum(body), "checksum", "does not match")
-    for field in ("generation", "n"):
+    for field in ("generation", "n", "next_seq"):
         need(_is_count(record.get(field)), field, "must be an int >= 0")
     need(isinstance(record.get("store"), dict), "store", "must be an object")
     need(_is_count(record["store"].get("n_features"), 1 << 20), "store", "n_features")
@@ -719,11 +969,52 @@ def _checked_record(path: Path, record) -> dict:
         need(_is_count(info.get("gen")), f"parts.{part}.gen", "must be an int >= 0")
         need(info.get("dtype") in _DTYPES, f"parts.{part}.dtype", "not allowed")
         need(info.get("width") == width, f"parts.{part}.width", f"must be {width}")
-        need(_is_count(info.get("crc32"), 1 << 32), f"parts.{part}.crc32", "not a CRC")
+        need(
+            _is_count(info.get("blocksum"), 1 << 64),
+            f"parts.{part}.blocksum",
+            "not a checksum",
+        )
     arrays = record.get("arrays")
     need(isinstance(arrays, dict), "arrays", "must be an object")
     need(set(arrays) <= set(SMALL_ARRAYS), "arrays", "unexpected names")
     return record
+
+
+def _patch_of(path: Path, record: dict):
+    """``(end, dst, src)`` of a manifest's deletion patch, checked: the moves
+    take live rows of the tail ``[n, end)`` into rows below ``n``, each once
+    (``end = n`` and no moves without one)."""
+    n = record["n"]
+    none = np.empty(0, np.int64)
+    patch = record.get("patch")
+    if patch is None:
+        return n, none, none
+    field = f"{MANIFEST}: patch"
+    try:
+        end = patch["end"]
+        dst, src = (
+            np.frombuffer(base64.b64decode(patch[k], validate=True), dtype="<i8")
+            for k in ("dst", "src")
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(path, field, f"unreadable ({exc!r})") from exc
+    ok = (
+        _is_count(end)
+        and end >= n
+        and dst.shape == src.shape
+        and dst.size <= end - n
+        and bool(np.all((dst >= 0) & (dst < n)))
+        and bool(np.all((src >= n) & (src < end)))
+        and np.unique(dst).size == dst.size
+        and np.unique(src).size == src.size
+    )
+    if not ok:
+        raise ModelFileError(path, field, "moves out of range")
+    return (
+        int(end),
+        np.sort(dst).astype(np.int64),
+        src[np.argsort(dst)].astype(np.int64),
+    )
 
 
 def _small_array(path: Path, name: str, spec) -> np.ndarray:
@@ -742,29 +1033,8 @@ def _small_array(path: Path, name: str, spec) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
 
 
-def orphans(storage_path, keep: set[str]):
-    """Store folders under ``storage_path`` that no live store holds and that are
-    not in ``keep``: left by stores that were replaced or garbage-collected.
-    Links are never followed."""
-    root = Path(storage_path)
-    if not root.is_dir():
-        return []
-    out = []
-    for entry in os.scandir(root):
-        folder = Path(entry.path)
-        if not entry.is_dir(follow_symlinks=False) or entry.name in keep:
-            continue
-        lock = _lstat(folder / LOCK)
-        if lock is None or not stat.S_ISREG(lock.st_mode):
-            continue
-        fd = _try_lock(folder)
-        if fd is not None:
-            os.close(fd)
-            out.append(folder)
-    return out
-
-
 def remove_store_folder(folder: Path) -> None:
-    """Zero and delete an orphaned store folder (see :func:`orphans`)."""
+    """Zero and delete an orphaned store folder (chosen by
+    ``skknn/_storage_folder.py``'s purge: no live store holds it)."""
     disk = DiskVectors(folder, 1, np.float32)
     disk.destroy()

@@ -38,7 +38,13 @@ from skknn._preprocessing import (
     rescaled,
 )
 from skknn._rows import compact_inplace, expand_inplace, grow, kept_runs, uninterrupted
-from skknn._search import auto_engine, make_engine, split_refine
+from skknn._search import (
+    FaissFlatEngine,
+    TorchExactEngine,
+    auto_engine,
+    make_engine,
+    split_refine,
+)
 from skknn._store_checks import (
     STORAGE_DTYPES,
     checked_excluded,
@@ -93,10 +99,11 @@ class VectorStore(StoreStateMixin, StoreView):
         distances are still computed in float32 (vectors are widened block by
         block), so only the stored values are rounded (relative error 2**-11).
     storage_path : str or path-like, default=None
-        None keeps the vectors in RAM. A folder keeps them in a memory-mapped
-        file in a sub-folder of their own (the RAM holds the index, ids, labels
-        and reliabilities); every edit is committed there, crash-safely
-        (``skknn/_disk.py``), and :meth:`open` reopens the last commit.
+        None keeps the memory in RAM. A folder keeps the vectors and every
+        per-row array (ids, labels, reliabilities, weights) in memory-mapped
+        files in a sub-folder of their own (the RAM holds the index); every
+        edit is committed there, crash-safely (``skknn/_disk.py``), and
+        :meth:`open` reopens the last commit.
 
     Attributes
     ----------
@@ -212,6 +219,9 @@ class VectorStore(StoreStateMixin, StoreView):
         self._sw = np.empty(0, dtype=np.float32)  # sample weights given to add
         self._next_id = 0
         self._sorted = None  # (sorted ids, their rows): built lazily for lookups
+        # On disk, a deletion moves rows (skknn/_disk.py): (state, the rows in
+        # memory order or None when they are in it), built lazily.
+        self._logical = None
         # Power of two an unnormalised memory keeps its vectors multiplied by, so
         # data near 1e20 or 1e-21 is searched in float32 without overflow or
         # underflow (skknn/_preprocessing.py); distances are reported unscaled.
@@ -325,11 +335,14 @@ class VectorStore(StoreStateMixin, StoreView):
         next_id = max(self._next_id, int(ids.max()) + 1) if m else self._next_id
         switch = self._auto_switch(n + m)
         engine = self.engine if switch is None else switch[0]
+        order = self._logical_rows()  # the new rows come last
+        if order is not None:
+            order = np.concatenate([order, np.arange(n, n + m)])
         # Ctrl-C is held until index and rows agree: an id in the index that the
         # rows do not know would be issued again.
         with uninterrupted():
             if n == 0 or not engine.ready or switch is not None:
-                engine.build(Xb[: n + m], idb[: n + m])
+                engine.build(*engine_rows(engine, Xb, idb, n + m, order))
             else:
                 engine.add(Xb[n : n + m], ids)
             try:
@@ -345,7 +358,7 @@ class VectorStore(StoreStateMixin, StoreView):
                 )
             except BaseException:  # the disk refused: the index forgets the rows
                 if switch is None:
-                    self.engine.build(self._X[:n], self._ids[:n])
+                    self._rebuild(self.engine)
                 raise
             self._use_engine(switch)
             if self._disk is not None:  # the files' maps, re-encoded labels too
@@ -357,7 +370,7 @@ class VectorStore(StoreStateMixin, StoreView):
             self._taxonomy = taxonomy
             self._n = n + m
             self._next_id = next_id
-            self._sorted = None
+            self._sorted = self._logical = None
             self._version += 1
         return ids.copy()
 
@@ -369,7 +382,7 @@ class VectorStore(StoreStateMixin, StoreView):
             self._disk.destroy()
         self._X = np.empty((0, self.n_features), dtype=self._X.dtype)
         self._n = 0
-        self._sorted = None
+        self._sorted = self._logical = None
         self._version += 1
 
     def _scale_for(self, X: np.ndarray, first: bool) -> float:
@@ -478,6 +491,28 @@ class VectorStore(StoreStateMixin, StoreView):
             low = ids < self._next_id
             out[low] = np.isin(ids[low], self._ids[: self._n])
         return out
+
+    # -- memory order ----------------------------------------------------------------
+    def _logical_rows(self) -> np.ndarray | None:
+        """The rows in memory order (insertion order, the order of :meth:`ids`),
+        or None when the rows are in it: always in RAM; on disk until a
+        deletion moves rows (their sequence numbers say the order)."""
+        if self._disk is None or self._n < 2 or "order" not in self._disk.parts:
+            return None
+        key = (self._version, self._n)
+        if self._logical is None or self._logical[0] != key:
+            seq = self._disk.order(self._n)
+            rows = None
+            if not bool(np.all(seq[1:] > seq[:-1])):
+                rows = np.argsort(seq, kind="stable")
+            self._logical = (key, rows)
+        return self._logical[1]
+
+    def _rebuild(self, engine) -> None:
+        """Build ``engine`` on every stored row, in memory order."""
+        engine.build(
+            *engine_rows(engine, self._X, self._ids, self._n, self._logical_rows())
+        )
 
     # -- looking up -----------------------------------------------------------------
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
@@ -635,25 +670,79 @@ class VectorStore(StoreStateMixin, StoreView):
             self._version += 1
 
     def _remove_on_disk(self, uniq, gone_rows, runs, n_new: int, retrain: bool):
+        """Remove on disk by moving rows (``skknn/_disk.py``): the last live rows
+        move into the removed ones below the new count, so a deletion writes
+        O(removed rows) bytes whatever the memory's size; the rows' sequence
+        numbers keep the memory order (:meth:`_logical_rows`). An index that
+        keys by row searches the moved rows once they are moved; one that keys
+        by id is rebuilt (or edited) first, on the kept rows in memory order,
+        as in RAM. A deletion too large for one patch rewrites the files."""
+        disk = self._disk
+        if not disk.can_patch(gone_rows):
+            return self._rewrite_on_disk(uniq, gone_rows, runs, n_new, retrain)
+        switch = self._auto_switch(n_new)
+        by_rows = keyed_by_rows(self.engine if switch is None else switch[0])
+        with uninterrupted():
+            if not by_rows:  # before the commit: a failure changes nothing
+                rows = self._logical_rows()
+                rows = np.arange(self._n) if rows is None else rows
+                kept = rows[~np.isin(rows, gone_rows)]
+                X_kept, ids_kept = self._X[kept], self._ids[kept]
+                if switch is None:
+                    self.engine.remove(X_kept, ids_kept, uniq, retrain=retrain)
+                else:
+                    switch[0].build(X_kept, ids_kept)
+            try:
+                self._commit_removal(
+                    gone_rows,
+                    n_new,
+                    version=self._version + 1,
+                    **({} if switch is None else switch[1]),
+                )
+            except BaseException:
+                if disk.n == self._n:  # not committed: the index takes them back
+                    if not by_rows and switch is None:
+                        self._rebuild(self.engine)
+                    raise
+                self._removed(n_new, switch)  # committed: the rows are gone
+                raise
+            self._removed(n_new, switch)
+            disk.apply_patch()
+            if by_rows and switch is None:  # rows moved: a GPU copy follows them
+                self.engine.remove(
+                    self._X[:n_new], self._ids[:n_new], uniq, retrain=retrain
+                )
+            elif by_rows:
+                self.engine.build(self._X[:n_new], self._ids[:n_new])
+
+    def _removed(self, n_new: int, switch) -> None:
+        """The store's state once a removal is committed."""
+        self._use_engine(switch)
+        self._n = n_new
+        self._sorted = self._logical = None
+        self._version += 1
+
+    def _rewrite_on_disk(self, uniq, gone_rows, runs, n_new: int, retrain: bool):
         """Remove with versioned files: the kept rows go to new generation files
-        (the vectors', and each per-row part's), the commit switches to them, and
-        only then are the removed rows zeroed in the old files and the files
-        deleted (``skknn/_disk.py``). Order is kept, as in RAM, so every row past
-        the first removed one moves: the vectors file is rewritten."""
+        (the vectors', each per-row part's and the sequence numbers'), the commit
+        switches to them, and only then are the removed rows zeroed in the old
+        files and the files deleted (``skknn/_disk.py``)."""
         disk, n_old = self._disk, self._n
         old = self._buffers()
         small = [compact_inplace(np.array(b[:n_old]), runs) for b in old[1:]]
         with uninterrupted():
-            X_new = disk.stage("vectors", old[0], runs, n_new)
-            bufs = [X_new, *small]
             switch = self._auto_switch(n_new)
+            engine = self.engine if switch is None else switch[0]
             try:
+                X_new = disk.stage("vectors", old[0], runs, n_new)
+                seq = disk.stage("order", disk.order(n_old), runs, n_new)[:n_new]
+                bufs = [X_new, *small]
+                order = None if np.all(seq[1:] > seq[:-1]) else np.argsort(seq)
+                X_kept, ids_kept = engine_rows(engine, X_new, small[1], n_new, order)
                 if switch is None:
-                    self.engine.remove(
-                        X_new[:n_new], small[1][:n_new], uniq, retrain=retrain
-                    )
+                    self.engine.remove(X_kept, ids_kept, uniq, retrain=retrain)
                 else:
-                    switch[0].build(X_new[:n_new], small[1][:n_new])
+                    switch[0].build(X_kept, ids_kept)
             except BaseException:
                 disk.discard()
                 raise
@@ -666,13 +755,13 @@ class VectorStore(StoreStateMixin, StoreView):
                 )
             except BaseException:  # not committed: the index takes the old rows back
                 if switch is None:
-                    self.engine.build(old[0][:n_old], old[2][:n_old])
+                    self._rebuild(self.engine)
                 disk.discard()
                 raise
             self._use_engine(switch)
             self._set_buffers(disk.mapped(len(old)))
             self._n = n_new
-            self._sorted = None
+            self._sorted = self._logical = None
             self._version += 1
             disk.retire(removed_rows=gone_rows)
 
@@ -747,7 +836,7 @@ class VectorStore(StoreStateMixin, StoreView):
             self.device,
             split_refine(self.engine_name, self.index_params)[1],
         )
-        engine.build(self._X[: self._n], self._ids[: self._n])
+        self._rebuild(engine)
         self._commit(self._buffers(), self._n, version=self._version + 1)
         self.engine = engine
         self._version += 1
@@ -981,7 +1070,11 @@ class VectorStore(StoreStateMixin, StoreView):
         neighbors : Neighbors
             With ``query_ids`` and ``query_labels`` set.
         """
-        rows = np.arange(self._n) if ids is None else self._stored_rows(ids)
+        if ids is None:  # memory order, whatever rows a deletion moved on disk
+            rows = self._logical_rows()
+            rows = np.arange(self._n) if rows is None else rows
+        else:
+            rows = self._stored_rows(ids)
         if self._n < 2:
             raise ValueError(
                 f"Leave-one-out needs at least 2 samples in memory; it has {self._n}."
@@ -1210,6 +1303,22 @@ class VectorStore(StoreStateMixin, StoreView):
             f"metric={self.metric.name!r}, preprocessing={self.preprocessing!r}, "
             f"engine={self.engine_name!r})"
         )
+
+
+def keyed_by_rows(engine) -> bool:
+    """Whether ``engine`` answers with row positions whatever it holds (exact
+    search of the store's rows): it is built on the rows as they lie, and the
+    order of equal distances is settled by id, not by row."""
+    return isinstance(engine, (TorchExactEngine, FaissFlatEngine))
+
+
+def engine_rows(engine, X, ids, n: int, order):
+    """``(X, ids)`` of rows ``[0, n)`` to build ``engine`` on: as they lie for
+    an engine keyed by rows, else in memory order (``order``: the rows in it,
+    or None when they are), so an index trains and inserts as in RAM."""
+    if order is None or keyed_by_rows(engine):
+        return X[:n], ids[:n]
+    return X[order], ids[order]
 
 
 def capped_k(k: int, available: int) -> int:

@@ -12,6 +12,7 @@ import uuid
 import numpy as np
 import torch
 
+from skknn._archive import RowsInOrder
 from skknn._disk import DiskVectors
 from skknn._hierarchy import Taxonomy
 from skknn._locks import reads
@@ -24,16 +25,21 @@ class StoreStateMixin:
 
     @reads
     def state(self) -> tuple[dict, dict]:
-        """``(meta, arrays)``: JSON-able scalars and the arrays, trimmed to the rows."""
-        meta, arrays = self._state_of(self._buffers(), self._n)
+        """``(meta, arrays)``: JSON-able scalars and the arrays, trimmed to the rows,
+        in memory order (on disk, gathered so when a deletion moved rows)."""
+        meta, arrays = self._state_of(
+            self._buffers(), self._n, order=self._logical_rows()
+        )
         for name, value in self.engine.state().items():
             arrays["engine/" + name] = value
         return meta, arrays
 
-    def _state_of(self, bufs: list, n: int, **changes) -> tuple[dict, dict]:
+    def _state_of(self, bufs: list, n: int, order=None, **changes) -> tuple[dict, dict]:
         """The state the store has, or would have with ``bufs``, ``n`` rows and
         the ``changes`` (classes, taxonomy, mean, next_id, version,
-        index_params) an edit is about to make; without the engine's state."""
+        index_params) an edit is about to make; without the engine's state.
+        ``order``: rows ``[0, n)`` in memory order (None: as they lie), the
+        arrays are then gathered in it."""
         from skknn._archive import labels_to_json
 
         now = {
@@ -64,19 +70,24 @@ class StoreStateMixin:
         }
         if taxonomy is not None:
             meta["taxonomy"] = [labels_to_json(c) for c in taxonomy.classes]
+
+        def rows(b):
+            return np.ascontiguousarray(b[:n] if order is None else b[order])
+
         X, y, ids, rel, excl, sw = bufs[:6]
         arrays = {
-            "embeddings": np.ascontiguousarray(X[:n]),
-            "labels": np.ascontiguousarray(y[:n]),
-            "sample_ids": np.ascontiguousarray(ids[:n]),
-            "reliability": np.ascontiguousarray(rel[:n]),
-            "excluded": np.ascontiguousarray(excl[:n]),
-            "sample_weight": np.ascontiguousarray(sw[:n]),
+            # moved rows: gathered block by block when written, never whole
+            "embeddings": rows(X) if order is None else RowsInOrder(X, order[:n]),
+            "labels": rows(y),
+            "sample_ids": rows(ids),
+            "reliability": rows(rel),
+            "excluded": rows(excl),
+            "sample_weight": rows(sw),
         }
         if now["scale"] != 1.0:  # saved pre-processed, as a shard split reads them
             arrays["embeddings"] = rescaled(arrays["embeddings"], 1.0 / now["scale"])
         if len(bufs) > 6:
-            arrays["norms"] = np.ascontiguousarray(bufs[6][:n])
+            arrays["norms"] = rows(bufs[6])
         if now["mean"] is not None:
             arrays["mean"] = now["mean"]
         if taxonomy is not None:
@@ -95,14 +106,33 @@ class StoreStateMixin:
         small = {k: arrays[k] for k in ("mean", "taxonomy_paths") if k in arrays}
         self._disk.commit(meta, small, bufs, n)
 
+    def _commit_removal(self, gone_rows, n: int, **changes) -> None:
+        """On disk, commit the removal of rows ``gone_rows`` (the manifest only:
+        the rows move in place afterwards, ``skknn/_disk.py``)."""
+        if self.commit_guard is not None:
+            self.commit_guard()
+        meta, arrays = self._state_of(self._buffers(), n, **changes)
+        small = {k: arrays[k] for k in ("mean", "taxonomy_paths") if k in arrays}
+        self._disk.commit(meta, small, None, n, removed=gone_rows)
+
     @classmethod
     def from_state(
-        cls, meta: dict, arrays: dict, device: torch.device, storage_path=None
+        cls,
+        meta: dict,
+        arrays: dict,
+        device: torch.device,
+        storage_path=None,
+        *,
+        order=None,
     ):
         """The store :meth:`state` described, its engine on ``device``; with
         ``storage_path``, its vectors streamed into a file there (never whole in
-        RAM). Without the engine's state, the index is built afresh."""
+        RAM). Without the engine's state, the index is built afresh.
+        ``order``: each row's sequence number, when the arrays are not in
+        memory order (a folder's rows, moved by deletions): the index is built
+        in memory order."""
         from skknn._archive import labels_from_json
+        from skknn._store import engine_rows
 
         check_state(meta, arrays)
         store = cls(
@@ -148,10 +178,16 @@ class StoreStateMixin:
         engine_state = {
             k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("engine/")
         }
+        if order is not None and n > 1 and not np.all(order[1:n] > order[: n - 1]):
+            order = np.argsort(order[:n], kind="stable")
+        else:
+            order = None
         if n and engine_state:
             store.engine.load_state(engine_state, store._X[:n], store._ids[:n])
         elif n:
-            store.engine.build(store._X[:n], store._ids[:n])
+            store.engine.build(
+                *engine_rows(store.engine, store._X, store._ids, n, order)
+            )
         if store._disk is not None:
             bufs = store._buffers()
             store._commit(bufs, n)
@@ -173,9 +209,11 @@ class StoreStateMixin:
             folder, verify_vectors=verify_vectors
         )
         arrays["embeddings"] = rows[:n]
+        arrays.pop("order", None)
+        order = disk.order(n)
         try:
             try:
-                store = cls.from_state(meta, arrays, torch.device(device))
+                store = cls.from_state(meta, arrays, torch.device(device), order=order)
             except (InvalidState, KeyError, TypeError) as exc:
                 raise ModelFileError(
                     disk.folder / "manifest.json",

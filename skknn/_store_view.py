@@ -60,10 +60,15 @@ class StoreView(GuardedState):
         """
         return self._reading()
 
+    def _logical_rows(self) -> np.ndarray | None:
+        """The rows in memory order, or None when they lie in it."""
+        return None
+
     @reads
     def ids(self) -> np.ndarray:
         """Ids of every stored sample, oldest first (a copy)."""
-        return self._ids[: self._n].copy()
+        rows = self._logical_rows()
+        return self._ids[: self._n].copy() if rows is None else self._ids[rows]
 
     @reads
     def next_ids(self, n: int) -> np.ndarray:

@@ -444,7 +444,7 @@ def test_a_killed_commit_leaves_a_folder_that_opens(tmp_path):
         np.testing.assert_array_equal(est.memory_.get(ids).labels, ids % 3)
         folder = est.memory_.storage_folder
         names = [p.name for p in folder.iterdir()]
-        assert len(names) == 2 + 6 + 1, names  # lock, manifest, the parts
+        assert len(names) == 2 + 8, names  # lock, manifest, the parts
 
 
 class _Crash(BaseException):
@@ -455,20 +455,37 @@ def _crash(*args, **kwargs):
     raise _Crash
 
 
+def _after(calls: int, func):
+    """``func`` that crashes at its ``calls``-th call, the earlier ones done."""
+    count = [0]
+
+    def crashing(*args, **kwargs):
+        count[0] += 1
+        if count[0] >= calls:
+            raise _Crash
+        return func(*args, **kwargs)
+
+    return crashing
+
+
 @pytest.mark.parametrize(
     ("op", "point"),
     [
         ("append", "before rename"),
         ("append", "after rename"),
         ("unlearn", "before rename"),
-        ("unlearn", "after rename"),
-        ("unlearn", "mid retire"),  # superseded files being zeroed
+        ("unlearn", "after rename"),  # the patch not applied
+        ("unlearn", "mid patch"),  # some parts' rows moved
+        ("unlearn", "before moves dropped"),  # every part patched
+        ("unlearn", "mid tail zeroing"),  # the second manifest committed
+        ("unlearn", "mid retire"),  # too large a patch: files rewritten
     ],
 )
 def test_a_crash_at_each_point_of_a_commit(tmp_path, monkeypatch, op, point):
-    """Killed before the manifest's rename: the old commit; after it (before or
-    while superseded files are zeroed): the new one; either way every file
-    not named is zeroed and deleted at the next opening."""
+    """Killed before the manifest's rename: the old commit; after it (before,
+    while or after a deletion's rows are moved, or while superseded files are
+    zeroed): the new one; either way every file not named is zeroed and
+    deleted, and no removed row's bytes are left, at the next opening."""
     from skknn import _disk
 
     X, y = _data(310)
@@ -477,6 +494,7 @@ def test_a_crash_at_each_point_of_a_commit(tmp_path, monkeypatch, op, point):
     old_ids = est.sample_ids_
     gone = old_ids[[4, 200]]
     patterns = [r.tobytes() for r in est.memory_.get(gone, prepared=True).X]
+    vectors = est.memory_.get(old_ids, prepared=True).X
     new_ids = np.setdiff1d(old_ids, gone) if op == "unlearn" else np.arange(310)
     monkeypatch.setattr(_disk.DiskVectors, "discard", lambda self, gen=None: None)
     if point == "before rename":
@@ -488,7 +506,15 @@ def test_a_crash_at_each_point_of_a_commit(tmp_path, monkeypatch, op, point):
         monkeypatch.setattr(_disk, "replaced", replaced)
     elif point == "after rename":
         monkeypatch.setattr(_disk.DiskVectors, "_adopt", _crash)
+    elif point == "mid patch":
+        monkeypatch.setattr(_disk, "_move_rows", _after(2, _disk._move_rows))
+    elif point == "before moves dropped":
+        monkeypatch.setattr(_disk.DiskVectors, "_drop_moves", _crash)
+    elif point == "mid tail zeroing":
+        sync = _disk.DiskVectors._sync_parts
+        monkeypatch.setattr(_disk.DiskVectors, "_sync_parts", _after(2, sync))
     else:
+        monkeypatch.setattr(_disk, "_MAX_MOVES", 0)
         monkeypatch.setattr(_disk, "_zero_file", _crash)
     if op == "append":
         edit, args, kwargs = est.partial_fit, (X[300:], y[300:]), {}
@@ -502,8 +528,162 @@ def test_a_crash_at_each_point_of_a_commit(tmp_path, monkeypatch, op, point):
     store = VectorStore.open(folder)
     expected = old_ids if point == "before rename" else new_ids
     np.testing.assert_array_equal(store.ids(), expected)
+    kept = np.intersect1d(expected, old_ids)  # every row where its id says
+    got = store.get(kept, prepared=True)
+    np.testing.assert_array_equal(got.X, vectors[kept])
+    np.testing.assert_array_equal(got.labels, y[kept])
     names = sorted(p.name for p in folder.iterdir())
-    assert len(names) == 2 + 7, names  # lock, manifest, the parts
+    assert len(names) == 2 + 8, names  # lock, manifest, the parts
     if op == "unlearn" and point != "before rename":
         data = b"".join(p.read_bytes() for p in folder.iterdir())
         assert not any(p in data for p in patterns)
+    store.add(X[300:], y[300:], ids=np.arange(1000, 1010))  # and it goes on
+    np.testing.assert_array_equal(store.ids(), [*expected, *range(1000, 1010)])
+
+
+# -- deletions move rows in place -----------------------------------------------------
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="Linux only")
+def test_a_one_id_unlearn_writes_a_few_rows(tmp_path):
+    """Unlearning 1 id writes two small manifests and O(1) rows of each part
+    (the last row moved into the removed one, the tail zeroed), the same at
+    2,000 and 6,000 rows: no part is rewritten."""
+    cost = {}
+    for n in (2000, 6000):
+        X, y = _data(n)
+        est = KNNVoter(3, index="exact", storage_path=tmp_path / str(n)).fit(X, y)
+        folder = est.memory_.storage_folder
+        before = _snapshot(folder)
+        start = _syscall_bytes_written()
+        est.unlearn([n // 3], retrain_index=False)
+        cost[n] = _syscall_bytes_written() - start
+        after = _snapshot(folder)
+        # the same files (generations); in each, at most 2 rows' bytes changed
+        assert sorted(after) == sorted(before)
+        for name, data in after.items():
+            if name.endswith(".bin"):
+                old = np.frombuffer(before[name], np.uint8)
+                changed = np.count_nonzero(old != np.frombuffer(data, np.uint8))
+                row = D * 4 if name.startswith("vectors") else 8
+                assert changed <= 2 * row, (name, changed)
+        assert est.memory_.n_samples == n - 1
+    assert cost[6000] < 16_384, cost  # 6,000 rows of vectors alone are 192 KB
+    assert abs(cost[6000] - cost[2000]) < 1024, cost
+
+
+@pytest.mark.parametrize(
+    "index", ["exact", *(["flat", "IVF8,Flat"] if HAS_FAISS else [])]
+)
+def test_a_disk_memory_after_deletions_is_the_ram_memory(tmp_path, index):
+    """Deletions move rows on disk, never in RAM; what shows order does not
+    see it: sample_ids_, loo_proba(), neighbours, the saved state and file
+    (also reopened, and after more appends and deletions)."""
+    X, y = _data(900)
+    X[450:] = X[:450]  # duplicates: equal distances, settled by id
+    Q = np.concatenate([_data(20, seed=5)[0], X[:10]])
+    ram = KNNVoter(5, index=index)
+    disk = KNNVoter(5, index=index, storage_path=tmp_path / "s")
+    for est in (ram, disk):
+        est.fit(X[:600], y[:600], sample_ids=np.arange(600) * 7 % 600)
+        est.unlearn([3, 599, 17, 250], retrain_index=False)
+        est.partial_fit(X[600:800], y[600:800], sample_ids=np.arange(600, 800))
+        est.unlearn(np.arange(100, 700, 11))  # retrained: in memory order
+        est.partial_fit(X[800:], y[800:], sample_ids=np.arange(800, 900))
+        est.unlearn([0, 899])
+
+    def same(a, b):
+        np.testing.assert_array_equal(a.sample_ids_, b.sample_ids_)
+        np.testing.assert_array_equal(a.loo_proba(), b.loo_proba())
+        np.testing.assert_array_equal(a.kneighbors(Q)[1], b.kneighbors(Q)[1])
+        np.testing.assert_array_equal(a.predict_proba(Q), b.predict_proba(Q))
+        (meta_a, arrays_a), (meta_b, arrays_b) = a.memory_.state(), b.memory_.state()
+        assert {**meta_a, "uid": 0} == {**meta_b, "uid": 0}
+        assert sorted(arrays_a) == sorted(arrays_b)
+        for name in arrays_a:
+            np.testing.assert_array_equal(arrays_a[name], arrays_b[name], name)
+
+    order = disk.memory_._disk.order(disk.memory_.n_samples)
+    assert not np.all(np.diff(order) > 0)  # rows were moved
+    same(disk, ram)
+    ram.save(tmp_path / "ram.skknn")
+    disk.save(tmp_path / "disk.skknn")
+    same(skknn.load(tmp_path / "disk.skknn"), skknn.load(tmp_path / "ram.skknn"))
+    del disk, est
+    gc.collect()
+    back = skknn.load(tmp_path / "s")  # reopened: the rows as they lie
+    same(back, ram)
+    for est in (ram, back):
+        est.partial_fit(X[:5], y[:5], sample_ids=np.arange(2000, 2005))
+        est.unlearn([2001, 5, 6])
+    same(back, ram)
+
+
+def test_reopened_after_a_deletion_then_an_append(tmp_path):
+    X, y = _data(400)
+    est = KNNVoter(3, index="exact", storage_path=tmp_path).fit(X[:300], y[:300])
+    folder = est.memory_.storage_folder
+    est.unlearn([0, 10, 20], retrain_index=False)
+    est.partial_fit(X[300:], y[300:])
+    ids, proba = est.sample_ids_, est.predict_proba(X[:50])
+    vectors = est.memory_.get(ids, prepared=True).X
+    del est
+    gc.collect()
+    back = skknn.load(tmp_path)
+    np.testing.assert_array_equal(back.sample_ids_, ids)
+    np.testing.assert_array_equal(back.memory_.get(ids, prepared=True).X, vectors)
+    np.testing.assert_array_equal(back.predict_proba(X[:50]), proba)
+    assert len(list(folder.iterdir())) == 2 + 8
+    back.unlearn(ids[-3:], retrain_index=False)
+    back.partial_fit(X[:2], y[:2], sample_ids=[5000, 5001])
+    assert back.sample_ids_.tolist() == [*ids[:-3], 5000, 5001]
+
+
+def test_a_large_deletion_rewrites_the_parts_in_memory_order(tmp_path, monkeypatch):
+    """A deletion over _MAX_MOVES moved rows writes new generation files
+    (rows in their physical order, the sequence numbers with them)."""
+    from skknn import _disk
+
+    X, y = _data(500)
+    ram = KNNVoter(3, index="exact").fit(X, y)
+    est = KNNVoter(3, index="exact", storage_path=tmp_path).fit(X, y)
+    ram.unlearn(np.arange(0, 500, 3))
+    est.unlearn(np.arange(0, 500, 3))  # rows moved
+    monkeypatch.setattr(_disk, "_MAX_MOVES", 2)
+    folder = est.memory_.storage_folder
+    for e in (ram, est):
+        e.unlearn(np.arange(1, 400, 9))
+    assert not (folder / "vectors-0.bin").exists()  # rewritten
+    np.testing.assert_array_equal(est.sample_ids_, ram.sample_ids_)
+    np.testing.assert_array_equal(est.loo_proba(), ram.loo_proba())
+    del est, e
+    gc.collect()
+    np.testing.assert_array_equal(skknn.load(tmp_path).sample_ids_, ram.sample_ids_)
+
+
+def test_a_damaged_patch_is_refused(tmp_path, monkeypatch):
+    """A manifest whose patch moves rows out of range is refused, unread."""
+    from skknn import _disk
+
+    X, y = _data(300)
+    est = KNNVoter(3, index="exact", storage_path=tmp_path).fit(X, y)
+    folder = est.memory_.storage_folder
+    monkeypatch.setattr(_disk.DiskVectors, "_adopt", _crash)
+    with pytest.raises(_Crash):
+        est.unlearn([5], retrain_index=False)
+    monkeypatch.undo()
+    del est
+    gc.collect()
+    record = json.loads((folder / "manifest.json").read_text())
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    import base64
+
+    body["patch"]["src"] = base64.b64encode(np.int64([5]).tobytes()).decode()
+    (folder / "manifest.json").write_text(
+        json.dumps({**body, "checksum": _disk._checksum(body)})
+    )
+    with pytest.raises(ModelFileError) as err:
+        VectorStore.open(folder)
+    assert err.value.part == "manifest.json: patch"
