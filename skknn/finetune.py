@@ -179,6 +179,10 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         With ``early_stopping``: the head's validation accuracy of the linear
         probe, then after each epoch; empty otherwise.
 
+    See Also
+    --------
+    skknn.JointKNNClassifier : JOINT on frozen embeddings.
+
     Notes
     -----
     Training is LP-FT: the head is first fitted to convergence on the frozen
@@ -195,10 +199,6 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
     non-finite, or exceeds both ten times the first epoch's and twice the
     cross-entropy of a uniform guess: lower ``backbone_lr`` and ``head_lr``
     then.
-
-    See Also
-    --------
-    skknn.JointKNNClassifier : JOINT on frozen embeddings.
 
     Examples
     --------
