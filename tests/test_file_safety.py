@@ -452,3 +452,41 @@ def test_edit_cycles_keep_folder_rss_and_handles_flat(tmp_path):
     assert after["fds"] <= warm["fds"], (warm, after)
     assert after["maps"] <= warm["maps"] + 2, (warm, after)
     assert after["rss"] <= warm["rss"] + (16 << 20), (warm, after)
+
+
+def test_bombs_are_refused_before_allocation(data, tmp_path):
+    """An unused, highly compressible member and a header claiming a huge shape
+    are refused from the archive's directory and headers alone."""
+    import tracemalloc
+
+    X, y, _ = data
+    path = tmp_path / "m.skknn"
+    KNNVoter(3, index="exact").fit(X, y).save(path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("arrays/unused.npy", bytes(200 << 20))  # 200 MB of zeros
+    assert path.stat().st_size < 2 << 20
+    tracemalloc.start()
+    with pytest.raises(ModelFileError, match="compressed") as info:
+        skknn.load(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert info.value.part == "arrays/unused.npy"
+    assert peak < 10 << 20, peak
+    # a header claiming 999,999,999,999 rows for a member of a few kB (the header's
+    # padding takes the longer shape; the member's size is unchanged)
+    KNNVoter(3, index="exact").fit(X, y).save(path)
+    with zipfile.ZipFile(path) as zf:
+        members = [(i.filename, zf.read(i)) for i in zf.infolist()]
+    old = b"'shape': (300,), }" + b" " * 9
+    name, payload = members[-1]
+    assert old in payload, name
+    members[-1] = (name, payload.replace(old, b"'shape': (999999999999,), }", 1))
+    with zipfile.ZipFile(path, "w") as zf:  # stored, CRCs right: only the header lies
+        for name, payload in members:
+            zf.writestr(name, payload)
+    tracemalloc.start()
+    with pytest.raises(ModelFileError, match="header claims"):
+        skknn.load(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10 << 20, peak
