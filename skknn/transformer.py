@@ -157,7 +157,7 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
         Returns
         -------
-        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit_)
+        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit)
             ``n_neighbors`` entries per row, one more in ``"distance"`` mode.
         """
         check_is_fitted(self)

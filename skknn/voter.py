@@ -970,7 +970,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
         Returns
         -------
-        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit_)
+        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit)
             Row ``i`` holds query ``i``'s neighbours, nearest first (fewer where
             an approximate index found fewer).
 
