@@ -128,8 +128,7 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self : KNNTransformer
             The fitted transformer.
         """
-        check_option(self, "mode", self.mode, GRAPH_MODES)
-        check_int(self, "n_neighbors", self.n_neighbors, low=1)
+        self._check_params()
         refuse_fitted_neighbors(self, X)
         check_sparse_engine(self, X, self.index)
         X = validate_data(self, X, dtype=np.float32, accept_sparse="csr")
@@ -161,14 +160,17 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             ``n_neighbors`` entries per row, one more in ``"distance"`` mode.
         """
         check_is_fitted(self)
-        check_option(self, "mode", self.mode, GRAPH_MODES)
-        check_int(self, "n_neighbors", self.n_neighbors, low=1)
+        self._check_params()
         check_sparse_engine(self, X, self.index)
         X = validate_data(self, X, reset=False, dtype=np.float32, accept_sparse="csr")
         add_one = self.mode == "distance"  # sklearn's rule, kept exactly
         return self.knn_.kneighbors_graph(
             X, n_neighbors=self.n_neighbors + add_one, mode=self.mode
         )
+
+    def _check_params(self) -> None:
+        check_option(self, "mode", self.mode, GRAPH_MODES)
+        check_int(self, "n_neighbors", self.n_neighbors, low=1)
 
     def fit_transform(self, X, y=None):
         """``fit(X).transform(X)``, as sklearn's ``KNeighborsTransformer``.
