@@ -220,6 +220,9 @@ class Store(Protocol):
     def reading(self):
         """A context holding one state of the store across several reads."""
 
+    def editing(self):
+        """A context holding the store alone (readers wait) across several steps."""
+
     def state(self) -> tuple[dict, dict]:
         """``(meta, arrays)`` describing the store, for files."""
 

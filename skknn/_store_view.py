@@ -60,6 +60,12 @@ class StoreView(GuardedState):
         """
         return self._reading()
 
+    def editing(self) -> AbstractContextManager[None]:
+        """Hold the store alone across several steps (readers wait), as an
+        estimator does while it changes both the memory's knobs and its own
+        parameters."""
+        return self._editing()
+
     def _logical_rows(self) -> np.ndarray | None:
         """The rows in memory order, or None when they lie in it."""
         return None

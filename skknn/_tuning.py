@@ -45,7 +45,7 @@ def tune(voter, X: np.ndarray, target: float, k: int, predict) -> Bunch:
         return agreement(predict(found), reference), recall_at_k(found.ids, exact.ids)
 
     if getattr(store, "sharded", False):
-        with store._editing():
+        with store.editing():
             original = dict(store.index_params)
             try:
                 search = _published(store, X, k, voter)

@@ -172,23 +172,6 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         check_option(self, "mode", self.mode, GRAPH_MODES)
         check_int(self, "n_neighbors", self.n_neighbors, low=1)
 
-    def fit_transform(self, X, y=None):
-        """``fit(X).transform(X)``, as sklearn's ``KNeighborsTransformer``.
-
-        Parameters
-        ----------
-        X : array-like or sparse matrix of shape (n_samples, n_features)
-            Training rows.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        graph : scipy.sparse.csr_matrix of shape (n_samples, n_samples)
-            Each row's neighbours among the fitted rows, itself included.
-        """
-        return self.fit(X).transform(X)
-
     @property
     def n_samples_fit_(self) -> int:
         return self.knn_.n_samples_fit_

@@ -406,7 +406,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             return super().set_params(**params)
         new = params.pop("index_params")
         super().set_params(**params)
-        with self.memory_._editing():  # see _index_params_agree
+        with self.memory_.editing():  # see _index_params_agree
             # The memory first: when it refuses the knobs, neither changes.
             self.memory_.set_index_params(dict(new or {}))
             super().set_params(index_params=new)
