@@ -574,3 +574,21 @@ def one_pass(
     finally:
         head.cpu().eval()
     return loss
+
+
+def stratified_split(
+    codes: np.ndarray, fraction: float, gen: torch.Generator, fix: str
+):
+    """``(train, val)`` row indices: a held-out ``fraction`` of every class,
+    drawn from the fit's generator, each class keeping a training sample.
+    ``fix`` says what to do when nothing is held out."""
+    perm = torch.randperm(len(codes), generator=gen).numpy()
+    val = []
+    for c in np.unique(codes):
+        members = perm[codes[perm] == c]
+        n_val = round(fraction * len(members))
+        val.extend(members[: min(n_val, len(members) - 1)])
+    if not val:
+        raise ValueError(f"validation_fraction={fraction} holds out no sample; {fix}.")
+    val = np.sort(np.asarray(val, dtype=np.int64))
+    return np.setdiff1d(np.arange(len(codes)), val), val

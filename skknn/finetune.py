@@ -36,7 +36,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from skknn._device import device_after_unpickling
 from skknn._head_lbfgs import fit_linear_head
-from skknn._head_training import modulation_weights
+from skknn._head_training import modulation_weights, stratified_split
 from skknn._heads import Head, build_head
 from skknn._validation import check_float, check_int, check_option
 from skknn.features import TorchFeatureExtractor
@@ -355,7 +355,15 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         codes = np.searchsorted(classes, y)
         p_true = _p_true(knn, codes, ids)
         # Held-out images only where there is something to stop early.
-        train, val = self._split(codes, gen) if params else (ids, ids[:0])
+        if params and self.early_stopping:
+            train, val = stratified_split(
+                codes,
+                self.validation_fraction,
+                gen,
+                "use a larger fraction or early_stopping=False",
+            )
+        else:
+            train, val = ids, ids[:0]
         run = _Run(
             extractor=extractor,
             params=params,
@@ -388,25 +396,6 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         self.best_epoch_ = run.best_epoch
         self.validation_scores_ = run.val_scores
         return self
-
-    def _split(self, codes: np.ndarray, gen: torch.Generator):
-        """Stratified validation split (every class keeps a training image)."""
-        everything = np.arange(len(codes))
-        if not self.early_stopping:
-            return everything, everything[:0]
-        perm = torch.randperm(len(codes), generator=gen).numpy()
-        val = []
-        for c in np.unique(codes):
-            members = perm[codes[perm] == c]
-            n_val = round(self.validation_fraction * len(members))
-            val.extend(members[: min(n_val, len(members) - 1)])
-        if not val:
-            raise ValueError(
-                f"validation_fraction={self.validation_fraction} holds out no "
-                "image; use a larger fraction or early_stopping=False."
-            )
-        val = np.sort(np.asarray(val, dtype=np.int64))
-        return np.setdiff1d(everything, val), val
 
     def _linear_probe(self, E, codes, p_true, n_classes, gen) -> Head:
         """LP of LP-FT: the head fitted to convergence on the frozen embeddings,

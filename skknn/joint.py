@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skknn import _head_training, _heads
 from skknn._device import device_after_unpickling, resolve_device
 from skknn._head_lbfgs import fit_linear_head
+from skknn._head_training import stratified_split
 from skknn._locks import GuardedState
 from skknn._new_classes import imprint_new_rows
 from skknn._store import VectorStore
@@ -381,7 +382,9 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         train = np.arange(len(y))
         X_val = y_val = None
         if self.validation_fraction:
-            train, val = self._split(codes, gen)
+            train, val = stratified_split(
+                codes, self.validation_fraction, gen, "use a larger fraction or None"
+            )
             X_val, y_val = X[val], codes[val]
         x_mean, x_scale = _heads.input_stats(X[train])
         head = _heads.build_head(
@@ -459,22 +462,6 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         a few hundred samples must not train in a handful of steps (the learning
         rate follows the batch size, so the step size stays comparable)."""
         return int(max(1, min(self.batch_size, n_train // _MIN_STEPS)))
-
-    def _split(self, codes: np.ndarray, gen: torch.Generator):
-        """Stratified validation split drawn from the fit's generator."""
-        perm = torch.randperm(len(codes), generator=gen).numpy()
-        val = []
-        for c in np.unique(codes):
-            members = perm[codes[perm] == c]
-            n_val = round(self.validation_fraction * len(members))
-            val.extend(members[: min(n_val, len(members) - 1)])
-        val = np.sort(np.asarray(val, dtype=np.int64))
-        if val.size == 0:
-            raise ValueError(
-                f"validation_fraction={self.validation_fraction} leaves no validation "
-                "samples; use a larger fraction or None."
-            )
-        return np.setdiff1d(np.arange(len(codes)), val), val
 
     def partial_fit(self, X, y, classes=None, sample_ids=None, sample_weight=None):
         """Add samples: into the memory at once, then a rehearsal of the head.

@@ -461,3 +461,9 @@ def test_feature_names_survive_save_load_and_retraining(blobs, tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no "X has feature names" warning
             model.predict(frame)
+
+
+def test_a_validation_fraction_holding_out_nothing_is_refused(blobs):
+    X, y = blobs
+    with pytest.raises(ValueError, match="holds out no sample"):
+        small_joint(validation_fraction=0.001, max_epochs=2).fit(X, y)
