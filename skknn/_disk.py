@@ -110,6 +110,7 @@ from zipfile import BadZipFile
 import numpy as np
 
 from skknn._atomic import clean_stale_temporaries, fsync_folder, replaced
+from skknn._store_checks import check_state
 from skknn.exceptions import ModelFileError
 
 MANIFEST = "manifest.json"
@@ -132,6 +133,12 @@ REQUIRED_PARTS = (*PARTS[:6], "order")
 SMALL_ARRAYS = ("mean", "taxonomy_paths")
 _PART_FILE = re.compile(r"(" + "|".join(PARTS) + r")-(\d{1,18})\.bin")
 _DTYPES = {"|b1", "<i4", "<i8", "<f2", "<f4", "<f8"}
+# Parts no store check looks at again must hold exactly what skknn writes.
+_PART_DTYPES = {"vectors": {"<f4", "<f2"}, "order": {"<i8"}}
+# File generations stay below what _PART_FILE matches (18 digits), so every
+# file a manifest can name is one purge and destroy recognise.
+_MAX_GEN = 10**17
+_MAX_WIDTH = 1 << 20
 _MAX_MANIFEST_BYTES = 64 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # Bytes zeroed or copied per step: bounded working memory whatever the memory size.
@@ -871,20 +878,37 @@ class DiskVectors:
                 record = json.loads(str(data["__meta__"]))
                 arrays = {k: data[k] for k in data.files if k != "__meta__"}
             meta = record["store"]
-            gen, n = int(record["vectors"]["gen"]), int(record["vectors"]["n"])
-            self.n_features = int(meta["n_features"])
-            self.dtype = np.dtype(meta.get("storage_dtype", "float32"))
+            gen, n = record["vectors"]["gen"], record["vectors"]["n"]
+            width = meta["n_features"]
+            dtype = {"float32": "<f4", "float16": "<f2"}[
+                meta.get("storage_dtype", "float32")
+            ]
         except (ValueError, KeyError, TypeError, OSError, EOFError, BadZipFile) as exc:
             raise ModelFileError(path, STATE, f"unreadable ({exc!r})") from exc
+        for field, value, limit in (
+            ("vectors.gen", gen, _MAX_GEN),
+            ("vectors.n", n, 1 << 62),
+            ("store.n_features", width, _MAX_WIDTH),
+        ):
+            if not _is_count(value, limit) or (
+                field == "store.n_features" and not value
+            ):
+                raise ModelFileError(path, f"{STATE}: {field}", f"invalid ({value!r})")
+        self.n_features, self.dtype = width, np.dtype(dtype)
         info = {"gen": gen, "dtype": self.dtype.str, "width": self.n_features}
         self.n = 0
-        rows = self._map_committed("vectors", {**info, "blocksum": 0}, 0)
+        # the file must hold the n rows the state names (never grown into zeros)
+        rows = self._map_committed("vectors", {**info, "blocksum": 0}, n)
         self.parts.pop("vectors")
         self._initial_gen, self._next_gen = gen, gen + 1
         bufs = [rows] + [arrays[p] for p in PARTS[1:] if p in arrays]
         for b in bufs[1:]:
             if b.shape[0] != n:
                 raise ModelFileError(path, STATE, "per-row arrays of unequal lengths")
+        try:  # the whole state checked before the first-format file goes
+            check_state(meta, {**arrays, "embeddings": rows[:n]})
+        except ValueError as exc:
+            raise ModelFileError(path, STATE, str(exc)) from exc
         self.commit(meta, arrays, bufs, n)
         _zero_file(path)
         path.unlink()
@@ -959,15 +983,21 @@ def _checked_record(path: Path, record) -> dict:
     for field in ("generation", "n", "next_seq"):
         need(_is_count(record.get(field)), field, "must be an int >= 0")
     need(isinstance(record.get("store"), dict), "store", "must be an object")
-    need(_is_count(record["store"].get("n_features"), 1 << 20), "store", "n_features")
+    width = record["store"].get("n_features")
+    need(_is_count(width, _MAX_WIDTH) and width >= 1, "store", "n_features")
     parts = record.get("parts")
     need(isinstance(parts, dict), "parts", "must be an object")
     need(set(REQUIRED_PARTS) <= set(parts) <= set(PARTS), "parts", "unexpected names")
     for part, info in parts.items():
         width = record["store"]["n_features"] if part == "vectors" else 1
         need(isinstance(info, dict), f"parts.{part}", "must be an object")
-        need(_is_count(info.get("gen")), f"parts.{part}.gen", "must be an int >= 0")
-        need(info.get("dtype") in _DTYPES, f"parts.{part}.dtype", "not allowed")
+        need(
+            _is_count(info.get("gen"), _MAX_GEN),
+            f"parts.{part}.gen",
+            f"must be an int in [0, {_MAX_GEN})",
+        )
+        allowed = _PART_DTYPES.get(part, _DTYPES)
+        need(info.get("dtype") in allowed, f"parts.{part}.dtype", "not allowed")
         need(info.get("width") == width, f"parts.{part}.width", f"must be {width}")
         need(
             _is_count(info.get("blocksum"), 1 << 64),

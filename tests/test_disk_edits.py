@@ -687,3 +687,47 @@ def test_a_damaged_patch_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ModelFileError) as err:
         VectorStore.open(folder)
     assert err.value.part == "manifest.json: patch"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        (("store", "n_features"), 0),
+        (("parts", "labels", "gen"), 10**18),  # a name purge could not recognise
+        (("parts", "order", "dtype"), "<f4"),
+        (("parts", "vectors", "dtype"), "<i8"),
+    ],
+)
+def test_a_forged_manifest_field_is_refused(tmp_path, field, value):
+    from skknn._disk import _checksum
+
+    folder = _fitted_folder(tmp_path)
+    manifest = folder / "manifest.json"
+    record = json.loads(manifest.read_text())
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    target = body
+    for key in field[:-1]:
+        target = target[key]
+    target[field[-1]] = value
+    manifest.write_text(json.dumps({**body, "checksum": _checksum(body)}))
+    with pytest.raises(ModelFileError):
+        VectorStore.open(folder)
+
+
+def test_a_first_format_folder_with_fewer_rows_than_named_is_kept(tmp_path):
+    """Conversion refuses a vectors file shorter than the state names (it never
+    grows it into zero rows) and keeps the first-format state."""
+    X, y = _data(400)
+    ram = VectorStore(D, engine="exact")
+    ram.add(X, y)
+    meta, arrays = ram.state()
+    folder = tmp_path / "old"
+    folder.mkdir()
+    arrays["embeddings"][:300].tofile(folder / "vectors-0.bin")
+    record = {"store": meta, "vectors": {"gen": 0, "n": 400}}
+    rest = {k: v for k, v in arrays.items() if k != "embeddings" and "/" not in k}
+    np.savez(folder / "state.npz", __meta__=np.array(json.dumps(record)), **rest)
+    with pytest.raises(ModelFileError, match="truncated"):
+        VectorStore.open(folder)
+    assert (folder / "state.npz").exists()
+    assert (folder / "vectors-0.bin").stat().st_size == 300 * D * 4
