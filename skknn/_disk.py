@@ -396,15 +396,9 @@ class DiskVectors:
         """A fresh folder for one store inside ``storage_path``."""
         return cls(Path(storage_path) / uuid.uuid4().hex, n_features, dtype)
 
-    @property
-    def row_bytes(self) -> int:
-        return self.n_features * self.dtype.itemsize
-
-    @property
-    def gen(self) -> int:
-        """The generation of the vectors' file."""
-        info = self.parts.get("vectors")
-        return self._initial_gen if info is None else info["gen"]
+    def close(self) -> None:
+        """Let go of the folder's lock (a store that failed to open from it)."""
+        self._release()
 
     def path(self, gen: int, part: str = "vectors") -> Path:
         return self.folder / f"{part}-{int(gen)}.bin"
@@ -472,11 +466,6 @@ class DiskVectors:
         """The committed parts' maps, in the store's buffer order."""
         return [self._maps[part] for part in PARTS[:count]]
 
-    def sync(self, rows: np.ndarray) -> None:
-        """Flush written rows to the disk (msync)."""
-        if isinstance(rows, np.memmap) and rows.shape[0]:
-            rows.flush()
-
     # -- new generations -----------------------------------------------------------
     def stage(self, part: str, src: np.ndarray, runs, n_new: int, cap=None):
         """A new generation file of ``part`` holding the kept ``runs`` of ``src``
@@ -496,13 +485,7 @@ class DiskVectors:
         self._staged[part].update(map=dst, blocksum=_blocksum(dst, n_new))
         return dst
 
-    def write_generation(self, src: np.ndarray, runs, n_new: int):
-        """``(gen, rows)``: a new generation of the vectors holding the kept
-        ``runs`` of ``src``, synced, for the next commit."""
-        rows = self.stage("vectors", src, runs, n_new)
-        return self._staged["vectors"]["gen"], rows
-
-    def discard(self, gen: int | None = None) -> None:
+    def discard(self) -> None:
         """Zero and delete the generations staged for a commit that failed."""
         for part, staged in list(self._staged.items()):
             path = self.path(staged["gen"], part)
@@ -511,7 +494,7 @@ class DiskVectors:
                 path.unlink()
         self._staged.clear()
 
-    def retire(self, gen: int | None = None, removed_rows=None) -> None:
+    def retire(self, removed_rows=None) -> None:
         """Zero the ``removed_rows`` (all rows when None) of the files the last
         commit superseded, synced, and delete the files, so unlearned samples'
         bytes leave the folder (and the disk's blocks)."""

@@ -232,7 +232,7 @@ class StoreStateMixin:
             store._disk = disk
             store._set_buffers(disk.mapped(count))
         except BaseException:
-            disk._release()
+            disk.close()
             raise
         return store
 
