@@ -17,12 +17,18 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from sklearn.preprocessing import StandardScaler
 from torch import nn
+
+# A column whose deviation is within this many units in the last place of its
+# dtype (at its mean's magnitude) is rounding noise around a constant.
+_ULPS_CONSTANT = 4
 
 __all__ = [
     "Head",
     "add_output_rows",
     "build_head",
+    "column_stats",
     "expand_outputs",
     "head_from_state_dict",
     "input_stats",
@@ -149,6 +155,35 @@ def _init_linear(
         layer.bias.fill_(bias)
 
 
+def column_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column mean and variance, and which columns count as constant.
+
+    The statistics are :class:`~sklearn.preprocessing.StandardScaler`'s (float64
+    accumulators). A column is constant by StandardScaler's rule (its variance
+    within the rounding bound of the two-pass algorithm, Chan, Golub and LeVeque)
+    or when its deviation is within ``_ULPS_CONSTANT`` units in the last place of
+    ``X``'s dtype at the column's magnitude: float32 rounding noise around a
+    constant is not a feature, and standardising it would blow the noise up to
+    unit variance.
+
+    Returns
+    -------
+    mean, var : ndarray of shape (n_features,), float64
+    constant : ndarray of shape (n_features,), bool
+    """
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"X must be a non-empty 2-d array. Got shape {X.shape}.")
+    scaler = StandardScaler().fit(X)
+    mean, var, n = scaler.mean_, scaler.var_, X.shape[0]
+    eps64 = np.finfo(np.float64).eps
+    constant = var <= n * eps64 * var + (n * mean * eps64) ** 2
+    dtype = X.dtype if X.dtype.kind == "f" else np.dtype(np.float64)
+    ulp = _ULPS_CONSTANT * np.finfo(dtype).eps * np.abs(mean)
+    constant |= np.sqrt(var) <= ulp
+    return mean, var, constant
+
+
 def input_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and scale for :func:`build_head`'s standardisation.
 
@@ -162,16 +197,18 @@ def input_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x_mean : ndarray of shape (n_features,), float32
         Column means.
     x_scale : ndarray of shape (n_features,), float32
-        Column standard deviations; constant columns get 1 so that they stay finite
-        (they carry no information, and 0 would divide by zero).
+        Column standard deviations; columns constant by :func:`column_stats`'
+        rule get 1, so that they stay finite and noise in them stays small.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.1, 1.0], [0.1, 5.0]], dtype=np.float32)
+    >>> input_stats(X)[1].tolist()  # the constant column keeps scale 1
+    [1.0, 2.0]
     """
-    X = np.asarray(X)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"X must be a non-empty 2-d array. Got shape {X.shape}.")
-    # float64 accumulation: float32 sums over 1e5+ rows lose digits in the mean.
-    mean = X.mean(axis=0, dtype=np.float64)
-    scale = X.std(axis=0, dtype=np.float64)
-    scale[~(scale > 1e-12 * max(1.0, float(np.abs(mean).max())))] = 1.0
+    mean, var, constant = column_stats(X)
+    scale = np.where(constant, 1.0, np.sqrt(var))
     return mean.astype(np.float32), scale.astype(np.float32)
 
 

@@ -75,3 +75,51 @@ def grow(buf: np.ndarray, n: int, cap: int) -> np.ndarray:
     new = np.zeros((cap, *buf.shape[1:]), dtype=buf.dtype)
     new[:n] = buf[:n]
     return new
+
+
+class RowBuffer:
+    """Rows kept exactly as given, in order, with amortised appends.
+
+    An estimator that must retrain on what it was given (not on the memory's
+    pre-processed copy) keeps its rows here. Removal compacts in place and zeroes
+    the freed tail, so a removed row's bytes stay in no spare capacity; pickling
+    keeps only the live rows.
+    """
+
+    def __init__(self, X: np.ndarray):
+        self._buf = np.array(X, dtype=np.float32, order="C", copy=True)
+        self._n = self._buf.shape[0]
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The live rows (a view: read only by convention)."""
+        return self._buf[: self._n]
+
+    def append(self, X: np.ndarray) -> None:
+        n, m = self._n, X.shape[0]
+        if n + m > self._buf.shape[0]:
+            self._buf = grow(self._buf, n, max(n + m, 2 * n))
+        self._buf[n : n + m] = X
+        self._n = n + m
+
+    def truncate(self, n: int) -> None:
+        """Forget every row from ``n`` on (undoes appends)."""
+        self._buf[n : self._n] = 0
+        self._n = min(self._n, n)
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep the rows where ``mask`` is true, in order; the rest are zeroed."""
+        old = self._n
+        compact_inplace(self._buf, kept_runs(np.flatnonzero(~mask), old))
+        self._n = int(np.count_nonzero(mask))
+        self._buf[self._n : old] = 0
+
+    def __getstate__(self):
+        return {"rows": self.rows.copy()}
+
+    def __setstate__(self, state):
+        self._buf = np.ascontiguousarray(state["rows"], dtype=np.float32)
+        self._n = self._buf.shape[0]

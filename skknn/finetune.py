@@ -31,13 +31,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from skknn._device import device_after_unpickling
 from skknn._head_lbfgs import fit_linear_head
 from skknn._head_training import modulation_weights, stratified_split
-from skknn._heads import Head, build_head
+from skknn._heads import Head, build_head, column_stats
 from skknn._validation import check_float, check_int, check_option
 from skknn.features import TorchFeatureExtractor
 from skknn.io import Persistable, register, subtree
@@ -54,7 +53,7 @@ _PROBE_MAX_ITER = 500
 # loss, and noise from augmentation moves it by far less.
 _DIVERGED = 10.0
 # The head's input scale is floored at this fraction of the typical column's
-# deviation (see _head_scale).
+# deviation (see _head_stats).
 _SCALE_FLOOR = 0.3
 # Smallest fall of a loss that counts as an improvement (MLPClassifier's tol).
 _TOL = 1e-4
@@ -161,9 +160,11 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
     knn_ : KNNVoter
         The memory of the training images (and of later :meth:`partial_fit`).
     head_ : torch.nn.Module
-        The trained linear head; it standardises its input as
-        :class:`~sklearn.preprocessing.StandardScaler` fitted on the pretrained
-        embeddings of the training images would.
+        The trained linear head; it standardises its input by the pretrained
+        embeddings of the training images, as
+        :class:`~sklearn.preprocessing.StandardScaler` would (constant columns
+        at the input's float resolution kept unscaled, and a floor on the
+        scale of barely varying ones).
     head_classes_ : ndarray
         The classes the head was trained on (those of :meth:`fit`).
     n_memory_refreshes_ : int
@@ -400,14 +401,10 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
     def _linear_probe(self, E, codes, p_true, n_classes, gen) -> Head:
         """LP of LP-FT: the head fitted to convergence on the frozen embeddings,
         by the same solver and loss as JointKNNClassifier's linear head, over
-        inputs standardised by :func:`_head_scale`."""
-        scaler = StandardScaler().fit(E)
+        inputs standardised by :func:`_head_stats`."""
+        mean, scale = _head_stats(E)
         head = build_head(
-            E.shape[1],
-            n_classes,
-            generator=gen,
-            x_mean=scaler.mean_,
-            x_scale=_head_scale(scaler),
+            E.shape[1], n_classes, generator=gen, x_mean=mean, x_scale=scale
         )
         weights = modulation_weights(torch.from_numpy(p_true), alpha=float(self.alpha))
         fit_linear_head(
@@ -812,26 +809,27 @@ class _Run:
         self.head.load_state_dict(head)
 
 
-def _head_scale(scaler: StandardScaler) -> np.ndarray:
-    """The head's input scale: StandardScaler's, floored where a column barely
+def _head_stats(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The head's input mean and scale: the JOINT head's standardisation
+    (:func:`~skknn._heads.column_stats`), the scale floored where a column barely
     varies on the training images.
 
-    StandardScaler's rule leaves constant columns unscaled (a floor of 1e-6 on
-    the deviation blew a column dead on the training images up by 1e6 as soon
-    as a crop or a trained block woke it: losses of 1e9 and more). Pooled ReLU
-    features also hold columns alive on one or two training images (deviation
-    ~0.002 against ~0.1 for a typical column): standardised, they turn any
-    change the backbone makes to them into inputs of hundreds, and fine-tuning
-    collapsed within three epochs (EfficientNet-Lite0's 1280-d features of 150
-    digits: 0.25 accuracy against 0.70 with the floor). The floor is a fraction
-    of the root-mean-square deviation of the varying columns.
+    Constant columns keep scale 1 (a floor of 1e-6 on the deviation blew a
+    column dead on the training images up by 1e6 as soon as a crop or a trained
+    block woke it: losses of 1e9 and more). Pooled ReLU features also hold
+    columns alive on one or two training images (deviation ~0.002 against ~0.1
+    for a typical column): standardised, they turn any change the backbone makes
+    to them into inputs of hundreds, and fine-tuning collapsed within three
+    epochs (EfficientNet-Lite0's 1280-d features of 150 digits: 0.25 accuracy
+    against 0.70 with the floor). The floor is a fraction of the root-mean-square
+    deviation of the varying columns.
     """
-    scale = scaler.scale_.astype(np.float64)
-    constant = (scale == 1.0) & (scaler.var_ != 1.0)
+    mean, var, constant = column_stats(E)
     if constant.all():
-        return scale
-    typical = math.sqrt(float(np.mean(scaler.var_[~constant])))
-    return np.where(constant, 1.0, np.maximum(scale, _SCALE_FLOOR * typical))
+        return mean, np.ones_like(var)
+    typical = math.sqrt(float(np.mean(var[~constant])))
+    scale = np.where(constant, 1.0, np.maximum(np.sqrt(var), _SCALE_FLOOR * typical))
+    return mean, scale
 
 
 def _seed(random_state) -> int:

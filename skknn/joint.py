@@ -18,6 +18,7 @@ from skknn._head_lbfgs import fit_linear_head
 from skknn._head_training import stratified_split
 from skknn._locks import GuardedState
 from skknn._new_classes import imprint_new_rows
+from skknn._rows import RowBuffer
 from skknn._store import VectorStore
 from skknn._validation import (
     check_first_classes,
@@ -449,6 +450,10 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         self.n_iter_ = int(result["n_epochs"])
         self.solver_ = self._solver(device)
         self._train_ids = np.asarray(ids, dtype=np.int64)  # validated by the store
+        # The memory keeps pre-processed vectors (centred, unit length, maybe
+        # float16); a retrain after unlearn must see the rows as given to equal
+        # a fresh fit.
+        self._train_rows = RowBuffer(X)
         self._generator_state = gen.get_state()
         return self
 
@@ -535,6 +540,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             # bookkeeping go back to what they were.
             store.remove(ids, retrain_index=False)
             head, self.classes_, self._train_ids, proba, state, n_loss = saved
+            self._training_rows().truncate(len(self._train_ids))
             self.head_, self.knn_train_proba_, self._generator_state = (
                 head,
                 proba,
@@ -549,6 +555,8 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         old = self.classes_
         store = self.knn_.memory_
         old_ids = self._train_ids
+        rows = self._training_rows()
+        rows.append(X)
         self._train_ids = np.concatenate([old_ids, ids])
         added = self._sync_head_classes(old)
         codes = np.searchsorted(self.classes_, y)
@@ -563,8 +571,10 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         # beside the new ones; new samples alone would drag every class's row
         # towards them (and one pass over few samples teaches a new class little).
         n_replay = min(len(old_ids), REPLAY_PER_NEW * len(y))
-        replay = old_ids[torch.randperm(len(old_ids), generator=gen)[:n_replay].numpy()]
+        at = torch.randperm(len(old_ids), generator=gen)[:n_replay].numpy()
+        replay = old_ids[at]
         data = store.get(replay)
+        data.X = rows.rows[at]
         r_codes = np.searchsorted(self.classes_, data.labels)
         r_p = (
             self._p_true(self.knn_, r_codes, replay)
@@ -677,15 +687,15 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         removed = store.check_removable(sample_ids)
         keep = ~np.isin(self._train_ids, removed)
         if retrain:
-            # The memory is the one copy of the training set: refit on what it
-            # keeps, in training order.
+            # Refit on what is kept, in training order: the rows as given, the
+            # labels and weights as the memory holds them.
             kept_ids = self._train_ids[keep]
             self._check_retrainable(kept_ids, removed)
             data = store.get(kept_ids)
             self._check_classes_left(data.labels)
             names = self.__dict__.get("feature_names_in_")
             self._fit(
-                data.X,
+                self._training_rows().rows[keep],
                 data.labels,
                 kept_ids,
                 max_epochs=self.max_epochs,
@@ -695,10 +705,20 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
                 self.feature_names_in_ = names
         else:
             self.knn_.unlearn(removed, retrain_index=retrain_index)
+            self._training_rows().keep(keep)
             self._train_ids = self._train_ids[keep]
             if self.knn_train_proba_ is not None:
                 self.knn_train_proba_ = self.knn_train_proba_[keep]
         return self
+
+    def _training_rows(self) -> RowBuffer:
+        """The training rows as given, aligned with ``_train_ids``."""
+        rows = self.__dict__.get("_train_rows")
+        if rows is None:
+            # Saved before skknn kept them: the memory's copy is all there is.
+            rows = RowBuffer(self.knn_.memory_.get(self._train_ids).X)
+            self._train_rows = rows
+        return rows
 
     def _check_retrainable(self, kept_ids: np.ndarray, removed: np.ndarray) -> None:
         """Refuse, before anything changes, a retrain on no samples (a fresh fit
@@ -918,6 +938,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         arrays = {"knn/" + k: v for k, v in knn_arrays.items()}
         arrays["head"] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
         arrays["train_ids"] = self._train_ids
+        arrays["train_X"] = self._training_rows().rows
         if self.knn_train_proba_ is not None:
             arrays["knn_train_proba"] = self.knn_train_proba_
         arrays["generator_state"] = self._generator_state.numpy()
@@ -980,6 +1001,15 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             raise ValueError("train_ids are not the memory's sample ids")
         if self.knn_train_proba_ is not None and self.knn_train_proba_.shape != (n,):
             raise ValueError("knn_train_proba is not one value per memory sample")
+        self._train_rows = None  # a file from before skknn kept them
+        if "train_X" in arrays:
+            rows = arrays["train_X"]
+            if rows.dtype != np.float32 or rows.shape != (n, self.n_features_in_):
+                raise ValueError(
+                    f"train_X is {rows.dtype} of shape {rows.shape}, not float32 "
+                    f"rows of the memory's {n} samples x {self.n_features_in_} features"
+                )
+            self._train_rows = RowBuffer(rows)
         probe = _heads.predict_logits(
             self.head_, np.zeros((1, self.n_features_in_), np.float32), device="cpu"
         )
