@@ -10,21 +10,10 @@ import time
 
 import numpy as np
 
+from skknn._mnist import DEMO_IMAGE_SIZE, embed, mnist_subset
 from skknn._report import accuracy_table, neighbour_table, pct, step, table
 
-# MNIST digits through EfficientNet-Lite0 (ImageNet weights), 5,000 digits split
-# 80/20, KNNVoter(10, "rank"); measured on 2 CPU cores (time for 5,000 images):
-#   raw pixels                                   94.0%
-#   final pooled embedding (1280-d), 64 px       85.7%  (128 px: 91.2%, 6x slower)
-#   block 10 feature map, 32 px (448-d)          96.8%
-#   block 10 feature map, 48 px (1008-d)         97.9%  <- demo default, 4 s
-#   block 10 feature map, 64 px (1792-d)         98.6%  (2x slower)
-# The last blocks hold ImageNet-specific features computed on 1-2 pixel maps at
-# these sizes; the mid-level block-10 map keeps the layout of the strokes, and
-# stopping the forward pass there makes it about 1.4x cheaper.
-DEMO_IMAGE_SIZE = 48
 QUICK_IMAGE_SIZE = 32
-DEMO_LAYER = "_blocks.10"
 DEMO_N_SAMPLES = 5000
 QUICK_N_SAMPLES = 1000
 
@@ -42,48 +31,6 @@ def set_threads(n: int | None) -> None:
 
 
 # -- MNIST through the pretrained encoder ----------------------------------------
-def mnist_subset(n_samples: int, seed: int):
-    """MNIST images (n, side, side), flat pixels, labels and the data set's name."""
-    from sklearn.model_selection import train_test_split
-
-    from skknn.datasets import load_mnist
-
-    if n_samples < 200:
-        raise ValueError(f"--n-samples must be >= 200. Got {n_samples} instead.")
-    X, y, name = load_mnist()
-    if n_samples < len(y):
-        keep, _ = train_test_split(
-            np.arange(len(y)), train_size=n_samples, stratify=y, random_state=seed
-        )
-        keep = np.sort(keep)
-        X, y = X[keep], y[keep]
-    side = round(np.sqrt(X.shape[1]))
-    return X.reshape(-1, side, side), X, y, name
-
-
-def embed(
-    images,
-    image_size: int | None,
-    layer: str | None,
-    batch_size: int = 128,
-    progress: bool = True,
-):
-    """Embeddings of ``images`` by EfficientNet-Lite0, and the seconds it took."""
-    from skknn.features import TorchFeatureExtractor
-
-    extractor = TorchFeatureExtractor(
-        "efficientnet-lite0",
-        layer=layer,
-        pooling="none" if layer else "avg",
-        image_size=image_size,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    t = time.perf_counter()
-    E = extractor.fit(images[:1]).transform(images)
-    return E, time.perf_counter() - t
-
-
 def _describe_encoder(layer: str | None, image_size: int, dim: int) -> str:
     where = f"feature map of {layer}" if layer else "final pooled embedding"
     return (

@@ -1027,3 +1027,19 @@ def make_engine(
             return TorchExactEngine(metric, device)
         return FaissFlatEngine(metric, device)
     return FaissIndexEngine(metric, device, engine, index_params or {})
+
+
+def keyed_by_rows(engine) -> bool:
+    """Whether ``engine`` answers with row positions whatever it holds (exact
+    search of the store's rows): it is built on the rows as they lie, and the
+    order of equal distances is settled by id, not by row."""
+    return isinstance(engine, (TorchExactEngine, FaissFlatEngine))
+
+
+def engine_rows(engine, X, ids, n: int, order):
+    """``(X, ids)`` of rows ``[0, n)`` to build ``engine`` on: as they lie for
+    an engine keyed by rows, else in memory order (``order``: the rows in it,
+    or None when they are), so an index trains and inserts as in RAM."""
+    if order is None or keyed_by_rows(engine):
+        return X[:n], ids[:n]
+    return X[order], ids[order]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from skknn._atomic import replaced
 from skknn._disk import LOCK, StorageInUse, remove_store_folder
+from skknn._file_classes import params_from_json, params_to_json, registered
 from skknn.exceptions import ModelFileError
 
 POINTER = "estimator.json"
@@ -54,8 +55,6 @@ def resolve_root(storage_path) -> Path:
 def publish(est, root: Path) -> None:
     """Record ``est`` (fitted, its memory on disk in ``root``) as the folder's
     estimator."""
-    from skknn.io import params_to_json
-
     try:
         params = params_to_json(est)
     except TypeError:  # a callable parameter: the folder cannot rebuild it
@@ -168,8 +167,6 @@ def _unlocked(folder: Path) -> bool:
 
 def open_folder(path, device: str | None = None):
     """The estimator recorded in a ``storage_path`` folder, around its memory."""
-    from skknn.io import params_from_json, registered
-
     root = resolve_root(path)
     record = _read_record(root)
     if record.get("params") is None:

@@ -39,9 +39,9 @@ from skknn._preprocessing import (
 )
 from skknn._rows import compact_inplace, expand_inplace, grow, kept_runs, uninterrupted
 from skknn._search import (
-    FaissFlatEngine,
-    TorchExactEngine,
     auto_engine,
+    engine_rows,
+    keyed_by_rows,
     make_engine,
     split_refine,
 )
@@ -1303,22 +1303,6 @@ class VectorStore(StoreStateMixin, StoreView):
             f"metric={self.metric.name!r}, preprocessing={self.preprocessing!r}, "
             f"engine={self.engine_name!r})"
         )
-
-
-def keyed_by_rows(engine) -> bool:
-    """Whether ``engine`` answers with row positions whatever it holds (exact
-    search of the store's rows): it is built on the rows as they lie, and the
-    order of equal distances is settled by id, not by row."""
-    return isinstance(engine, (TorchExactEngine, FaissFlatEngine))
-
-
-def engine_rows(engine, X, ids, n: int, order):
-    """``(X, ids)`` of rows ``[0, n)`` to build ``engine`` on: as they lie for
-    an engine keyed by rows, else in memory order (``order``: the rows in it,
-    or None when they are), so an index trains and inserts as in RAM."""
-    if order is None or keyed_by_rows(engine):
-        return X[:n], ids[:n]
-    return X[order], ids[order]
 
 
 def capped_k(k: int, available: int) -> int:

@@ -132,7 +132,7 @@ class StoreStateMixin:
         memory order (a folder's rows, moved by deletions): the index is built
         in memory order."""
         from skknn._archive import labels_from_json
-        from skknn._store import engine_rows
+        from skknn._search import engine_rows
 
         check_state(meta, arrays)
         store = cls(

@@ -20,16 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from skknn._demo import (
-    DEMO_IMAGE_SIZE,
-    DEMO_LAYER,
     DEMO_N_SAMPLES,
     QUICK_IMAGE_SIZE,
     QUICK_N_SAMPLES,
     demo,
-    embed,
-    mnist_subset,
     set_threads,
 )
+from skknn._mnist import DEMO_IMAGE_SIZE, DEMO_LAYER, embed, mnist_subset
 from skknn._report import (
     TABLE_KS,
     accuracy_table,

