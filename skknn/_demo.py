@@ -49,13 +49,9 @@ def demo(args: argparse.Namespace) -> int:
     number placed by its tens digit, then learned from a few exemplars) and
     out-of-distribution scores against images of another kind.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     from skknn.datasets import stratified_split
     from skknn.evaluation import voting_accuracy_by_k
-    from skknn.joint import JointKNNClassifier
     from skknn.voter import KNNVoter
 
     set_threads(args.threads)
@@ -89,6 +85,46 @@ def demo(args: argparse.Namespace) -> int:
     print(accuracy_table(acc, ks=(1, 10, 50, 100)))
 
     step("(b) kNN against a linear probe on the same embeddings")
+    _demo_probe(new_voter, X, E, y, train, test, args.seed)
+
+    step(f"(c) Class {held} held out of memory, then added without training")
+    voter = _demo_new_class(new_voter, E, y, train, test, held)
+
+    step("(d) Unlearning")
+    hits = _demo_unlearning(voter, E[test], y[test], args.seed)
+
+    step("(e) Pruning unreliable memory samples (MemoryPruner, soft)")
+    _demo_pruning(new_voter(), E[train], y[train], E[test], y[test], args.seed)
+
+    step("(f) One decision explained by its neighbours")
+    voter = new_voter().fit(E[train], y[train], sample_ids=train)
+    q = _interesting_query(voter, E[test], args.query_index)
+    expl = voter.explain(E[test][q : q + 1])
+    pred = expl.prediction[0]
+    p = expl.proba[0, np.searchsorted(expl.classes, pred)]
+    print(
+        f"query image {test[q]} (true label {y[test][q]}) -> predicted {pred} "
+        f"(p = {p:.2f})"
+    )
+    print(neighbour_table(expl))
+
+    step("(g) Hierarchy: new two-digit numbers placed by their tens digit")
+    _demo_hierarchy(args, size, layer)
+
+    step("(h) Out-of-distribution: distance to the k-th neighbour (score_samples)")
+    _demo_ood(new_voter().fit(E[train], y[train]), E[test], size, layer)
+    print(f"\ndone in {time.perf_counter() - t0:.1f} s")
+    return 0 if hits == 0 else 1
+
+
+def _demo_probe(new_voter, X, E, y, train, test, seed: int) -> None:
+    """(b): kNN on pixels and on embeddings, the linear probe and JOINT."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from skknn.joint import JointKNNClassifier
+
     rows = []
     t = time.perf_counter()
     pixels = new_voter().fit(X[train], y[train])
@@ -120,7 +156,7 @@ def demo(args: argparse.Namespace) -> int:
     )
     t = time.perf_counter()
     joint = JointKNNClassifier(
-        knn=new_voter(), alpha=0.01, interpolation=0.5, random_state=args.seed
+        knn=new_voter(), alpha=0.01, interpolation=0.5, random_state=seed
     ).fit(E[train], y[train])
     rows.append(
         [
@@ -131,7 +167,10 @@ def demo(args: argparse.Namespace) -> int:
     )
     print(table(["method", "accuracy (%)", "fit (s)"], rows))
 
-    step(f"(c) Class {held} held out of memory, then added without training")
+
+def _demo_new_class(new_voter, E, y, train, test, held):
+    """(c): a class held out of memory, then added by partial_fit; returns the
+    grown voter."""
     in_mem = train[y[train] != held]
     voter = new_voter().fit(E[in_mem], y[in_mem], sample_ids=in_mem)
     new = test[y[test] == held]
@@ -149,9 +188,13 @@ def demo(args: argparse.Namespace) -> int:
         f"class-{held} queries recognised: {pct(before)}% before -> "
         f"{pct(after)}% after; all queries: {pct(voter.score(E[test], y[test]))}%"
     )
+    return voter
 
-    step("(d) Unlearning")
-    rng = np.random.default_rng(args.seed)
+
+def _demo_unlearning(voter, E_test, y_test, seed: int) -> int:
+    """(d): unlearn a quarter of the memory (at most 500); returns how often an
+    unlearned id still appears among neighbours (0 when unlearning works)."""
+    rng = np.random.default_rng(seed)
     forget = rng.choice(
         voter.sample_ids_, size=min(500, voter.memory_.n_samples // 4), replace=False
     )
@@ -159,7 +202,7 @@ def demo(args: argparse.Namespace) -> int:
     voter.unlearn(forget)
     dt = time.perf_counter() - t
     k_check = min(100, voter.memory_.n_samples - 1)
-    ids_q = voter.kneighbors(E[test], n_neighbors=k_check, return_distance=False)
+    ids_q = voter.kneighbors(E_test, n_neighbors=k_check, return_distance=False)
     ids_m = voter.kneighbors(None, n_neighbors=k_check, return_distance=False)
     hits = int(np.isin(ids_q, forget).sum() + np.isin(ids_m, forget).sum())
     print(
@@ -170,30 +213,8 @@ def demo(args: argparse.Namespace) -> int:
         f"appearances of unlearned ids among the {k_check} nearest neighbours of "
         f"every query and every memory sample: {hits}"
     )
-    print(f"accuracy after unlearning: {pct(voter.score(E[test], y[test]))}%")
-
-    step("(e) Pruning unreliable memory samples (MemoryPruner, soft)")
-    _demo_pruning(new_voter(), E[train], y[train], E[test], y[test], args.seed)
-
-    step("(f) One decision explained by its neighbours")
-    voter = new_voter().fit(E[train], y[train], sample_ids=train)
-    q = _interesting_query(voter, E[test], args.query_index)
-    expl = voter.explain(E[test][q : q + 1])
-    pred = expl.prediction[0]
-    p = expl.proba[0, np.searchsorted(expl.classes, pred)]
-    print(
-        f"query image {test[q]} (true label {y[test][q]}) -> predicted {pred} "
-        f"(p = {p:.2f})"
-    )
-    print(neighbour_table(expl))
-
-    step("(g) Hierarchy: new two-digit numbers placed by their tens digit")
-    _demo_hierarchy(args, size, layer)
-
-    step("(h) Out-of-distribution: distance to the k-th neighbour (score_samples)")
-    _demo_ood(new_voter().fit(E[train], y[train]), E[test], size, layer)
-    print(f"\ndone in {time.perf_counter() - t0:.1f} s")
-    return 0 if hits == 0 else 1
+    print(f"accuracy after unlearning: {pct(voter.score(E_test, y_test))}%")
+    return hits
 
 
 # Ten two-digit numbers held out of memory, one per tens digit.

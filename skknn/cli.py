@@ -64,12 +64,72 @@ def evaluate(args: argparse.Namespace) -> int:
     from skknn.evaluation import (
         calibration_at_best_k,
         hit_rate_by_k,
-        memory_scaling,
         ood_auroc,
         voting_accuracy_by_k,
     )
 
-    # Every option is checked before the (possibly long) search.
+    ks, out = _check_evaluate_options(args)
+    columns = _parse_columns(args.feature_columns)
+    options = {"label_column": args.label_column, "feature_columns": columns}
+    X_mem, y_mem = load_embeddings(args.memory, **options)
+    X_q, y_q = load_embeddings(args.queries, **options)
+    X_ood = _load_other(args.ood, X_mem.shape[1]) if args.ood else None
+    if X_mem.shape[1] != X_q.shape[1]:
+        raise ValueError(
+            f"The memory embeddings have {X_mem.shape[1]} features but the queries "
+            f"have {X_q.shape[1]}."
+        )
+    if ks is not None and ks[-1] > len(y_mem):
+        raise ValueError(
+            f"--k {ks[-1]} is above the memory size ({len(y_mem)} samples)."
+        )
+    if args.max_k > len(y_mem):
+        print(
+            f"note: --max-k {args.max_k} is above the memory size; k runs up to "
+            f"{len(y_mem)}"
+        )
+    voter = _voter_from_args(args, n_neighbors=args.max_k)
+    voter.fit(X_mem, y_mem)
+    if args.tune is not None:
+        _tune_and_print(voter, X_q, y_q, args.tune)
+    t = time.perf_counter()
+    nb = voter.neighbors(X_q, args.max_k)  # one retrieval serves every table
+    acc = voting_accuracy_by_k(
+        voter, X_q, y_q, max_k=args.max_k, votings=_voting.VOTING_RULES, neighbors=nb
+    )
+    hits = hit_rate_by_k(voter, X_q, y_q, max_k=args.max_k, neighbors=nb)
+    calibration = calibration_at_best_k(voter, nb, y_q, acc)
+    dt = time.perf_counter() - t
+    n_k = len(next(iter(acc.values())))
+    unknown = int((~np.isin(y_q, voter.classes_)).sum())
+    print(
+        f"memory {len(y_mem):,} x {X_mem.shape[1]} ({len(voter.classes_)} classes), "
+        f"queries {len(y_q):,}; one retrieval of {n_k} neighbours "
+        f"({voter.engine_}, {args.metric}) in {dt:.2f} s"
+    )
+    if unknown:
+        print(f"note: {unknown} queries have labels absent from the memory (errors)")
+    print("\nAccuracy (%) by voting rule and k; hit@k: the label among the k")
+    ks = TABLE_KS if ks is None else ks
+    print(accuracy_table({**acc, "hit@k": hits}, ks))
+    print("\nCalibration: expected calibration error (15 bins) at each rule's best k")
+    print(calibration_table(calibration))
+    if X_ood is not None:
+        auroc = ood_auroc(voter, X_q, X_ood, ks=(1, 10, 50, 100))
+        print(f"\nOut of distribution: AUROC of -d_k, queries vs {Path(args.ood).name}")
+        print(table(["k", *map(str, auroc)], [["AUROC", *map(_3, auroc.values())]]))
+    scaling = _scaling(args, X_mem, y_mem, X_q, y_q) if args.scaling else None
+    if out is not None:
+        _write_results(out, acc, args, len(y_mem), len(y_q))
+        print(f"\nwrote {out} (accuracy at k = 1..{n_k})")
+    if args.plot:
+        _plot_evaluation(args, acc, calibration, scaling)
+    return 0
+
+
+def _check_evaluate_options(args) -> tuple[list[int] | None, Path | None]:
+    """``evaluate``'s options, every one checked before the (possibly long)
+    search: the k shown and the output path."""
     if args.max_k < 1:
         raise ValueError(f"--max-k must be >= 1. Got {args.max_k} instead.")
     ks = None if args.k is None else _parse_ks(args.k)
@@ -97,106 +157,67 @@ def evaluate(args: argparse.Namespace) -> int:
                 f"--tune needs an approximate --index (e.g. IVF256,PQ16); "
                 f"{args.index!r} is an exact search."
             )
-    columns = _parse_columns(args.feature_columns)
-    options = {"label_column": args.label_column, "feature_columns": columns}
-    X_mem, y_mem = load_embeddings(args.memory, **options)
-    X_q, y_q = load_embeddings(args.queries, **options)
-    X_ood = _load_other(args.ood, X_mem.shape[1]) if args.ood else None
-    if X_mem.shape[1] != X_q.shape[1]:
-        raise ValueError(
-            f"The memory embeddings have {X_mem.shape[1]} features but the queries "
-            f"have {X_q.shape[1]}."
-        )
-    if ks is not None and ks[-1] > len(y_mem):
-        raise ValueError(
-            f"--k {ks[-1]} is above the memory size ({len(y_mem)} samples)."
-        )
-    if args.max_k > len(y_mem):
-        print(
-            f"note: --max-k {args.max_k} is above the memory size; k runs up to "
-            f"{len(y_mem)}"
-        )
-    voter = _voter_from_args(args, n_neighbors=args.max_k)
-    voter.fit(X_mem, y_mem)
-    if args.tune is not None:
-        from skknn._tuning import tuning_table
+    return ks, out
 
-        voter.tune_index(X_q, args.tune)
-        print(
-            f"Tuning {voter.engine_}: prediction agreement with exact search and "
-            f"recall@{voter.tuning_.n_neighbors} on {len(y_q):,} queries "
-            "(* = chosen)"
-        )
-        print(
-            table(
-                ["index_params", "agreement (%)", "recall (%)", "queries/s"],
-                tuning_table(voter.tuning_),
-            )
-        )
-        print()
-    t = time.perf_counter()
-    nb = voter.neighbors(X_q, args.max_k)  # one retrieval serves every table
-    acc = voting_accuracy_by_k(
-        voter, X_q, y_q, max_k=args.max_k, votings=_voting.VOTING_RULES, neighbors=nb
-    )
-    hits = hit_rate_by_k(voter, X_q, y_q, max_k=args.max_k, neighbors=nb)
-    calibration = calibration_at_best_k(voter, nb, y_q, acc)
-    dt = time.perf_counter() - t
-    n_k = len(next(iter(acc.values())))
-    unknown = int((~np.isin(y_q, voter.classes_)).sum())
+
+def _tune_and_print(voter, X_q, y_q, target: float) -> None:
+    """Tune the approximate index on the queries and print the table."""
+    from skknn._tuning import tuning_table
+
+    voter.tune_index(X_q, target)
     print(
-        f"memory {len(y_mem):,} x {X_mem.shape[1]} ({len(voter.classes_)} classes), "
-        f"queries {len(y_q):,}; one retrieval of {n_k} neighbours "
-        f"({voter.engine_}, {args.metric}) in {dt:.2f} s"
+        f"Tuning {voter.engine_}: prediction agreement with exact search and "
+        f"recall@{voter.tuning_.n_neighbors} on {len(y_q):,} queries "
+        "(* = chosen)"
     )
-    if unknown:
-        print(f"note: {unknown} queries have labels absent from the memory (errors)")
-    print("\nAccuracy (%) by voting rule and k; hit@k: the label among the k")
-    ks = TABLE_KS if ks is None else ks
-    print(accuracy_table({**acc, "hit@k": hits}, ks))
-    print("\nCalibration: expected calibration error (15 bins) at each rule's best k")
-    print(calibration_table(calibration))
-    if X_ood is not None:
-        auroc = ood_auroc(voter, X_q, X_ood, ks=(1, 10, 50, 100))
-        print(f"\nOut of distribution: AUROC of -d_k, queries vs {Path(args.ood).name}")
-        print(table(["k", *map(str, auroc)], [["AUROC", *map(_3, auroc.values())]]))
-    if args.scaling:
-        scaling = memory_scaling(
-            _voter_from_args(args, n_neighbors=min(args.max_k, 10)),
-            X_mem,
-            y_mem,
-            X_q,
-            y_q,
+    print(
+        table(
+            ["index_params", "agreement (%)", "recall (%)", "queries/s"],
+            tuning_table(voter.tuning_),
         )
-        print("\nMemory scaling: accuracy (%) by memory size, mean of 3 draws")
-        print(
-            table(
-                ["size", *map(str, scaling.sizes)],
-                [["accuracy", *(pct(a) for a in scaling.accuracy.mean(axis=1))]],
-            )
-        )
-        print(
-            f"power law: log(err) = {scaling.intercept:.3f} "
-            f"{scaling.exponent:+.3f} log(N)"
-        )
-    if out is not None:
-        _write_results(out, acc, args, len(y_mem), len(y_q))
-        print(f"\nwrote {out} (accuracy at k = 1..{n_k})")
-    if args.plot:
-        from skknn._gallery import plot_accuracy_by_k, plot_reliability, plot_scaling
+    )
+    print()
 
-        title = f"{Path(args.queries).name} against {Path(args.memory).name}"
-        plot_accuracy_by_k(args.plot, acc, title=title)
-        print(f"wrote {args.plot}")
-        plot = Path(args.plot)
-        extra = _with_suffix_name(plot, "reliability")
-        plot_reliability(extra, calibration, title=f"Reliability: {title}")
+
+def _scaling(args, X_mem, y_mem, X_q, y_q):
+    """Accuracy against memory size, printed with its power law."""
+    from skknn.evaluation import memory_scaling
+
+    scaling = memory_scaling(
+        _voter_from_args(args, n_neighbors=min(args.max_k, 10)),
+        X_mem,
+        y_mem,
+        X_q,
+        y_q,
+    )
+    print("\nMemory scaling: accuracy (%) by memory size, mean of 3 draws")
+    print(
+        table(
+            ["size", *map(str, scaling.sizes)],
+            [["accuracy", *(pct(a) for a in scaling.accuracy.mean(axis=1))]],
+        )
+    )
+    print(
+        f"power law: log(err) = {scaling.intercept:.3f} {scaling.exponent:+.3f} log(N)"
+    )
+    return scaling
+
+
+def _plot_evaluation(args, acc, calibration, scaling) -> None:
+    """The accuracy, reliability and (with --scaling) scaling plots."""
+    from skknn._gallery import plot_accuracy_by_k, plot_reliability, plot_scaling
+
+    title = f"{Path(args.queries).name} against {Path(args.memory).name}"
+    plot_accuracy_by_k(args.plot, acc, title=title)
+    print(f"wrote {args.plot}")
+    plot = Path(args.plot)
+    extra = _with_suffix_name(plot, "reliability")
+    plot_reliability(extra, calibration, title=f"Reliability: {title}")
+    print(f"wrote {extra}")
+    if scaling is not None:
+        extra = _with_suffix_name(plot, "scaling")
+        plot_scaling(extra, scaling, title=f"Memory scaling: {title}")
         print(f"wrote {extra}")
-        if args.scaling:
-            extra = _with_suffix_name(plot, "scaling")
-            plot_scaling(extra, scaling, title=f"Memory scaling: {title}")
-            print(f"wrote {extra}")
-    return 0
 
 
 def _check_writable(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
@@ -527,7 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
+    for add in (_add_demo_command, _add_evaluate_command, _add_explain_command):
+        add(sub, fmt)
+    return parser
 
+
+def _add_demo_command(sub, fmt) -> None:
+    """``skknn demo``: its options."""
     p = sub.add_parser(
         "demo",
         help="run the visual-memory demo on real offline images",
@@ -555,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_options(p, demo=True)
     p.set_defaults(func=demo)
 
+
+def _add_evaluate_command(sub, fmt) -> None:
+    """``skknn evaluate``: its options."""
     p = sub.add_parser(
         "evaluate",
         help="accuracy of every voting rule at every k on embedding files",
@@ -634,6 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_voter_options(p)
     p.set_defaults(func=evaluate)
 
+
+def _add_explain_command(sub, fmt) -> None:
+    """``skknn explain``: its options."""
     p = sub.add_parser(
         "explain",
         help="PNG gallery of a query and its nearest memory images",
@@ -681,7 +714,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_voter_options(p)
     _add_encoder_options(p, demo=False)
     p.set_defaults(func=explain)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
