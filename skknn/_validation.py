@@ -1,7 +1,10 @@
-"""Parameter checks with scikit-learn's wording, shared by every estimator.
+"""Input checks with scikit-learn's wording, shared by every estimator.
 
-sklearn's own ``_param_validation`` is private and moves between releases, so the
-few checks skknn needs are written here once.
+Estimator parameters are checked against each estimator's table
+(``_parameter_constraints``, see :mod:`skknn._param_validation`);
+:func:`check_int`, :func:`check_float` and :func:`check_option` remain for
+method arguments (``kneighbors(n_neighbors=...)``, ``block_size``) in the
+same words.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Callable
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ from skknn._image_pipeline import (
     TabularSource,
     is_image_item,
 )
+from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
+from skknn._param_validation import Interval, StrOptions, check_params
 from skknn._registry import (
     ModelSpec,
     accepts_rows,
@@ -40,7 +43,6 @@ from skknn._registry import (
     get_model_spec,
     register_model,
 )
-from skknn._validation import check_int, check_option
 from skknn.io import register_params
 
 __all__ = ["TorchFeatureExtractor", "available_models", "register_model"]
@@ -181,6 +183,34 @@ class TorchFeatureExtractor(
            [3., 4.]], dtype=float32)
     """
 
+    _parameter_constraints: dict = {
+        # a name must be registered, a factory must return a torch.nn.Module
+        # (itself callable): both checked after the table
+        "model": [str, callable],
+        # the layer must exist in the model: checked once it is loaded
+        "layer": [str, None],
+        "pooling": [StrOptions(set(_POOLINGS))],
+        # a (height, width) pair's values are checked after the table
+        "image_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": MEMORY_PARAMETER_CONSTRAINTS["device"],
+        "dtype": [StrOptions(set(_DTYPES))],
+        "progress": ["boolean"],
+    }
+
+    @property
+    def _parameter_hints(self) -> dict:
+        """What to pass instead (see _param_validation); a property, as the
+        registered models are those registered by now."""
+        return {
+            "model": (
+                f"Pass a registered model name (one of {available_models()} or a "
+                "'torchvision:', 'timm:' or 'hub:' name), a callable returning a "
+                "torch.nn.Module, or a torch.nn.Module."
+            ),
+            "device": MEMORY_PARAMETER_HINTS["device"],
+        }
+
     def __init__(
         self,
         model: str | Callable[[], nn.Module] | nn.Module = "efficientnet-lite0",
@@ -205,32 +235,12 @@ class TorchFeatureExtractor(
     # -- parameters and model -------------------------------------------------------
 
     def _check_params(self) -> tuple[ModelSpec | None, tuple[int, int] | None]:
+        check_params(self)
+        # Beyond the table: a model name must be registered (the registry
+        # suggests close names), and a (height, width) pair holds ints >= 1.
+        spec = get_model_spec(self.model) if isinstance(self.model, str) else None
         owner = type(self).__name__
-        if isinstance(self.model, str):
-            spec = get_model_spec(self.model)
-        elif isinstance(self.model, nn.Module) or callable(self.model):
-            spec = None
-        else:
-            raise TypeError(
-                f"The 'model' parameter of {owner} must be a registered model name "
-                f"(one of {available_models()} or a 'torchvision:', 'timm:' or 'hub:' "
-                "name), a callable returning a torch.nn.Module, or a torch.nn.Module. "
-                f"Got {self.model!r} instead."
-            )
-        if self.layer is not None and not isinstance(self.layer, str):
-            raise TypeError(
-                f"The 'layer' parameter of {owner} must be a str or None. "
-                f"Got {self.layer!r} instead."
-            )
-        check_option(self, "pooling", self.pooling, _POOLINGS)
         image_size = as_size(self.image_size, f"The 'image_size' parameter of {owner}")
-        check_int(self, "batch_size", self.batch_size, low=1)
-        check_option(self, "dtype", self.dtype, list(_DTYPES))
-        if not isinstance(self.progress, bool):
-            raise TypeError(
-                f"The 'progress' parameter of {owner} must be a bool. "
-                f"Got {self.progress!r} instead."
-            )
         return spec, image_size
 
     def _load_model(

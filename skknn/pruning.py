@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -24,11 +25,9 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn._locks import GuardedState, edits, reads
+from skknn._param_validation import HasMethods, Interval, StrOptions, check_params
 from skknn._protocols import Store
 from skknn._validation import (
-    check_float,
-    check_int,
-    check_option,
     make_default_explicit,
     restore_attributes_on_error,
     validate_xy,
@@ -168,6 +167,22 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
     array([0, 0, 2, 0, 0])
     """
 
+    _parameter_constraints: dict = {
+        # whether it has a kNN memory shows once it is fitted (_store)
+        "estimator": [HasMethods(["fit"]), None],
+        "mode": [StrOptions(set(MODES))],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left"), None],
+        "threshold": [Interval(Integral, 1, None, closed="left")],
+        "reliability_scale": [Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "verbose": ["verbose"],
+    }
+    _parameter_hints: dict = {
+        "estimator": (
+            "Pass an estimator with a kNN memory (KNNVoter, JointKNNClassifier)."
+        ),
+    }
+
     def __init__(
         self,
         estimator=None,
@@ -207,23 +222,7 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         return super().set_params(**params)
 
     def _check_params(self) -> None:
-        check_option(self, "mode", self.mode, MODES)
-        check_int(self, "n_neighbors", self.n_neighbors, low=1, allow_none=True)
-        check_int(self, "threshold", self.threshold, low=1)
-        check_float(
-            self,
-            "reliability_scale",
-            self.reliability_scale,
-            low=0,
-            low_inclusive=False,
-        )
-        check_int(self, "batch_size", self.batch_size, low=1)
-        if self.estimator is not None and not hasattr(self.estimator, "fit"):
-            raise TypeError(
-                "The 'estimator' parameter of MemoryPruner must be an estimator "
-                "with a kNN memory (KNNVoter, JointKNNClassifier) or None. Got "
-                f"{self.estimator!r} instead."
-            )
+        check_params(self)
 
     def _m(self) -> int:
         if self.n_neighbors is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 from sklearn.base import (
     BaseEstimator,
@@ -11,10 +13,10 @@ from sklearn.base import (
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn._graph import GRAPH_MODES
+from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
+from skknn._param_validation import Interval, StrOptions, check_params
 from skknn._validation import (
     SPARSE_INDEXES,
-    check_int,
-    check_option,
     check_sparse_engine,
     refuse_fitted_neighbors,
 )
@@ -91,6 +93,17 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     >>> graph.nnz  # n_neighbors + 1 per row, self at distance 0 included
     8
     """
+
+    _parameter_constraints: dict = {
+        "mode": [StrOptions(set(GRAPH_MODES))],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        **{
+            name: MEMORY_PARAMETER_CONSTRAINTS[name]
+            for name in ("metric", "preprocessing", "index", "index_params", "device")
+        },
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+    }
+    _parameter_hints: dict = MEMORY_PARAMETER_HINTS
 
     def __init__(
         self,
@@ -169,8 +182,9 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         )
 
     def _check_params(self) -> None:
-        check_option(self, "mode", self.mode, GRAPH_MODES)
-        check_int(self, "n_neighbors", self.n_neighbors, low=1)
+        # The memory's own rules (a FAISS factory string, the device) are
+        # checked by the KNNVoter that fit builds.
+        check_params(self)
 
     @property
     def n_samples_fit_(self) -> int:

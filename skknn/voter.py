@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Callable
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,11 +20,10 @@ from skknn._device import (
     resolve_engine,
 )
 from skknn._hierarchy import stack_levels
-from skknn._metric import METRICS
+from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
 from skknn._neighbors import Neighbors
-from skknn._preprocessing import PREPROCESSING
+from skknn._param_validation import Interval, StrOptions, check_params, check_values
 from skknn._store import VectorStore, query_blocks
-from skknn._store_checks import STORAGE_DTYPES
 from skknn._validation import (
     SPARSE_INDEXES,
     check_float,
@@ -41,6 +40,21 @@ from skknn._validation import (
 from skknn.io import Persistable, labels_from_json, register, subtree
 
 logger = logging.getLogger(__name__)
+
+# The parameters a vote reads. set_params may change them after fit, so every
+# prediction checks them again; those that shape the memory are checked at fit
+# (and compared with the fitted memory's): skknn/_memory_params.py.
+VOTE_PARAMETER_CONSTRAINTS: dict = {
+    "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+    "voting": [StrOptions(set(_voting.VOTING_RULES)), callable],
+    "temperature": [Interval(Real, 0, None, closed="neither")],
+    "rank_offset": [Interval(Real, 0, None, closed="neither")],
+    "distance_power": [Interval(Real, 0, None, closed="left")],
+    "tie_break": [StrOptions(set(_voting.TIE_RULES))],
+    "batch_size": [Interval(Integral, 1, None, closed="left")],
+    "verbose": ["verbose"],
+    "reranker": [callable, None],
+}
 
 
 @register
@@ -245,6 +259,19 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     [['animal', 'plant'], ['cat', 'dog', 'fern']]
     """
 
+    _parameter_constraints: dict = {
+        **VOTE_PARAMETER_CONSTRAINTS,
+        **MEMORY_PARAMETER_CONSTRAINTS,
+    }
+    # What to pass instead, after sklearn's message (see _param_validation).
+    _parameter_hints: dict = {
+        **MEMORY_PARAMETER_HINTS,
+        "reranker": (
+            "A reranker is called as reranker(neighbors, X) and returns class "
+            "scores of shape (n_queries, n_classes)."
+        ),
+    }
+
     def __init__(
         self,
         n_neighbors: int = 50,
@@ -288,58 +315,31 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
     # -- parameters -----------------------------------------------------------
     def _check_vote_params(self) -> None:
-        """Parameters read at prediction time (they may change after fit)."""
-        check_int(self, "n_neighbors", self.n_neighbors, low=1)
-        if not callable(self.voting):
-            check_option(self, "voting", self.voting, _voting.VOTING_RULES)
-        if self.reranker is not None and not callable(self.reranker):
-            raise TypeError(
-                "The 'reranker' parameter of KNNVoter must be a callable "
-                "(neighbors, X) -> class scores, or None. Got "
-                f"{self.reranker!r} instead."
-            )
-        check_float(self, "temperature", self.temperature, low=0, low_inclusive=False)
-        check_float(self, "rank_offset", self.rank_offset, low=0, low_inclusive=False)
-        check_float(self, "distance_power", self.distance_power, low=0)
-        check_option(self, "tie_break", self.tie_break, _voting.TIE_RULES)
-        check_int(self, "batch_size", self.batch_size, low=1)
+        """Parameters read at prediction time (they may change after fit),
+        against their half of the table."""
+        check_params(self, VOTE_PARAMETER_CONSTRAINTS)
 
     def _check_memory_params(self) -> None:
-        """Parameters that shape the memory (fixed from the first fit on)."""
-        check_option(self, "metric", self.metric, METRICS)
-        check_option(self, "storage_dtype", self.storage_dtype, STORAGE_DTYPES)
-        if self.storage_path is not None and not isinstance(
-            self.storage_path, (str, os.PathLike)
-        ):
-            raise TypeError(
-                "The 'storage_path' parameter of KNNVoter must be a folder path or "
-                f"None. Got {self.storage_path!r} instead."
+        """Parameters that shape the memory (fixed from the first fit on):
+        their half of the table, then the rules a table cannot state."""
+        check_params(self, MEMORY_PARAMETER_CONSTRAINTS)
+        # Beyond the table: rules between parameters, and an empty index name
+        # (FAISS parses the other strings when the memory is built).
+        if self.n_shards is not None and self.backend != "dask":
+            raise ValueError(
+                "The 'n_shards' parameter of KNNVoter applies to "
+                "backend='dask'; leave it None for backend='local'."
             )
-        if self.preprocessing is not None:
-            check_option(self, "preprocessing", self.preprocessing, PREPROCESSING)
-        check_option(self, "backend", self.backend, ("local", "dask"))
-        if self.n_shards is not None:
-            check_int(self, "n_shards", self.n_shards, low=1)
-            if self.backend != "dask":
-                raise ValueError(
-                    "The 'n_shards' parameter of KNNVoter applies to "
-                    "backend='dask'; leave it None for backend='local'."
-                )
         if self.backend == "dask" and self.storage_path is not None:
             raise ValueError(
                 "backend='dask' keeps each shard in its worker's RAM; storage_path "
                 "(a memory on one machine's disk) cannot be combined with it yet. "
                 "Save the sharded memory with save(path) instead."
             )
-        if not isinstance(self.index, str) or not self.index:
+        if not self.index:
             raise ValueError(
                 "The 'index' parameter of KNNVoter must be 'auto', 'exact', 'flat' or "
                 f"a faiss.index_factory string. Got {self.index!r} instead."
-            )
-        if self.index_params is not None and not isinstance(self.index_params, dict):
-            raise TypeError(
-                "The 'index_params' parameter of KNNVoter must be a dict or None. "
-                f"Got {self.index_params!r} instead."
             )
 
     def _memory_config(self) -> dict:
@@ -405,6 +405,9 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         if "index_params" not in params or "memory_" not in self.__dict__:
             return super().set_params(**params)
         new = params.pop("index_params")
+        # A fitted voter hands the knobs to its index now, so they are checked
+        # now: against the table here, by the index below.
+        check_values(self, {"index_params": new})
         super().set_params(**params)
         with self.memory_.editing():  # see _index_params_agree
             # The memory first: when it refuses the knobs, neither changes.

@@ -434,7 +434,11 @@ def test_save_load_joint_classifier(tmp_path, rng):
         ({"n_neighbors": 0}, ValueError, r"'n_neighbors' .* range \[1, inf\) or None"),
         ({"n_neighbors": 2.5}, TypeError, r"'n_neighbors' .* must be an int"),
         ({"threshold": 0}, ValueError, r"'threshold' .* Got 0 instead"),
-        ({"reliability_scale": 0.0}, ValueError, r"'reliability_scale' .* > 0"),
+        (
+            {"reliability_scale": 0.0},
+            ValueError,
+            r"'reliability_scale' .* range \(0\.0, inf\)",
+        ),
         ({"batch_size": 0}, ValueError, r"'batch_size' .* \[1, inf\)"),
         ({"estimator": "knn"}, TypeError, r"'estimator' parameter .* Got 'knn'"),
         ({"estimator": LogisticRegression()}, TypeError, r"needs an estimator with a"),
