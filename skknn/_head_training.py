@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from skknn._heads import Head, check_positive_int
+from skknn._training_loop import EarlyStopping, Loop, fit_loop
 
 __all__ = [
     "DEFAULT_BASE_LR",
@@ -327,6 +328,25 @@ def _epoch(
     return total.item() / n
 
 
+def _validation(head: Head, X_val, y_val, device) -> Callable[[], tuple[float]]:
+    """The head's accuracy on validation data moved to ``device`` once."""
+    Xv, yv, _, _ = _to_device(
+        X_val,
+        y_val,
+        np.zeros(len(y_val), np.float32),
+        None,
+        head.n_classes,
+        head.n_features,
+        device,
+    )
+
+    def validate() -> tuple[float]:
+        head.eval()
+        return (_accuracy(head, Xv, yv),)
+
+    return validate
+
+
 def train_head(
     head: Head,
     X: np.ndarray,
@@ -413,8 +433,6 @@ def train_head(
     counts per epoch are ``ceil(n_samples / batch_size)``; the learning rate is set
     every step from :func:`lr_at`.
     """
-    from tqdm.auto import tqdm
-
     check_positive_int(batch_size, "batch_size")
     check_positive_int(max_epochs, "max_epochs")
     if (X_val is None) != (y_val is None):
@@ -426,17 +444,6 @@ def train_head(
     weights = _loss_weights(
         pt, alpha=alpha, modulation=modulation, gamma=gamma, sample_weight=sw
     )
-    has_val = X_val is not None
-    if has_val:
-        Xv, yv, _, _ = _to_device(
-            X_val,
-            y_val,
-            np.zeros(len(y_val), np.float32),
-            None,
-            head.n_classes,
-            head.n_features,
-            device,
-        )
     with torch.no_grad():
         # Standardised once here instead of once per batch: the same elementwise
         # op, so the logits are bit-identical to head(X[idx]).
@@ -449,54 +456,48 @@ def train_head(
         head, lr=0.0, momentum=momentum, weight_decay=weight_decay
     )
 
-    loss_curve: list[float] = []
-    val_scores: list[float] = []
-    best_score, best_epoch, best_state = -1.0, 0, None
-    bar = tqdm(range(max_epochs), disable=not verbose, desc="head", unit="epoch")
-    with bar, _training_threads(device, n_threads):
-        for epoch in bar:
-            head.train()
-            loss = _epoch(
-                head,
-                Xs,
-                yt,
-                weights,
-                optimizer,
-                batch_size=batch_size,
-                generator=generator,
-                lr_of_step=lambda step, e=epoch: lr_at(
-                    e + step / steps,
-                    base_lr=peak_lr,
-                    warmup_epochs=warmup,
-                    max_epochs=max_epochs,
-                ),
-            )
-            loss_curve.append(loss)
-            postfix = {"loss": f"{loss:.4f}"}
-            if has_val:
-                head.eval()
-                score = _accuracy(head, Xv, yv)
-                val_scores.append(score)
-                postfix["val"] = f"{score:.4f}"
-                if score > best_score:
-                    best_score, best_epoch = score, epoch
-                    best_state = _cpu_state(head)
-                elif (
-                    n_iter_no_change is not None
-                    and epoch - best_epoch >= n_iter_no_change
-                ):
-                    break
-            bar.set_postfix(postfix)
-    if best_state is None:
-        best_epoch, best_state = len(loss_curve) - 1, _cpu_state(head)
-    head.load_state_dict(best_state)
+    def train_epoch(epoch: int) -> dict:
+        head.train()
+        loss = _epoch(
+            head,
+            Xs,
+            yt,
+            weights,
+            optimizer,
+            batch_size=batch_size,
+            generator=generator,
+            lr_of_step=lambda step: lr_at(
+                epoch + step / steps,
+                base_lr=peak_lr,
+                warmup_epochs=warmup,
+                max_epochs=max_epochs,
+            ),
+        )
+        return {"loss": loss}
+
+    callbacks = []
+    if X_val is not None:
+        validate = _validation(head, X_val, y_val, device)
+        callbacks.append(EarlyStopping(validate, n_iter_no_change))
+    loop = Loop(snapshot=lambda: _cpu_state(head), load=head.load_state_dict)
+    with _training_threads(device, n_threads):
+        fit_loop(
+            loop,
+            train_epoch,
+            max_epochs=max_epochs,
+            callbacks=callbacks,
+            progress=verbose,
+            desc="head",
+        )
+    if not callbacks:  # no validation: the last epoch is the result
+        loop.remember(len(loop.history), ())
     head.cpu().eval()
     return {
-        "state_dict": best_state,
-        "loss_curve": loss_curve,
-        "val_scores": val_scores,
-        "best_epoch": best_epoch,
-        "n_epochs": len(loss_curve),
+        "state_dict": loop.best_state,
+        "loss_curve": [r["loss"] for r in loop.history],
+        "val_scores": [r["validation_accuracy"] for r in loop.history if callbacks],
+        "best_epoch": loop.best_epoch - 1,
+        "n_epochs": len(loop.history),
     }
 
 

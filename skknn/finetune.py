@@ -22,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import time
 import warnings
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -37,7 +37,14 @@ from skknn._device import device_after_unpickling
 from skknn._head_lbfgs import fit_linear_head
 from skknn._head_training import modulation_weights, stratified_split
 from skknn._heads import Head, build_head, column_stats
-from skknn._validation import check_float, check_int, check_option
+from skknn._param_validation import Interval, StrOptions, check_params
+from skknn._training_loop import (
+    DivergenceGuard,
+    EachEpoch,
+    EarlyStopping,
+    Loop,
+    fit_loop,
+)
 from skknn.features import TorchFeatureExtractor
 from skknn.io import Persistable, register, subtree
 from skknn.voter import KNNVoter
@@ -219,6 +226,30 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
     3
     """
 
+    _parameter_constraints: dict = {
+        "extractor": [TorchFeatureExtractor, None],
+        "knn": [KNNVoter, None],
+        # the names must be the backbone's modules: checked once it is loaded
+        "trainable": [list, tuple, None],
+        "memory_refresh": [StrOptions(set(MEMORY_REFRESH))],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "interpolation": [Interval(Real, 0, 1, closed="both")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "backbone_lr": [Interval(Real, 0, None, closed="neither")],
+        "head_lr": [Interval(Real, 0, None, closed="neither")],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "warmup_epochs": [Interval(Real, 0, None, closed="left")],
+        "augment": [StrOptions(set(AUGMENTATIONS)), None],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "mixed_precision": ["boolean", StrOptions({"auto"})],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
     def __init__(
         self,
         extractor: TorchFeatureExtractor | None = None,
@@ -266,51 +297,15 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
 
     # -- parameters -----------------------------------------------------------------
     def _check_params(self) -> None:
-        check_option(self, "memory_refresh", self.memory_refresh, MEMORY_REFRESH)
-        if self.augment is not None:
-            check_option(self, "augment", self.augment, AUGMENTATIONS)
-        check_float(self, "alpha", self.alpha, low=0)
-        check_float(self, "interpolation", self.interpolation, low=0, high=1)
-        check_int(self, "max_epochs", self.max_epochs, low=1)
-        check_int(self, "batch_size", self.batch_size, low=1)
-        for name in ("backbone_lr", "head_lr"):
-            check_float(self, name, getattr(self, name), low=0, low_inclusive=False)
-        check_float(self, "momentum", self.momentum, low=0, high=1)
-        check_float(self, "weight_decay", self.weight_decay, low=0)
-        check_float(self, "warmup_epochs", self.warmup_epochs, low=0)
-        if not isinstance(self.early_stopping, (bool, np.bool_)):
-            raise TypeError(
-                "The 'early_stopping' parameter of FineTunedJointClassifier must be "
-                f"a bool. Got {self.early_stopping!r} instead."
-            )
-        check_float(
-            self,
-            "validation_fraction",
-            self.validation_fraction,
-            low=0,
-            high=1,
-            low_inclusive=False,
-            high_inclusive=False,
-        )
-        check_int(self, "n_iter_no_change", self.n_iter_no_change, low=1)
-        if self.mixed_precision not in (True, False, "auto"):
-            raise ValueError(
-                "The 'mixed_precision' parameter of FineTunedJointClassifier must "
-                f"be True, False or 'auto'. Got {self.mixed_precision!r} instead."
-            )
+        check_params(self)
+        # Beyond the table: the nested KNNVoter's own parameters (the names in
+        # trainable are checked against the backbone once it is loaded).
         if self.knn is not None and (
             self.knn.backend != "local" or self.knn.storage_path is not None
         ):
             raise ValueError(
                 "FineTunedJointClassifier re-embeds its memory in place, in RAM: "
                 "give it a KNNVoter with backend='local' and no storage_path."
-            )
-        if self.extractor is not None and not isinstance(
-            self.extractor, TorchFeatureExtractor
-        ):
-            raise TypeError(
-                "The 'extractor' parameter of FineTunedJointClassifier must be a "
-                f"TorchFeatureExtractor or None. Got {self.extractor!r} instead."
             )
 
     # -- fitting --------------------------------------------------------------------
@@ -417,11 +412,14 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         )
         return head
 
-    def _refresh(self, run: _Run) -> None:
-        """Re-embed the memory with the current backbone."""
+    def _refresh(self, run: _Run, p_true: bool = False) -> None:
+        """Re-embed the memory with the current backbone (and, with ``p_true``,
+        the leave-one-out probabilities that weight the loss)."""
         E = _embed(run.extractor, run.images, self.batch_size)
         run.knn.memory_.replace_vectors(E)
         run.refreshes += 1
+        if p_true:
+            run.p_true = _p_true(run.knn, run.codes, run.ids)
 
     def _optimizer(self, run: _Run) -> tuple[torch.optim.SGD, list[float]]:
         device = run.extractor.device_
@@ -440,61 +438,52 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         return torch.optim.SGD(groups, momentum=self.momentum), peaks
 
     def _fine_tune(self, run: _Run) -> None:
-        """FT of LP-FT: SGD epochs with the divergence guard and early stopping."""
-        from tqdm.auto import tqdm
-
+        """FT of LP-FT: SGD epochs in the shared training loop, with the
+        divergence guard, early stopping and (``memory_refresh="epoch"``) the
+        memory re-embedded before each epoch but the first."""
         optimizer, peaks = self._optimizer(run)
-        run.remember(0, self._validate(run) if len(run.val) else (-math.inf,))
-        # The probe starts below chance: the first epoch has diverged ten times
-        # above a uniform guess, a later one ten times above the first epoch and
-        # above twice a uniform guess (worse than guessing, and far worse than
-        # where training started).
-        chance = run.chance_loss(float(self.alpha))
-        limit = _DIVERGED * chance
-        bar = tqdm(range(self.max_epochs), disable=not self.verbose, desc="fine-tune")
-        for epoch in bar:
-            start = time.perf_counter()
-            if self.memory_refresh == "epoch" and epoch > 0:
-                self._refresh(run)
-                run.p_true = _p_true(run.knn, run.codes, run.ids)
-            loss, accuracy = self._epoch(run, optimizer, peaks, epoch)
-            record = {"epoch": epoch + 1, "loss": loss, "train_accuracy": accuracy}
-            run.history.append(record)
-            if not math.isfinite(loss) or loss > limit:
-                record["seconds"] = time.perf_counter() - start
-                self._diverged(run, epoch + 1, loss)
-                return
-            if len(run.val):
-                score = self._validate(run)
-                record["validation_accuracy"] = score[0]
-            else:
-                score = (-loss,)
-            record["seconds"] = time.perf_counter() - start
-            if epoch == 0:
-                limit = max(_DIVERGED * loss, 2 * chance)
-            if run.improves(score):
-                run.remember(epoch + 1, score)
-            elif len(run.val) and epoch + 1 - run.best_epoch >= self.n_iter_no_change:
-                break
-            if self.verbose:
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
-        if len(run.val):  # the best epoch on held-out images, not the last
-            run.restore()
-        else:
-            run.best_epoch = len(run.history)
+        loop = Loop(snapshot=run.snapshot, load=run.load)
+        loop.remember(0, self._validate(run) if len(run.val) else (-math.inf,))
+        callbacks = []
+        if self.memory_refresh == "epoch":
+            callbacks.append(EachEpoch(lambda: self._refresh(run, p_true=True)))
+        callbacks += [
+            DivergenceGuard(
+                run.chance_loss(float(self.alpha)), self._diverged, factor=_DIVERGED
+            ),
+            EarlyStopping(
+                (lambda: self._validate(run)) if len(run.val) else None,
+                self.n_iter_no_change,
+                improves=_improves,
+            ),
+        ]
 
-    def _diverged(self, run: _Run, epoch: int, loss: float) -> None:
-        run.restore()
+        def train_epoch(epoch: int) -> dict:
+            loss, accuracy = self._epoch(run, optimizer, peaks, epoch)
+            return {"loss": loss, "train_accuracy": accuracy}
+
+        fit_loop(
+            loop,
+            train_epoch,
+            max_epochs=self.max_epochs,
+            callbacks=callbacks,
+            progress=self.verbose,
+            desc="fine-tune",
+        )
+        run.history, run.best_epoch = loop.history, loop.best_epoch
+
+    def _diverged(self, loop: Loop, record: dict) -> None:
+        epoch, loss = record["epoch"], record["loss"]
         first = (
-            "" if epoch == 1 else f"; the first epoch's {run.history[0]['loss']:.3g}"
+            "" if epoch == 1 else f"; the first epoch's {loop.history[0]['loss']:.3g}"
         )
         warnings.warn(
             f"Fine-tuning diverged at epoch {epoch} (mean loss {loss:.3g}{first}): "
             "training stopped and the weights of epoch "
-            f"{run.best_epoch} restored (0: the linear probe). Lower backbone_lr "
+            f"{loop.best_epoch} restored (0: the linear probe). Lower backbone_lr "
             f"({self.backbone_lr}) or head_lr ({self.head_lr}).",
             ConvergenceWarning,
-            stacklevel=4,
+            stacklevel=6,  # fit -> _fine_tune -> fit_loop -> guard -> here
         )
 
     def _epoch(self, run: _Run, optimizer, peaks, epoch: int) -> tuple[float, float]:
@@ -604,6 +593,7 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         self : FineTunedJointClassifier
             The classifier, its memory grown.
         """
+        self._check_params()  # as every fit method does, fitted or not
         check_is_fitted(self)
         self.knn_.partial_fit(self._memory_embed(X), y, sample_ids=sample_ids)
         return self
@@ -779,8 +769,6 @@ class _Run:
     history: list = field(default_factory=list)
     val_scores: list = field(default_factory=list)
     best_epoch: int = 0
-    best_score: tuple = ()
-    best_state: tuple = ()
 
     def chance_loss(self, alpha: float) -> float:
         """The training loss of a uniform guess: where divergence is judged
@@ -788,25 +776,27 @@ class _Run:
         w = modulation_weights(torch.from_numpy(self.p_true[self.train]), alpha=alpha)
         return math.log(max(2, self.n_classes)) * float(w.mean())
 
-    def improves(self, score: tuple) -> bool:
-        """Better accuracy, or the same with a loss lower by more than _TOL
-        (no accuracy: the loss alone)."""
-        if not self.best_score or score[:-1] != self.best_score[:-1]:
-            return score > self.best_score
-        return score[-1] > self.best_score[-1] + _TOL
-
-    def remember(self, epoch: int, score: tuple) -> None:
-        self.best_epoch, self.best_score = epoch, score
+    def snapshot(self) -> tuple:
+        """A copy of the trained weights: the backbone's trainable ones and the
+        head's."""
         params = [p.detach().clone() for p in self.params]
         head = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
-        self.best_state = (params, head)
+        return params, head
 
-    def restore(self) -> None:
-        params, head = self.best_state
+    def load(self, state: tuple) -> None:
+        params, head = state
         with torch.no_grad():
             for p, saved in zip(self.params, params):
                 p.copy_(saved)
         self.head.load_state_dict(head)
+
+
+def _improves(score: tuple, best: tuple) -> bool:
+    """Better accuracy, or the same with a loss lower by more than _TOL (no
+    accuracy: the loss alone)."""
+    if not best or score[:-1] != best[:-1]:
+        return score > best
+    return score[-1] > best[-1] + _TOL
 
 
 def _head_stats(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io as _io
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -17,14 +18,13 @@ from skknn._device import device_after_unpickling, resolve_device
 from skknn._head_lbfgs import fit_linear_head
 from skknn._head_training import stratified_split
 from skknn._locks import GuardedState
+from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
 from skknn._new_classes import imprint_new_rows
+from skknn._param_validation import Interval, StrOptions, check_params
 from skknn._rows import RowBuffer
 from skknn._store import VectorStore
 from skknn._validation import (
     check_first_classes,
-    check_float,
-    check_int,
-    check_option,
     drop_absent_samples,
     make_default_explicit,
     restore_attributes_on_error,
@@ -181,6 +181,31 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
     np.float64(1.0)
     """
 
+    _parameter_constraints: dict = {
+        "knn": [KNNVoter, None],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "modulation": [StrOptions(set(_head_training.MODULATIONS))],
+        "gamma": [Interval(Real, 0, None, closed="left")],
+        "interpolation": [Interval(Real, 0, 1, closed="both")],
+        # the sizes themselves are checked after the table (_check_params)
+        "hidden_layer_sizes": [tuple, list],
+        "base_lr": [Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "warmup_epochs": [Interval(Real, 0, None, closed="left")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
+        "solver": [StrOptions({"auto", "lbfgs", "sgd"})],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
+        "device": MEMORY_PARAMETER_CONSTRAINTS["device"],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+    _parameter_hints: dict = {"device": MEMORY_PARAMETER_HINTS["device"]}
+
     def __init__(
         self,
         knn: KNNVoter | None = None,
@@ -245,47 +270,15 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         return super().set_params(**params)
 
     def _check_params(self) -> None:
-        if self.knn is not None and not isinstance(self.knn, KNNVoter):
-            raise TypeError(
-                "The 'knn' parameter of JointKNNClassifier must be a KNNVoter or "
-                f"None. Got {type(self.knn).__name__} instead."
-            )
-        check_float(self, "alpha", self.alpha, low=0)
-        check_option(self, "modulation", self.modulation, _head_training.MODULATIONS)
-        check_float(self, "gamma", self.gamma, low=0)
-        check_float(self, "interpolation", self.interpolation, low=0, high=1)
+        check_params(self)
+        # Beyond the table: the layer sizes inside the tuple, and a rule
+        # between solver and the options only SGD has.
         sizes = self.hidden_layer_sizes
-        if not isinstance(sizes, (tuple, list)) or not all(
-            isinstance(h, (int, np.integer)) and h >= 1 for h in sizes
-        ):
+        if not all(isinstance(h, (int, np.integer)) and h >= 1 for h in sizes):
             raise ValueError(
                 "The 'hidden_layer_sizes' parameter of JointKNNClassifier must be a "
                 f"tuple of positive ints. Got {sizes!r} instead."
             )
-        check_float(self, "base_lr", self.base_lr, low=0, low_inclusive=False)
-        check_int(self, "batch_size", self.batch_size, low=1)
-        check_int(self, "max_epochs", self.max_epochs, low=1)
-        check_float(self, "warmup_epochs", self.warmup_epochs, low=0)
-        check_float(
-            self, "momentum", self.momentum, low=0, high=1, high_inclusive=False
-        )
-        check_float(self, "weight_decay", self.weight_decay, low=0)
-        if self.validation_fraction is not None:
-            check_float(
-                self,
-                "validation_fraction",
-                self.validation_fraction,
-                low=0,
-                high=1,
-                low_inclusive=False,
-                high_inclusive=False,
-            )
-        check_int(
-            self, "n_iter_no_change", self.n_iter_no_change, low=1, allow_none=True
-        )
-        check_option(self, "solver", self.solver, ("auto", "lbfgs", "sgd"))
-        check_int(self, "n_threads", self.n_threads, low=1, allow_none=True)
-        check_int(self, "max_iter", self.max_iter, low=1)
         if self.solver == "lbfgs" and (
             self.hidden_layer_sizes or self.validation_fraction
         ):
@@ -398,47 +391,17 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         )
         p_train = np.ones(len(train), np.float32) if p_true is None else p_true[train]
         sw_train = None if sw is None else sw[train]
-        if self._solver(device) == "lbfgs":
-            weights = _head_training.modulation_weights(
-                torch.from_numpy(p_train), **self._loss_kwargs()
-            ).numpy()
-            fitted = fit_linear_head(
-                head,
-                X[train],
-                codes[train],
-                weights if sw_train is None else weights * sw_train,
-                weight_decay=self.weight_decay,
-                max_iter=self.max_iter,
-            )
-            result = {
-                "loss_curve": [fitted["loss"]],
-                "val_scores": [],
-                "best_epoch": fitted["n_iter"],
-                "n_epochs": fitted["n_iter"],
-            }
-        else:
-            result = _head_training.train_head(
-                head,
-                X[train],
-                codes[train],
-                p_train,
-                **self._loss_kwargs(),
-                base_lr=self.base_lr,
-                batch_size=self._batch_size(len(train)),
-                max_epochs=max_epochs,
-                warmup_epochs=min(self.warmup_epochs, max_epochs),
-                momentum=self.momentum,
-                weight_decay=self.weight_decay,
-                X_val=X_val,
-                y_val=y_val,
-                n_iter_no_change=self.n_iter_no_change,
-                generator=gen,
-                device=device,
-                verbose=self.verbose,
-                sample_weight=sw_train,
-                n_threads=self._threads(head, len(train)),
-            )
-            head.load_state_dict(result["state_dict"])
+        result = self._train_new_head(
+            head,
+            X[train],
+            codes[train],
+            p_train,
+            sw_train,
+            (X_val, y_val),
+            device=device,
+            generator=gen,
+            max_epochs=max_epochs,
+        )
         self.knn_ = knn
         self.classes_ = knn.classes_
         self.head_ = head.cpu().eval()
@@ -456,6 +419,56 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         self._train_rows = RowBuffer(X)
         self._generator_state = gen.get_state()
         return self
+
+    def _train_new_head(
+        self, head, X, codes, p_train, sw_train, val, *, device, generator, max_epochs
+    ) -> dict:
+        """Train a fresh ``head`` on ``(X, codes)``: L-BFGS for a linear head on
+        the CPU, else mini-batch SGD (with early stopping on ``val``); returns
+        the loss curve, validation scores, best epoch and epochs run."""
+        X_val, y_val = val
+        if self._solver(device) == "lbfgs":
+            weights = _head_training.modulation_weights(
+                torch.from_numpy(p_train), **self._loss_kwargs()
+            ).numpy()
+            fitted = fit_linear_head(
+                head,
+                X,
+                codes,
+                weights if sw_train is None else weights * sw_train,
+                weight_decay=self.weight_decay,
+                max_iter=self.max_iter,
+            )
+            result = {
+                "loss_curve": [fitted["loss"]],
+                "val_scores": [],
+                "best_epoch": fitted["n_iter"],
+                "n_epochs": fitted["n_iter"],
+            }
+        else:
+            result = _head_training.train_head(
+                head,
+                X,
+                codes,
+                p_train,
+                **self._loss_kwargs(),
+                base_lr=self.base_lr,
+                batch_size=self._batch_size(len(codes)),
+                max_epochs=max_epochs,
+                warmup_epochs=min(self.warmup_epochs, max_epochs),
+                momentum=self.momentum,
+                weight_decay=self.weight_decay,
+                X_val=X_val,
+                y_val=y_val,
+                n_iter_no_change=self.n_iter_no_change,
+                generator=generator,
+                device=device,
+                verbose=self.verbose,
+                sample_weight=sw_train,
+                n_threads=self._threads(head, len(codes)),
+            )
+            head.load_state_dict(result["state_dict"])
+        return result
 
     def _threads(self, head, n_train: int) -> int | None:
         if self.n_threads is not None:
