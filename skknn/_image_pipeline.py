@@ -143,7 +143,14 @@ class BatchPipeline:
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Model input -> pooled (n, d) embedding in the compute dtype."""
-        x = x.to(self.dtype)
+        if x.ndim == 4 and x.device.type == "cuda":
+            # One memory layout whatever the input's: cuDNN picks its kernels
+            # (and their TF32 rounding) by layout, so (H, W, C) and (C, H, W)
+            # images gave embeddings 8e-4 apart; channels_last is also the
+            # faster one (1.4x on an H200).
+            x = x.to(self.dtype, memory_format=torch.channels_last)
+        else:
+            x = x.to(self.dtype)
         if self.hook_layer is not None:
             out = _capture(self.model, self.hook_layer, x)
         elif self.method is not None:

@@ -58,10 +58,15 @@ def test_memory_follows_the_backbone_for_each_refresh_mode(digit_images):
         clf = _model(memory_refresh=mode).fit(X, y)
         assert clf.n_memory_refreshes_ == refreshes
         stored = clf.knn_.memory_.get(clf.knn_.sample_ids_).X
+        # On CUDA, cuDNN's TF32 convolutions (torch's default) round by the
+        # batch's kernel choice: 8e-3 relative at most on an H200.
+        tf32 = clf.extractor_.device_.type == "cuda"
         if mode == "never":  # the pretrained backbone serves the memory
-            np.testing.assert_allclose(stored, pretrained, rtol=1e-5, atol=1e-5)
+            rtol, atol = (1e-2, 3e-4) if tf32 else (1e-5, 1e-5)
+            np.testing.assert_allclose(stored, pretrained, rtol=rtol, atol=atol)
         else:  # the memory holds the trained backbone's embeddings
-            np.testing.assert_allclose(stored, clf.embed(X), rtol=1e-4, atol=1e-5)
+            rtol, atol = (1e-2, 3e-4) if tf32 else (1e-4, 1e-5)
+            np.testing.assert_allclose(stored, clf.embed(X), rtol=rtol, atol=atol)
             assert not np.allclose(stored, pretrained, atol=1e-3)
         proba = clf.predict_proba(Q)
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
