@@ -131,7 +131,8 @@ def test_edit_then_retrain_equals_a_fresh_fit(kinds, seed, engine, dtype):
     centers = rng.normal(size=(3, len(kinds))) * 2
     y = np.arange(n) % 3
     X = _columns(kinds, n, rng)
-    X[:, [k == "normal" for k in kinds]] += centers[y][:, [k == "normal" for k in kinds]]
+    normal = [k == "normal" for k in kinds]
+    X[:, normal] += centers[y][:, normal]
     knn = KNNVoter(index=engine, storage_dtype=dtype, n_neighbors=5)
     removed = rng.choice(n, 12, replace=False)
     kept = np.setdiff1d(np.arange(n), removed)
@@ -200,7 +201,8 @@ def test_float32_rounding_noise_is_a_constant_column_but_one_live_row_is_not():
     # The same noise as float64 data is signal by StandardScaler's rule.
     assert not column_stats(X.astype(np.float64))[2][0]
     _, scale = input_stats(X)
-    assert scale[0] == 1.0 and scale[1] < 1e-3
+    assert scale[0] == 1.0
+    assert scale[1] < 1e-3
 
 
 # -- the kept rows -----------------------------------------------------------
