@@ -118,7 +118,19 @@ def merge_classes(
 
 def encode(classes: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Class indices of labels known to be in ``classes``."""
+    if _is_range(classes) and y.dtype.kind in "iu":
+        return y.astype(np.int64)  # labels 0 .. C - 1 are their own codes
     return np.searchsorted(classes, y).astype(np.int64)
+
+
+def _is_range(classes: np.ndarray) -> bool:
+    """Sorted unique ints that are exactly ``0 .. len - 1``."""
+    return (
+        classes.dtype.kind in "iu"
+        and classes.size > 0
+        and classes[0] == 0
+        and classes[-1] == classes.size - 1
+    )
 
 
 def grown_classes(known, labels: np.ndarray, classes, owner: str):

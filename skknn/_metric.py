@@ -104,8 +104,9 @@ class Metric:
         Each pair is computed on its own, in an order fixed by ``d`` alone, so a
         query's distances do not depend on which other queries share the call
         (BLAS blocking does: FAISS's and torch's GEMM paths round differently for
-        1 and 100 queries). FAISS's ``fvec_*_by_idx`` does this without gathering
-        the neighbour vectors (10x faster than the NumPy fallback at k = 100).
+        1 and 100 queries). FAISS's ``pairwise_indexed_*`` does this without
+        gathering the neighbour vectors (10x faster than the NumPy fallback at
+        k = 100), the pairs taken in the order of their memory rows.
         Squared distances are summed from direct differences: the expansion
         ``|q|^2 + |x|^2 - 2 q.x`` would cancel digits for near pairs.
         """
@@ -171,7 +172,7 @@ def _pair_scores(
     except ImportError:
         faiss = None
     if faiss is not None and X.flags.c_contiguous and X.dtype == np.float32:
-        _faiss_by_idx(faiss, out, Q, X, safe, inner_product)
+        _faiss_pairs(faiss, out, Q, X, safe, inner_product)
         return out
     # Other storage (float16, a strided map): gather the pairs' rows as float32,
     # then the same per-pair kernel, so a pair's value does not depend on where
@@ -191,6 +192,38 @@ def _pair_scores(
             diff = nb - q[:, None, :]
             out[s : s + _PAIR_CHUNK] = np.einsum("ijk,ijk->ij", diff, diff)
     return out
+
+
+def _faiss_pairs(faiss, out, Q, X, rows, inner_product: bool) -> None:
+    """``out[i, j]``: the pair ``(Q[i], X[rows[i, j]])`` by FAISS's per-pair
+    kernel, pairs visited by memory row (in buckets of rows, by a 16-bit radix
+    sort): a row that several queries retrieved is read from RAM once, not
+    once per query (2x faster for leave-one-out's 4,096 x 105 pairs). The
+    kernel and its operands are ``fvec_*_by_idx``'s: the same bits."""
+    pairwise = getattr(
+        faiss,
+        "pairwise_indexed_inner_product" if inner_product else "pairwise_indexed_L2sqr",
+        None,
+    )
+    if pairwise is None:  # an older FAISS
+        _faiss_by_idx(faiss, out, Q, X, rows, inner_product)
+        return
+    flat = rows.reshape(-1)
+    shift = max(0, (X.shape[0] - 1).bit_length() - 16)
+    order = np.argsort((flat >> shift).astype(np.uint16), kind="stable")
+    x_rows = np.ascontiguousarray(flat[order])
+    q_rows = order // rows.shape[1]
+    values = np.empty(flat.size, dtype=np.float32)
+    pairwise(
+        X.shape[1],
+        flat.size,
+        faiss.swig_ptr(Q),
+        faiss.swig_ptr(q_rows),
+        faiss.swig_ptr(X),
+        faiss.swig_ptr(x_rows),
+        faiss.swig_ptr(values),
+    )
+    out.reshape(-1)[order] = values
 
 
 def _faiss_by_idx(faiss, out, Q, X, idx, inner_product: bool) -> None:

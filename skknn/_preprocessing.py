@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 PREPROCESSING = ("l2", "center_l2")
-_CHUNK = 65536
+# Bytes of rows pre-processed at a time: a chunk read from RAM for its lengths
+# is still in cache when it is divided by them.
+_CHUNK_BYTES = 4 << 20
 # Squared lengths in this range were summed without overflow and without
 # losing terms to float32's subnormals; the others are summed again, rescaled.
 _SAFE_SQ = (2.0**-80, 2.0**120)
@@ -36,24 +38,45 @@ def preprocess_inplace(
     normalize: bool,
     norms_out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Centre and/or L2-normalise the rows of a float32 array, in place.
+    """Centre and/or L2-normalise the rows of a float32 array, in place (see
+    :func:`preprocess_into`)."""
+    return preprocess_into(
+        X, X, center=center, normalize=normalize, norms_out=norms_out
+    )
 
-    Works in chunks so no second full-size temporary is made; a zero row stays
-    zero (never divided by zero). ``norms_out`` receives each centred row's
-    length before normalisation, so the raw row can be rebuilt as
+
+def preprocess_into(
+    X: np.ndarray,
+    out: np.ndarray,
+    *,
+    center: np.ndarray | None,
+    normalize: bool,
+    norms_out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Centre and/or L2-normalise the rows of ``X`` into ``out`` (float32, the
+    same shape; ``X`` itself for in place), bit for bit as a copy then in place.
+
+    Works in chunks, so no full-size temporary is made and rows are read once
+    on their way into ``out`` (a copy first would read and write them again);
+    a zero row stays zero (never divided by zero). ``norms_out`` receives each
+    centred row's length before normalisation, so the raw row can be rebuilt as
     ``row * norm + center``.
     """
-    for s in range(0, X.shape[0], _CHUNK):
-        block = X[s : s + _CHUNK]
+    chunk = max(1, _CHUNK_BYTES // max(1, 4 * X.shape[1]))
+    for s in range(0, X.shape[0], chunk):
+        src, dst = X[s : s + chunk], out[s : s + chunk]
         if center is not None:
-            block -= center
-            if not np.isfinite(block).all():
+            np.subtract(src, center, out=dst)
+            if not np.isfinite(dst).all():
                 raise ValueError(_RANGE_ERROR.format(what="Centred vectors"))
+            src = dst
         if normalize:
-            norms = _normalize_rows(block)
+            norms = _normalize_rows(src, out=dst)
             if norms_out is not None:
-                norms_out[s : s + _CHUNK] = norms
-    return X
+                norms_out[s : s + chunk] = norms
+        elif src is not dst and out is not X:
+            dst[...] = src
+    return out
 
 
 _RANGE_ERROR = (
@@ -62,11 +85,13 @@ _RANGE_ERROR = (
 )
 
 
-def _normalize_rows(block: np.ndarray) -> np.ndarray:
-    """Divide each row by its length, in place; the lengths. A zero row stays
-    zero. Rows whose squared length left float32's safe range (values near 1e20
-    overflow, near 1e-21 underflow) are measured again rescaled by a power of
-    two, so their direction and length are right whatever their scale."""
+def _normalize_rows(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Divide each row by its length, into ``out`` (default: in place); the
+    lengths. A zero row stays zero. Rows whose squared length left float32's
+    safe range (values near 1e20 overflow, near 1e-21 underflow) are measured
+    again rescaled by a power of two, so their direction and length are right
+    whatever their scale."""
+    out = block if out is None else out
     sq = np.einsum("ij,ij->i", block, block)
     redo = ~((sq >= _SAFE_SQ[0]) & (sq < _SAFE_SQ[1]))
     norms = np.sqrt(sq)
@@ -81,13 +106,14 @@ def _normalize_rows(block: np.ndarray) -> np.ndarray:
         if not np.isfinite(lengths).all():
             raise ValueError(_RANGE_ERROR.format(what="Vector lengths"))
         scaled[scaled == 0] = 1.0
-        block[redo] = rows / scaled[:, None]
-        norms[redo] = lengths
         keep = ~redo
         safe = np.where(norms[keep] == 0, 1.0, norms[keep]).astype(block.dtype)
-        block[keep] /= safe[:, None]
+        out[keep] = block[keep] / safe[:, None]
+        out[redo] = rows / scaled[:, None]
+        norms[redo] = lengths
         return norms
-    block /= np.where(norms == 0, 1.0, norms).astype(block.dtype)[:, None]
+    safe = np.where(norms == 0, 1.0, norms).astype(block.dtype)
+    np.divide(block, safe[:, None], out=out)
     return norms
 
 

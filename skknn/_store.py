@@ -35,6 +35,7 @@ from skknn._preprocessing import (
     largest_abs,
     prepared_queries,
     preprocess_inplace,
+    preprocess_into,
     rescaled,
 )
 from skknn._rows import compact_inplace, expand_inplace, grow, kept_runs, uninterrupted
@@ -63,6 +64,13 @@ DEFAULT_BATCH_SIZE = 4096
 # vectors' scale; candidates this close (relative) to the k-th are treated as
 # possibly tied with it, and more are fetched to settle the tie by id.
 TIE_RTOL = 1e-5
+# Candidates an exact search fetches beyond the k it keeps, to see whether the
+# k-th distance is shared. With one, 1-4% of queries of 384-d embeddings found
+# the next within TIE_RTOL of the k-th and searched the whole memory again (12%
+# of a flat search at k = 50); with four, none of 2,000 did (benchmarks/
+# RESULTS.md, "Speed ratios"). Approximate indexes keep one: a larger k widens
+# an HNSW search and would change its answers.
+TIE_SPARE = 4
 
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -314,10 +322,13 @@ class VectorStore(StoreStateMixin, StoreView):
             yb = yb.copy()
             yb[:n] = old_to_new[yb[:n]]
         norms = None if nb is None else nb[n : n + m]
-        if Xb.dtype == np.float32:
-            Xb[n : n + m] = X
-            preprocess_inplace(
-                Xb[n : n + m], center=mean, normalize=self.normalizes, norms_out=norms
+        if Xb.dtype == np.float32:  # pre-processed on the way in: no copy first
+            preprocess_into(
+                X,
+                Xb[n : n + m],
+                center=mean,
+                normalize=self.normalizes,
+                norms_out=norms,
             )
             if scale != 1.0:
                 rescaled(Xb[n : n + m], scale, out=Xb[n : n + m])
@@ -1083,7 +1094,8 @@ class VectorStore(StoreStateMixin, StoreView):
         parts = []
         for s in query_blocks(rows.shape[0], batch_size, progress, "leave-one-out"):
             qr = rows[s : s + batch_size]
-            dist, nb = self._search_prepared(self._X[qr].astype(np.float32), k + 1)
+            Q = self._X[qr].astype(np.float32, copy=False)  # a gather: a copy
+            dist, nb = self._search_prepared(Q, k + 1)
             own = self._ids[qr]
             nb_ids = np.where(nb >= 0, self._ids[np.maximum(nb, 0)], MISSING)
             is_self = nb_ids == own[:, None]
@@ -1179,9 +1191,10 @@ class VectorStore(StoreStateMixin, StoreView):
         """``(distances, rows)`` of pre-processed queries, refined and re-sorted:
         nearest first, equal distances by sample id.
 
-        One candidate beyond the ``k * refine`` asked for shows whether equal
-        distances straddle the k-th place; those queries fetch twice as many
-        until the tie is whole. So which of several equally distant samples
+        A few candidates beyond the ``k * refine`` asked for (:data:`TIE_SPARE`
+        for an exact search, one for an index) show whether equal distances
+        straddle the k-th place; those queries fetch twice as many until the
+        tie is whole. So which of several equally distant samples
         enters the k is settled by id, not by the engine's rounding (duplicate
         vectors land in different GEMM blocks), and a sharded memory, merging
         the shards' top k in the same order, gives the same answer.
@@ -1193,7 +1206,8 @@ class VectorStore(StoreStateMixin, StoreView):
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         X = self._X[: self._n]
         refine, params = (self._refine, None) if knobs is None else knobs
-        kk = min(k * (1 if exact else refine) + 1, self._n)
+        spare = TIE_SPARE if exact or keyed_by_rows(self.engine) else 1
+        kk = min(k * (1 if exact else refine) + spare, self._n)
         dist, rows = self._candidates(X, Q, k, kk, exact, params)
         sq_norms = np.einsum("ij,ij->i", Q, Q)
         todo = np.flatnonzero(self._tie_open(dist, k, kk, sq_norms))
@@ -1246,14 +1260,21 @@ class VectorStore(StoreStateMixin, StoreView):
                 self._warn_short(int(short.sum()), int(none.sum()), Q.shape[0], k)
         dist = self.metric.pair_distances(X, Q, rows)
         # Exact distances may reorder near-ties the engine's arithmetic saw apart.
-        order = self._nearest_first(dist, rows)
-        return np.take_along_axis(dist, order, 1), np.take_along_axis(rows, order, 1)
+        return self._nearest_first(dist, rows)
 
-    def _nearest_first(self, dist: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Column order of each query's candidates: by distance, equal distances
-        by sample id (the order shards are merged in, skknn/_sharded.py)."""
+    def _nearest_first(self, dist: np.ndarray, rows: np.ndarray):
+        """``(dist, rows)`` with each query's candidates by distance, equal
+        distances by sample id (the order shards are merged in,
+        skknn/_sharded.py). The engine's order mostly stands: only queries it
+        got wrong are sorted (a stable sort of the others changes nothing)."""
         ids = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], MISSING)
-        return np.lexsort((ids, dist), axis=-1)
+        todo = np.flatnonzero(_out_of_order(dist, ids))
+        if todo.size:
+            order = np.lexsort((ids[todo], dist[todo]), axis=-1)
+            rows = rows.copy()  # the engine's array (dist is pair_distances')
+            dist[todo] = np.take_along_axis(dist[todo], order, 1)
+            rows[todo] = np.take_along_axis(rows[todo], order, 1)
+        return dist, rows
 
     def _exact_engine(self):
         from skknn._search import TorchExactEngine
@@ -1303,6 +1324,13 @@ class VectorStore(StoreStateMixin, StoreView):
             f"metric={self.metric.name!r}, preprocessing={self.preprocessing!r}, "
             f"engine={self.engine_name!r})"
         )
+
+
+def _out_of_order(dist: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Rows not sorted by ``(dist, ids)``; a NaN distance counts as disorder."""
+    d0, d1 = dist[:, :-1], dist[:, 1:]
+    before = ~(d1 >= d0) | ((d1 == d0) & (ids[:, 1:] < ids[:, :-1]))
+    return before.any(axis=1)
 
 
 def capped_k(k: int, available: int) -> int:

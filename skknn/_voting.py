@@ -86,11 +86,10 @@ def neighbor_weights(
         nearest weight at 1, so small temperatures never underflow to 0/0.
     """
     distances = np.asarray(distances, dtype=np.float64)
-    ranks = ranks_from_mask(mask)
     if callable(voting):
         d_in = np.where(mask, distances, np.inf)
         with np.errstate(divide="ignore"):  # 1 / d at d = 0 is +inf, handled below
-            weights = np.asarray(voting(d_in, ranks), dtype=np.float64)
+            weights = np.asarray(voting(d_in, ranks_from_mask(mask)), dtype=np.float64)
         if weights.shape != distances.shape:
             raise ValueError(
                 "The voting callable must return weights of shape "
@@ -107,7 +106,7 @@ def neighbor_weights(
     elif voting == "plurality":
         weights = np.ones_like(distances)
     elif voting == "rank":
-        weights = 1.0 / (np.maximum(ranks, 0) + rank_offset)
+        weights = 1.0 / (np.maximum(ranks_from_mask(mask), 0) + rank_offset)
     elif voting in ("softmax", "distance"):
         nearest = np.min(np.where(mask, distances, np.inf), axis=1, keepdims=True)
         nearest[~np.isfinite(nearest)] = 0.0

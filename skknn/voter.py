@@ -102,10 +102,12 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         ``"l2"``: unit length; ``"center_l2"``: subtract the mean of the memory
         at the first fit (frozen afterwards), then unit length; None: unchanged.
     index : str, default="auto"
-        Search engine. ``"exact"``: blocked matrix product + top-k in torch (CPU
-        or CUDA). ``"flat"``: FAISS exact search (GPU when FAISS has GPU support
-        and ``device`` is CUDA). Any other string is a ``faiss.index_factory``
-        description (``"IVF1024,Flat"``, ``"HNSW32"``, ``"IVF4096,PQ32"``).
+        Search engine. ``"exact"``: blocked matrix product + top-k in torch
+        (CUDA, or the CPU without FAISS; on the CPU with FAISS, FAISS's
+        brute-force kernel, faster there). ``"flat"``: FAISS exact search (GPU
+        when FAISS has GPU support and ``device`` is CUDA). Any other string
+        is a ``faiss.index_factory`` description (``"IVF1024,Flat"``,
+        ``"HNSW32"``, ``"IVF4096,PQ32"``).
         An IVF index is trained when the memory first holds 39 samples per
         inverted list (on a random sample of at most ``max(64 * nlist,
         65536)`` of them, then filled in blocks); until then its searches are
