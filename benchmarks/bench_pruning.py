@@ -101,7 +101,7 @@ def accuracy(n_folds: int, flip_fraction: float = 0.2) -> str:
     from sklearn.model_selection import StratifiedKFold
 
     from skknn import KNNVoter, MemoryPruner
-    from skknn._voting import VOTING_RULES
+    from skknn.voting._rules import VOTING_RULES
     from skknn.datasets import load_mnist
 
     X, y, name = load_mnist()

@@ -27,7 +27,7 @@ EOF
 } 2>&1 | tee "$OUT/versions.log"
 
 # Tests marked for CUDA, then the other tests that name cuda/gpu (CPU fallbacks).
-TESTS=(tests/test_voter.py tests/test_joint.py tests/test_features.py
+TESTS=(tests/test_voter.py tests/test_joint.py tests/features/test_features.py
     tests/test_search.py tests/test_distributed.py)
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -o addopts= -rs)
 {

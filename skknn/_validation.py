@@ -10,7 +10,7 @@ same words.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -105,13 +105,34 @@ def restore_attributes_on_error(est, names: Iterable[str]) -> Iterator[None]:
         raise
 
 
-def make_default_explicit(est, name: str, params: dict, default) -> None:
-    """Before ``set_params``: ``<name>__<param>`` needs ``name`` to hold an
-    estimator, so a None default becomes ``default()`` first (grid searches over
-    ``knn__n_neighbors`` then work without spelling the default out)."""
-    nested = any(key.startswith(name + "__") for key in params)
-    if nested and name not in params and getattr(est, name) is None:
-        setattr(est, name, default())
+class DefaultNestedMixin:
+    """``set_params`` for an estimator whose nested estimator parameter defaults
+    to None: ``_default_nested = (name, factory)`` names it and builds its
+    default. ``<name>__<param>`` needs ``name`` to hold an estimator, so the
+    default is made explicit first (grid searches over ``knn__n_neighbors`` then
+    work without spelling the default out)."""
+
+    _default_nested: tuple[str, Callable[[], object]]
+
+    def set_params(self, **params):
+        """Set parameters; ``<name>__<param>`` works with a nested estimator left
+        at its default None too (the default is then made explicit first).
+
+        Parameters
+        ----------
+        **params : dict
+            Estimator parameters, nested ones as ``knn__n_neighbors``.
+
+        Returns
+        -------
+        self : estimator
+            The estimator.
+        """
+        name, default = self._default_nested
+        nested = any(key.startswith(name + "__") for key in params)
+        if nested and name not in params and getattr(self, name) is None:
+            setattr(self, name, default())
+        return super().set_params(**params)
 
 
 def validate_xy(est, X, y, *, reset: bool, levels: bool = False, accept_sparse=False):
@@ -327,3 +348,32 @@ def _union(known, labels: np.ndarray) -> np.ndarray:
     if known is None:
         return np.unique(labels)
     return np.unique(np.concatenate([np.asarray(known).ravel(), labels]))
+
+
+def check_retrainable(est, kept_ids: np.ndarray, removed: np.ndarray) -> None:
+    """Refuse, before anything changes, an ``unlearn(retrain=True)`` that would
+    retrain on no samples (a fresh fit on nothing would fail deep inside with an
+    obscure message)."""
+    if kept_ids.size:
+        return
+    raise ValueError(
+        f"{_owner(est)}.unlearn was given every sample in memory "
+        f"({removed.size} ids): nothing would be left to retrain on, and the "
+        "memory cannot be emptied with retrain=True. To start over, fit anew "
+        "(est.fit(X, y) replaces the memory and the head); to empty only the "
+        "memory and keep the head, pass retrain=False."
+    )
+
+
+def check_classes_left(est, labels: np.ndarray) -> None:
+    """Refuse an ``unlearn(retrain=True)`` that would retrain on one class,
+    with the reason in unlearn's words."""
+    left = np.unique(labels)
+    if left.size >= 2:
+        return
+    raise ValueError(
+        f"{_owner(est)}.unlearn would leave samples of one class only "
+        f"({left.tolist()[0]!r}); retrain=True refits the head, which needs "
+        "at least 2 classes. Unlearn fewer samples, pass retrain=False (only "
+        "the memory forgets), or fit anew."
+    )

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from skknn._mnist import DEMO_IMAGE_SIZE, DEMO_LAYER, embed, mnist_subset, read_mnist
+from skknn.app._mnist import (
+    DEMO_IMAGE_SIZE,
+    DEMO_LAYER,
+    embed,
+    mnist_subset,
+    read_mnist,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from skknn import _voting
+from skknn.voting import _rules
 
 
 def voting_accuracy_by_k(
-    voter, X, y, *, max_k: int = 100, votings=_voting.VOTING_RULES, neighbors=None
+    voter, X, y, *, max_k: int = 100, votings=_rules.VOTING_RULES, neighbors=None
 ) -> dict[str, np.ndarray]:
     """Accuracy at ``k = 1..max_k`` for each voting rule, from **one** search.
 
@@ -54,14 +54,14 @@ def voting_accuracy_by_k(
     check_is_fitted(voter)
     y = np.asarray(y)
     nb = _one_column(voter.neighbors(X, max_k) if neighbors is None else neighbors)
-    mask = _voting.record_mask(nb)
+    mask = _rules.record_mask(nb)
     classes = nb.classes
     known = np.isin(y, classes)
     y_idx = np.full(y.shape, -1, dtype=np.int64)
     y_idx[known] = np.searchsorted(classes, y[known])
     out = {}
     for voting in votings:
-        weights = _voting.neighbor_weights(
+        weights = _rules.neighbor_weights(
             nb.distances,
             mask,
             voting,
@@ -69,7 +69,7 @@ def voting_accuracy_by_k(
             rank_offset=voter.rank_offset,
             distance_power=voter.distance_power,
         )
-        out[voting] = _voting.accuracy_by_k(
+        out[voting] = _rules.accuracy_by_k(
             weights, nb.labels, mask, y_idx, len(classes), reliability=nb.reliability
         )
     return out
@@ -221,7 +221,7 @@ def calibration_at_best_k(voter, neighbors, y, accuracy: dict, *, n_bins: int = 
     out = {}
     for rule, acc in accuracy.items():
         k = int(np.argmax(acc)) + 1
-        vote = _voting.vote(
+        vote = _rules.vote(
             neighbors.first(k),
             rule,
             temperature=voter.temperature,

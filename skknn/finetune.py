@@ -34,18 +34,18 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from skknn._device import device_after_unpickling
-from skknn._head_lbfgs import fit_linear_head
-from skknn._head_training import modulation_weights, stratified_split
-from skknn._heads import Head, build_head, column_stats
 from skknn._param_validation import Interval, StrOptions, check_params
-from skknn._training_loop import (
+from skknn.features import TorchFeatureExtractor
+from skknn.heads._head import Head, build_head, column_stats
+from skknn.heads._lbfgs import fit_linear_head
+from skknn.heads._loop import (
     DivergenceGuard,
     EachEpoch,
     EarlyStopping,
     Loop,
     fit_loop,
 )
-from skknn.features import TorchFeatureExtractor
+from skknn.heads._training import modulation_weights, stratified_split
 from skknn.io import Persistable, register, subtree
 from skknn.voter import KNNVoter
 
@@ -801,7 +801,7 @@ def _improves(score: tuple, best: tuple) -> bool:
 
 def _head_stats(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The head's input mean and scale: the JOINT head's standardisation
-    (:func:`~skknn._heads.column_stats`), the scale floored where a column barely
+    (:func:`~skknn.heads._head.column_stats`), the scale floored where a column barely
     varies on the training images.
 
     Constant columns keep scale 1 (a floor of 1e-6 on the deviation blew a

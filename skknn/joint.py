@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io as _io
 from numbers import Integral, Real
 
 import numpy as np
@@ -13,22 +12,28 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skknn import _head_training, _heads
 from skknn._device import device_after_unpickling, resolve_device
-from skknn._head_lbfgs import fit_linear_head
-from skknn._head_training import stratified_split
 from skknn._locks import GuardedState
 from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
-from skknn._new_classes import imprint_new_rows
 from skknn._param_validation import Interval, StrOptions, check_params
 from skknn._rows import RowBuffer
 from skknn._store import VectorStore
 from skknn._validation import (
+    DefaultNestedMixin,
+    check_classes_left,
     check_first_classes,
+    check_retrainable,
     drop_absent_samples,
-    make_default_explicit,
     restore_attributes_on_error,
     validate_xy,
+)
+from skknn.heads import _head, _training
+from skknn.heads._fitting import (
+    HeadSettings,
+    fit_new_head,
+    grow_head,
+    rehearse,
+    replay_positions,
 )
 from skknn.io import (
     Persistable,
@@ -41,13 +46,8 @@ from skknn.io import (
 )
 from skknn.voter import KNNVoter
 
-# partial_fit's single pass runs at this fraction of the peak learning rate: new
-# samples should move a trained head, not undo it.
-PARTIAL_FIT_LR_FACTOR = 0.1
-# partial_fit rehearses this many memory samples per new one, for this many passes.
-REPLAY_PER_NEW = 4
-PARTIAL_FIT_PASSES = 3
-_MIN_STEPS = 20
+# The attributes a failed partial_fit puts back (with a copy of head_).
+_PARTIAL_FIT_STATE = ("classes_", "_train_ids", "knn_train_proba_", "_generator_state")
 
 
 def _default_knn() -> KNNVoter:
@@ -55,7 +55,9 @@ def _default_knn() -> KNNVoter:
 
 
 @register
-class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
+class JointKNNClassifier(
+    DefaultNestedMixin, GuardedState, Persistable, ClassifierMixin, BaseEstimator
+):
     """A linear (or MLP) head trained with kNN guidance, interpolated with the kNN.
 
     Training follows [NN] (FORMULAS.md 4): the leave-one-out kNN probability of
@@ -184,7 +186,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
     _parameter_constraints: dict = {
         "knn": [KNNVoter, None],
         "alpha": [Interval(Real, 0, None, closed="left")],
-        "modulation": [StrOptions(set(_head_training.MODULATIONS))],
+        "modulation": [StrOptions(set(_training.MODULATIONS))],
         "gamma": [Interval(Real, 0, None, closed="left")],
         "interpolation": [Interval(Real, 0, 1, closed="both")],
         # the sizes themselves are checked after the table (_check_params)
@@ -205,6 +207,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         "verbose": ["verbose"],
     }
     _parameter_hints: dict = {"device": MEMORY_PARAMETER_HINTS["device"]}
+    _default_nested = ("knn", _default_knn)
 
     def __init__(
         self,
@@ -215,12 +218,12 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         gamma: float = 2.0,
         interpolation: float = 0.5,
         hidden_layer_sizes: tuple = (),
-        base_lr: float = _head_training.DEFAULT_BASE_LR,
-        batch_size: int = _head_training.DEFAULT_BATCH_SIZE,
-        max_epochs: int = _head_training.DEFAULT_MAX_EPOCHS,
-        warmup_epochs: float = _head_training.DEFAULT_WARMUP_EPOCHS,
+        base_lr: float = _training.DEFAULT_BASE_LR,
+        batch_size: int = _training.DEFAULT_BATCH_SIZE,
+        max_epochs: int = _training.DEFAULT_MAX_EPOCHS,
+        warmup_epochs: float = _training.DEFAULT_WARMUP_EPOCHS,
         momentum: float = 0.9,
-        weight_decay: float = _head_training.DEFAULT_WEIGHT_DECAY,
+        weight_decay: float = _training.DEFAULT_WEIGHT_DECAY,
         validation_fraction: float | None = None,
         n_iter_no_change: int | None = None,
         solver: str = "auto",
@@ -252,23 +255,6 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         self.verbose = verbose
 
     # -- parameters -----------------------------------------------------------
-    def set_params(self, **params):
-        """Set parameters; ``knn__<name>`` works with the default ``knn=None``
-        too (the default :class:`KNNVoter` is then made explicit first).
-
-        Parameters
-        ----------
-        **params : dict
-            Estimator parameters, nested ones as ``knn__n_neighbors``.
-
-        Returns
-        -------
-        self : JointKNNClassifier
-            The estimator.
-        """
-        make_default_explicit(self, "knn", params, _default_knn)
-        return super().set_params(**params)
-
     def _check_params(self) -> None:
         check_params(self)
         # Beyond the table: the layer sizes inside the tuple, and a rule
@@ -288,24 +274,9 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
                 "solver='sgd' (or 'auto') for those."
             )
 
-    def _solver(self, device) -> str:
-        """'auto': L-BFGS for a linear head on the CPU without a validation split
-        (full-batch, converges in tens of passes); mini-batch SGD otherwise."""
-        if self.solver != "auto":
-            return self.solver
-        simple = not self.hidden_layer_sizes and not self.validation_fraction
-        return "lbfgs" if simple and device.type == "cpu" else "sgd"
-
     def _generator(self) -> torch.Generator:
         seed = check_random_state(self.random_state).randint(0, 2**31 - 1)
         return torch.Generator().manual_seed(int(seed))
-
-    def _loss_kwargs(self) -> dict:
-        return {
-            "alpha": float(self.alpha),
-            "modulation": self.modulation,
-            "gamma": float(self.gamma),
-        }
 
     # -- fitting --------------------------------------------------------------
     def fit(self, X, y, sample_ids=None, sample_weight=None):
@@ -371,47 +342,28 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         sw = None if sample_weight is None else np.asarray(sample_weight, np.float32)
         codes = np.searchsorted(knn.classes_, y)
         p_true = self._p_true(knn, codes, ids) if self._uses_p_knn() else None
-
-        gen = self._generator()
-        train = np.arange(len(y))
-        X_val = y_val = None
-        if self.validation_fraction:
-            train, val = stratified_split(
-                codes, self.validation_fraction, gen, "use a larger fraction or None"
-            )
-            X_val, y_val = X[val], codes[val]
-        x_mean, x_scale = _heads.input_stats(X[train])
-        head = _heads.build_head(
-            X.shape[1],
+        settings, gen = HeadSettings.of(self), self._generator()
+        head, result = fit_new_head(
+            X,
+            codes,
             len(knn.classes_),
-            tuple(self.hidden_layer_sizes),
-            generator=gen,
-            x_mean=x_mean,
-            x_scale=x_scale,
-        )
-        p_train = np.ones(len(train), np.float32) if p_true is None else p_true[train]
-        sw_train = None if sw is None else sw[train]
-        result = self._train_new_head(
-            head,
-            X[train],
-            codes[train],
-            p_train,
-            sw_train,
-            (X_val, y_val),
+            p_true,
+            sw,
+            settings=settings,
             device=device,
             generator=gen,
             max_epochs=max_epochs,
         )
         self.knn_ = knn
         self.classes_ = knn.classes_
-        self.head_ = head.cpu().eval()
+        self.head_ = head
         self.device_ = device
         self.knn_train_proba_ = p_true
         self.loss_curve_ = list(result["loss_curve"])
         self.validation_scores_ = list(result["val_scores"])
         self.best_epoch_ = int(result["best_epoch"])
         self.n_iter_ = int(result["n_epochs"])
-        self.solver_ = self._solver(device)
+        self.solver_ = settings.solver_for(device)
         self._train_ids = np.asarray(ids, dtype=np.int64)  # validated by the store
         # The memory keeps pre-processed vectors (centred, unit length, maybe
         # float16); a retrain after unlearn must see the rows as given to equal
@@ -419,67 +371,6 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         self._train_rows = RowBuffer(X)
         self._generator_state = gen.get_state()
         return self
-
-    def _train_new_head(
-        self, head, X, codes, p_train, sw_train, val, *, device, generator, max_epochs
-    ) -> dict:
-        """Train a fresh ``head`` on ``(X, codes)``: L-BFGS for a linear head on
-        the CPU, else mini-batch SGD (with early stopping on ``val``); returns
-        the loss curve, validation scores, best epoch and epochs run."""
-        X_val, y_val = val
-        if self._solver(device) == "lbfgs":
-            weights = _head_training.modulation_weights(
-                torch.from_numpy(p_train), **self._loss_kwargs()
-            ).numpy()
-            fitted = fit_linear_head(
-                head,
-                X,
-                codes,
-                weights if sw_train is None else weights * sw_train,
-                weight_decay=self.weight_decay,
-                max_iter=self.max_iter,
-            )
-            result = {
-                "loss_curve": [fitted["loss"]],
-                "val_scores": [],
-                "best_epoch": fitted["n_iter"],
-                "n_epochs": fitted["n_iter"],
-            }
-        else:
-            result = _head_training.train_head(
-                head,
-                X,
-                codes,
-                p_train,
-                **self._loss_kwargs(),
-                base_lr=self.base_lr,
-                batch_size=self._batch_size(len(codes)),
-                max_epochs=max_epochs,
-                warmup_epochs=min(self.warmup_epochs, max_epochs),
-                momentum=self.momentum,
-                weight_decay=self.weight_decay,
-                X_val=X_val,
-                y_val=y_val,
-                n_iter_no_change=self.n_iter_no_change,
-                generator=generator,
-                device=device,
-                verbose=self.verbose,
-                sample_weight=sw_train,
-                n_threads=self._threads(head, len(codes)),
-            )
-            head.load_state_dict(result["state_dict"])
-        return result
-
-    def _threads(self, head, n_train: int) -> int | None:
-        if self.n_threads is not None:
-            return self.n_threads
-        return _head_training.threads_for(head, self._batch_size(n_train))
-
-    def _batch_size(self, n_train: int) -> int:
-        """``batch_size``, capped so an epoch has at least ``_MIN_STEPS`` steps:
-        a few hundred samples must not train in a handful of steps (the learning
-        rate follows the batch size, so the step size stays comparable)."""
-        return int(max(1, min(self.batch_size, n_train // _MIN_STEPS)))
 
     def partial_fit(self, X, y, classes=None, sample_ids=None, sample_weight=None):
         """Add samples: into the memory at once, then a rehearsal of the head.
@@ -534,14 +425,9 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             return self
         store = self.knn_.memory_
         ids = store.next_ids(len(y)) if sample_ids is None else sample_ids
-        saved = (
-            copy.deepcopy(self.head_),
-            self.classes_,
-            self._train_ids,
-            self.knn_train_proba_,
-            self._generator_state,
-            len(self.loss_curve_),
-        )
+        # What a failure restores (the head copied: training changes it in place).
+        saved = {k: getattr(self, k) for k in _PARTIAL_FIT_STATE}
+        saved["head_"], n_loss = copy.deepcopy(self.head_), len(self.loss_curve_)
         self.knn_.partial_fit(
             X, y, classes=classes, sample_ids=ids, sample_weight=sample_weight
         )
@@ -552,13 +438,8 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             # All or nothing: the memory forgets the samples, the head and the
             # bookkeeping go back to what they were.
             store.remove(ids, retrain_index=False)
-            head, self.classes_, self._train_ids, proba, state, n_loss = saved
+            self.__dict__.update(saved)
             self._training_rows().truncate(len(self._train_ids))
-            self.head_, self.knn_train_proba_, self._generator_state = (
-                head,
-                proba,
-                state,
-            )
             del self.loss_curve_[n_loss:]
             raise
         return self
@@ -581,56 +462,33 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
         gen = torch.Generator()
         gen.set_state(self._generator_state)
         # Rehearse: the memory holds every old sample, so the head revisits some
-        # beside the new ones; new samples alone would drag every class's row
-        # towards them (and one pass over few samples teaches a new class little).
-        n_replay = min(len(old_ids), REPLAY_PER_NEW * len(y))
-        at = torch.randperm(len(old_ids), generator=gen)[:n_replay].numpy()
-        replay = old_ids[at]
-        data = store.get(replay)
+        # beside the new ones (skknn.heads._fitting.rehearse).
+        at = replay_positions(len(old_ids), len(y), gen)
+        data = store.get(old_ids[at])
         data.X = rows.rows[at]
         r_codes = np.searchsorted(self.classes_, data.labels)
         r_p = (
-            self._p_true(self.knn_, r_codes, replay)
-            if self._uses_p_knn() and n_replay
-            else np.ones(n_replay, np.float32)
+            self._p_true(self.knn_, r_codes, old_ids[at])
+            if self._uses_p_knn() and at.size
+            else np.ones(at.size, np.float32)
         )
-        sw_new = np.ones(len(y), np.float32) if sample_weight is None else sample_weight
-        X_mix = np.concatenate([X, data.X])
-        c_mix = np.concatenate([codes, r_codes])
-        p_mix = np.concatenate([p_true, r_p])
-        w_mix = np.concatenate([np.asarray(sw_new, np.float32), data.sample_weight])
-        if np.all(w_mix == 1.0):
-            w_mix = None  # torch's fused mean: the unweighted loss, exactly
-        imprint_new_rows(
-            self.head_, added, X_mix, c_mix, w_mix, weight_decay=self.weight_decay
+        loss = rehearse(
+            self.head_,
+            added,
+            (X, codes, p_true, sample_weight),
+            (data.X, r_codes, r_p, data.sample_weight),
+            settings=HeadSettings.of(self),
+            n_train=len(self._train_ids),
+            generator=gen,
+            device=self.device_,
         )
-        batch_size = self._batch_size(len(self._train_ids))
-        lr = self.base_lr * batch_size / 256 * PARTIAL_FIT_LR_FACTOR
-        for _ in range(PARTIAL_FIT_PASSES):
-            loss = _head_training.one_pass(
-                self.head_,
-                X_mix,
-                c_mix,
-                p_mix,
-                **self._loss_kwargs(),
-                lr=lr,
-                batch_size=batch_size,
-                momentum=self.momentum,
-                weight_decay=self.weight_decay,
-                generator=gen,
-                device=self.device_,
-                sample_weight=w_mix,
-                n_threads=self._threads(self.head_, len(self._train_ids)),
-            )
         self._generator_state = gen.get_state()
         self.loss_curve_.append(loss)
         if tracked:
             self.knn_train_proba_ = np.concatenate([self.knn_train_proba_, p_true])
 
     def _uses_p_knn(self) -> bool:
-        return _head_training.loss_uses_p_knn(
-            alpha=self.alpha, modulation=self.modulation
-        )
+        return HeadSettings.of(self).uses_p_knn()
 
     @staticmethod
     def _p_true(knn: KNNVoter, codes: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -640,18 +498,10 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
     def _sync_head_classes(self, old: np.ndarray) -> np.ndarray:
         """Give the head an output per class of the grown ``knn_.classes_``;
         returns the new rows."""
-        new = self.knn_.classes_
-        added = np.empty(0, dtype=np.int64)
-        if new.shape != old.shape or not np.array_equal(new, old):
-            gen = torch.Generator()
-            gen.set_state(self._generator_state)
-            moved = np.searchsorted(new, old)
-            self.head_ = _heads.expand_outputs(
-                self.head_, moved, len(new), generator=gen
-            )
-            self._generator_state = gen.get_state()
-            added = np.setdiff1d(np.arange(len(new)), moved)
-        self.classes_ = new
+        self.head_, added, self._generator_state = grow_head(
+            self.head_, old, self.knn_.classes_, self._generator_state
+        )
+        self.classes_ = self.knn_.classes_
         return added
 
     @property
@@ -703,9 +553,9 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             # Refit on what is kept, in training order: the rows as given, the
             # labels and weights as the memory holds them.
             kept_ids = self._train_ids[keep]
-            self._check_retrainable(kept_ids, removed)
+            check_retrainable(self, kept_ids, removed)
             data = store.get(kept_ids)
-            self._check_classes_left(data.labels)
+            check_classes_left(self, data.labels)
             names = self.__dict__.get("feature_names_in_")
             self._fit(
                 self._training_rows().rows[keep],
@@ -733,40 +583,9 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             self._train_rows = rows
         return rows
 
-    def _check_retrainable(self, kept_ids: np.ndarray, removed: np.ndarray) -> None:
-        """Refuse, before anything changes, a retrain on no samples (a fresh fit
-        on nothing would fail deep inside with an obscure message)."""
-        if kept_ids.size:
-            return
-        raise ValueError(
-            f"JointKNNClassifier.unlearn was given every sample in memory "
-            f"({removed.size} ids): nothing would be left to retrain on, and the "
-            "memory cannot be emptied with retrain=True. To start over, fit anew "
-            "(est.fit(X, y) replaces the memory and the head); to empty only the "
-            "memory and keep the head, pass retrain=False."
-        )
-
-    def _check_classes_left(self, labels: np.ndarray) -> None:
-        """Refuse a retrain on one class with the reason in unlearn's words."""
-        left = np.unique(labels)
-        if left.size >= 2:
-            return
-        raise ValueError(
-            "JointKNNClassifier.unlearn would leave samples of one class only "
-            f"({left.tolist()[0]!r}); retrain=True refits the head, which needs "
-            "at least 2 classes. Unlearn fewer samples, pass retrain=False (only "
-            "the memory forgets), or fit anew."
-        )
-
     # -- prediction -----------------------------------------------------------
     def _head_proba(self, X: np.ndarray) -> np.ndarray:
-        # float64: a query's probabilities must not depend on its batch.
-        logits = _heads.predict_logits(
-            self.head_, X, device=self.device_, dtype=torch.float64
-        )
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
+        return _head.predict_proba(self.head_, X, device=self.device_)
 
     def predict_proba(self, X) -> np.ndarray:
         """``interpolation * p_kNN + (1 - interpolation) * softmax(head(x))``.
@@ -946,10 +765,8 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
     def __skknn_save__(self) -> tuple[dict, dict]:
         check_is_fitted(self)
         knn_meta, knn_arrays = self.knn_.__skknn_save__()
-        buf = _io.BytesIO()
-        torch.save(self.head_.state_dict(), buf)
         arrays = {"knn/" + k: v for k, v in knn_arrays.items()}
-        arrays["head"] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
+        arrays["head"] = _head.head_to_bytes(self.head_)
         arrays["train_ids"] = self._train_ids
         arrays["train_X"] = self._training_rows().rows
         if self.knn_train_proba_ is not None:
@@ -988,9 +805,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
                 device=knn.memory_.device,
                 raw=arrays["X_train"],
             )
-        state = torch.load(
-            _io.BytesIO(arrays["head"].tobytes()), map_location="cpu", weights_only=True
-        )
+        head, state = _head.head_from_bytes(arrays["head"])
         self.knn_ = knn
         # The head's classes: the memory may know one more after a failed
         # partial_fit (a class with no samples left).
@@ -1003,7 +818,7 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
             if names.shape != (self.n_features_in_,):
                 raise ValueError("feature_names_in disagrees with n_features_in")
             self.feature_names_in_ = names
-        self.head_ = _heads.head_from_state_dict(state)
+        self.head_ = head
         self.device_ = device_after_unpickling(
             meta["device"], owner=type(self).__name__
         )
@@ -1023,19 +838,10 @@ class JointKNNClassifier(GuardedState, Persistable, ClassifierMixin, BaseEstimat
                     f"rows of the memory's {n} samples x {self.n_features_in_} features"
                 )
             self._train_rows = RowBuffer(rows)
-        probe = _heads.predict_logits(
-            self.head_, np.zeros((1, self.n_features_in_), np.float32), device="cpu"
-        )
-        if probe.shape != (1, len(self.classes_)):
-            raise ValueError(
-                f"the head gives {probe.shape[1]} outputs for "
-                f"{len(self.classes_)} classes"
-            )
+        _head.check_restored(head, state, self.n_features_in_, len(self.classes_))
         self._generator_state = torch.from_numpy(arrays["generator_state"].copy())
         torch.Generator().set_state(self._generator_state)  # refuses a bad state
         self._check_params()
-        if not all(torch.isfinite(t).all() for t in state.values()):
-            raise ValueError("the head's weights hold NaN or infinite values")
         self.loss_curve_ = meta["loss_curve"]
         self.validation_scores_ = meta["validation_scores"]
         self.best_epoch_ = meta["best_epoch"]

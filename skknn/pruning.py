@@ -28,14 +28,9 @@ from skknn._locks import GuardedState, edits, reads
 from skknn._param_validation import HasMethods, Interval, StrOptions, check_params
 from skknn._protocols import Store
 from skknn._validation import (
-    make_default_explicit,
+    DefaultNestedMixin,
     restore_attributes_on_error,
     validate_xy,
-)
-from skknn._wrong_decisions import (
-    IdPositions,
-    count_wrong_decisions,
-    soft_reliability,
 )
 from skknn.io import (
     Persistable,
@@ -47,6 +42,11 @@ from skknn.io import (
     subtree,
 )
 from skknn.voter import KNNVoter
+from skknn.voting._wrong_decisions import (
+    IdPositions,
+    count_wrong_decisions,
+    soft_reliability,
+)
 
 __all__ = [
     "MemoryPruner",
@@ -65,7 +65,9 @@ DEFAULT_N_NEIGHBORS = {"hard": 100, "soft": 10}
 
 
 @register
-class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
+class MemoryPruner(
+    DefaultNestedMixin, GuardedState, Persistable, ClassifierMixin, BaseEstimator
+):
     """Hard or soft pruning of a kNN memory by leave-one-out wrong decisions.
 
     Wraps an estimator that has a memory (a :class:`~skknn.KNNVoter`, or a
@@ -182,6 +184,7 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
             "Pass an estimator with a kNN memory (KNNVoter, JointKNNClassifier)."
         ),
     }
+    _default_nested = ("estimator", KNNVoter)
 
     def __init__(
         self,
@@ -203,24 +206,6 @@ class MemoryPruner(GuardedState, Persistable, ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     # -- parameters -----------------------------------------------------------
-    def set_params(self, **params):
-        """Set parameters; ``estimator__<name>`` works with the default
-        ``estimator=None`` too (the default :class:`KNNVoter` is then made
-        explicit first).
-
-        Parameters
-        ----------
-        **params : dict
-            Estimator parameters, nested ones as ``estimator__n_neighbors``.
-
-        Returns
-        -------
-        self : MemoryPruner
-            The estimator.
-        """
-        make_default_explicit(self, "estimator", params, KNNVoter)
-        return super().set_params(**params)
-
     def _check_params(self) -> None:
         check_params(self)
 

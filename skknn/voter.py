@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
-from skknn import _storage_folder, _voting
+from skknn import _storage_folder
 from skknn._device import (
     device_after_unpickling,
     resolve_device,
@@ -38,6 +38,7 @@ from skknn._validation import (
     validate_xy,
 )
 from skknn.io import Persistable, labels_from_json, register, subtree
+from skknn.voting import _rules
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,11 @@ logger = logging.getLogger(__name__)
 # (and compared with the fitted memory's): skknn/_memory_params.py.
 VOTE_PARAMETER_CONSTRAINTS: dict = {
     "n_neighbors": [Interval(Integral, 1, None, closed="left")],
-    "voting": [StrOptions(set(_voting.VOTING_RULES)), callable],
+    "voting": [StrOptions(set(_rules.VOTING_RULES)), callable],
     "temperature": [Interval(Real, 0, None, closed="neither")],
     "rank_offset": [Interval(Real, 0, None, closed="neither")],
     "distance_power": [Interval(Real, 0, None, closed="left")],
-    "tie_break": [StrOptions(set(_voting.TIE_RULES))],
+    "tie_break": [StrOptions(set(_rules.TIE_RULES))],
     "batch_size": [Interval(Integral, 1, None, closed="left")],
     "verbose": ["verbose"],
     "reranker": [callable, None],
@@ -776,7 +777,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         return self._queries(X)
 
-    def vote(self, neighbors: Neighbors, X=None) -> _voting.Vote:
+    def vote(self, neighbors: Neighbors, X=None) -> _rules.Vote:
         """Vote over a neighbour record with this voter's rule (FORMULAS.md 3).
 
         Parameters
@@ -800,7 +801,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                     f"{neighbors.taxonomy.n_levels} label levels. Set reranker=None "
                     "or fit one voter per level."
                 )
-            return _voting.vote_levels(
+            return _rules.vote_levels(
                 neighbors,
                 self.voting,
                 temperature=self.temperature,
@@ -808,7 +809,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 distance_power=self.distance_power,
                 tie_break=self.tie_break,
             )
-        vote = _voting.vote(
+        vote = _rules.vote(
             neighbors,
             self.voting,
             temperature=self.temperature,
@@ -821,7 +822,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         if X is None:
             raise ValueError("KNNVoter.vote needs the queries X to call its reranker.")
         scores = self.reranker(neighbors, X)
-        return _voting.rerank(vote, neighbors, scores, self.tie_break)
+        return _rules.rerank(vote, neighbors, scores, self.tie_break)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``p(c | x) = s_c / sum_c' s_c'`` (FORMULAS.md 3).

@@ -10,7 +10,8 @@ import pytest
 import torch
 from sklearn.model_selection import GridSearchCV
 
-from skknn import JointKNNClassifier, KNNVoter, _head_training
+from skknn import JointKNNClassifier, KNNVoter
+from skknn.heads import _training
 
 
 def small_joint(**kw):
@@ -410,7 +411,7 @@ def test_failed_calls_leave_joint_as_it_was(blobs, monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_head_training, "one_pass", interrupted)
+    monkeypatch.setattr(_training, "one_pass", interrupted)
     with pytest.raises(KeyboardInterrupt):
         clf.partial_fit(X[:5, :4] + 0.1, np.array([7, 7, 7, 0, 1]))
     monkeypatch.undo()

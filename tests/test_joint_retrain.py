@@ -21,8 +21,8 @@ from sklearn.preprocessing import StandardScaler
 
 import skknn
 from skknn import JointKNNClassifier, KNNVoter
-from skknn._heads import column_stats, input_stats
 from skknn._rows import RowBuffer
+from skknn.heads._head import column_stats, input_stats
 
 ENGINES = ["exact", "flat", "IVF2,Flat", "HNSW8"]
 DTYPES = ["float32", "float16"]

@@ -1,13 +1,15 @@
 """The package's shape: imports go one way.
 
 Every import counts, those inside functions too (a deferred import is still a
-dependency, only hidden). ``from skknn import _voting`` is an import of
-``skknn._voting``, not of the package's ``__init__``.
+dependency, only hidden). ``from skknn.voting import _rules`` is an import of
+``skknn.voting._rules``, not of the package's ``__init__``.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "skknn"
@@ -86,8 +88,59 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_persistence_layers_point_down():
     graph = _graph()
     assert graph["skknn._file_classes"] == set()
-    assert graph["skknn._archive"] <= {"skknn._atomic", "skknn.exceptions"}
+    assert graph["skknn._archive"] == set()
     estimators = {"skknn.voter", "skknn.joint", "skknn.pruning", "skknn.finetune"}
     assert not graph["skknn.io"] & estimators
     for low in ("skknn._storage_folder", "skknn._archive", "skknn._store_io"):
         assert "skknn.io" not in graph[low]
+
+
+def test_the_archive_imports_nothing_of_skknn():
+    """``_archive`` is the lowest floor of the files: no import of skknn's at
+    all, deferred ones included, and it runs with skknn unimportable."""
+    assert _graph()["skknn._archive"] == set()
+    script = (
+        "import importlib.abc, importlib.util, sys\n"
+        "class NoSkknn(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'skknn' or name.startswith('skknn.'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, NoSkknn())\n"
+        "spec = importlib.util.spec_from_file_location('archive', sys.argv[1])\n"
+        "archive = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(archive)\n"
+        "assert issubclass(archive.ModelFileError, ValueError)\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(PACKAGE / "_archive.py")], check=True
+    )
+
+
+def test_model_file_error_is_one_class_wherever_it_is_imported():
+    import pickle
+
+    import skknn
+    from skknn import _archive, exceptions
+
+    assert skknn.ModelFileError is exceptions.ModelFileError is _archive.ModelFileError
+    err = pickle.loads(pickle.dumps(exceptions.ModelFileError("f", "part", "why")))
+    assert type(err) is exceptions.ModelFileError
+    assert (err.path, err.part, err.reason) == ("f", "part", "why")
+
+
+def test_documented_and_pickled_paths_stay_after_the_moves():
+    """Modules moved into subpackages keep the paths users and pickles name."""
+    import importlib
+
+    import skknn
+    from skknn.app import cli
+    from skknn.heads import _head
+    from skknn.voting import _rerankers
+
+    assert importlib.import_module("skknn.cli").main is cli.main
+    assert importlib.import_module("skknn.rerankers").ProbeReranker is (
+        _rerankers.ProbeReranker
+    )
+    assert importlib.import_module("skknn._heads").Head is _head.Head
+    assert skknn.features.TorchFeatureExtractor.__module__ == "skknn.features"
+    assert skknn.ModelFileError.__module__ == "skknn.exceptions"

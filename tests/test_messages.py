@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from skknn import JointKNNClassifier, KNNVoter, MemoryPruner
-from skknn.cli import main
+from skknn.app.cli import main
 from skknn.features import TorchFeatureExtractor
 
 ESTIMATORS = [
@@ -225,12 +225,12 @@ def no_work(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("the command started working before checking --out")
 
-    import skknn.cli
+    import skknn.app.cli
     import skknn.datasets
 
     for module, name in (
-        (skknn.cli, "mnist_subset"),
-        (skknn.cli, "embed"),
+        (skknn.app.cli, "mnist_subset"),
+        (skknn.app.cli, "embed"),
         (skknn.datasets, "load_embeddings"),
         (skknn.datasets, "load_image_folder"),
     ):

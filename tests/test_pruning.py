@@ -16,7 +16,7 @@ from skknn import JointKNNClassifier, KNNVoter, MemoryPruner
 from skknn.datasets import load_mnist
 from tests.conftest import ENGINES, stored
 from tests.test_common import WEIGHTS_ARE_NOT_COPIES
-from tests.test_voting import reference_vote
+from tests.voting.test_voting import reference_vote
 
 MODES = ["soft", "hard"]
 

@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 
 from skknn import KNNVoter
 from tests.conftest import ENGINES, HAS_FAISS, stored
-from tests.test_voting import reference_vote
+from tests.voting.test_voting import reference_vote
 
 needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="needs faiss")
 

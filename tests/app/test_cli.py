@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from skknn import KNNVoter, _gallery
-from skknn.cli import main
-
-from .conftest import HAS_FAISS
+from skknn import KNNVoter
+from skknn.app import _gallery
+from skknn.app.cli import main
+from tests.conftest import HAS_FAISS
 
 HAS_ENCODER = all(
     importlib.util.find_spec(m) is not None

@@ -3,7 +3,7 @@
 As skorch's ``fit_loop``: the caller gives one epoch's training step, callbacks
 decide what happens around it (re-embed the memory, validate and stop early, stop
 a diverging run), and the :class:`Loop` keeps the history and the best weights.
-:func:`skknn._head_training.train_head` (JointKNNClassifier's head) and
+:func:`skknn.heads._training.train_head` (JointKNNClassifier's head) and
 FineTunedJointClassifier's fine-tuning both run here.
 """
 

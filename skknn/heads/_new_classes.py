@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from skknn._heads import Head
+from skknn.heads._head import Head
 
 _CALIBRATION_STEPS = 50
 _FIT_STEPS = 100

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from skknn._mnist import DEMO_IMAGE_SIZE, embed, mnist_subset
-from skknn._report import accuracy_table, neighbour_table, pct, step, table
+from skknn.app._mnist import DEMO_IMAGE_SIZE, embed, mnist_subset
+from skknn.app._report import accuracy_table, neighbour_table, pct, step, table
 
 QUICK_IMAGE_SIZE = 32
 DEMO_N_SAMPLES = 5000

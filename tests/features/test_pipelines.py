@@ -13,8 +13,9 @@ import pytest
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 
-from skknn import KNNVoter, TorchFeatureExtractor, _registry
+from skknn import KNNVoter, TorchFeatureExtractor
 from skknn.datasets import load_lfw_faces, stratified_split
+from skknn.features import _registry
 
 pytest.importorskip("skimage")
 pytest.importorskip("efficientnet_lite_pytorch")

@@ -20,7 +20,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from skknn._heads import Head
+from skknn.heads._head import Head
 
 # How far below the lowest learnt bias a class with no training samples starts:
 # it gets ~e^-10 of the probability until partial_fit brings samples of it.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from skknn._training_loop import (
+from skknn.heads._loop import (
     DivergenceGuard,
     EachEpoch,
     EarlyStopping,

@@ -13,8 +13,7 @@ from sklearn.model_selection import GridSearchCV
 import skknn
 from skknn import JointKNNClassifier, KNNVoter, MemoryPruner
 from skknn.evaluation import hit_rate_by_k, voting_accuracy_by_k
-
-from .conftest import ENGINES
+from tests.conftest import ENGINES
 
 RULES = ["plurality", "distance", "softmax", "rank"]
 

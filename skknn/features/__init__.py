@@ -26,16 +26,16 @@ from torch import nn
 from tqdm import tqdm
 
 from skknn._device import device_after_unpickling, resolve_device
-from skknn._image_pipeline import (
+from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
+from skknn._param_validation import Interval, StrOptions, check_params
+from skknn.features._image_pipeline import (
     ArraySource,
     BatchPipeline,
     ItemSource,
     TabularSource,
     is_image_item,
 )
-from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
-from skknn._param_validation import Interval, StrOptions, check_params
-from skknn._registry import (
+from skknn.features._registry import (
     ModelSpec,
     accepts_rows,
     as_size,

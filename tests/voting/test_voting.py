@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from skknn import _voting
+from skknn.voting import _rules
 
 
 def reference_vote(
@@ -52,12 +52,12 @@ def reference_vote(
 
 
 def run_vote(dist, labels, n_classes, voting, rel=None, excluded=None, **kw):
-    mask = _voting.voting_mask(np.ones(dist.shape, bool), excluded)
-    w = _voting.neighbor_weights(dist, mask, voting, **kw)
+    mask = _rules.voting_mask(np.ones(dist.shape, bool), excluded)
+    w = _rules.neighbor_weights(dist, mask, voting, **kw)
     if rel is not None:
         w = w * rel
-    scores = _voting.class_scores(w, labels, n_classes)
-    return _voting.scores_to_proba(scores), _voting.predict_with_ties(
+    scores = _rules.class_scores(w, labels, n_classes)
+    return _rules.scores_to_proba(scores), _rules.predict_with_ties(
         scores, labels, mask
     )
 
@@ -69,7 +69,7 @@ def neighbours(rng):
     return dist, labels
 
 
-@pytest.mark.parametrize("voting", _voting.VOTING_RULES)
+@pytest.mark.parametrize("voting", _rules.VOTING_RULES)
 def test_rules_match_reference(neighbours, voting):
     dist, labels = neighbours
     kw = {"temperature": 0.3, "rank_offset": 1.5, "distance_power": 2.0}
@@ -79,31 +79,31 @@ def test_rules_match_reference(neighbours, voting):
     np.testing.assert_array_equal(pred, ref_y)
 
 
-@pytest.mark.parametrize("voting", _voting.VOTING_RULES)
+@pytest.mark.parametrize("voting", _rules.VOTING_RULES)
 def test_reliability_and_exclusion_match_reference(neighbours, rng, voting):
     dist, labels = neighbours
     rel = rng.uniform(0.1, 1.0, size=dist.shape)
     excluded = rng.random(dist.shape) < 0.4
     excluded[0] = True  # a query whose neighbours are all excluded falls back
-    mask = _voting.voting_mask(np.ones(dist.shape, bool), excluded)
-    w = _voting.neighbor_weights(dist, mask, voting) * rel
-    scores = _voting.class_scores(w, labels, 4)
-    pred = _voting.predict_with_ties(scores, labels, mask)
+    mask = _rules.voting_mask(np.ones(dist.shape, bool), excluded)
+    w = _rules.neighbor_weights(dist, mask, voting) * rel
+    scores = _rules.class_scores(w, labels, 4)
+    pred = _rules.predict_with_ties(scores, labels, mask)
     ref_p, ref_y = reference_vote(dist, labels, 4, voting, rel=rel, excluded=excluded)
-    np.testing.assert_allclose(_voting.scores_to_proba(scores), ref_p, rtol=1e-6)
+    np.testing.assert_allclose(_rules.scores_to_proba(scores), ref_p, rtol=1e-6)
     np.testing.assert_array_equal(pred, ref_y)
 
 
 def test_rank_weights_are_published_values():
     mask = np.ones((1, 4), bool)
-    w = _voting.neighbor_weights(np.zeros((1, 4)), mask, "rank")
+    w = _rules.neighbor_weights(np.zeros((1, 4)), mask, "rank")
     np.testing.assert_allclose(w[0], [1 / 2, 1 / 3, 1 / 4, 1 / 5])
 
 
 def test_ranks_close_up_over_excluded():
     mask = np.array([[True, False, True, False, True]])
-    np.testing.assert_array_equal(_voting.ranks_from_mask(mask), [[0, -1, 1, -1, 2]])
-    w = _voting.neighbor_weights(np.zeros((1, 5)), mask, "rank")
+    np.testing.assert_array_equal(_rules.ranks_from_mask(mask), [[0, -1, 1, -1, 2]])
+    w = _rules.neighbor_weights(np.zeros((1, 5)), mask, "rank")
     np.testing.assert_allclose(w[0], [1 / 2, 0, 1 / 3, 0, 1 / 4])
 
 
@@ -113,7 +113,7 @@ def test_tie_goes_to_nearest_tied_neighbour():
     proba, pred = run_vote(np.zeros((1, 5)), labels, 3, "plurality")
     assert pred[0] == 2  # sklearn's argmax would say 0
     assert np.argmax(proba[0]) == 0  # probabilities themselves are tied...
-    _voting.align_proba_with_ties(proba, pred)
+    _rules.align_proba_with_ties(proba, pred)
     assert np.argmax(proba[0]) == 2  # ...until aligned with the decision
     np.testing.assert_allclose(proba[0], [0.4, 0.2, 0.4], rtol=1e-9)
 
@@ -121,11 +121,11 @@ def test_tie_goes_to_nearest_tied_neighbour():
 def test_softmax_never_nan_at_tiny_temperature():
     dist = np.array([[50.0, 60.0, 70.0]])
     mask = np.ones((1, 3), bool)
-    w = _voting.neighbor_weights(dist, mask, "softmax", temperature=1e-4)
+    w = _rules.neighbor_weights(dist, mask, "softmax", temperature=1e-4)
     assert np.all(np.isfinite(w))
     assert w[0, 0] == 1.0
-    scores = _voting.class_scores(w, np.array([[1, 0, 0]]), 2)
-    np.testing.assert_allclose(_voting.scores_to_proba(scores), [[0.0, 1.0]])
+    scores = _rules.class_scores(w, np.array([[1, 0, 0]]), 2)
+    np.testing.assert_allclose(_rules.scores_to_proba(scores), [[0.0, 1.0]])
 
 
 def test_softmax_equals_vm_and_nn_forms(rng):
@@ -136,7 +136,7 @@ def test_softmax_equals_vm_and_nn_forms(rng):
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     cos = X @ q
     d = np.sort(1 - cos)[None]
-    w = _voting.neighbor_weights(d, np.ones_like(d, bool), "softmax", temperature=0.07)
+    w = _rules.neighbor_weights(d, np.ones_like(d, bool), "softmax", temperature=0.07)
     vm = np.exp(np.sort(cos)[::-1] / 0.07)
     nn = np.exp(-np.sort(((X - q) ** 2).sum(1)) / (2 * 0.07))
     np.testing.assert_allclose(w[0] / w[0].sum(), vm / vm.sum(), rtol=1e-6)
@@ -146,24 +146,24 @@ def test_softmax_equals_vm_and_nn_forms(rng):
 def test_callable_voting_and_its_errors():
     dist = np.array([[0.1, 0.2, 0.3]])
     mask = np.ones((1, 3), bool)
-    w = _voting.neighbor_weights(dist, mask, lambda d, r: 1.0 / (1.0 + r))
+    w = _rules.neighbor_weights(dist, mask, lambda d, r: 1.0 / (1.0 + r))
     np.testing.assert_allclose(w[0], [1, 1 / 2, 1 / 3])
     with pytest.raises(ValueError, match="shape"):
-        _voting.neighbor_weights(dist, mask, lambda d, r: np.ones(3))
+        _rules.neighbor_weights(dist, mask, lambda d, r: np.ones(3))
     with pytest.raises(ValueError, match="negative"):
-        _voting.neighbor_weights(dist, mask, lambda d, r: -np.ones_like(d))
-    zero = _voting.neighbor_weights(dist, mask, lambda d, r: np.zeros_like(d))
+        _rules.neighbor_weights(dist, mask, lambda d, r: -np.ones_like(d))
+    zero = _rules.neighbor_weights(dist, mask, lambda d, r: np.zeros_like(d))
     with pytest.raises(ValueError, match="zero"):
-        _voting.scores_to_proba(_voting.class_scores(zero, np.zeros((1, 3), int), 2))
+        _rules.scores_to_proba(_rules.class_scores(zero, np.zeros((1, 3), int), 2))
 
 
 def test_accuracy_by_k_equals_voting_at_each_k(neighbours, rng):
     dist, labels = neighbours
     y = rng.integers(0, 4, size=dist.shape[0])
     mask = np.ones(dist.shape, bool)
-    for voting in _voting.VOTING_RULES:
-        w = _voting.neighbor_weights(dist, mask, voting)
-        acc = _voting.accuracy_by_k(w, labels, mask, y, 4)
+    for voting in _rules.VOTING_RULES:
+        w = _rules.neighbor_weights(dist, mask, voting)
+        acc = _rules.accuracy_by_k(w, labels, mask, y, 4)
         for k in (1, 3, 7):
             _, pred = run_vote(dist[:, :k], labels[:, :k], 4, voting)
             assert acc[k - 1] == pytest.approx(np.mean(pred == y))
@@ -173,7 +173,7 @@ def test_accuracy_by_k_equals_voting_at_each_k(neighbours, rng):
 @given(
     dist=arrays(np.float64, (3, 6), elements=st.floats(0, 4)),
     labels=arrays(np.int64, (3, 6), elements=st.integers(0, 2)),
-    voting=st.sampled_from(_voting.VOTING_RULES),
+    voting=st.sampled_from(_rules.VOTING_RULES),
 )
 def test_probabilities_are_distributions_and_order_of_equal_neighbours_irrelevant(
     dist, labels, voting

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from skknn._heads import Head, check_positive_int
-from skknn._training_loop import EarlyStopping, Loop, fit_loop
+from skknn.heads._head import Head, check_positive_int
+from skknn.heads._loop import EarlyStopping, Loop, fit_loop
 
 __all__ = [
     "DEFAULT_BASE_LR",
@@ -328,6 +328,21 @@ def _epoch(
     return total.item() / n
 
 
+def _prepared(head: Head, X, y, p_knn, sample_weight, loss: dict, device):
+    """Training data on ``device``: ``(standardised X, labels, loss weights)``.
+
+    Standardised once here instead of once per batch: the same elementwise op,
+    so the logits are bit-identical to ``head(X[idx])``.
+    """
+    Xt, yt, pt, sw = _to_device(
+        X, y, p_knn, sample_weight, head.n_classes, head.n_features, device
+    )
+    weights = _loss_weights(pt, **loss, sample_weight=sw)
+    with torch.no_grad():
+        Xs = head.standardize(Xt)
+    return Xs, yt, weights
+
+
 def _validation(head: Head, X_val, y_val, device) -> Callable[[], tuple[float]]:
     """The head's accuracy on validation data moved to ``device`` once."""
     Xv, yv, _, _ = _to_device(
@@ -438,23 +453,48 @@ def train_head(
     if (X_val is None) != (y_val is None):
         raise ValueError("X_val and y_val must be given together.")
     head = head.to(device)
-    Xt, yt, pt, sw = _to_device(
-        X, y, p_knn, sample_weight, head.n_classes, head.n_features, device
-    )
-    weights = _loss_weights(
-        pt, alpha=alpha, modulation=modulation, gamma=gamma, sample_weight=sw
-    )
-    with torch.no_grad():
-        # Standardised once here instead of once per batch: the same elementwise
-        # op, so the logits are bit-identical to head(X[idx]).
-        Xs = head.standardize(Xt)
-    del Xt
-    peak_lr = base_lr * batch_size / 256
-    warmup = min(float(warmup_epochs), float(max_epochs))
-    steps = math.ceil(Xs.shape[0] / batch_size)
+    loss_kw = {"alpha": alpha, "modulation": modulation, "gamma": gamma}
+    Xs, yt, weights = _prepared(head, X, y, p_knn, sample_weight, loss_kw, device)
+    schedule = {
+        "base_lr": base_lr * batch_size / 256,
+        "warmup_epochs": min(float(warmup_epochs), float(max_epochs)),
+        "max_epochs": max_epochs,
+    }
     optimizer = _make_optimizer(
         head, lr=0.0, momentum=momentum, weight_decay=weight_decay
     )
+    validate = None if X_val is None else _validation(head, X_val, y_val, device)
+    with _training_threads(device, n_threads):
+        loop = _run_epochs(
+            head,
+            (Xs, yt, weights),
+            optimizer,
+            schedule=schedule,
+            batch_size=batch_size,
+            generator=generator,
+            stopping=None if validate is None else (validate, n_iter_no_change),
+            verbose=verbose,
+        )
+    head.cpu().eval()
+    return {
+        "state_dict": loop.best_state,
+        "loss_curve": [r["loss"] for r in loop.history],
+        "val_scores": [
+            r["validation_accuracy"] for r in loop.history if validate is not None
+        ],
+        "best_epoch": loop.best_epoch - 1,
+        "n_epochs": len(loop.history),
+    }
+
+
+def _run_epochs(
+    head: Head, data, optimizer, *, schedule, batch_size, generator, stopping, verbose
+) -> Loop:
+    """:func:`train_head`'s epochs, run by the shared loop: the learning rate
+    set every step from :func:`lr_at`; with ``stopping = (validate,
+    n_iter_no_change)`` the best validated epoch is kept, else the last one."""
+    Xs, yt, weights = data
+    steps = math.ceil(Xs.shape[0] / batch_size)
 
     def train_epoch(epoch: int) -> dict:
         head.train()
@@ -466,39 +506,23 @@ def train_head(
             optimizer,
             batch_size=batch_size,
             generator=generator,
-            lr_of_step=lambda step: lr_at(
-                epoch + step / steps,
-                base_lr=peak_lr,
-                warmup_epochs=warmup,
-                max_epochs=max_epochs,
-            ),
+            lr_of_step=lambda step: lr_at(epoch + step / steps, **schedule),
         )
         return {"loss": loss}
 
-    callbacks = []
-    if X_val is not None:
-        validate = _validation(head, X_val, y_val, device)
-        callbacks.append(EarlyStopping(validate, n_iter_no_change))
+    callbacks = [] if stopping is None else [EarlyStopping(*stopping)]
     loop = Loop(snapshot=lambda: _cpu_state(head), load=head.load_state_dict)
-    with _training_threads(device, n_threads):
-        fit_loop(
-            loop,
-            train_epoch,
-            max_epochs=max_epochs,
-            callbacks=callbacks,
-            progress=verbose,
-            desc="head",
-        )
+    fit_loop(
+        loop,
+        train_epoch,
+        max_epochs=schedule["max_epochs"],
+        callbacks=callbacks,
+        progress=verbose,
+        desc="head",
+    )
     if not callbacks:  # no validation: the last epoch is the result
         loop.remember(len(loop.history), ())
-    head.cpu().eval()
-    return {
-        "state_dict": loop.best_state,
-        "loss_curve": [r["loss"] for r in loop.history],
-        "val_scores": [r["validation_accuracy"] for r in loop.history if callbacks],
-        "best_epoch": loop.best_epoch - 1,
-        "n_epochs": len(loop.history),
-    }
+    return loop
 
 
 def one_pass(
@@ -549,14 +573,8 @@ def one_pass(
     """
     check_positive_int(batch_size, "batch_size")
     head = head.to(device)
-    Xt, yt, pt, sw = _to_device(
-        X, y, p_knn, sample_weight, head.n_classes, head.n_features, device
-    )
-    weights = _loss_weights(
-        pt, alpha=alpha, modulation=modulation, gamma=gamma, sample_weight=sw
-    )
-    with torch.no_grad():
-        Xs = head.standardize(Xt)
+    loss_kw = {"alpha": alpha, "modulation": modulation, "gamma": gamma}
+    Xs, yt, weights = _prepared(head, X, y, p_knn, sample_weight, loss_kw, device)
     optimizer = _make_optimizer(
         head, lr=lr, momentum=momentum, weight_decay=weight_decay
     )

@@ -1,5 +1,5 @@
 """Tests for skknn.features.TorchFeatureExtractor (and its per-batch path in
-``skknn._image_pipeline``)."""
+``skknn.features._image_pipeline``)."""
 
 from __future__ import annotations
 

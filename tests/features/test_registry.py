@@ -1,4 +1,4 @@
-"""Tests for the model registry (skknn._registry): registration, the offline
+"""Tests for the model registry (skknn.features._registry): registration, the offline
 loaders of torchvision / timm / hub caches, and EfficientNet-Lite0 on real photos."""
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from skknn import _registry
-from skknn.features import TorchFeatureExtractor, available_models, register_model
+from skknn.features import (
+    TorchFeatureExtractor,
+    _registry,
+    available_models,
+    register_model,
+)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""JOINT's loss, schedule and training loop (FORMULAS.md 4) in ``_head_training``."""
+"""JOINT's loss, schedule and training (FORMULAS.md 4) in ``skknn.heads._training``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from skknn import _head_training, _heads
+from skknn.heads import _head, _training
 
 CPU = torch.device("cpu")
 
@@ -48,8 +48,8 @@ def blobs(n=1200, d=16, c=6, *, offset=0.0, seed=0, unit=False):
 def fit(X, y, *, seed=0, p=None, hidden=(), **kw):
     """build_head + train_head as the estimator calls them."""
     g = gen(seed)
-    x_mean, x_scale = _heads.input_stats(X)
-    head = _heads.build_head(
+    x_mean, x_scale = _head.input_stats(X)
+    head = _head.build_head(
         X.shape[1],
         int(y.max()) + 1,
         hidden,
@@ -59,12 +59,12 @@ def fit(X, y, *, seed=0, p=None, hidden=(), **kw):
     )
     p = np.full(len(y), 0.5, np.float32) if p is None else p
     kw.setdefault("alpha", 0.01)
-    result = _head_training.train_head(head, X, y, p, generator=g, device=CPU, **kw)
+    result = _training.train_head(head, X, y, p, generator=g, device=CPU, **kw)
     return head, result
 
 
 def accuracy(head, X, y):
-    return float((_heads.predict_logits(head, X, device=CPU).argmax(1) == y).mean())
+    return float((_head.predict_logits(head, X, device=CPU).argmax(1) == y).mean())
 
 
 # -- loss ---------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_loss_matches_numpy_reference(batch, modulation, alpha, gamma):
     expected = reference_loss(
         logits, targets, p, alpha=alpha, modulation=modulation, gamma=gamma
     )
-    got = _head_training.knn_weighted_loss(
+    got = _training.knn_weighted_loss(
         torch.tensor(logits),
         torch.tensor(targets),
         torch.tensor(p),
@@ -110,7 +110,7 @@ def test_loss_matches_numpy_reference(batch, modulation, alpha, gamma):
 def test_focal_has_no_one_plus(batch):
     logits, targets, _ = batch
     ones = torch.ones(len(targets), dtype=torch.float64)
-    loss = _head_training.knn_weighted_loss(
+    loss = _training.knn_weighted_loss(
         torch.tensor(logits), torch.tensor(targets), ones, alpha=1.0, modulation="focal"
     )
     assert loss.item() == 0.0
@@ -120,7 +120,7 @@ def test_focal_has_no_one_plus(batch):
 def test_nll_clamp_at_zero_probability(alpha):
     logits = torch.tensor([[1.0, -0.5, 0.25]], requires_grad=True)
     targets = torch.tensor([2])
-    loss = _head_training.knn_weighted_loss(
+    loss = _training.knn_weighted_loss(
         logits, targets, torch.zeros(1), alpha=alpha, modulation="nll"
     )
     ce = F.cross_entropy(logits, targets)
@@ -136,7 +136,7 @@ def test_alpha_zero_is_exactly_cross_entropy():
     targets = torch.randint(0, 5, (33,), generator=g)
     p = torch.rand(33, generator=g)
     p[0] = 0.0
-    loss = _head_training.knn_weighted_loss(logits, targets, p, alpha=0.0)
+    loss = _training.knn_weighted_loss(logits, targets, p, alpha=0.0)
     assert torch.equal(loss, F.cross_entropy(logits, targets))
 
 
@@ -144,9 +144,7 @@ def test_no_gradient_flows_into_p_knn(batch):
     logits, targets, p = batch
     p_t = torch.tensor(p, requires_grad=True)
     z = torch.tensor(logits, requires_grad=True)
-    _head_training.knn_weighted_loss(
-        z, torch.tensor(targets), p_t, alpha=0.5
-    ).backward()
+    _training.knn_weighted_loss(z, torch.tensor(targets), p_t, alpha=0.5).backward()
     assert p_t.grad is None
     assert z.grad is not None
 
@@ -155,11 +153,9 @@ def test_loss_rejects_bad_input(batch):
     logits, targets, p = batch
     z, t = torch.tensor(logits), torch.tensor(targets)
     with pytest.raises(ValueError, match="modulation"):
-        _head_training.knn_weighted_loss(
-            z, t, torch.tensor(p), alpha=0.1, modulation="l2"
-        )
+        _training.knn_weighted_loss(z, t, torch.tensor(p), alpha=0.1, modulation="l2")
     with pytest.raises(ValueError, match="p_knn"):
-        _head_training.knn_weighted_loss(z, t, torch.tensor(p[:3]), alpha=0.1)
+        _training.knn_weighted_loss(z, t, torch.tensor(p[:3]), alpha=0.1)
 
 
 # -- schedule -----------------------------------------------------------------
@@ -167,18 +163,18 @@ def test_loss_rejects_bad_input(batch):
 
 def test_lr_schedule():
     kw = {"base_lr": 0.4, "warmup_epochs": 10, "max_epochs": 100}
-    assert _head_training.lr_at(0, **kw) == 0.0
-    assert _head_training.lr_at(2.5, **kw) == pytest.approx(0.1)
-    assert _head_training.lr_at(5, **kw) == pytest.approx(0.2)
-    assert _head_training.lr_at(10, **kw) == pytest.approx(0.4)
-    assert _head_training.lr_at(55, **kw) == pytest.approx(0.2)
-    assert _head_training.lr_at(100, **kw) == 0.0
-    assert _head_training.lr_at(99.999, **kw) == pytest.approx(0.0, abs=1e-8)
-    decay = [_head_training.lr_at(e, **kw) for e in np.linspace(10, 100, 50)]
+    assert _training.lr_at(0, **kw) == 0.0
+    assert _training.lr_at(2.5, **kw) == pytest.approx(0.1)
+    assert _training.lr_at(5, **kw) == pytest.approx(0.2)
+    assert _training.lr_at(10, **kw) == pytest.approx(0.4)
+    assert _training.lr_at(55, **kw) == pytest.approx(0.2)
+    assert _training.lr_at(100, **kw) == 0.0
+    assert _training.lr_at(99.999, **kw) == pytest.approx(0.0, abs=1e-8)
+    decay = [_training.lr_at(e, **kw) for e in np.linspace(10, 100, 50)]
     assert all(a > b for a, b in itertools.pairwise(decay))
     no_warmup = {"base_lr": 1.0, "warmup_epochs": 0, "max_epochs": 4}
-    assert _head_training.lr_at(0, **no_warmup) == 1.0
-    assert _head_training.lr_at(2, **no_warmup) == pytest.approx(0.5)
+    assert _training.lr_at(0, **no_warmup) == 1.0
+    assert _training.lr_at(2, **no_warmup) == pytest.approx(0.5)
 
 
 # -- train_head ---------------------------------------------------------------
@@ -208,7 +204,7 @@ def test_train_head_defaults_learn_separable_problem(unit):
     if not unit:
         X = (X - X.mean(0)) / X.std(0)
     head, res = fit(X[:1800], y[:1800], alpha=0.0)
-    assert res["n_epochs"] == _head_training.DEFAULT_MAX_EPOCHS
+    assert res["n_epochs"] == _training.DEFAULT_MAX_EPOCHS
     assert res["loss_curve"][-1] < 0.5 * res["loss_curve"][0]
     assert accuracy(head, X[1800:], y[1800:]) > 0.97
 
@@ -251,9 +247,9 @@ def test_weight_decay_spares_biases():
     X, y = blobs(200, 6, 3)
     ones = np.ones(200, np.float32)
     for decay in (0.1, 0.0):
-        head = _heads.build_head(6, 3, (5,), generator=gen(0))
+        head = _head.build_head(6, 3, (5,), generator=gen(0))
         before = {k: v.clone() for k, v in head.state_dict().items()}
-        _head_training.train_head(
+        _training.train_head(
             head,
             X,
             y,
@@ -308,9 +304,9 @@ def test_sample_weight_is_scale_free():
 
 def test_train_head_rejects_bad_input():
     X, y = blobs(50, 4, 2)
-    head = _heads.build_head(4, 2, generator=gen())
+    head = _head.build_head(4, 2, generator=gen())
     with pytest.raises(ValueError, match="class indices"):
-        _head_training.train_head(
+        _training.train_head(
             head, X, y + 1, np.ones(50), alpha=0.0, generator=gen(), device=CPU
         )
     with pytest.raises(ValueError, match="p_knn"):
@@ -327,19 +323,19 @@ def test_one_pass():
     p = np.full(200, 0.5, np.float32)
     kw = {"alpha": 0.1, "modulation": "nll", "gamma": 2.0, "batch_size": 32}
     kw.update(momentum=0.9, weight_decay=0.0, device=CPU)
-    head = _heads.build_head(6, 3, generator=gen(0))
+    head = _head.build_head(6, 3, generator=gen(0))
     still = {k: v.clone() for k, v in head.state_dict().items()}
-    loss = _head_training.one_pass(head, X, y, p, lr=0.0, generator=gen(1), **kw)
+    loss = _training.one_pass(head, X, y, p, lr=0.0, generator=gen(1), **kw)
     assert all(torch.equal(v, still[k]) for k, v in head.state_dict().items())
     assert math.isfinite(loss)
-    first = _head_training.one_pass(head, X, y, p, lr=0.05, generator=gen(1), **kw)
-    later = _head_training.one_pass(head, X, y, p, lr=0.05, generator=gen(2), **kw)
+    first = _training.one_pass(head, X, y, p, lr=0.05, generator=gen(1), **kw)
+    later = _training.one_pass(head, X, y, p, lr=0.05, generator=gen(2), **kw)
     assert later < first
     assert not head.training
 
 
 def test_small_steps_train_on_one_thread():
-    small = _heads.build_head(256, 50, generator=gen())
-    large = _heads.build_head(512, 100, hidden_layer_sizes=(512,), generator=gen())
-    assert _head_training.threads_for(small, 512) == 1  # 6.6 M multiply-adds
-    assert _head_training.threads_for(large, 512) is None  # 160 M: torch's count
+    small = _head.build_head(256, 50, generator=gen())
+    large = _head.build_head(512, 100, hidden_layer_sizes=(512,), generator=gen())
+    assert _training.threads_for(small, 512) == 1  # 6.6 M multiply-adds
+    assert _training.threads_for(large, 512) is None  # 160 M: torch's count

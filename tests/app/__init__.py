@@ -1,0 +1,1 @@
+"""Tests of skknn/app/ (the layout mirrors the package)."""

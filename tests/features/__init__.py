@@ -1,0 +1,1 @@
+"""Tests of skknn/features/ (the layout mirrors the package)."""

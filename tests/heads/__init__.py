@@ -1,0 +1,1 @@
+"""Tests of skknn/heads/ (the layout mirrors the package)."""

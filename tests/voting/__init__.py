@@ -1,0 +1,1 @@
+"""Tests of skknn/voting/ (the layout mirrors the package)."""
