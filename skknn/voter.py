@@ -38,7 +38,7 @@ from skknn._validation import (
     validate_xy,
 )
 from skknn.io import Persistable, labels_from_json, register, subtree
-from skknn.voting import _rules
+from skknn.voting import _learned, _rules
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 # (and compared with the fitted memory's): skknn/_memory_params.py.
 VOTE_PARAMETER_CONSTRAINTS: dict = {
     "n_neighbors": [Interval(Integral, 1, None, closed="left")],
-    "voting": [StrOptions(set(_rules.VOTING_RULES)), callable],
+    "voting": [StrOptions({*_rules.VOTING_RULES, "learned"}), callable],
     "temperature": [Interval(Real, 0, None, closed="neither")],
     "rank_offset": [Interval(Real, 0, None, closed="neither")],
     "distance_power": [Interval(Real, 0, None, closed="left")],
@@ -72,11 +72,19 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     n_neighbors : int, default=50
         Number of neighbours ``k`` that vote. If the memory holds fewer samples,
         all of them vote.
-    voting : {"plurality", "distance", "softmax", "rank"} or callable, default="rank"
+    voting : {"plurality", "distance", "softmax", "rank", "learned"} or callable, \
+            default="rank"
         Neighbour weights (FORMULAS.md 3): 1; ``exp(-d) ** distance_power``;
         ``exp(-d / temperature)``; ``1 / (rank + rank_offset)`` (RankVoting). A
         callable receives ``(distances, ranks)``, both ``(n_queries, k)``, and
-        returns non-negative weights of that shape. Note that ``"distance"`` is
+        returns non-negative weights of that shape. ``"learned"``: a logistic
+        regression scores each class among the neighbours from class-agnostic
+        features (its rank votes, its ranks and distances against the query's
+        distance profile, how many of its neighbours were right under
+        leave-one-out), trained on the memory's own leave-one-out records at
+        fit; it scores classes added later by :meth:`partial_fit` without
+        retraining, and :meth:`unlearn` retrains it (see the user guide,
+        "Learned aggregation"). One label column only. Note that ``"distance"`` is
         [VM]'s ``exp(-d)``, not sklearn's ``weights="distance"`` (``1 / d``);
         for the latter pass ``voting=lambda d, r: 1 / d``: an infinite weight
         (a query equal to memory samples) gives those samples the whole vote,
@@ -568,8 +576,11 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         if first_call:
             old = self.__dict__.get("memory_")
             self.memory_ = store
+            self.__dict__.pop("learned_state_", None)
             self._fitted_config_ = self._memory_config()
             self._publish_storage(old)
+        if self.voting == "learned" and self.memory_.n_samples:
+            self._learned_state()  # trained here, not at the first prediction
         return self
 
     def _new_memory(self, n_features: int):
@@ -658,6 +669,11 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         self._check_storage_owner()
         self.memory_.remove(np.asarray(sample_ids), retrain_index=bool(retrain_index))
+        # nothing derived from a removed sample survives: rightness and scorer
+        # are computed again from what remains
+        self.__dict__.pop("learned_state_", None)
+        if self.voting == "learned" and self.memory_.n_samples:
+            self._learned_state()
         return self
 
     def retrain_index(self):
@@ -801,6 +817,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                     f"{neighbors.taxonomy.n_levels} label levels. Set reranker=None "
                     "or fit one voter per level."
                 )
+            if self.voting == "learned":
+                self._learned_state()  # refuses label levels, saying why
             return _rules.vote_levels(
                 neighbors,
                 self.voting,
@@ -809,6 +827,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 distance_power=self.distance_power,
                 tie_break=self.tie_break,
             )
+        if self.voting == "learned":
+            return self._rerank(self._learned_vote(neighbors), neighbors, X)
         vote = _rules.vote(
             neighbors,
             self.voting,
@@ -817,12 +837,51 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             distance_power=self.distance_power,
             tie_break=self.tie_break,
         )
+        return self._rerank(vote, neighbors, X)
+
+    def _rerank(self, vote, neighbors: Neighbors, X):
         if self.reranker is None:
             return vote
         if X is None:
             raise ValueError("KNNVoter.vote needs the queries X to call its reranker.")
         scores = self.reranker(neighbors, X)
         return _rules.rerank(vote, neighbors, scores, self.tie_break)
+
+    def _learned_vote(self, neighbors: Neighbors) -> _rules.Vote:
+        """``voting="learned"``: rank weights, class scores from the scorer
+        trained on this memory (rank sums where it had nothing to learn)."""
+        weights, mask = _rules.weigh(neighbors, "rank", rank_offset=self.rank_offset)
+        state = self._learned_state()
+        scores = None
+        if state.aggregation is not None:
+            scores = state.scores(neighbors, weights, mask)
+        return _rules.decide(
+            weights,
+            mask,
+            neighbors.labels,
+            neighbors.classes,
+            neighbors,
+            self.tie_break,
+            scores=scores,
+        )
+
+    def _learned_state(self) -> _learned.LearnedState:
+        """The learned scorer and rightness of the memory as it is now (kept,
+        extended after additions, retrained after removals or new parameters)."""
+        if self.memory_.taxonomy is not None:
+            raise ValueError(
+                "voting='learned' scores one label column; this memory holds "
+                f"{self.memory_.taxonomy.n_levels} label levels."
+            )
+        self.learned_state_ = _learned.refreshed_state(
+            self.memory_,
+            self.__dict__.get("learned_state_"),
+            n_neighbors=self.n_neighbors,
+            rank_offset=self.rank_offset,
+            tie_break=self.tie_break,
+            batch_size=self.batch_size,
+        )
+        return self.learned_state_
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``p(c | x) = s_c / sum_c' s_c'`` (FORMULAS.md 3).
@@ -1370,7 +1429,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
+        tags.target_tags.multi_output = self.voting != "learned"
         tags.input_tags.sparse = self.index in SPARSE_INDEXES
         # Approximate indexes may miss true neighbours, differently per build.
         tags.non_deterministic = self.index not in ("auto", "exact", "flat")

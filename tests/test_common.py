@@ -24,7 +24,7 @@ VOTER_INSTANCES = [
     KNNVoter(n_neighbors=3, voting=voting, index=engine)
     for engine in ENGINES
     for voting in ("plurality", "distance", "softmax", "rank")
-]
+] + [KNNVoter(n_neighbors=3, voting="learned", index="exact")]
 
 
 @parametrize_with_checks(

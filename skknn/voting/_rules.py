@@ -310,11 +310,14 @@ def decide(
     classes: np.ndarray,
     neighbors: Neighbors,
     tie_break: str = "nearest",
+    scores: np.ndarray | None = None,
 ) -> Vote:
     """Scores, probabilities and winners of weighted neighbours whose class codes
     (into ``classes``) are ``labels``; a directionless query of ``neighbors``
-    gets a uniform answer and the first class."""
-    scores = class_scores(weights, labels, len(classes))
+    gets a uniform answer and the first class. ``scores`` given (a learned
+    aggregation's) replace the weighted sums."""
+    if scores is None:
+        scores = class_scores(weights, labels, len(classes))
     lost = neighbors.directionless
     if lost is not None and lost.any():
         scores[lost] = 1.0
