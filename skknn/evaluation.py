@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
+from skknn._docstrings import fill_doc
 from skknn.voting import _rules
 
 
+@fill_doc
 def voting_accuracy_by_k(
     voter, X, y, *, max_k: int = 100, votings=_rules.VOTING_RULES, neighbors=None
 ) -> dict[str, np.ndarray]:
@@ -23,12 +25,10 @@ def voting_accuracy_by_k(
     ----------
     voter : KNNVoter
         A fitted voter (its memory is the training set).
-    X : array-like of shape (n_queries, n_features)
-        Queries (unused when ``neighbors`` is given).
+    %(X_evaluated)s
     y : array-like of shape (n_queries,)
         True labels; labels unknown to the memory count as errors.
-    max_k : int, default=100
-        The largest ``k`` evaluated (capped at the memory size).
+    %(max_k)s
     votings : iterable of str
         Rules to evaluate.
     neighbors : Neighbors, default=None
@@ -75,6 +75,7 @@ def voting_accuracy_by_k(
     return out
 
 
+@fill_doc
 def hit_rate_by_k(voter, X, y, *, max_k: int = 100, neighbors=None) -> np.ndarray:
     """``hit@k`` for ``k = 1..max_k`` from one search (FORMULAS.md 7).
 
@@ -88,12 +89,10 @@ def hit_rate_by_k(voter, X, y, *, max_k: int = 100, neighbors=None) -> np.ndarra
     ----------
     voter : KNNVoter
         A fitted voter.
-    X : array-like of shape (n_queries, n_features)
-        Queries (unused when ``neighbors`` is given).
+    %(X_evaluated)s
     y : array-like of shape (n_queries,)
         True labels; labels unknown to the memory are never hit.
-    max_k : int, default=100
-        The largest ``k`` evaluated (capped at the memory size).
+    %(max_k)s
     neighbors : Neighbors, default=None
         The record of ``voter.neighbors(X, max_k)``, if already searched.
 

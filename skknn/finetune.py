@@ -34,6 +34,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from skknn._device import device_after_unpickling
+from skknn._docstrings import fill_doc
 from skknn._param_validation import Interval, StrOptions, check_params
 from skknn.features import TorchFeatureExtractor
 from skknn.heads._head import Head, build_head, column_stats
@@ -625,13 +626,11 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         out[:, np.searchsorted(self.classes_, self.head_classes_)] = proba
         return out
 
+    @fill_doc
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities: the head's interpolated with the kNN's.
 
-        Parameters
-        ----------
-        X : array-like of images or list
-            Query images.
+        %(X_images)s
 
         Returns
         -------
@@ -647,13 +646,11 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
             proba += lam * self.knn_.predict_proba(E_knn)
         return proba
 
+    @fill_doc
     def predict(self, X) -> np.ndarray:
         """The most probable class of each image.
 
-        Parameters
-        ----------
-        X : array-like of images or list
-            Query images.
+        %(X_images)s
 
         Returns
         -------

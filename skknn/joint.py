@@ -13,6 +13,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn._device import device_after_unpickling, resolve_device
+from skknn._docstrings import fill_doc
 from skknn._locks import GuardedState
 from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
 from skknn._param_validation import Interval, StrOptions, check_params
@@ -372,6 +373,7 @@ class JointKNNClassifier(
         self._generator_state = gen.get_state()
         return self
 
+    @fill_doc
     def partial_fit(self, X, y, classes=None, sample_ids=None, sample_weight=None):
         """Add samples: into the memory at once, then a rehearsal of the head.
 
@@ -384,12 +386,7 @@ class JointKNNClassifier(
         classes weighted equally (weight imprinting), so it is recognised from
         its first batch on. The first call fits on its batch as :meth:`fit`.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Embeddings of the new samples.
-        y : array-like of shape (n_samples,)
-            Their labels, new classes included.
+        %(partial_fit_Xy)s
         classes : array-like, default=None
             Labels to know before their samples arrive.
         sample_ids : array-like of shape (n_samples,), default=None
@@ -587,24 +584,24 @@ class JointKNNClassifier(
     def _head_proba(self, X: np.ndarray) -> np.ndarray:
         return _head.predict_proba(self.head_, X, device=self.device_)
 
+    @fill_doc
     def predict_proba(self, X) -> np.ndarray:
         """``interpolation * p_kNN + (1 - interpolation) * softmax(head(x))``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
 
-        Returns
-        -------
-        proba : ndarray of shape (n_queries, n_classes)
-            Columns follow :attr:`classes_`.
+        %(returns_proba)s
         """
+        return self._interpolated(X, lambda proba: proba)
+
+    def _interpolated(self, X, answer):
+        """``answer(proba)`` of the queries, with the classes and the
+        probabilities read in one state of the head and the memory."""
         check_is_fitted(self)
         self._check_params()
         X = validate_data(self, X, reset=False, dtype=np.float32)
         with self._reading():
-            return self._proba(X)
+            return answer(self._proba(X))
 
     def _knn_columns(self, proba: np.ndarray) -> np.ndarray:
         """The kNN's probabilities in the columns of ``classes_``. They differ
@@ -625,34 +622,25 @@ class JointKNNClassifier(
         knn = self._knn_columns(self.knn_.predict_proba(X))
         return lam * knn + (1.0 - lam) * head
 
+    @fill_doc
     def predict(self, X) -> np.ndarray:
         """Labels of the largest interpolated probability.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
 
-        Returns
-        -------
-        y : ndarray of shape (n_queries,)
-            Predicted labels.
+        %(returns_labels)s
         """
-        check_is_fitted(self)
-        self._check_params()
-        X = validate_data(self, X, reset=False, dtype=np.float32)
-        with self._reading():  # the classes of the same state as the proba
-            return self.classes_[np.argmax(self._proba(X), axis=1)]
+        return self._interpolated(
+            X, lambda proba: self.classes_[np.argmax(proba, axis=1)]
+        )
 
+    @fill_doc
     def predict_log_proba(self, X) -> np.ndarray:
         """Logarithm of :meth:`predict_proba` (``-inf`` where it is 0), as
         ``LogisticRegression`` offers it (``cross_val_predict(...,
         method="predict_log_proba")``).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
 
         Returns
         -------
@@ -663,14 +651,12 @@ class JointKNNClassifier(
         with np.errstate(divide="ignore"):  # log(0) = -inf is the answer
             return np.log(proba)
 
+    @fill_doc
     def decision_function(self, X) -> np.ndarray:
         """Log of the interpolated probabilities (log-odds of the second class
         for two classes, as sklearn expects of binary classifiers).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
 
         Returns
         -------
@@ -681,58 +667,42 @@ class JointKNNClassifier(
         logp = np.log(np.maximum(self.predict_proba(X), np.finfo(np.float64).tiny))
         return logp[:, 1] - logp[:, 0] if logp.shape[1] == 2 else logp
 
+    @fill_doc
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Nearest memory samples by id: see :meth:`KNNVoter.kneighbors`.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features), default=None
-            Queries. None queries the memory with its own samples, leaving each
-            one out by id (FORMULAS.md 2), like sklearn's ``kneighbors()``.
+        %(X_kneighbors)s
         n_neighbors : int, default=None
             Defaults to the kNN's ``n_neighbors``; capped at the memory size
             (minus one when leaving one out).
-        return_distance : bool, default=True
-            Also return the distances; False returns the ids only.
+        %(return_distance)s
 
-        Returns
-        -------
-        distances : ndarray of shape (n_queries, k)
-            Only when ``return_distance``.
-        ids : ndarray of shape (n_queries, k)
-            Sample ids (-1 where an approximate index found fewer).
+        %(returns_kneighbors)s
         """
         check_is_fitted(self)
         return self.knn_.kneighbors(X, n_neighbors, return_distance)
 
+    @fill_doc
     def score_samples(self, X, n_neighbors=None) -> np.ndarray:
         """Out-of-distribution score of the memory: see
         :meth:`KNNVoter.score_samples` (higher = nearer to the training set).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
         n_neighbors : int, default=None
             ``k``; defaults to the kNN's ``n_neighbors``, capped at the memory
             size.
 
-        Returns
-        -------
-        scores : ndarray of shape (n_queries,)
-            Minus each query's distance to its ``k``-th nearest neighbour.
+        %(returns_scores)s
         """
         check_is_fitted(self)
         return self.knn_.score_samples(X, n_neighbors)
 
+    @fill_doc
     def explain(self, X):
         """The kNN's explanation (:meth:`KNNVoter.explain`) with the head's and the
         interpolated probabilities added (``head_proba``, ``joint_proba``).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
 
         Returns
         -------

@@ -24,6 +24,7 @@ from sklearn.utils import get_tags
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from skknn._docstrings import fill_doc
 from skknn._locks import GuardedState, edits, reads
 from skknn._param_validation import HasMethods, Interval, StrOptions, check_params
 from skknn._protocols import Store
@@ -266,6 +267,7 @@ class MemoryPruner(
         return self
 
     @edits
+    @fill_doc
     def partial_fit(self, X, y, classes=None, sample_ids=None, sample_weight=None):
         """Add samples to the memory and update every count they change.
 
@@ -275,12 +277,7 @@ class MemoryPruner(
         pruning rule is applied again. The result equals a fresh :meth:`fit` on
         all samples (exact search; see Notes of the class).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Embeddings of the new samples.
-        y : array-like of shape (n_samples,)
-            Their labels, new classes included.
+        %(partial_fit_Xy)s
         classes : array-like, default=None
             Labels to know even before any of their samples arrive.
         sample_ids : array-like of shape (n_samples,), default=None
@@ -487,48 +484,36 @@ class MemoryPruner(
         return validate_data(self, X, reset=False, dtype=np.float32)
 
     @reads
+    @fill_doc
     def predict(self, X) -> np.ndarray:
         """Labels predicted by the pruned estimator.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
 
-        Returns
-        -------
-        y : ndarray of shape (n_queries,)
-            Predicted labels.
+        %(returns_labels)s
         """
         X = self._checked(X)
         return self.estimator_.predict(X)
 
     @reads
+    @fill_doc
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities of the pruned estimator.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
 
-        Returns
-        -------
-        proba : ndarray of shape (n_queries, n_classes)
-            Columns follow :attr:`classes_`.
+        %(returns_proba)s
         """
         X = self._checked(X)
         return self.estimator_.predict_proba(X)
 
     @available_if(lambda self: _estimator_has(self, "predict_log_proba"))
     @reads
+    @fill_doc
     def predict_log_proba(self, X) -> np.ndarray:
         """Log class probabilities of the pruned estimator.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
 
         Returns
         -------
@@ -540,13 +525,11 @@ class MemoryPruner(
 
     @available_if(lambda self: _estimator_has(self, "decision_function"))
     @reads
+    @fill_doc
     def decision_function(self, X) -> np.ndarray:
         """Decision scores of the pruned estimator (when it has them).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
 
         Returns
         -------
@@ -557,6 +540,7 @@ class MemoryPruner(
         return self.estimator_.decision_function(X)
 
     @reads
+    @fill_doc
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Nearest memory samples by id: see :meth:`skknn.KNNVoter.kneighbors`.
 
@@ -568,15 +552,9 @@ class MemoryPruner(
             None queries the memory with its own samples, leaving each out.
         n_neighbors : int, default=None
             Defaults to the estimator's ``n_neighbors``.
-        return_distance : bool, default=True
-            Also return the distances; False returns the ids only.
+        %(return_distance)s
 
-        Returns
-        -------
-        distances : ndarray of shape (n_queries, k)
-            Only when ``return_distance``.
-        ids : ndarray of shape (n_queries, k)
-            Sample ids (-1 where an approximate index found fewer).
+        %(returns_kneighbors)s
         """
         check_is_fitted(self)
         if X is not None:
@@ -584,35 +562,28 @@ class MemoryPruner(
         return self.estimator_.kneighbors(X, n_neighbors, return_distance)
 
     @reads
+    @fill_doc
     def score_samples(self, X, n_neighbors=None) -> np.ndarray:
         """Out-of-distribution score of the memory: see
         :meth:`KNNVoter.score_samples` (pruned samples are still retrieved).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
         n_neighbors : int, default=None
             ``k``; defaults to the estimator's ``n_neighbors``, capped at the
             memory size.
 
-        Returns
-        -------
-        scores : ndarray of shape (n_queries,)
-            Minus each query's distance to its ``k``-th nearest neighbour.
+        %(returns_scores)s
         """
         X = self._checked(X)
         return self.estimator_.score_samples(X, n_neighbors)
 
     @reads
+    @fill_doc
     def explain(self, X):
         """Every decision with the neighbours that made it, reliabilities and
         exclusions included: see :meth:`skknn.KNNVoter.explain`.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings, as given to :meth:`fit`).
+        %(X_queries)s
 
         Returns
         -------

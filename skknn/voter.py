@@ -19,6 +19,7 @@ from skknn._device import (
     resolve_device,
     resolve_engine,
 )
+from skknn._docstrings import fill_doc
 from skknn._hierarchy import stack_levels
 from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
 from skknn._neighbors import Neighbors
@@ -810,6 +811,12 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             and ``prediction`` (labels); for multi-output labels one per level.
         """
         self._check_vote_params()
+        rule = {
+            "temperature": self.temperature,
+            "rank_offset": self.rank_offset,
+            "distance_power": self.distance_power,
+            "tie_break": self.tie_break,
+        }
         if neighbors.taxonomy is not None:
             if self.reranker is not None:
                 raise ValueError(
@@ -819,24 +826,10 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 )
             if self.voting == "learned":
                 self._learned_state()  # refuses label levels, saying why
-            return _rules.vote_levels(
-                neighbors,
-                self.voting,
-                temperature=self.temperature,
-                rank_offset=self.rank_offset,
-                distance_power=self.distance_power,
-                tie_break=self.tie_break,
-            )
+            return _rules.vote_levels(neighbors, self.voting, **rule)
         if self.voting == "learned":
             return self._rerank(self._learned_vote(neighbors), neighbors, X)
-        vote = _rules.vote(
-            neighbors,
-            self.voting,
-            temperature=self.temperature,
-            rank_offset=self.rank_offset,
-            distance_power=self.distance_power,
-            tie_break=self.tie_break,
-        )
+        vote = _rules.vote(neighbors, self.voting, **rule)
         return self._rerank(vote, neighbors, X)
 
     def _rerank(self, vote, neighbors: Neighbors, X):
@@ -883,36 +876,30 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         )
         return self.learned_state_
 
+    @fill_doc
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``p(c | x) = s_c / sum_c' s_c'`` (FORMULAS.md 3).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings; the memory pre-processes them).
+        %(X_voter_queries)s
 
         Returns
         -------
         proba : ndarray of shape (n_queries, n_classes), or list of ndarray
-            Columns follow :attr:`classes_`; for multi-output labels one array
-            per level.
+            %(columns_per_level)s
         """
         return self._answer_blocks(X, _proba)
 
+    @fill_doc
     def predict_log_proba(self, X) -> np.ndarray:
         """Logarithm of :meth:`predict_proba` (``-inf`` for a class no
         neighbour voted for), as sklearn classifiers offer it.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings; the memory pre-processes them).
+        %(X_voter_queries)s
 
         Returns
         -------
         log_proba : ndarray of shape (n_queries, n_classes), or list of ndarray
-            Columns follow :attr:`classes_`; for multi-output labels one array
-            per level.
+            %(columns_per_level)s
         """
         proba = self.predict_proba(X)
         with np.errstate(divide="ignore"):  # log(0) = -inf is the answer
@@ -920,13 +907,11 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 return [np.log(p) for p in proba]
             return np.log(proba)
 
+    @fill_doc
     def predict(self, X) -> np.ndarray:
         """Predicted labels, ties broken by ``tie_break``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings; the memory pre-processes them).
+        %(X_voter_queries)s
 
         Returns
         -------
@@ -959,15 +944,13 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 del nb  # before the next block's search
         return out  # validate_data refuses zero queries: out is set
 
+    @fill_doc
     def score(self, X, y, sample_weight=None) -> float:
         """Mean accuracy; for multi-output labels the subset accuracy (a query
         counts as right only when every level is), as scikit-learn scores
         multi-output classifiers.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings; the memory pre-processes them).
+        %(X_voter_queries)s
         y : array-like of shape (n_queries,) or (n_queries, n_levels)
             True labels; one column per level for multi-output labels.
         sample_weight : array-like of shape (n_queries,), default=None
@@ -990,26 +973,17 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         right = np.all(self.predict(X) == y, axis=1)
         return float(np.average(right, weights=sample_weight))
 
+    @fill_doc
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Nearest memory samples, as sample **ids**, nearest first.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features), default=None
-            Queries. None queries the memory with its own samples, leaving each
-            one out by id (FORMULAS.md 2), like sklearn's ``kneighbors()``.
+        %(X_kneighbors)s
         n_neighbors : int, default=None
             Defaults to ``n_neighbors``; capped at the memory size (minus one
             when leaving one out).
-        return_distance : bool, default=True
-            Also return the distances; False returns the ids only.
+        %(return_distance)s
 
-        Returns
-        -------
-        distances : ndarray of shape (n_queries, k)
-            Only when ``return_distance``.
-        ids : ndarray of shape (n_queries, k)
-            Sample ids (-1 where an approximate index found fewer).
+        %(returns_kneighbors)s
         """
         nb = self.neighbors(X, n_neighbors)
         return (nb.distances, nb.ids) if return_distance else nb.ids
@@ -1085,6 +1059,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         )
         return _proba(self.vote(nb))
 
+    @fill_doc
     def score_samples(self, X, n_neighbors=None) -> np.ndarray:
         """Out-of-distribution score: minus the distance to the k-th neighbour.
 
@@ -1093,10 +1068,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         approximate index found fewer than ``k`` neighbours, the farthest one
         found stands in.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings; the memory pre-processes them).
+        %(X_voter_queries)s
         n_neighbors : int, default=None
             ``k``; defaults to ``n_neighbors``, capped at the memory size.
 
@@ -1116,13 +1088,11 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         """
         return -self.neighbors(X, n_neighbors).farthest().astype(np.float64)
 
+    @fill_doc
     def explain(self, X, residual: bool = False) -> Bunch:
         """Every decision with the neighbours that made it.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries (raw embeddings; the memory pre-processes them).
+        %(X_voter_queries)s
         residual : bool, default=False
             Also search the residual query ``phi(q) - phi(n1)`` (FORMULAS.md 7,
             [VM] 3.7): the pre-processed query minus its nearest neighbour,

@@ -232,7 +232,7 @@ def _check_writable(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
             f"{option} must be a file name; {str(path)!r} is an existing folder "
             f"(write into it as {str(path / ('out' + path.suffix))!r})."
         )
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent  # Path("out.csv").parent is Path(".")
     if not folder.is_dir():
         raise ValueError(f"{option}: folder {str(folder)!r} does not exist.")
     if not os.access(folder, os.W_OK) or (

@@ -21,6 +21,8 @@ import torch
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from skknn._docstrings import fill_doc
+
 # A column whose deviation is within this many units in the last place of its
 # dtype (at its mean's magnitude) is rounding noise around a constant.
 _ULPS_CONSTANT = 4
@@ -105,13 +107,11 @@ class Head(nn.Module):
         """The final ``Linear(., n_classes)`` layer."""
         return self.layers[-1]
 
+    @fill_doc
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the fixed input standardisation.
 
-        Parameters
-        ----------
-        x : torch.Tensor of shape (n_samples, n_features)
-            Raw inputs.
+        %(x_raw)s
 
         Returns
         -------
@@ -120,13 +120,11 @@ class Head(nn.Module):
         """
         return (x - self.x_mean) / self.x_scale
 
+    @fill_doc
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of raw inputs.
 
-        Parameters
-        ----------
-        x : torch.Tensor of shape (n_samples, n_features)
-            Raw inputs.
+        %(x_raw)s
 
         Returns
         -------
@@ -310,6 +308,7 @@ def head_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Head:
     return head.eval()
 
 
+@fill_doc
 def expand_outputs(
     head: Head,
     new_index_of_old: np.ndarray,
@@ -333,10 +332,7 @@ def expand_outputs(
         Distinct target rows in ``[0, n_total)``.
     n_total : int
         Number of outputs of the new head.
-    generator : torch.Generator
-        Source of the new rows' weights.
-    prior_pi : float, default=0.01
-        Prior for the new rows' bias.
+    %(new_rows)s
 
     Returns
     -------
@@ -366,6 +362,7 @@ def expand_outputs(
     return new.eval()
 
 
+@fill_doc
 def add_output_rows(
     head: Head, n_new: int, *, generator: torch.Generator, prior_pi: float = 0.01
 ) -> Head:
@@ -377,10 +374,7 @@ def add_output_rows(
         The head to expand (left unchanged).
     n_new : int
         Number of outputs to add at the end.
-    generator : torch.Generator
-        Source of the new rows' weights.
-    prior_pi : float, default=0.01
-        Prior for the new rows' bias.
+    %(new_rows)s
 
     Returns
     -------

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from skknn._docstrings import fill_doc
 from skknn.heads._head import Head, check_positive_int
 from skknn.heads._loop import EarlyStopping, Loop, fit_loop
 
@@ -362,6 +363,7 @@ def _validation(head: Head, X_val, y_val, device) -> Callable[[], tuple[float]]:
     return validate
 
 
+@fill_doc
 def train_head(
     head: Head,
     X: np.ndarray,
@@ -398,8 +400,7 @@ def train_head(
         Class indices in ``[0, head.n_classes)``.
     p_knn : ndarray of shape (n_samples,)
         Leave-one-out kNN probability of each sample's true class.
-    alpha, modulation, gamma
-        Loss settings, see :func:`knn_weighted_loss`.
+    %(loss_settings)s
     base_lr : float, default=DEFAULT_BASE_LR
         Learning rate per 256 samples: the rate used is ``base_lr * batch_size / 256``.
     batch_size : int, default=DEFAULT_BATCH_SIZE
@@ -449,46 +450,54 @@ def train_head(
     every step from :func:`lr_at`.
     """
     check_positive_int(batch_size, "batch_size")
-    check_positive_int(max_epochs, "max_epochs")
+    schedule = _schedule(base_lr, batch_size, warmup_epochs, max_epochs)
     if (X_val is None) != (y_val is None):
         raise ValueError("X_val and y_val must be given together.")
-    head = head.to(device)
     loss_kw = {"alpha": alpha, "modulation": modulation, "gamma": gamma}
-    Xs, yt, weights = _prepared(head, X, y, p_knn, sample_weight, loss_kw, device)
-    schedule = {
+    sgd = {"lr": 0.0, "momentum": momentum, "weight_decay": weight_decay}
+    head, data, opt = _start(head, (X, y, p_knn, sample_weight), loss_kw, sgd, device)
+    validate = None if X_val is None else _validation(head, X_val, y_val, device)
+    stopping = None if validate is None else (validate, n_iter_no_change)
+    with _training_threads(device, n_threads):
+        loop = _run_epochs(
+            head, data, opt, schedule, batch_size, generator, stopping, verbose
+        )
+    head.cpu().eval()
+    return _result(loop, validated=validate is not None)
+
+
+def _schedule(base_lr, batch_size: int, warmup_epochs, max_epochs: int) -> dict:
+    """:func:`lr_at`'s settings for :func:`train_head` (``max_epochs`` checked)."""
+    check_positive_int(max_epochs, "max_epochs")
+    return {
         "base_lr": base_lr * batch_size / 256,
         "warmup_epochs": min(float(warmup_epochs), float(max_epochs)),
         "max_epochs": max_epochs,
     }
-    optimizer = _make_optimizer(
-        head, lr=0.0, momentum=momentum, weight_decay=weight_decay
-    )
-    validate = None if X_val is None else _validation(head, X_val, y_val, device)
-    with _training_threads(device, n_threads):
-        loop = _run_epochs(
-            head,
-            (Xs, yt, weights),
-            optimizer,
-            schedule=schedule,
-            batch_size=batch_size,
-            generator=generator,
-            stopping=None if validate is None else (validate, n_iter_no_change),
-            verbose=verbose,
-        )
-    head.cpu().eval()
+
+
+def _start(head: Head, data: tuple, loss: dict, sgd: dict, device):
+    """``head`` moved to ``device``, its training data ``(standardised X,
+    labels, loss weights)`` there, and its SGD optimizer."""
+    head = head.to(device)
+    X, y, p_knn, sample_weight = data
+    prepared = _prepared(head, X, y, p_knn, sample_weight, loss, device)
+    return head, prepared, _make_optimizer(head, **sgd)
+
+
+def _result(loop: Loop, *, validated: bool) -> dict:
+    """:func:`train_head`'s return value from the finished loop."""
     return {
         "state_dict": loop.best_state,
         "loss_curve": [r["loss"] for r in loop.history],
-        "val_scores": [
-            r["validation_accuracy"] for r in loop.history if validate is not None
-        ],
+        "val_scores": [r["validation_accuracy"] for r in loop.history if validated],
         "best_epoch": loop.best_epoch - 1,
         "n_epochs": len(loop.history),
     }
 
 
 def _run_epochs(
-    head: Head, data, optimizer, *, schedule, batch_size, generator, stopping, verbose
+    head: Head, data, optimizer, schedule, batch_size, generator, stopping, verbose
 ) -> Loop:
     """:func:`train_head`'s epochs, run by the shared loop: the learning rate
     set every step from :func:`lr_at`; with ``stopping = (validate,
@@ -525,6 +534,7 @@ def _run_epochs(
     return loop
 
 
+@fill_doc
 def one_pass(
     head: Head,
     X: np.ndarray,
@@ -551,8 +561,7 @@ def one_pass(
         Updated in place; left on the CPU in eval mode.
     X, y, p_knn, sample_weight
         As in :func:`train_head`.
-    alpha, modulation, gamma
-        Loss settings, see :func:`knn_weighted_loss`.
+    %(loss_settings)s
     lr : float
         Learning rate actually used (no batch-size scaling, no schedule).
     batch_size : int
@@ -572,23 +581,16 @@ def one_pass(
         Mean training loss over the pass.
     """
     check_positive_int(batch_size, "batch_size")
-    head = head.to(device)
     loss_kw = {"alpha": alpha, "modulation": modulation, "gamma": gamma}
-    Xs, yt, weights = _prepared(head, X, y, p_knn, sample_weight, loss_kw, device)
-    optimizer = _make_optimizer(
-        head, lr=lr, momentum=momentum, weight_decay=weight_decay
+    sgd = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+    head, data, optimizer = _start(
+        head, (X, y, p_knn, sample_weight), loss_kw, sgd, device
     )
     head.train()
     try:
         with _training_threads(device, n_threads):
             loss = _epoch(
-                head,
-                Xs,
-                yt,
-                weights,
-                optimizer,
-                batch_size=batch_size,
-                generator=generator,
+                head, *data, optimizer, batch_size=batch_size, generator=generator
             )
     finally:
         head.cpu().eval()
