@@ -17,12 +17,9 @@ from skknn import _head_training, _heads
 from skknn._device import device_after_unpickling, resolve_device
 from skknn._head_lbfgs import fit_linear_head
 from skknn._head_training import stratified_split
-from skknn._locks import GuardedState
 from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
 from skknn._new_classes import imprint_new_rows
 from skknn._param_validation import Interval, StrOptions, check_params
-from skknn._rows import RowBuffer
-from skknn._store import VectorStore
 from skknn._validation import (
     check_first_classes,
     drop_absent_samples,
@@ -39,6 +36,9 @@ from skknn.io import (
     register,
     subtree,
 )
+from skknn.memory.front import VectorStore
+from skknn.memory.locks import GuardedState
+from skknn.memory.rows import RowBuffer
 from skknn.voter import KNNVoter
 
 # partial_fit's single pass runs at this fraction of the peak learning rate: new

@@ -1,6 +1,6 @@
 """A memory on disk across processes and damage: reopened then edited, small
 edits that write only what changed, stale temporaries, links and damaged or
-out-of-date parts of a store folder (``skknn/_disk.py``)."""
+out-of-date parts of a store folder (``skknn/memory/segments.py``)."""
 
 from __future__ import annotations
 
@@ -343,7 +343,7 @@ def test_a_damaged_part_is_refused_by_path_and_part(tmp_path, damage, part):
             record["n"] = 499
             manifest.write_text(json.dumps(record))
         else:
-            from skknn._disk import _checksum
+            from skknn.memory.segments import _checksum
 
             body = {k: v for k, v in record.items() if k != "checksum"}
             if action == "forge":  # consistent, but naming rows no file holds
@@ -486,7 +486,7 @@ def test_a_crash_at_each_point_of_a_commit(tmp_path, monkeypatch, op, point):
     while or after a deletion's rows are moved, or while superseded files are
     zeroed): the new one; either way every file not named is zeroed and
     deleted, and no removed row's bytes are left, at the next opening."""
-    from skknn import _disk
+    from skknn.memory import segments as _disk
 
     X, y = _data(310)
     est = KNNVoter(3, index="exact", storage_path=tmp_path).fit(X[:300], y[:300])
@@ -644,7 +644,7 @@ def test_reopened_after_a_deletion_then_an_append(tmp_path):
 def test_a_large_deletion_rewrites_the_parts_in_memory_order(tmp_path, monkeypatch):
     """A deletion over _MAX_MOVES moved rows writes new generation files
     (rows in their physical order, the sequence numbers with them)."""
-    from skknn import _disk
+    from skknn.memory import segments as _disk
 
     X, y = _data(500)
     ram = KNNVoter(3, index="exact").fit(X, y)
@@ -665,7 +665,7 @@ def test_a_large_deletion_rewrites_the_parts_in_memory_order(tmp_path, monkeypat
 
 def test_a_damaged_patch_is_refused(tmp_path, monkeypatch):
     """A manifest whose patch moves rows out of range is refused, unread."""
-    from skknn import _disk
+    from skknn.memory import segments as _disk
 
     X, y = _data(300)
     est = KNNVoter(3, index="exact", storage_path=tmp_path).fit(X, y)
@@ -699,7 +699,7 @@ def test_a_damaged_patch_is_refused(tmp_path, monkeypatch):
     ],
 )
 def test_a_forged_manifest_field_is_refused(tmp_path, field, value):
-    from skknn._disk import _checksum
+    from skknn.memory.segments import _checksum
 
     folder = _fitted_folder(tmp_path)
     manifest = folder / "manifest.json"

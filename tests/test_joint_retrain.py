@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 import skknn
 from skknn import JointKNNClassifier, KNNVoter
 from skknn._heads import column_stats, input_stats
-from skknn._rows import RowBuffer
+from skknn.memory.rows import RowBuffer
 
 ENGINES = ["exact", "flat", "IVF2,Flat", "HNSW8"]
 DTYPES = ["float32", "float16"]

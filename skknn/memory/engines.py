@@ -10,7 +10,7 @@ Two families, one protocol (:class:`skknn.SearchEngine`):
 
 Engines return *keys*: row positions in the memory (``keys_are_ids = False``) or
 sample ids (approximate indexes, which FAISS addresses by id). Missing neighbours
-have key -1. Distances follow :class:`~skknn._metric.Metric`, the one place that
+have key -1. Distances follow :class:`~skknn.memory.metric.Metric`, the one place that
 converts scores to distances.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from skknn._device import DeviceWarning, faiss_gpu_count, import_faiss
-from skknn._metric import Metric
+from skknn.memory.metric import Metric
 
 # Rows widened to float32 at a time when the store keeps float16 (16 MB at d=64,
 # 100 MB at d=384): bounded working memory, near-peak GEMM and FAISS speed.

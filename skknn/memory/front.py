@@ -21,13 +21,29 @@ import numpy as np
 import torch
 from sklearn.utils import Bunch
 
-from skknn._disk import DiskVectors
 from skknn._hierarchy import Taxonomy
 from skknn._labels import encode, grown_classes
-from skknn._locks import edits, reads
-from skknn._metric import METRICS, Metric
-from skknn._neighbors import MISSING, Neighbors
-from skknn._preprocessing import (
+from skknn.memory.checks import (
+    STORAGE_DTYPES,
+    checked_excluded,
+    checked_ids,
+    checked_new_ids,
+    checked_reliability,
+    checked_rows,
+    checked_weights,
+    refuse_duplicates,
+)
+from skknn.memory.engines import (
+    auto_engine,
+    engine_rows,
+    keyed_by_rows,
+    make_engine,
+    split_refine,
+)
+from skknn.memory.locks import edits, reads
+from skknn.memory.metric import METRICS, Metric
+from skknn.memory.neighbors import MISSING, Neighbors
+from skknn.memory.preprocessing import (
     PREPROCESSING,
     check_scaled,
     choose_scale,
@@ -38,26 +54,16 @@ from skknn._preprocessing import (
     preprocess_into,
     rescaled,
 )
-from skknn._rows import compact_inplace, expand_inplace, grow, kept_runs, uninterrupted
-from skknn._search import (
-    auto_engine,
-    engine_rows,
-    keyed_by_rows,
-    make_engine,
-    split_refine,
+from skknn.memory.rows import (
+    compact_inplace,
+    expand_inplace,
+    grow,
+    kept_runs,
+    uninterrupted,
 )
-from skknn._store_checks import (
-    STORAGE_DTYPES,
-    checked_excluded,
-    checked_ids,
-    checked_new_ids,
-    checked_reliability,
-    checked_rows,
-    checked_weights,
-    refuse_duplicates,
-)
-from skknn._store_io import StoreStateMixin
-from skknn._store_view import StoreView
+from skknn.memory.segments import DiskVectors
+from skknn.memory.state import StoreStateMixin
+from skknn.memory.view import StoreView
 
 DEFAULT_BATCH_SIZE = 4096
 # Engines rank by float32 sums whose error is about sqrt(d) * 2**-24 of the
@@ -94,7 +100,7 @@ class VectorStore(StoreStateMixin, StoreView):
         string, or ``"auto"``: FAISS exact search below ``AUTO_MIN_SAMPLES``
         (1,000,000) samples and ``AUTO_INDEX`` (``"IVF4096,PQ32"``) with
         ``AUTO_PARAMS`` (``nprobe=32, refine=4``) from then on, switched as the
-        memory grows or shrinks past it (``skknn/_search.py``).
+        memory grows or shrinks past it (``skknn/memory/engines.py``).
     device : str or torch.device, default="cpu"
         Where the engine searches.
     index_params : dict, default=None
@@ -110,7 +116,7 @@ class VectorStore(StoreStateMixin, StoreView):
         None keeps the memory in RAM. A folder keeps the vectors and every
         per-row array (ids, labels, reliabilities, weights) in memory-mapped
         files in a sub-folder of their own (the RAM holds the index); every
-        edit is committed there, crash-safely (``skknn/_disk.py``), and
+        edit is committed there, crash-safely (``skknn/memory/segments.py``), and
         :meth:`open` reopens the last commit.
 
     Attributes
@@ -227,15 +233,15 @@ class VectorStore(StoreStateMixin, StoreView):
         self._sw = np.empty(0, dtype=np.float32)  # sample weights given to add
         self._next_id = 0
         self._sorted = None  # (sorted ids, their rows): built lazily for lookups
-        # On disk, a deletion moves rows (skknn/_disk.py): (state, the rows in
+        # On disk, a deletion moves rows (skknn/memory/segments.py): (state, the rows in
         # memory order or None when they are in it), built lazily.
         self._logical = None
         # Power of two an unnormalised memory keeps its vectors multiplied by, so
         # data near 1e20 or 1e-21 is searched in float32 without overflow or
-        # underflow (skknn/_preprocessing.py); distances are reported unscaled.
+        # underflow (skknn/memory/preprocessing.py); distances are reported unscaled.
         self._scale = 1.0
         # Called before every commit to disk: the estimator's check that its
-        # storage folder still opens to this memory (skknn/_storage_folder.py).
+        # storage folder still opens to this memory (skknn/memory/folder.py).
         self.commit_guard = None
         self._lock()  # made now: searches must not add attributes
 
@@ -681,9 +687,9 @@ class VectorStore(StoreStateMixin, StoreView):
             self._version += 1
 
     def _remove_on_disk(self, uniq, gone_rows, runs, n_new: int, retrain: bool):
-        """Remove on disk by moving rows (``skknn/_disk.py``): the last live rows
-        move into the removed ones below the new count, so a deletion writes
-        O(removed rows) bytes whatever the memory's size; the rows' sequence
+        """Remove on disk by moving rows (``skknn/memory/segments.py``): the last
+        live rows move into the removed ones below the new count, so a deletion
+        writes O(removed rows) bytes whatever the memory's size; the rows' sequence
         numbers keep the memory order (:meth:`_logical_rows`). An index that
         keys by row searches the moved rows once they are moved; one that keys
         by id is rebuilt (or edited) first, on the kept rows in memory order,
@@ -737,7 +743,7 @@ class VectorStore(StoreStateMixin, StoreView):
         """Remove with versioned files: the kept rows go to new generation files
         (the vectors', each per-row part's and the sequence numbers'), the commit
         switches to them, and only then are the removed rows zeroed in the old
-        files and the files deleted (``skknn/_disk.py``)."""
+        files and the files deleted (``skknn/memory/segments.py``)."""
         disk, n_old = self._disk, self._n
         old = self._buffers()
         small = [compact_inplace(np.array(b[:n_old]), runs) for b in old[1:]]
@@ -1200,7 +1206,7 @@ class VectorStore(StoreStateMixin, StoreView):
         the shards' top k in the same order, gives the same answer.
 
         ``knobs``: ``(refine, engine knobs)`` for this search instead of the
-        memory's (:func:`~skknn._search.split_refine` of ``index_params``).
+        memory's (:func:`~skknn.memory.engines.split_refine` of ``index_params``).
         """
         if Q.shape[0] == 0:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
@@ -1265,7 +1271,7 @@ class VectorStore(StoreStateMixin, StoreView):
     def _nearest_first(self, dist: np.ndarray, rows: np.ndarray):
         """``(dist, rows)`` with each query's candidates by distance, equal
         distances by sample id (the order shards are merged in,
-        skknn/_sharded.py). The engine's order mostly stands: only queries it
+        skknn/memory/sharded.py). The engine's order mostly stands: only queries it
         got wrong are sorted (a stable sort of the others changes nothing)."""
         ids = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], MISSING)
         todo = np.flatnonzero(_out_of_order(dist, ids))
@@ -1277,7 +1283,7 @@ class VectorStore(StoreStateMixin, StoreView):
         return dist, rows
 
     def _exact_engine(self):
-        from skknn._search import TorchExactEngine
+        from skknn.memory.engines import TorchExactEngine
 
         return TorchExactEngine(self.metric, torch.device("cpu"))
 

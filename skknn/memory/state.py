@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from skknn._archive import RowsInOrder
-from skknn._disk import DiskVectors
 from skknn._hierarchy import Taxonomy
-from skknn._locks import reads
-from skknn._preprocessing import choose_scale, largest_abs, rescaled
-from skknn._store_checks import check_state
+from skknn.memory.checks import check_state
+from skknn.memory.locks import reads
+from skknn.memory.preprocessing import choose_scale, largest_abs, rescaled
+from skknn.memory.segments import DiskVectors
 
 
 class StoreStateMixin:
@@ -108,7 +108,7 @@ class StoreStateMixin:
 
     def _commit_removal(self, gone_rows, n: int, **changes) -> None:
         """On disk, commit the removal of rows ``gone_rows`` (the manifest only:
-        the rows move in place afterwards, ``skknn/_disk.py``)."""
+        the rows move in place afterwards, ``skknn/memory/segments.py``)."""
         if self.commit_guard is not None:
             self.commit_guard()
         meta, arrays = self._state_of(self._buffers(), n, **changes)
@@ -132,7 +132,7 @@ class StoreStateMixin:
         memory order (a folder's rows, moved by deletions): the index is built
         in memory order."""
         from skknn._archive import labels_from_json
-        from skknn._search import engine_rows
+        from skknn.memory.engines import engine_rows
 
         check_state(meta, arrays)
         store = cls(
@@ -201,9 +201,9 @@ class StoreStateMixin:
         array memory-mapped, the index built afresh from the vectors).
 
         A damaged, truncated, linked or out-of-date part raises
-        :class:`~skknn.ModelFileError` (``skknn/_disk.py``)."""
-        from skknn._store_checks import InvalidState
+        :class:`~skknn.ModelFileError` (``skknn/memory/segments.py``)."""
         from skknn.exceptions import ModelFileError
+        from skknn.memory.checks import InvalidState
 
         disk, meta, arrays, rows, n = DiskVectors.open(
             folder, verify_vectors=verify_vectors
@@ -221,7 +221,7 @@ class StoreStateMixin:
                     f"does not describe a memory ({exc})",
                 ) from exc
             # Every per-row array is its file's map, all with the same capacity:
-            # an add writes its rows past n in each of them (skknn/_disk.py).
+            # an add writes its rows past n in each of them (skknn/memory/segments.py).
             count = len(store._buffers())
             if count > len(disk.parts):
                 raise ModelFileError(
@@ -307,7 +307,7 @@ def _saved_scale(meta: dict, X: np.ndarray, normalizes: bool) -> float:
     """The scale of a saved state (a power of two), or, where it names none
     (older files, a shard's split of a memory), the one its data calls for;
     the index saved with an older file is then rebuilt."""
-    from skknn._store_checks import InvalidState
+    from skknn.memory.checks import InvalidState
 
     scale = meta.get("scale")
     if scale is None:

@@ -14,8 +14,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from skknn._metric import Metric
-from skknn._neighbors import Neighbors
+from skknn.memory.metric import Metric
+from skknn.memory.neighbors import Neighbors
 
 
 @runtime_checkable

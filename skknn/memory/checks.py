@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from skknn._metric import METRICS
-from skknn._preprocessing import PREPROCESSING
+from skknn.memory.metric import METRICS
+from skknn.memory.preprocessing import PREPROCESSING
 
 # Sample ids are 0 <= id <= MAX_ID (int64): -1 marks an empty neighbour slot, and
 # no value a user can give may collide with it.

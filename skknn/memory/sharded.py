@@ -9,8 +9,9 @@ Division of work (the design of cuML's multi-GPU kNN):
 - the **client** issues sample ids, owns the classes (and label paths), the
   centre of ``"center_l2"``, the list of ids in insertion order and which shard
   holds each id (a fixed hash of the id: :func:`shard_of`);
-- each **shard** (``skknn/_shard.py``) is an ordinary store of its rows on one
-  worker, with its own engine (FAISS or torch, the estimator's ``index``);
+- each **shard** (``skknn/memory/backends/dask.py``) is an ordinary store of its
+  rows on one worker, with its own engine (FAISS or torch, the estimator's
+  ``index``);
 - a **search** sends each query block to every shard, each returns its top
   ``k`` with exact distances, and the client keeps the ``k`` nearest of the
   ``S * k`` candidates, equal distances by sample id: the local store orders
@@ -37,13 +38,8 @@ from sklearn.utils import Bunch
 
 from skknn._hierarchy import Taxonomy
 from skknn._labels import encode, grown_classes
-from skknn._locks import edits, reads
-from skknn._metric import METRICS
-from skknn._neighbors import MISSING, Neighbors
-from skknn._preprocessing import fit_center, prepared_queries
-from skknn._shard import ROW_ARRAYS, Shard
-from skknn._store import DEFAULT_BATCH_SIZE, capped_k
-from skknn._store_checks import (
+from skknn.memory.backends.dask import ROW_ARRAYS, Shard
+from skknn.memory.checks import (
     checked_excluded,
     checked_ids,
     checked_new_ids,
@@ -52,7 +48,12 @@ from skknn._store_checks import (
     checked_weights,
     refuse_duplicates,
 )
-from skknn._store_view import StoreView
+from skknn.memory.front import DEFAULT_BATCH_SIZE, capped_k
+from skknn.memory.locks import edits, reads
+from skknn.memory.metric import METRICS
+from skknn.memory.neighbors import MISSING, Neighbors
+from skknn.memory.preprocessing import fit_center, prepared_queries
+from skknn.memory.view import StoreView
 
 # Query blocks in flight at once: enough to keep every worker busy while the
 # client merges, few enough to bound the memory queued on the workers.
@@ -1025,7 +1026,7 @@ class ShardedStore(StoreView):
         store : ShardedStore
             The same samples, ids, uid and version, in ``n_shards`` shards.
         """
-        from skknn._shard import split_state
+        from skknn.memory.backends.dask import split_state
 
         client = current_client() if client is None else client
         if n_shards is None:
@@ -1307,7 +1308,7 @@ def local_state(meta: dict, arrays: dict, shards: list, device) -> tuple[dict, d
     codes, the index chosen for ``device`` (rebuilt when the store is made)."""
     from skknn._archive import labels_from_json
     from skknn._device import resolve_engine
-    from skknn._search import auto_engine
+    from skknn.memory.engines import auto_engine
 
     ids = np.concatenate([s[1]["sample_ids"] for s in shards])
     want = arrays["sample_ids"]
