@@ -1,0 +1,31 @@
+"""Alias of :mod:`skknn.memory.engines`: moved there by issue 24, kept for pickles
+and code that import the old path."""
+
+from skknn.memory.engines import (  # noqa: F401
+    AUTO_INDEX,
+    AUTO_MIN_SAMPLES,
+    AUTO_PARAMS,
+    COMPACT_SHARE,
+    HNSW_M_RANGE,
+    KNOBS,
+    MAX_KNOB,
+    MAX_NLIST,
+    MAX_WIDTH,
+    PQ_NBITS_RANGE,
+    TRAIN_PER_LIST,
+    WIDEN_BLOCK,
+    FactorySpec,
+    FaissFlatEngine,
+    FaissIndexEngine,
+    TorchExactEngine,
+    auto_engine,
+    check_knobs,
+    engine_rows,
+    flat_search,
+    float32_blocks,
+    keyed_by_rows,
+    make_engine,
+    parse_factory,
+    split_refine,
+    train_sample_size,
+)
