@@ -2,6 +2,8 @@
 and code that import the old path."""
 
 from skknn.memory.protocols import (  # noqa: F401
+    RemovalSteps,
+    RowBackend,
     SearchEngine,
     Store,
 )

@@ -3,9 +3,8 @@ and code that import the old path."""
 
 from skknn.memory.front import (  # noqa: F401
     DEFAULT_BATCH_SIZE,
-    TIE_RTOL,
-    TIE_SPARE,
     VectorStore,
     capped_k,
     query_blocks,
 )
+from skknn.memory.ties import TIE_RTOL, TIE_SPARE  # noqa: F401

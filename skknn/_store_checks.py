@@ -13,5 +13,7 @@ from skknn.memory.checks import (  # noqa: F401
     checked_reliability,
     checked_rows,
     checked_weights,
+    label_paths,
     refuse_duplicates,
+    refuse_rescaled,
 )

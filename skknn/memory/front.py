@@ -14,7 +14,6 @@ the store as it was.
 from __future__ import annotations
 
 import uuid
-import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -23,6 +22,8 @@ from sklearn.utils import Bunch
 
 from skknn._hierarchy import Taxonomy
 from skknn._labels import encode, grown_classes
+from skknn.memory.backends.disk import DiskRows
+from skknn.memory.backends.ram import RamRows
 from skknn.memory.checks import (
     STORAGE_DTYPES,
     checked_excluded,
@@ -31,7 +32,9 @@ from skknn.memory.checks import (
     checked_reliability,
     checked_rows,
     checked_weights,
+    label_paths,
     refuse_duplicates,
+    refuse_rescaled,
 )
 from skknn.memory.engines import (
     auto_engine,
@@ -54,29 +57,13 @@ from skknn.memory.preprocessing import (
     preprocess_into,
     rescaled,
 )
-from skknn.memory.rows import (
-    compact_inplace,
-    expand_inplace,
-    grow,
-    kept_runs,
-    uninterrupted,
-)
-from skknn.memory.segments import DiskVectors
+from skknn.memory.protocols import RemovalSteps
+from skknn.memory.rows import uninterrupted
 from skknn.memory.state import StoreStateMixin
+from skknn.memory.ties import TIE_SPARE, nearest_first, tie_open, warn_short
 from skknn.memory.view import StoreView
 
 DEFAULT_BATCH_SIZE = 4096
-# Engines rank by float32 sums whose error is about sqrt(d) * 2**-24 of the
-# vectors' scale; candidates this close (relative) to the k-th are treated as
-# possibly tied with it, and more are fetched to settle the tie by id.
-TIE_RTOL = 1e-5
-# Candidates an exact search fetches beyond the k it keeps, to see whether the
-# k-th distance is shared. With one, 1-4% of queries of 384-d embeddings found
-# the next within TIE_RTOL of the k-th and searched the whole memory again (12%
-# of a flat search at k = 50); with four, none of 2,000 did (benchmarks/
-# RESULTS.md, "Speed ratios"). Approximate indexes keep one: a larger k widens
-# an HNSW search and would change its answers.
-TIE_SPARE = 4
 
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -217,10 +204,11 @@ class VectorStore(StoreStateMixin, StoreView):
         self._taxonomy: Taxonomy | None = None  # multi-output labels only
         self._n = 0
         self._X = np.empty((0, self.n_features), dtype=STORAGE_DTYPES[storage_dtype])
-        self._disk = (
-            None
+        # Where the rows live (skknn/memory/protocols.py, RowBackend).
+        self._rows = (
+            RamRows()
             if storage_path is None
-            else DiskVectors.new(
+            else DiskRows.new(
                 storage_path, self.n_features, STORAGE_DTYPES[storage_dtype]
             )
         )
@@ -233,9 +221,6 @@ class VectorStore(StoreStateMixin, StoreView):
         self._sw = np.empty(0, dtype=np.float32)  # sample weights given to add
         self._next_id = 0
         self._sorted = None  # (sorted ids, their rows): built lazily for lookups
-        # On disk, a deletion moves rows (skknn/memory/segments.py): (state, the rows in
-        # memory order or None when they are in it), built lazily.
-        self._logical = None
         # Power of two an unnormalised memory keeps its vectors multiplied by, so
         # data near 1e20 or 1e-21 is searched in float32 without overflow or
         # underflow (skknn/memory/preprocessing.py); distances are reported unscaled.
@@ -249,7 +234,7 @@ class VectorStore(StoreStateMixin, StoreView):
     @property
     def storage_folder(self):
         """The folder holding this store's vectors file, or None (RAM)."""
-        return None if self._disk is None else self._disk.folder
+        return self._rows.folder
 
     @property
     def vector_nbytes(self) -> int:
@@ -293,7 +278,9 @@ class VectorStore(StoreStateMixin, StoreView):
         X, labels = checked_rows(X, labels, self.n_features)
         m = X.shape[0]
         owner = type(self).__name__
-        taxonomy, labels = self._label_paths(labels, classes, owner)
+        taxonomy, labels = label_paths(
+            self._taxonomy, self._classes is not None, labels, classes, owner
+        )
         if taxonomy is not None:  # path codes: classes are 0 .. n_paths - 1
             classes = np.arange(taxonomy.n_paths)
         new_classes, old_to_new = grown_classes(self._classes, labels, classes, owner)
@@ -315,14 +302,7 @@ class VectorStore(StoreStateMixin, StoreView):
                 if n == 0
                 else max(n + m, int(cap * 1.5) + 16)
             )
-        if self._disk is not None:
-            # every per-row file mapped with room for the rows (in place, grown
-            # alike): the new rows are written past the committed ones
-            bufs = self._disk.buffers(bufs, cap)
-        elif n + m > self._X.shape[0]:
-            bufs = [self._grown_rows(n, cap)] + [grow(b, n, cap) for b in bufs[1:]]
-        elif not all(b.flags.writeable for b in bufs):  # a read-only memmap
-            bufs = [grow(b, n, b.shape[0]) for b in bufs]
+        bufs = self._rows.room(bufs, n, cap)  # the new rows are written past n
         Xb, yb, idb, rb, eb, wb, nb = bufs + [None] * (7 - len(bufs))
         if old_to_new is not None:
             yb = yb.copy()
@@ -378,16 +358,14 @@ class VectorStore(StoreStateMixin, StoreView):
                     self._rebuild(self.engine)
                 raise
             self._use_engine(switch)
-            if self._disk is not None:  # the files' maps, re-encoded labels too
-                self._set_buffers(self._disk.mapped(len(bufs)))
-            else:
-                self._set_buffers([Xb, yb, idb, rb, eb, wb, nb])
+            new = [Xb, yb, idb, rb, eb, wb, nb][: len(bufs)]
+            self._set_buffers(self._rows.published(new))
             self._classes, self._mean = new_classes, mean
             self._scale = scale
             self._taxonomy = taxonomy
             self._n = n + m
             self._next_id = next_id
-            self._sorted = self._logical = None
+            self._sorted = None
             self._version += 1
         return ids.copy()
 
@@ -395,11 +373,10 @@ class VectorStore(StoreStateMixin, StoreView):
     def destroy(self) -> None:
         """Zero and delete this store's files and empty it (a memory on disk that
         is being replaced). A RAM store is only emptied."""
-        if self._disk is not None:
-            self._disk.destroy()
+        self._rows.destroy()
         self._X = np.empty((0, self.n_features), dtype=self._X.dtype)
         self._n = 0
-        self._sorted = self._logical = None
+        self._sorted = None
         self._version += 1
 
     def _scale_for(self, X: np.ndarray, first: bool) -> float:
@@ -412,7 +389,9 @@ class VectorStore(StoreStateMixin, StoreView):
         self.metric.check_reported_range(top, self.n_features, first)
         scale = choose_scale(top) if first else self._scale
         if scale != 1.0:
-            self._refuse_rescaled(self._disk, f"Data with |x| up to {top:.3g}")
+            refuse_rescaled(
+                self._rows.folder, self.storage_dtype, f"Data with |x| up to {top:.3g}"
+            )
         check_scaled(top, scale, "Rows added")
         if self.storage_dtype == "float16" and top * scale > _FLOAT16_MAX:
             # float16 would keep them as inf: every distance to them wrong.
@@ -423,20 +402,6 @@ class VectorStore(StoreStateMixin, StoreView):
                 "Use storage_dtype='float32', or preprocessing='l2'."
             )
         return scale
-
-    def _refuse_rescaled(self, disk, what: str = "This memory's data") -> None:
-        """Refuse a scale other than 1 where the vectors are kept in a file
-        (``disk``: a folder or its vectors) or as float16: both hold them as
-        pre-processed."""
-        if disk is None and self.storage_dtype == "float32":
-            return
-        where = "storage_path" if disk is not None else "float16 storage"
-        raise ValueError(
-            f"{what} is kept rescaled by a power of two (its squares leave "
-            f"float32's range), which a memory with {where} does not do. Rescale "
-            "the data (e.g. divide it by a power of ten), or keep the memory in "
-            "RAM as float32."
-        )
 
     def _auto_switch(self, n: int):
         """For ``engine="auto"``, ``(new engine, its name and knobs)`` when a
@@ -457,35 +422,6 @@ class VectorStore(StoreStateMixin, StoreView):
             self.engine_name = switch[1]["engine_name"]
             self.index_params = switch[1]["index_params"]
             self._refine = split_refine(self.engine_name, self.index_params)[0]
-
-    def _grown_rows(self, n: int, cap: int) -> np.ndarray:
-        """The vector rows with capacity ``cap``: a bigger file mapping on disk
-        (rows in place), a copy in RAM."""
-        if self._disk is not None:
-            return self._disk.buffers([self._X], cap)[0]
-        return grow(self._X, n, cap)
-
-    def _label_paths(self, labels: np.ndarray, classes, owner: str):
-        """``(taxonomy, labels)``: for multi-output labels, the grown taxonomy and
-        each row's path code; otherwise ``(None, labels)``."""
-        multi = labels.ndim == 2
-        if self._classes is not None and multi != (self._taxonomy is not None):
-            had = (
-                "one label column"
-                if self._taxonomy is None
-                else f"{self._taxonomy.n_levels} label levels"
-            )
-            got = f"labels of shape {labels.shape}"
-            raise ValueError(
-                f"This memory holds {had}; got {got}. Every add must give labels "
-                "of the shape the first one had."
-            )
-        if not multi:
-            return None, labels
-        if labels.shape[1] < 1:
-            raise ValueError("Multi-output labels need at least one level (column).")
-        taxonomy = self._taxonomy or Taxonomy.empty(labels.shape[1])
-        return taxonomy.grown(labels, classes, owner)
 
     def _buffers(self) -> list[np.ndarray]:
         """Every per-row array, in one order (the lengths only when normalising)."""
@@ -514,16 +450,7 @@ class VectorStore(StoreStateMixin, StoreView):
         """The rows in memory order (insertion order, the order of :meth:`ids`),
         or None when the rows are in it: always in RAM; on disk until a
         deletion moves rows (their sequence numbers say the order)."""
-        if self._disk is None or self._n < 2 or "order" not in self._disk.parts:
-            return None
-        key = (self._version, self._n)
-        if self._logical is None or self._logical[0] != key:
-            seq = self._disk.order(self._n)
-            rows = None
-            if not bool(np.all(seq[1:] > seq[:-1])):
-                rows = np.argsort(seq, kind="stable")
-            self._logical = (key, rows)
-        return self._logical[1]
+        return self._rows.order(self._n, self._version)
 
     def _rebuild(self, engine) -> None:
         """Build ``engine`` on every stored row, in memory order."""
@@ -645,142 +572,44 @@ class VectorStore(StoreStateMixin, StoreView):
         n_old, n_new = self._n, self._n - uniq.size
         self.engine.check_remove(self.n_features, n_new, bool(retrain_index))
         gone_rows = np.sort(self._rows_of(uniq))
-        runs = kept_runs(gone_rows, n_old)
-        if self._disk is not None:
-            self._remove_on_disk(uniq, gone_rows, runs, n_new, bool(retrain_index))
-            return
-        old = self._buffers()
-        with uninterrupted():
-            in_place = all(b.flags.writeable for b in old)
-            if in_place:
-                # Order kept: a fresh 1.5 GB array costs more in page faults than
-                # the copy itself. The vacated tail is zeroed, so no spare
-                # capacity keeps a removed vector's bytes.
-                removed = [b[gone_rows].copy() for b in old]
-                for b in old:
-                    compact_inplace(b, runs)
-                    b[n_new:n_old] = 0
-                bufs = old
-            else:  # read-only buffers (a memmap from joblib): compact into copies
-                bufs = [compact_inplace(np.array(b[:n_old]), runs) for b in old]
-            switch = self._auto_switch(n_new)
-            try:
-                if switch is None:
-                    self.engine.remove(
-                        bufs[0][:n_new],
-                        bufs[2][:n_new],
-                        uniq,
-                        retrain=bool(retrain_index),
-                    )
-                else:
-                    switch[0].build(bufs[0][:n_new], bufs[2][:n_new])
-            except BaseException:
-                if in_place:  # put every row back where it was
-                    for b, saved in zip(old, removed):
-                        expand_inplace(b, runs)
-                        b[gone_rows] = saved
-                raise
+        retrain = bool(retrain_index)
+        switch = self._auto_switch(n_new)
+        engine = self.engine if switch is None else switch[0]
+
+        def edit_index(X_kept, ids_kept):
+            if switch is None:
+                self.engine.remove(X_kept, ids_kept, uniq, retrain=retrain)
+            else:
+                switch[0].build(X_kept, ids_kept)
+
+        def restore_index():
+            if switch is None:
+                self._rebuild(self.engine)
+
+        def commit(bufs, n, removed=None):
+            changes = {} if switch is None else switch[1]
+            self._commit(bufs, n, removed=removed, version=self._version + 1, **changes)
+
+        def removed(n, bufs=None):
             self._use_engine(switch)
-            self._set_buffers(bufs)
-            self._n = n_new
+            if bufs is not None:
+                self._set_buffers(bufs)
+            self._n = n
             self._sorted = None
             self._version += 1
 
-    def _remove_on_disk(self, uniq, gone_rows, runs, n_new: int, retrain: bool):
-        """Remove on disk by moving rows (``skknn/memory/segments.py``): the last
-        live rows move into the removed ones below the new count, so a deletion
-        writes O(removed rows) bytes whatever the memory's size; the rows' sequence
-        numbers keep the memory order (:meth:`_logical_rows`). An index that
-        keys by row searches the moved rows once they are moved; one that keys
-        by id is rebuilt (or edited) first, on the kept rows in memory order,
-        as in RAM. A deletion too large for one patch rewrites the files."""
-        disk = self._disk
-        if not disk.can_patch(gone_rows):
-            return self._rewrite_on_disk(uniq, gone_rows, runs, n_new, retrain)
-        switch = self._auto_switch(n_new)
-        by_rows = keyed_by_rows(self.engine if switch is None else switch[0])
+        steps = RemovalSteps(
+            engine=engine,
+            by_rows=keyed_by_rows(engine),
+            key=self._version,
+            edit_index=edit_index,
+            restore_index=restore_index,
+            commit=commit,
+            removed=removed,
+        )
+        # Ctrl-C is held until index and rows agree.
         with uninterrupted():
-            if not by_rows:  # before the commit: a failure changes nothing
-                rows = self._logical_rows()
-                rows = np.arange(self._n) if rows is None else rows
-                kept = rows[~np.isin(rows, gone_rows)]
-                X_kept, ids_kept = self._X[kept], self._ids[kept]
-                if switch is None:
-                    self.engine.remove(X_kept, ids_kept, uniq, retrain=retrain)
-                else:
-                    switch[0].build(X_kept, ids_kept)
-            try:
-                self._commit_removal(
-                    gone_rows,
-                    n_new,
-                    version=self._version + 1,
-                    **({} if switch is None else switch[1]),
-                )
-            except BaseException:
-                if disk.n == self._n:  # not committed: the index takes them back
-                    if not by_rows and switch is None:
-                        self._rebuild(self.engine)
-                    raise
-                self._removed(n_new, switch)  # committed: the rows are gone
-                raise
-            self._removed(n_new, switch)
-            disk.apply_patch()
-            if by_rows and switch is None:  # rows moved: a GPU copy follows them
-                self.engine.remove(
-                    self._X[:n_new], self._ids[:n_new], uniq, retrain=retrain
-                )
-            elif by_rows:
-                self.engine.build(self._X[:n_new], self._ids[:n_new])
-
-    def _removed(self, n_new: int, switch) -> None:
-        """The store's state once a removal is committed."""
-        self._use_engine(switch)
-        self._n = n_new
-        self._sorted = self._logical = None
-        self._version += 1
-
-    def _rewrite_on_disk(self, uniq, gone_rows, runs, n_new: int, retrain: bool):
-        """Remove with versioned files: the kept rows go to new generation files
-        (the vectors', each per-row part's and the sequence numbers'), the commit
-        switches to them, and only then are the removed rows zeroed in the old
-        files and the files deleted (``skknn/memory/segments.py``)."""
-        disk, n_old = self._disk, self._n
-        old = self._buffers()
-        small = [compact_inplace(np.array(b[:n_old]), runs) for b in old[1:]]
-        with uninterrupted():
-            switch = self._auto_switch(n_new)
-            engine = self.engine if switch is None else switch[0]
-            try:
-                X_new = disk.stage("vectors", old[0], runs, n_new)
-                seq = disk.stage("order", disk.order(n_old), runs, n_new)[:n_new]
-                bufs = [X_new, *small]
-                order = None if np.all(seq[1:] > seq[:-1]) else np.argsort(seq)
-                X_kept, ids_kept = engine_rows(engine, X_new, small[1], n_new, order)
-                if switch is None:
-                    self.engine.remove(X_kept, ids_kept, uniq, retrain=retrain)
-                else:
-                    switch[0].build(X_kept, ids_kept)
-            except BaseException:
-                disk.discard()
-                raise
-            try:
-                self._commit(
-                    bufs,
-                    n_new,
-                    version=self._version + 1,
-                    **({} if switch is None else switch[1]),
-                )
-            except BaseException:  # not committed: the index takes the old rows back
-                if switch is None:
-                    self._rebuild(self.engine)
-                disk.discard()
-                raise
-            self._use_engine(switch)
-            self._set_buffers(disk.mapped(len(old)))
-            self._n = n_new
-            self._sorted = self._logical = None
-            self._version += 1
-            disk.retire(removed_rows=gone_rows)
+            self._rows.remove(self._buffers(), gone_rows, n_old, steps)
 
     @edits
     def replace_vectors(self, X) -> None:
@@ -805,11 +634,7 @@ class VectorStore(StoreStateMixin, StoreView):
             )
         if not np.isfinite(X).all():
             raise ValueError("X holds NaN or infinite values; the memory takes none.")
-        if self._disk is not None:
-            raise ValueError(
-                "replace_vectors works on a memory in RAM; a memory on disk "
-                "(storage_path) is rebuilt by fitting again."
-            )
+        self._rows.check_replaceable()
         mean = None
         if self.preprocessing == "center_l2" and self._n:
             mean = fit_center(X)
@@ -1216,30 +1041,14 @@ class VectorStore(StoreStateMixin, StoreView):
         kk = min(k * (1 if exact else refine) + spare, self._n)
         dist, rows = self._candidates(X, Q, k, kk, exact, params)
         sq_norms = np.einsum("ij,ij->i", Q, Q)
-        todo = np.flatnonzero(self._tie_open(dist, k, kk, sq_norms))
+        todo = np.flatnonzero(tie_open(self.metric, dist, k, kk, self._n, sq_norms))
         dist, rows = dist[:, :k].copy(), rows[:, :k].copy()
         while todo.size:
             kk = min(2 * kk, self._n)
             d2, r2 = self._candidates(X, Q[todo], k, kk, exact, params)
             dist[todo], rows[todo] = d2[:, :k], r2[:, :k]
-            todo = todo[self._tie_open(d2, k, kk, sq_norms[todo])]
+            todo = todo[tie_open(self.metric, d2, k, kk, self._n, sq_norms[todo])]
         return dist, rows
-
-    def _tie_open(self, dist, k: int, kk: int, sq_norms) -> np.ndarray:
-        """Queries whose k-th distance may be shared beyond the candidates
-        fetched: the last one's exact distance is within the engine's rounding
-        of the k-th (the engine ranked the candidates by its own arithmetic,
-        which may put a sample 1 ulp farther ahead of an exact tie)."""
-        if kk >= self._n or kk <= k:
-            return np.zeros(dist.shape[0], dtype=bool)
-        d_k, last = dist[:, k - 1].astype(np.float64), dist[:, kk - 1]
-        if self.metric.inner_product:  # 1 - <q, x>: |q| |x| bounds the error
-            return np.isfinite(d_k) & (last <= d_k + TIE_RTOL * np.sqrt(sq_norms))
-        if self.metric.sqrt:  # compare squared distances
-            d_k, last = d_k**2, np.square(last, dtype=np.float64)
-        # |q - x|^2 by GEMM: the error scales with |q|^2 + |x|^2 <= 3|q|^2 + 2 d.
-        tol = TIE_RTOL * (3 * sq_norms + 2 * d_k)
-        return np.isfinite(d_k) & (last <= d_k + tol)
 
     def _candidates(self, X, Q, k: int, kk: int, exact: bool, params=None):
         """``kk`` candidates per query from the engine (or brute force), with
@@ -1266,21 +1075,7 @@ class VectorStore(StoreStateMixin, StoreView):
                 self._warn_short(int(short.sum()), int(none.sum()), Q.shape[0], k)
         dist = self.metric.pair_distances(X, Q, rows)
         # Exact distances may reorder near-ties the engine's arithmetic saw apart.
-        return self._nearest_first(dist, rows)
-
-    def _nearest_first(self, dist: np.ndarray, rows: np.ndarray):
-        """``(dist, rows)`` with each query's candidates by distance, equal
-        distances by sample id (the order shards are merged in,
-        skknn/memory/sharded.py). The engine's order mostly stands: only queries it
-        got wrong are sorted (a stable sort of the others changes nothing)."""
-        ids = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], MISSING)
-        todo = np.flatnonzero(_out_of_order(dist, ids))
-        if todo.size:
-            order = np.lexsort((ids[todo], dist[todo]), axis=-1)
-            rows = rows.copy()  # the engine's array (dist is pair_distances')
-            dist[todo] = np.take_along_axis(dist[todo], order, 1)
-            rows[todo] = np.take_along_axis(rows[todo], order, 1)
-        return dist, rows
+        return nearest_first(dist, rows, self._ids)
 
     def _exact_engine(self):
         from skknn.memory.engines import TorchExactEngine
@@ -1295,16 +1090,7 @@ class VectorStore(StoreStateMixin, StoreView):
         if getattr(self, "_warned_short", False):
             return
         self._warned_short = True  # once per store: a warning per batch is noise
-        warnings.warn(
-            f"{n_short} of {n_queries} queries found fewer than k={k} neighbours in "
-            f"index={self.engine_name!r} (inverted lists empty or too few probed). "
-            "They vote with the neighbours found; kneighbors pads the rest with id "
-            f"-1 and distance inf; {n_none} that found none were searched exactly. "
-            "Raise nprobe / efSearch in index_params, or retrain the index "
-            "(unlearn(retrain_index=True)). Warned once per memory.",
-            UserWarning,
-            stacklevel=4,
-        )
+        warn_short(self.engine_name, n_short, n_none, n_queries, k)
 
     def _record(self, dist, rows, *, query_ids=None, query_labels=None) -> Neighbors:
         present = rows >= 0
@@ -1330,13 +1116,6 @@ class VectorStore(StoreStateMixin, StoreView):
             f"metric={self.metric.name!r}, preprocessing={self.preprocessing!r}, "
             f"engine={self.engine_name!r})"
         )
-
-
-def _out_of_order(dist: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Rows not sorted by ``(dist, ids)``; a NaN distance counts as disorder."""
-    d0, d1 = dist[:, :-1], dist[:, 1:]
-    before = ~(d1 >= d0) | ((d1 == d0) & (ids[:, 1:] < ids[:, :-1]))
-    return before.any(axis=1)
 
 
 def capped_k(k: int, available: int) -> int:

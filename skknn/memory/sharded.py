@@ -50,6 +50,7 @@ from skknn.memory.checks import (
 )
 from skknn.memory.front import DEFAULT_BATCH_SIZE, capped_k
 from skknn.memory.locks import edits, reads
+from skknn.memory.merge import merge_top
 from skknn.memory.metric import METRICS
 from skknn.memory.neighbors import MISSING, Neighbors
 from skknn.memory.preprocessing import fit_center, prepared_queries
@@ -271,35 +272,13 @@ class ShardedStore(StoreView):
 
     # -- talking to the shards ------------------------------------------------------
     def _gather(self, calls) -> dict:
-        """Wait for every ``(shard, actor future)``; the results by shard. A lost
-        shard raises :class:`ShardLost` naming it, after all calls are done."""
-        results, lost, error = {}, [], None
-        for i, fut in calls:
-            try:
-                results[i] = fut.result()
-            except Exception as exc:  # sorted below
-                if _is_lost(exc):
-                    lost.append((i, exc))
-                elif error is None:
-                    error = exc
-        if lost:
-            names = ", ".join(str(i) for i, _ in lost)
-            raise ShardLost(
-                f"Shard(s) {names} of {self.n_shards} were lost with their Dask "
-                f"worker ({lost[0][1]}); no partial answer is given. Restore them "
-                "from the last save with est.memory_.restore(path), or fit again."
-            ) from lost[0][1]
-        if error is not None:
-            raise error
-        return results
+        """Wait for every ``(shard, actor future)``; the results by shard
+        (:func:`gather`)."""
+        return gather(calls, self.n_shards)
 
     def _call(self, i: int, method: str, *args):
-        """``(shard, future)`` of one actor call; a call that cannot even be sent
-        (the worker is known to be gone) fails when its result is asked for."""
-        try:
-            return i, getattr(self._actors[i], method)(*args)
-        except Exception as exc:  # raised by _gather, with the other calls'
-            return i, _Failed(exc)
+        """``(shard, future)`` of one actor call (:func:`call`)."""
+        return call(self._actors, i, method, *args)
 
     def _each(self, method: str, *args) -> dict:
         """The results of ``method`` on every shard."""
@@ -773,10 +752,7 @@ class ShardedStore(StoreView):
 
     def _merge(self, grids, k: int) -> Neighbors:
         """The ``k`` nearest of the shards' candidates, equal distances by id."""
-        D, ids, keys, rel, excl = (np.concatenate(f, axis=1) for f in zip(*grids))
-        order = np.lexsort((ids, D), axis=-1)[:, :k]
-        pick = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-        D, ids, keys, rel, excl = map(pick, (D, ids, keys, rel, excl))
+        D, ids, keys, rel, excl = merge_top(grids, k)
         present = ids != MISSING
         return Neighbors(
             distances=D,
@@ -1212,6 +1188,39 @@ class ShardedStore(StoreView):
             f"n_features={self.n_features}, metric={self.metric.name!r}, "
             f"engine={self.engine_name!r})"
         )
+
+
+def gather(calls, n_shards: int) -> dict:
+    """Wait for every ``(shard, actor future)``; the results by shard. A lost
+    shard raises :class:`ShardLost` naming it, after all calls are done."""
+    results, lost, error = {}, [], None
+    for i, fut in calls:
+        try:
+            results[i] = fut.result()
+        except Exception as exc:  # sorted below
+            if _is_lost(exc):
+                lost.append((i, exc))
+            elif error is None:
+                error = exc
+    if lost:
+        names = ", ".join(str(i) for i, _ in lost)
+        raise ShardLost(
+            f"Shard(s) {names} of {n_shards} were lost with their Dask "
+            f"worker ({lost[0][1]}); no partial answer is given. Restore them "
+            "from the last save with est.memory_.restore(path), or fit again."
+        ) from lost[0][1]
+    if error is not None:
+        raise error
+    return results
+
+
+def call(actors: list, i: int, method: str, *args):
+    """``(shard, future)`` of one actor call; a call that cannot even be sent
+    (the worker is known to be gone) fails when its result is asked for."""
+    try:
+        return i, getattr(actors[i], method)(*args)
+    except Exception as exc:  # raised by gather, with the other calls'
+        return i, _Failed(exc)
 
 
 class _Failed:
