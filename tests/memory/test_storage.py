@@ -10,8 +10,7 @@ import pytest
 
 import skknn
 from skknn import KNNVoter, VectorStore
-
-from .conftest import ENGINES, HAS_FAISS
+from tests.conftest import ENGINES, HAS_FAISS
 
 needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="needs faiss")
 

@@ -22,8 +22,7 @@ import pytest
 import skknn
 import skknn._atomic
 from skknn import KNNVoter, ModelFileError, VectorStore
-
-from .conftest import HAS_FAISS
+from tests.conftest import HAS_FAISS
 
 needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="needs faiss")
 INDEXES = ["exact", *(["flat", "HNSW16"] if HAS_FAISS else [])]

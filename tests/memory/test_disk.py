@@ -18,8 +18,7 @@ import pytest
 
 import skknn
 from skknn import KNNVoter, MemoryPruner, StorageInUse, VectorStore
-
-from .conftest import ENGINES, HAS_FAISS
+from tests.conftest import ENGINES, HAS_FAISS
 
 INDEXES = [*ENGINES, *(["IVF8,Flat"] if HAS_FAISS else [])]
 
