@@ -146,10 +146,10 @@ class StoreStateMixin:
             arrays = {k: v for k, v in arrays.items() if not k.startswith("engine/")}
         if scale != 1.0:
             refuse_rescaled(storage_path, store.storage_dtype)
-        if storage_path is not None:
-            store._rows = DiskRows.new(storage_path, X.shape[1], X.dtype)
             X = rescaled(X, scale)  # a copy: the engine searches rescaled vectors
         store._scale = scale
+        if storage_path is not None:
+            store._rows = DiskRows.new(storage_path, X.shape[1], X.dtype)
         X = store._rows.adopt(X, n)  # on disk, streamed into a file
         store._X, store._y, store._ids = X, arrays["labels"], arrays["sample_ids"]
         store._rel, store._excl = arrays["reliability"], arrays["excluded"]
