@@ -24,9 +24,7 @@ from sklearn.utils import get_tags
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skknn._locks import GuardedState, edits, reads
 from skknn._param_validation import HasMethods, Interval, StrOptions, check_params
-from skknn._protocols import Store
 from skknn._validation import (
     DefaultNestedMixin,
     restore_attributes_on_error,
@@ -41,6 +39,8 @@ from skknn.io import (
     registered,
     subtree,
 )
+from skknn.memory.locks import GuardedState, edits, reads
+from skknn.memory.protocols import Store
 from skknn.voter import KNNVoter
 from skknn.voting._wrong_decisions import (
     IdPositions,
