@@ -34,7 +34,7 @@ from _common import peak_rss_mb, reset_peak_rss
 from distributed import Client, LocalCluster
 
 from skknn import KNNVoter
-from skknn._sharded import ShardedStore
+from skknn.memory.sharded import ShardedStore
 
 OUT = Path(__file__).with_name("out")
 K = 50

@@ -35,8 +35,8 @@ import numpy as np
 import sklearn
 import torch
 
-from skknn.features._registry import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 from skknn.features import TorchFeatureExtractor, register_model
+from skknn.features._registry import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 
 
 def _photos(n: int) -> np.ndarray:

@@ -327,8 +327,8 @@ def section_features(args, device: torch.device, out: dict, save) -> None:
     except ImportError as exc:
         out["skipped"] = f"efficientnet packages missing: {exc}"
         return
-    from skknn.features._registry import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
     from skknn.features import TorchFeatureExtractor
+    from skknn.features._registry import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 
     n, batch = size(args, "images"), 256
     log(f"c. {n:,} random 224x224 uint8 images, batch {batch}")

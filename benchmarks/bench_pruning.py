@@ -101,8 +101,8 @@ def accuracy(n_folds: int, flip_fraction: float = 0.2) -> str:
     from sklearn.model_selection import StratifiedKFold
 
     from skknn import KNNVoter, MemoryPruner
-    from skknn.voting._rules import VOTING_RULES
     from skknn.datasets import load_mnist
+    from skknn.voting._rules import VOTING_RULES
 
     X, y, name = load_mnist()
     rng = np.random.default_rng(0)

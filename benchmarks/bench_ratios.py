@@ -89,10 +89,10 @@ class Clock:
 
 def _instrument(clock: Clock) -> None:
     """Timers around the steps of skknn's fit and predict (breakdown runs only)."""
-    import skknn._search as search
-    import skknn._store as store
+    import skknn.memory.engines as search
+    import skknn.memory.front as store
     import skknn.voter as voter
-    from skknn._metric import Metric
+    from skknn.memory.metric import Metric
 
     vs = store.VectorStore
     clock.wrap(voter.KNNVoter, "_add", "fit")

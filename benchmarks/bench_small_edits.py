@@ -4,7 +4,7 @@
 every commit is.
 
 An append must cost about the same at any memory size: it writes the new row to
-each per-row file and a small manifest (``skknn/_disk.py``), where the first
+each per-row file and a small manifest (``skknn/memory/segments.py``), where the first
 format rewrote every per-row array (``state.npz``) at each commit. So must an
 unlearn: it moves the last live row into the removed one in each per-row file
 and zeroes the tail, writing two small manifests (the patch, then its moves

@@ -317,7 +317,7 @@ class Hnswlib:
 
 
 def make_system(name: str, X, y, args):
-    from skknn._search import AUTO_INDEX, AUTO_PARAMS
+    from skknn.memory.engines import AUTO_INDEX, AUTO_PARAMS
 
     ivf = f"IVF{args.nlist},Flat"
     t = args.threads

@@ -28,7 +28,7 @@ EOF
 
 # Tests marked for CUDA, then the other tests that name cuda/gpu (CPU fallbacks).
 TESTS=(tests/test_voter.py tests/test_joint.py tests/features/test_features.py
-    tests/test_search.py tests/test_distributed.py)
+    tests/memory/test_search.py tests/memory/test_distributed.py)
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -o addopts= -rs)
 {
     timeout 150 "${PYTEST[@]}" -m "requires_cuda or requires_faiss_gpu" "${TESTS[@]}"

@@ -375,7 +375,15 @@ def read_archive(path, mmap: bool = False) -> tuple[dict, dict]:
     size = path.stat().st_size
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    # NotImplementedError: a central directory naming a zip version zipfile
+    # does not read ("zip file version 8.4", found by test_file_fuzz)
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        EOFError,
+        NotImplementedError,
+    ) as exc:
         raise ModelFileError(
             path, "zip archive", f"not a skknn model file (not a zip: {exc})"
         ) from exc

@@ -14,10 +14,10 @@ from numbers import Integral
 
 import torch
 
-from skknn._metric import METRICS
 from skknn._param_validation import Interval, StrOptions
-from skknn._preprocessing import PREPROCESSING
-from skknn._store_checks import STORAGE_DTYPES
+from skknn.memory.checks import STORAGE_DTYPES
+from skknn.memory.metric import METRICS
+from skknn.memory.preprocessing import PREPROCESSING
 
 MEMORY_PARAMETER_CONSTRAINTS: dict = {
     "metric": [StrOptions(set(METRICS))],

@@ -3,7 +3,7 @@
 Two ways to use a cluster, for two different limits:
 
 - **The memory does not fit one machine**: ``KNNVoter(backend="dask")`` keeps
-  it in shards on the workers (``skknn/_sharded.py``); every estimator method
+  it in shards on the workers (``skknn/memory/sharded.py``); every estimator method
   works as before.
 - **The memory fits, the queries do not** (a stream, a large dask array):
   :func:`predict` scatters the fitted estimator to every worker once and
@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import clone
 
-from skknn._sharded import ShardedStore, ShardLost, current_client
+from skknn.memory.sharded import ShardedStore, ShardLost, current_client
 
 __all__ = ["ShardLost", "ShardedStore", "predict", "to_local"]
 
@@ -77,7 +77,7 @@ def to_local(estimator):
     >>> client.close(); cluster.close()
     """
     from skknn._device import resolve_device
-    from skknn._store import VectorStore
+    from skknn.memory.front import VectorStore
     from skknn.voter import KNNVoter
 
     if not isinstance(estimator, KNNVoter):

@@ -56,7 +56,7 @@ def save(est, path) -> None:
     name = type(est).__name__
     if saved_class(name) is not type(est):
         raise TypeError(f"save() supports skknn estimators; got {name}.")
-    from skknn._sharded import SAVING
+    from skknn.memory.sharded import SAVING
 
     # A sharded memory writes its shards beside ``path`` and cleans up the files
     # of older saves only once the manifest naming the new ones is in place.
@@ -134,7 +134,7 @@ def load(path, *, mmap: bool = False, backend: str | None = None, storage_path=N
     array([0])
     """
     if os.path.isdir(path):
-        from skknn._storage_folder import open_folder
+        from skknn.memory.folder import open_folder
 
         if storage_path is not None or mmap or backend not in (None, "local"):
             raise ValueError(
@@ -142,7 +142,7 @@ def load(path, *, mmap: bool = False, backend: str | None = None, storage_path=N
                 "storage_path, mmap and backend apply to model files."
             )
         return open_folder(path)
-    from skknn._sharded import LOADING
+    from skknn.memory.sharded import LOADING
 
     if backend not in (None, "local", "dask"):
         raise ValueError(f"backend must be None, 'local' or 'dask'; got {backend!r}.")
@@ -180,7 +180,7 @@ def load(path, *, mmap: bool = False, backend: str | None = None, storage_path=N
 def _fresh_storage_root(storage_path) -> Path:
     """The folder ``load(..., storage_path=)`` may put a memory in: one that
     holds no memory yet (a file never replaces a folder's memory)."""
-    from skknn._storage_folder import MEMORY_NAME, POINTER, resolve_root
+    from skknn.memory.folder import MEMORY_NAME, POINTER, resolve_root
 
     root = resolve_root(storage_path)
     if os.path.lexists(root) and not os.path.isdir(root):

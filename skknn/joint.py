@@ -14,11 +14,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn._device import device_after_unpickling, resolve_device
 from skknn._docstrings import fill_doc
-from skknn._locks import GuardedState
 from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
 from skknn._param_validation import Interval, StrOptions, check_params
-from skknn._rows import RowBuffer
-from skknn._store import VectorStore
 from skknn._validation import (
     DefaultNestedMixin,
     check_classes_left,
@@ -45,6 +42,9 @@ from skknn.io import (
     register,
     subtree,
 )
+from skknn.memory.front import VectorStore
+from skknn.memory.locks import GuardedState
+from skknn.memory.rows import RowBuffer
 from skknn.voter import KNNVoter
 
 # The attributes a failed partial_fit puts back (with a copy of head_).

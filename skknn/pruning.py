@@ -25,9 +25,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skknn._docstrings import fill_doc
-from skknn._locks import GuardedState, edits, reads
 from skknn._param_validation import HasMethods, Interval, StrOptions, check_params
-from skknn._protocols import Store
 from skknn._validation import (
     DefaultNestedMixin,
     restore_attributes_on_error,
@@ -42,6 +40,8 @@ from skknn.io import (
     registered,
     subtree,
 )
+from skknn.memory.locks import GuardedState, edits, reads
+from skknn.memory.protocols import Store
 from skknn.voter import KNNVoter
 from skknn.voting._wrong_decisions import (
     IdPositions,

@@ -12,7 +12,6 @@ from sklearn.base import (
 )
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skknn._graph import GRAPH_MODES
 from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
 from skknn._param_validation import Interval, StrOptions, check_params
 from skknn._validation import (
@@ -20,6 +19,7 @@ from skknn._validation import (
     check_sparse_engine,
     refuse_fitted_neighbors,
 )
+from skknn.memory.graph import GRAPH_MODES
 from skknn.voter import KNNVoter
 
 

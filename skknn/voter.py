@@ -13,7 +13,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
-from skknn import _storage_folder
 from skknn._device import (
     device_after_unpickling,
     resolve_device,
@@ -22,9 +21,7 @@ from skknn._device import (
 from skknn._docstrings import fill_doc
 from skknn._hierarchy import stack_levels
 from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
-from skknn._neighbors import Neighbors
 from skknn._param_validation import Interval, StrOptions, check_params, check_values
-from skknn._store import VectorStore, query_blocks
 from skknn._validation import (
     SPARSE_INDEXES,
     check_float,
@@ -39,6 +36,9 @@ from skknn._validation import (
     validate_xy,
 )
 from skknn.io import Persistable, labels_from_json, register, subtree
+from skknn.memory import folder as _storage_folder
+from skknn.memory.front import VectorStore, query_blocks
+from skknn.memory.neighbors import Neighbors
 from skknn.voting import _learned, _rules
 
 logger = logging.getLogger(__name__)
@@ -535,7 +535,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         >>> KNNVoter(index="exact").partial_fit_from(blocks).memory_.n_samples
         500
         """
-        from skknn._blocks import iter_blocks
+        from skknn.memory.blocks import iter_blocks
 
         check_int(self, "block_size", block_size, low=1)
         blocks = iter_blocks(source, block_size)
@@ -587,7 +587,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     def _new_memory(self, n_features: int):
         """An empty memory as the parameters describe it (local or sharded)."""
         if self.backend == "dask":
-            from skknn._sharded import ShardedStore
+            from skknn.memory.sharded import ShardedStore
 
             config = self._shard_config(self.index_params)
             return ShardedStore(n_features, config, n_shards=self.n_shards)
@@ -1024,7 +1024,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                [1., 0., 0.],
                [0., 2., 0.]])
         """
-        from skknn._graph import GRAPH_MODES, neighbors_graph
+        from skknn.memory.graph import GRAPH_MODES, neighbors_graph
 
         check_option(self, "mode", mode, GRAPH_MODES)
         check_is_fitted(self)
@@ -1253,7 +1253,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         return meta, arrays
 
     def __skknn_load__(self, meta: dict, arrays: dict, version: int) -> None:
-        from skknn._sharded import LOADING
+        from skknn.memory.sharded import LOADING
 
         loading = LOADING.get() or {}
         # A file's recorded storage_path is data, never a place to write: the
@@ -1350,8 +1350,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     def _load_memory_across(self, meta, arrays, sharded, backend, loading, device):
         """A saved memory moved between backends: a sharded one re-created on the
         cluster or gathered here, a local one split into shards."""
-        from skknn._shard import read_shard
-        from skknn._sharded import ShardedStore, local_state, shard_path
+        from skknn.memory.backends.dask import read_shard
+        from skknn.memory.sharded import ShardedStore, local_state, shard_path
 
         config = self._shard_config(meta.get("index_params"))
         if not sharded:  # a local memory split into shards

@@ -145,10 +145,16 @@ def _mutate(data: bytes, op, root: Path) -> bytes:
     if kind == "header":
         arrays = [i for i, (n, _) in enumerate(members) if n.endswith(".npy")]
         i = arrays[op[1] % len(arrays)]
-        members[i] = (members[i][0], _huge_header(members[i][1], op[2]))
+        try:
+            members[i] = (members[i][0], _huge_header(members[i][1], op[2]))
+        except ValueError:
+            return data  # an earlier edit left no .npy header there to rewrite
         return _rezip(members)
     if kind == "json":
-        meta = json.loads(dict(members)["skknn.json"])
+        try:
+            meta = json.loads(dict(members)["skknn.json"])
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            return data  # an earlier edit left no JSON there to change
         value = op[2].format(root=root) if isinstance(op[2], str) else op[2]
         field = op[1]
         if field == "storage_path":

@@ -21,8 +21,8 @@ from sklearn.preprocessing import StandardScaler
 
 import skknn
 from skknn import JointKNNClassifier, KNNVoter
-from skknn._rows import RowBuffer
 from skknn.heads._head import column_stats, input_stats
+from skknn.memory.rows import RowBuffer
 
 ENGINES = ["exact", "flat", "IVF2,Flat", "HNSW8"]
 DTYPES = ["float32", "float16"]

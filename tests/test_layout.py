@@ -91,7 +91,7 @@ def test_persistence_layers_point_down():
     assert graph["skknn._archive"] == set()
     estimators = {"skknn.voter", "skknn.joint", "skknn.pruning", "skknn.finetune"}
     assert not graph["skknn.io"] & estimators
-    for low in ("skknn._storage_folder", "skknn._archive", "skknn._store_io"):
+    for low in ("skknn.memory.folder", "skknn._archive", "skknn.memory.state"):
         assert "skknn.io" not in graph[low]
 
 
@@ -144,3 +144,24 @@ def test_documented_and_pickled_paths_stay_after_the_moves():
     assert importlib.import_module("skknn._heads").Head is _head.Head
     assert skknn.features.TorchFeatureExtractor.__module__ == "skknn.features"
     assert skknn.ModelFileError.__module__ == "skknn.exceptions"
+
+
+def test_the_memory_imports_no_estimator():
+    # skknn/memory/ sits below the estimators (issue 24): it may use low-level
+    # helpers (devices, labels, the archive), never what calls it.
+    graph = _graph()
+    above = {
+        "skknn.voter",
+        "skknn.joint",
+        "skknn.pruning",
+        "skknn.finetune",
+        "skknn.transformer",
+        "skknn.distributed",
+        "skknn.io",
+        "skknn.features",
+        "skknn.cli",
+        "skknn.evaluation",
+    }
+    for name, edges in graph.items():
+        if name.startswith("skknn.memory"):
+            assert not edges & above, (name, edges & above)

@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from skknn._neighbors import Neighbors
+from skknn.memory.neighbors import Neighbors
 from skknn.voting import _rules
 
 # Rank buckets [a, b): the model learns its own weight profile over ranks.

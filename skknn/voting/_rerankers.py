@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from skknn._neighbors import Neighbors
+from skknn.memory.neighbors import Neighbors
 
 __all__ = ["ProbeReranker"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skknn._neighbors import Neighbors
+from skknn.memory.neighbors import Neighbors
 
 VOTING_RULES = ("plurality", "distance", "softmax", "rank")
 

@@ -9,8 +9,9 @@ Division of work (the design of cuML's multi-GPU kNN):
 - the **client** issues sample ids, owns the classes (and label paths), the
   centre of ``"center_l2"``, the list of ids in insertion order and which shard
   holds each id (a fixed hash of the id: :func:`shard_of`);
-- each **shard** (``skknn/_shard.py``) is an ordinary store of its rows on one
-  worker, with its own engine (FAISS or torch, the estimator's ``index``);
+- each **shard** (``skknn/memory/backends/dask.py``) is an ordinary store of its
+  rows on one worker, with its own engine (FAISS or torch, the estimator's
+  ``index``);
 - a **search** sends each query block to every shard, each returns its top
   ``k`` with exact distances, and the client keeps the ``k`` nearest of the
   ``S * k`` candidates, equal distances by sample id: the local store orders
@@ -37,13 +38,8 @@ from sklearn.utils import Bunch
 
 from skknn._hierarchy import Taxonomy
 from skknn._labels import encode, grown_classes
-from skknn._locks import edits, reads
-from skknn._metric import METRICS
-from skknn._neighbors import MISSING, Neighbors
-from skknn._preprocessing import fit_center, prepared_queries
-from skknn._shard import ROW_ARRAYS, Shard
-from skknn._store import DEFAULT_BATCH_SIZE, capped_k
-from skknn._store_checks import (
+from skknn.memory.backends.dask import ROW_ARRAYS, Shard
+from skknn.memory.checks import (
     checked_excluded,
     checked_ids,
     checked_new_ids,
@@ -52,7 +48,13 @@ from skknn._store_checks import (
     checked_weights,
     refuse_duplicates,
 )
-from skknn._store_view import StoreView
+from skknn.memory.front import DEFAULT_BATCH_SIZE, capped_k
+from skknn.memory.locks import edits, reads
+from skknn.memory.merge import merge_top
+from skknn.memory.metric import METRICS
+from skknn.memory.neighbors import MISSING, Neighbors
+from skknn.memory.preprocessing import fit_center, prepared_queries
+from skknn.memory.view import StoreView
 
 # Query blocks in flight at once: enough to keep every worker busy while the
 # client merges, few enough to bound the memory queued on the workers.
@@ -270,35 +272,13 @@ class ShardedStore(StoreView):
 
     # -- talking to the shards ------------------------------------------------------
     def _gather(self, calls) -> dict:
-        """Wait for every ``(shard, actor future)``; the results by shard. A lost
-        shard raises :class:`ShardLost` naming it, after all calls are done."""
-        results, lost, error = {}, [], None
-        for i, fut in calls:
-            try:
-                results[i] = fut.result()
-            except Exception as exc:  # sorted below
-                if _is_lost(exc):
-                    lost.append((i, exc))
-                elif error is None:
-                    error = exc
-        if lost:
-            names = ", ".join(str(i) for i, _ in lost)
-            raise ShardLost(
-                f"Shard(s) {names} of {self.n_shards} were lost with their Dask "
-                f"worker ({lost[0][1]}); no partial answer is given. Restore them "
-                "from the last save with est.memory_.restore(path), or fit again."
-            ) from lost[0][1]
-        if error is not None:
-            raise error
-        return results
+        """Wait for every ``(shard, actor future)``; the results by shard
+        (:func:`gather`)."""
+        return gather(calls, self.n_shards)
 
     def _call(self, i: int, method: str, *args):
-        """``(shard, future)`` of one actor call; a call that cannot even be sent
-        (the worker is known to be gone) fails when its result is asked for."""
-        try:
-            return i, getattr(self._actors[i], method)(*args)
-        except Exception as exc:  # raised by _gather, with the other calls'
-            return i, _Failed(exc)
+        """``(shard, future)`` of one actor call (:func:`call`)."""
+        return call(self._actors, i, method, *args)
 
     def _each(self, method: str, *args) -> dict:
         """The results of ``method`` on every shard."""
@@ -772,10 +752,7 @@ class ShardedStore(StoreView):
 
     def _merge(self, grids, k: int) -> Neighbors:
         """The ``k`` nearest of the shards' candidates, equal distances by id."""
-        D, ids, keys, rel, excl = (np.concatenate(f, axis=1) for f in zip(*grids))
-        order = np.lexsort((ids, D), axis=-1)[:, :k]
-        pick = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-        D, ids, keys, rel, excl = map(pick, (D, ids, keys, rel, excl))
+        D, ids, keys, rel, excl = merge_top(grids, k)
         present = ids != MISSING
         return Neighbors(
             distances=D,
@@ -1025,7 +1002,7 @@ class ShardedStore(StoreView):
         store : ShardedStore
             The same samples, ids, uid and version, in ``n_shards`` shards.
         """
-        from skknn._shard import split_state
+        from skknn.memory.backends.dask import split_state
 
         client = current_client() if client is None else client
         if n_shards is None:
@@ -1213,6 +1190,39 @@ class ShardedStore(StoreView):
         )
 
 
+def gather(calls, n_shards: int) -> dict:
+    """Wait for every ``(shard, actor future)``; the results by shard. A lost
+    shard raises :class:`ShardLost` naming it, after all calls are done."""
+    results, lost, error = {}, [], None
+    for i, fut in calls:
+        try:
+            results[i] = fut.result()
+        except Exception as exc:  # sorted below
+            if _is_lost(exc):
+                lost.append((i, exc))
+            elif error is None:
+                error = exc
+    if lost:
+        names = ", ".join(str(i) for i, _ in lost)
+        raise ShardLost(
+            f"Shard(s) {names} of {n_shards} were lost with their Dask "
+            f"worker ({lost[0][1]}); no partial answer is given. Restore them "
+            "from the last save with est.memory_.restore(path), or fit again."
+        ) from lost[0][1]
+    if error is not None:
+        raise error
+    return results
+
+
+def call(actors: list, i: int, method: str, *args):
+    """``(shard, future)`` of one actor call; a call that cannot even be sent
+    (the worker is known to be gone) fails when its result is asked for."""
+    try:
+        return i, getattr(actors[i], method)(*args)
+    except Exception as exc:  # raised by gather, with the other calls'
+        return i, _Failed(exc)
+
+
 class _Failed:
     """Stands for an actor call that raised before returning a future."""
 
@@ -1307,7 +1317,7 @@ def local_state(meta: dict, arrays: dict, shards: list, device) -> tuple[dict, d
     codes, the index chosen for ``device`` (rebuilt when the store is made)."""
     from skknn._archive import labels_from_json
     from skknn._device import resolve_engine
-    from skknn._search import auto_engine
+    from skknn.memory.engines import auto_engine
 
     ids = np.concatenate([s[1]["sample_ids"] for s in shards])
     want = arrays["sample_ids"]

@@ -1,7 +1,7 @@
 """A ``storage_path`` folder: which memory in it an estimator uses, reopening it,
 and deleting memories no live estimator holds.
 
-The folder holds one sub-folder per memory (``skknn/_disk.py``), named by a
+The folder holds one sub-folder per memory (``skknn/memory/segments.py``), named by a
 32-digit hex id, and ``estimator.json``: the class, parameters and fitted
 attributes of the estimator whose memory was last published, and that memory's
 sub-folder. ``skknn.load`` of the folder rebuilds that estimator around the
@@ -24,18 +24,18 @@ import stat
 import time
 from pathlib import Path
 
-from skknn._atomic import replaced
-from skknn._disk import LOCK, StorageInUse, remove_store_folder
+from skknn._archive import replaced
 from skknn._file_classes import params_from_json, params_to_json, registered
 from skknn.exceptions import ModelFileError
+from skknn.memory.segments import LOCK, StorageInUse, remove_store_folder
 
 POINTER = "estimator.json"
 FORMAT = "skknn-storage"
 # A memory's sub-folder: uuid4().hex.
 MEMORY_NAME = re.compile(r"^[0-9a-f]{32}$")
 MAX_RECORD_BYTES = 16 << 20
-# The files a memory's sub-folder holds (skknn/_disk.py), temporaries included;
-# and those that mark a committed memory.
+# The files a memory's sub-folder holds (skknn/memory/segments.py), temporaries
+# included; and those that mark a committed memory.
 _OWN = re.compile(
     r"^(\.lock|state\.npz|manifest\.json|vectors-\d+\.bin"
     r"|[A-Za-z0-9_]+-\d+\.(bin|npy)|\.[A-Za-z0-9_.-]+\.[A-Za-z0-9_]+\.tmp)$"

@@ -1,5 +1,5 @@
 """What every store shows of its state, the same way: a mixin of
-:class:`~skknn.VectorStore` and of the sharded store (``skknn/_sharded.py``).
+:class:`~skknn.VectorStore` and of the sharded store (``skknn/memory/sharded.py``).
 
 It reads the attributes both keep under the same names: ``_version``, ``_n``,
 ``_classes``, ``_taxonomy``, ``_mean``, ``_ids`` (insertion order), ``_next_id``,
@@ -13,8 +13,8 @@ from contextlib import AbstractContextManager
 import numpy as np
 
 from skknn._hierarchy import Taxonomy
-from skknn._locks import GuardedState, reads
-from skknn._store_checks import MAX_ID
+from skknn.memory.checks import MAX_ID
+from skknn.memory.locks import GuardedState, reads
 
 
 class StoreView(GuardedState):

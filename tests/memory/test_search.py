@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import skknn
-from skknn._metric import METRICS
-from skknn._search import FaissIndexEngine, TorchExactEngine
+from skknn.memory.engines import FaissIndexEngine, TorchExactEngine
+from skknn.memory.metric import METRICS
 from tests.conftest import HAS_FAISS
 
 
@@ -35,7 +35,7 @@ def test_device_mirror_grows_amortised_not_per_add():
 def test_index_that_cannot_go_to_the_gpu_warns(monkeypatch):
     import faiss
 
-    import skknn._search as search
+    import skknn.memory.engines as search
 
     monkeypatch.setattr(search, "faiss_gpu_count", lambda: 1)
     monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from skknn._metric import METRICS
+from skknn.memory.metric import METRICS
 
 
 def test_scores_become_distances():

@@ -1,7 +1,7 @@
 """One shard of a sharded memory: an ordinary store, held by a Dask actor.
 
 This object lives on a Dask worker (``client.submit(Shard, ..., actor=True)``)
-and is driven by :class:`~skknn._sharded.ShardedStore` on the client. It holds a
+and is driven by :class:`~skknn.memory.sharded.ShardedStore` on the client. It holds a
 :class:`~skknn.VectorStore` of its rows and answers in plain arrays: nothing
 here knows about the other shards, the client's classes or the centre.
 
@@ -24,8 +24,8 @@ import numpy as np
 
 from skknn._archive import FORMAT, VERSION, read_archive, write_archive
 from skknn._device import resolve_device, resolve_engine
-from skknn._search import auto_engine
-from skknn._store import VectorStore
+from skknn.memory.engines import auto_engine
+from skknn.memory.front import VectorStore
 
 SHARD_CLASS = "skknn-shard"
 # A store state's arrays with one entry per row (besides labels and "norms").

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from skknn._metric import METRICS
-from skknn._preprocessing import PREPROCESSING
+from skknn._hierarchy import Taxonomy
+from skknn.memory.metric import METRICS
+from skknn.memory.preprocessing import PREPROCESSING
 
 # Sample ids are 0 <= id <= MAX_ID (int64): -1 marks an empty neighbour slot, and
 # no value a user can give may collide with it.
@@ -286,3 +287,41 @@ def refuse_duplicates(ids: np.ndarray, what: str) -> np.ndarray:
             f"{what} must be unique; duplicated: {uniq[counts > 1][:10].tolist()}."
         )
     return uniq
+
+
+def label_paths(taxonomy, known: bool, labels: np.ndarray, classes, owner: str):
+    """``(taxonomy, labels)``: for multi-output labels, the grown taxonomy and
+    each row's path code; otherwise ``(None, labels)``. ``taxonomy`` is the
+    memory's (None for one label column); ``known``, whether it holds classes."""
+    multi = labels.ndim == 2
+    if known and multi != (taxonomy is not None):
+        had = (
+            "one label column"
+            if taxonomy is None
+            else f"{taxonomy.n_levels} label levels"
+        )
+        got = f"labels of shape {labels.shape}"
+        raise ValueError(
+            f"This memory holds {had}; got {got}. Every add must give labels "
+            "of the shape the first one had."
+        )
+    if not multi:
+        return None, labels
+    if labels.shape[1] < 1:
+        raise ValueError("Multi-output labels need at least one level (column).")
+    taxonomy = taxonomy or Taxonomy.empty(labels.shape[1])
+    return taxonomy.grown(labels, classes, owner)
+
+
+def refuse_rescaled(folder, storage_dtype: str, what: str = "This memory's data"):
+    """Refuse a scale other than 1 where the vectors are kept in a file
+    (``folder`` not None) or as float16: both hold them as pre-processed."""
+    if folder is None and storage_dtype == "float32":
+        return
+    where = "storage_path" if folder is not None else "float16 storage"
+    raise ValueError(
+        f"{what} is kept rescaled by a power of two (its squares leave "
+        f"float32's range), which a memory with {where} does not do. Rescale "
+        "the data (e.g. divide it by a power of ten), or keep the memory in "
+        "RAM as float32."
+    )

@@ -1,6 +1,6 @@
 """A memory on disk across processes and damage: reopened then edited, small
 edits that write only what changed, stale temporaries, links and damaged or
-out-of-date parts of a store folder (``skknn/_disk.py``)."""
+out-of-date parts of a store folder (``skknn/memory/segments.py``)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 
 import skknn
-import skknn._atomic
+import skknn._archive
 from skknn import KNNVoter, ModelFileError, VectorStore
-
-from .conftest import HAS_FAISS
+from tests.conftest import HAS_FAISS
 
 needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="needs faiss")
 INDEXES = ["exact", *(["flat", "HNSW16"] if HAS_FAISS else [])]
@@ -194,8 +193,8 @@ HOLDER = textwrap.dedent(
     """
     import importlib.util, sys, time
 
-    # skknn/_atomic.py alone: no need to import torch to hold a temporary
-    spec = importlib.util.spec_from_file_location("_atomic", sys.argv[2])
+    # skknn/_archive.py alone: no need to import torch to hold a temporary
+    spec = importlib.util.spec_from_file_location("_archive", sys.argv[2])
     atomic = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(atomic)
     replaced = atomic.replaced
@@ -220,7 +219,7 @@ def test_stale_temporaries_are_cleaned_live_ones_kept(tmp_path):
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
     child = subprocess.Popen(
-        [sys.executable, str(script), str(target), skknn._atomic.__file__],
+        [sys.executable, str(script), str(target), skknn._archive.__file__],
         stdout=subprocess.PIPE,
         text=True,
         env=_env(),
@@ -343,7 +342,7 @@ def test_a_damaged_part_is_refused_by_path_and_part(tmp_path, damage, part):
             record["n"] = 499
             manifest.write_text(json.dumps(record))
         else:
-            from skknn._disk import _checksum
+            from skknn.memory.segments import _checksum
 
             body = {k: v for k, v in record.items() if k != "checksum"}
             if action == "forge":  # consistent, but naming rows no file holds
@@ -486,7 +485,7 @@ def test_a_crash_at_each_point_of_a_commit(tmp_path, monkeypatch, op, point):
     while or after a deletion's rows are moved, or while superseded files are
     zeroed): the new one; either way every file not named is zeroed and
     deleted, and no removed row's bytes are left, at the next opening."""
-    from skknn import _disk
+    from skknn.memory import segments as _disk
 
     X, y = _data(310)
     est = KNNVoter(3, index="exact", storage_path=tmp_path).fit(X[:300], y[:300])
@@ -605,7 +604,7 @@ def test_a_disk_memory_after_deletions_is_the_ram_memory(tmp_path, index):
         for name in arrays_a:
             np.testing.assert_array_equal(arrays_a[name], arrays_b[name], name)
 
-    order = disk.memory_._disk.order(disk.memory_.n_samples)
+    order = disk.memory_._rows.sequence(disk.memory_.n_samples)
     assert not np.all(np.diff(order) > 0)  # rows were moved
     same(disk, ram)
     ram.save(tmp_path / "ram.skknn")
@@ -644,7 +643,7 @@ def test_reopened_after_a_deletion_then_an_append(tmp_path):
 def test_a_large_deletion_rewrites_the_parts_in_memory_order(tmp_path, monkeypatch):
     """A deletion over _MAX_MOVES moved rows writes new generation files
     (rows in their physical order, the sequence numbers with them)."""
-    from skknn import _disk
+    from skknn.memory import segments as _disk
 
     X, y = _data(500)
     ram = KNNVoter(3, index="exact").fit(X, y)
@@ -665,7 +664,7 @@ def test_a_large_deletion_rewrites_the_parts_in_memory_order(tmp_path, monkeypat
 
 def test_a_damaged_patch_is_refused(tmp_path, monkeypatch):
     """A manifest whose patch moves rows out of range is refused, unread."""
-    from skknn import _disk
+    from skknn.memory import segments as _disk
 
     X, y = _data(300)
     est = KNNVoter(3, index="exact", storage_path=tmp_path).fit(X, y)
@@ -699,7 +698,7 @@ def test_a_damaged_patch_is_refused(tmp_path, monkeypatch):
     ],
 )
 def test_a_forged_manifest_field_is_refused(tmp_path, field, value):
-    from skknn._disk import _checksum
+    from skknn.memory.segments import _checksum
 
     folder = _fitted_folder(tmp_path)
     manifest = folder / "manifest.json"

@@ -171,7 +171,7 @@ def test_new_class_and_unlearn_across_shards(client, data):
     assert (sharded.predict(Xn) == "gnu").mean() > 0.9
 
     gone = np.arange(0, 1100, 3)
-    owners = skknn._sharded.shard_of(gone, 3)
+    owners = skknn.memory.sharded.shard_of(gone, 3)
     assert len(set(owners.tolist())) == 3  # every shard holds some of them
     before = sharded.memory_.shard_sizes
     local.unlearn(gone)
@@ -496,7 +496,7 @@ def test_a_lost_worker_names_its_shard_and_a_save_restores_it(data, tmp_path):
             edited = [
                 int(s)
                 for s in np.unique(
-                    skknn._sharded.shard_of(sharded.sample_ids_[-20:], 2)
+                    skknn.memory.sharded.shard_of(sharded.sample_ids_[-20:], 2)
                 )
             ]
             pid = sharded.memory_.shard_info()[edited[0]]["pid"]

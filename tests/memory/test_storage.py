@@ -10,8 +10,7 @@ import pytest
 
 import skknn
 from skknn import KNNVoter, VectorStore
-
-from .conftest import ENGINES, HAS_FAISS
+from tests.conftest import ENGINES, HAS_FAISS
 
 needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="needs faiss")
 
@@ -242,7 +241,7 @@ def test_auto_switches_to_compact_codes_past_its_size_and_back(monkeypatch, tmp_
     """index="auto" is FAISS flat below AUTO_MIN_SAMPLES and AUTO_INDEX with
     AUTO_PARAMS above it (here scaled down: 2,000 samples, IVF16,PQ8x4), as the
     memory grows or shrinks; predictions stay those of exact search."""
-    from skknn import _search
+    from skknn.memory import engines as _search
 
     monkeypatch.setattr(_search, "AUTO_MIN_SAMPLES", 2000)
     monkeypatch.setattr(_search, "AUTO_INDEX", "IVF16,PQ8x4")

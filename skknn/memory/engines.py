@@ -10,7 +10,7 @@ Two families, one protocol (:class:`skknn.SearchEngine`):
 
 Engines return *keys*: row positions in the memory (``keys_are_ids = False``) or
 sample ids (approximate indexes, which FAISS addresses by id). Missing neighbours
-have key -1. Distances follow :class:`~skknn._metric.Metric`, the one place that
+have key -1. Distances follow :class:`~skknn.memory.metric.Metric`, the one place that
 converts scores to distances.
 """
 
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from skknn._device import DeviceWarning, faiss_gpu_count, import_faiss
-from skknn._metric import Metric
+from skknn.memory.merge import merge_top
+from skknn.memory.metric import Metric
 
 # Rows widened to float32 at a time when the store keeps float16 (16 MB at d=64,
 # 100 MB at d=384): bounded working memory, near-peak GEMM and FAISS speed.
@@ -274,17 +275,6 @@ def float32_blocks(X: np.ndarray, size: int = WIDEN_BLOCK):
         yield start, np.ascontiguousarray(X[start : start + size], dtype=np.float32)
 
 
-def _merge_top(best, new, k: int, largest: bool):
-    """Top ``k`` of two ``(scores, keys)`` candidate sets, per query, sorted."""
-    if best is None:
-        return new
-    s = np.concatenate([best[0], new[0]], axis=1)
-    i = np.concatenate([best[1], new[1]], axis=1)
-    key = -s if largest else s
-    order = np.argsort(key, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
-
-
 def flat_search(faiss, metric: Metric, X: np.ndarray, Q: np.ndarray, k: int):
     """Exact FAISS search of the rows ``X`` (widened a block at a time when they
     are float16): ``(scores, rows)``."""
@@ -294,7 +284,12 @@ def flat_search(faiss, metric: Metric, X: np.ndarray, Q: np.ndarray, k: int):
     best = None
     for start, rows in float32_blocks(X):
         s, i = faiss.knn(Q, rows, min(k, rows.shape[0]), metric=faiss_metric)
-        best = _merge_top(best, (s, i + start), k, metric.inner_product)
+        new = (s, i + start)
+        best = (
+            new
+            if best is None
+            else merge_top([best, new], k, largest=metric.inner_product, ties="stable")
+        )
     return best
 
 

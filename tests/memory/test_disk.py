@@ -18,8 +18,7 @@ import pytest
 
 import skknn
 from skknn import KNNVoter, MemoryPruner, StorageInUse, VectorStore
-
-from .conftest import ENGINES, HAS_FAISS
+from tests.conftest import ENGINES, HAS_FAISS
 
 INDEXES = [*ENGINES, *(["IVF8,Flat"] if HAS_FAISS else [])]
 
@@ -202,7 +201,7 @@ def test_a_process_killed_mid_edit_leaves_a_consistent_memory(tmp_path, delay):
 def test_a_refused_commit_changes_nothing(digits, tmp_path, monkeypatch, index):
     """The disk refuses the commit (full, say): the edit raises and neither the
     memory in RAM nor the folder's committed state changed."""
-    from skknn._disk import DiskVectors
+    from skknn.memory.segments import DiskVectors
 
     X, y, Q, _ = digits
     knn = KNNVoter(5, index=index, storage_path=tmp_path).fit(X[:900], y[:900])

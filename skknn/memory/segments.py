@@ -30,7 +30,7 @@ names makes the folder refused with :class:`~skknn.ModelFileError`):
     generation (a high-water mark: a manifest older than it was copied back
     over a newer one, and is refused).
 ``.manifest.json.<8 random>.tmp``
-    A manifest being written (:func:`skknn._atomic.replaced`).
+    A manifest being written (:func:`skknn._archive.replaced`).
 
 A part's checksum is the sum (mod 2**64) of the CRC-32 of each 64 KiB block of
 its committed bytes, each CRC seeded with its block's number: an edit of ``m``
@@ -109,9 +109,9 @@ from zipfile import BadZipFile
 
 import numpy as np
 
-from skknn._atomic import clean_stale_temporaries, fsync_folder, replaced
-from skknn._store_checks import check_state
+from skknn._archive import clean_stale_temporaries, fsync_folder, replaced
 from skknn.exceptions import ModelFileError
+from skknn.memory.checks import check_state
 
 MANIFEST = "manifest.json"
 STATE = "state.npz"  # the first format's committed state
@@ -166,7 +166,7 @@ class StorageInUse(RuntimeError):
     >>> skknn.load(folder)  # knn still holds its memory
     Traceback (most recent call last):
     ...
-    skknn._disk.StorageInUse: The memory in '...' is in use by another store ...
+    skknn.memory.segments.StorageInUse: The memory in '...' is in use by ...
     """
 
 
@@ -1048,6 +1048,6 @@ def _small_array(path: Path, name: str, spec) -> np.ndarray:
 
 def remove_store_folder(folder: Path) -> None:
     """Zero and delete an orphaned store folder (chosen by
-    ``skknn/_storage_folder.py``'s purge: no live store holds it)."""
+    ``skknn/memory/folder.py``'s purge: no live store holds it)."""
     disk = DiskVectors(folder, 1, np.float32)
     disk.destroy()

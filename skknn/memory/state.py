@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from skknn._archive import RowsInOrder
-from skknn._disk import DiskVectors
 from skknn._hierarchy import Taxonomy
-from skknn._locks import reads
-from skknn._preprocessing import choose_scale, largest_abs, rescaled
-from skknn._store_checks import check_state
+from skknn.memory.backends.disk import DiskRows
+from skknn.memory.checks import check_state, refuse_rescaled
+from skknn.memory.locks import reads
+from skknn.memory.preprocessing import choose_scale, largest_abs, rescaled
 
 
 class StoreStateMixin:
@@ -94,26 +94,21 @@ class StoreStateMixin:
             arrays["taxonomy_paths"] = taxonomy.paths
         return meta, arrays
 
-    def _commit(self, bufs: list, n: int, **changes) -> None:
-        """On disk, commit the state an edit is about to make (nothing in RAM):
-        the per-row ``bufs`` go to their files (appended rows only, where the
-        committed ones are unchanged), the rest to the manifest."""
-        if self._disk is None:
-            return
-        if self.commit_guard is not None:
-            self.commit_guard()
-        meta, arrays = self._state_of(bufs, n, **changes)
-        small = {k: arrays[k] for k in ("mean", "taxonomy_paths") if k in arrays}
-        self._disk.commit(meta, small, bufs, n)
+    def _commit(self, bufs, n: int, *, removed=None, **changes) -> None:
+        """Commit the state an edit is about to make to the row backend (a no-op
+        in RAM): the per-row ``bufs`` (None: the current ones) and the
+        ``changes``; with ``removed``, the deletion of those committed rows
+        (``skknn/memory/backends/disk.py``)."""
 
-    def _commit_removal(self, gone_rows, n: int, **changes) -> None:
-        """On disk, commit the removal of rows ``gone_rows`` (the manifest only:
-        the rows move in place afterwards, ``skknn/_disk.py``)."""
-        if self.commit_guard is not None:
-            self.commit_guard()
-        meta, arrays = self._state_of(self._buffers(), n, **changes)
-        small = {k: arrays[k] for k in ("mean", "taxonomy_paths") if k in arrays}
-        self._disk.commit(meta, small, None, n, removed=gone_rows)
+        def describe():
+            if self.commit_guard is not None:
+                self.commit_guard()
+            now = self._buffers() if bufs is None else bufs
+            meta, arrays = self._state_of(now, n, **changes)
+            small = {k: arrays[k] for k in ("mean", "taxonomy_paths") if k in arrays}
+            return meta, small
+
+        self._rows.commit(describe, bufs, n, removed=removed)
 
     @classmethod
     def from_state(
@@ -132,7 +127,7 @@ class StoreStateMixin:
         memory order (a folder's rows, moved by deletions): the index is built
         in memory order."""
         from skknn._archive import labels_from_json
-        from skknn._search import engine_rows
+        from skknn.memory.engines import engine_rows
 
         check_state(meta, arrays)
         store = cls(
@@ -150,12 +145,12 @@ class StoreStateMixin:
         if meta.get("scale") is None and scale != 1.0:
             arrays = {k: v for k, v in arrays.items() if not k.startswith("engine/")}
         if scale != 1.0:
-            store._refuse_rescaled(storage_path)
+            refuse_rescaled(storage_path, store.storage_dtype)
             X = rescaled(X, scale)  # a copy: the engine searches rescaled vectors
         store._scale = scale
         if storage_path is not None:
-            store._disk = DiskVectors.new(storage_path, X.shape[1], X.dtype)
-            X = store._disk.stage("vectors", X, [(0, n)], n)  # streamed in
+            store._rows = DiskRows.new(storage_path, X.shape[1], X.dtype)
+        X = store._rows.adopt(X, n)  # on disk, streamed into a file
         store._X, store._y, store._ids = X, arrays["labels"], arrays["sample_ids"]
         store._rel, store._excl = arrays["reliability"], arrays["excluded"]
         # Files of format 1 had no sample weights.
@@ -188,11 +183,11 @@ class StoreStateMixin:
             store.engine.build(
                 *engine_rows(store.engine, store._X, store._ids, n, order)
             )
-        if store._disk is not None:
-            bufs = store._buffers()
-            store._commit(bufs, n)
-            # every per-row array is now its file's map, with the vectors' layout
-            store._set_buffers(store._disk.mapped(len(bufs)))
+        bufs = store._buffers()
+        store._commit(bufs, n)
+        # on disk, every per-row array is now its file's map, with the vectors'
+        # layout
+        store._set_buffers(store._rows.published(bufs))
         return store
 
     @classmethod
@@ -201,50 +196,39 @@ class StoreStateMixin:
         array memory-mapped, the index built afresh from the vectors).
 
         A damaged, truncated, linked or out-of-date part raises
-        :class:`~skknn.ModelFileError` (``skknn/_disk.py``)."""
-        from skknn._store_checks import InvalidState
+        :class:`~skknn.ModelFileError` (``skknn/memory/segments.py``)."""
         from skknn.exceptions import ModelFileError
+        from skknn.memory.checks import InvalidState
 
-        disk, meta, arrays, rows, n = DiskVectors.open(
-            folder, verify_vectors=verify_vectors
-        )
-        arrays["embeddings"] = rows[:n]
-        arrays.pop("order", None)
-        order = disk.order(n)
+        rows, meta, arrays, n = DiskRows.open(folder, verify_vectors=verify_vectors)
+        order = rows.sequence(n)
         try:
             try:
                 store = cls.from_state(meta, arrays, torch.device(device), order=order)
             except (InvalidState, KeyError, TypeError) as exc:
                 raise ModelFileError(
-                    disk.folder / "manifest.json",
+                    rows.folder / "manifest.json",
                     "manifest.json: store",
                     f"does not describe a memory ({exc})",
                 ) from exc
             # Every per-row array is its file's map, all with the same capacity:
-            # an add writes its rows past n in each of them (skknn/_disk.py).
+            # an add writes its rows past n in each of them (skknn/memory/segments.py).
             count = len(store._buffers())
-            if count > len(disk.parts):
+            if count > rows.n_parts:
                 raise ModelFileError(
-                    disk.folder / "manifest.json",
+                    rows.folder / "manifest.json",
                     "manifest.json: parts",
                     "names no norms for a memory that normalises",
                 )
-            store._disk = disk
-            store._set_buffers(disk.mapped(count))
+            store._rows = rows
+            store._set_buffers(rows.published(store._buffers()))
         except BaseException:
-            disk.close()
+            rows.close()
             raise
         return store
 
     def __getstate__(self):
-        if self._disk is not None:
-            raise TypeError(
-                "A memory kept on disk (storage_path) is not pickled: the pickle "
-                "would copy every vector through RAM, and two copies would share "
-                "one folder. Save it with est.save(path) (streamed from the file) "
-                "and read it with skknn.load(path, mmap=True), or reopen its "
-                "folder with skknn.load(storage_path)."
-            )
+        self._rows.check_picklable()
         # Copies, taken under the lock: pickle writes them after it is released,
         # and an edit compacts the buffers in place (and a copy.copy must not
         # share them).
@@ -307,7 +291,7 @@ def _saved_scale(meta: dict, X: np.ndarray, normalizes: bool) -> float:
     """The scale of a saved state (a power of two), or, where it names none
     (older files, a shard's split of a memory), the one its data calls for;
     the index saved with an older file is then rebuilt."""
-    from skknn._store_checks import InvalidState
+    from skknn.memory.checks import InvalidState
 
     scale = meta.get("scale")
     if scale is None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from skknn import JointKNNClassifier, KNNVoter, MemoryPruner
-from skknn._locks import ReadWriteLock
+from skknn.memory.locks import ReadWriteLock
 from tests.conftest import HAS_FAISS
 
 SECONDS = 1.5

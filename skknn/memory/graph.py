@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from skknn._neighbors import MISSING
+from skknn.memory.neighbors import MISSING
 
 GRAPH_MODES = ("connectivity", "distance")
 

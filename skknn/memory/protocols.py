@@ -1,4 +1,5 @@
-"""The written contracts between the estimators, the store and the engines.
+"""The written contracts between the estimators, the store, its row backends
+and the engines.
 
 The estimators speak only :class:`Store`: raw vectors and sample ids in,
 :class:`~skknn.Neighbors` records out. A store keeps its vectors wherever it
@@ -9,13 +10,15 @@ attribute, never an ``AttributeError`` caught later.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from skknn._metric import Metric
-from skknn._neighbors import Neighbors
+from skknn.memory.metric import Metric
+from skknn.memory.neighbors import Neighbors
 
 
 @runtime_checkable
@@ -361,3 +364,119 @@ class Store(Protocol):
         params : dict
             Knob values by FAISS name (``{"nprobe": 32}``), and ``"refine"``.
         """
+
+
+@dataclass(frozen=True)
+class RemovalSteps:
+    """What the front does around a row backend's removal (:meth:`RowBackend.remove`).
+
+    The backend decides when its rows move; the front owns the index and its
+    own state. Each step is a callable the front binds to this one removal.
+
+    Parameters
+    ----------
+    engine : SearchEngine
+        The engine that will index the kept rows (the memory's, or the one
+        ``engine="auto"`` switches to).
+    by_rows : bool
+        Whether ``engine`` keys rows by position (it searches the arrays
+        themselves) rather than by sample id.
+    key : object
+        The state the removal starts from, for :meth:`RowBackend.order`.
+    edit_index : callable
+        ``edit_index(X_kept, ids_kept)``: the kept rows, in memory order, to
+        the index (all or nothing).
+    restore_index : callable
+        ``restore_index()``: the index back on the rows as they were (a commit
+        failed after :attr:`edit_index`).
+    commit : callable
+        ``commit(bufs, n, removed=None)``: the state after the removal to the
+        backend's :meth:`RowBackend.commit` (``bufs`` None: the current arrays).
+    removed : callable
+        ``removed(n, bufs=None)``: the front's state once the removal is
+        committed (``bufs``: the new arrays, None when the old ones hold it).
+
+    Examples
+    --------
+    >>> from skknn.memory.protocols import RemovalSteps
+    >>> sorted(RemovalSteps.__dataclass_fields__)[:3]
+    ['by_rows', 'commit', 'edit_index']
+    """
+
+    engine: SearchEngine
+    by_rows: bool
+    key: object
+    edit_index: Callable
+    restore_index: Callable
+    commit: Callable
+    removed: Callable
+
+
+@runtime_checkable
+class RowBackend(Protocol):
+    """Where a memory's rows live: the narrow contract under the memory front.
+
+    The front (:class:`~skknn.VectorStore`) owns ids, classes, pre-processing,
+    the version and lock, the engine, blocking, ties and refinement; a row
+    backend only keeps the per-row arrays, in the front's order (vectors,
+    labels, ids, reliabilities, exclusions, sample weights and, when the
+    memory normalises, the raw lengths), and makes edits of them durable. A
+    new backend is one file under ``skknn/memory/backends/`` that passes
+    ``tests/memory/test_backend_contract.py``.
+
+    Today's backends: :class:`~skknn.memory.backends.ram.RamRows` (numpy
+    buffers) and :class:`~skknn.memory.backends.disk.DiskRows` (memory-mapped
+    segment files, ``skknn/memory/segments.py``).
+
+    Parameters
+    ----------
+    *args, **kwargs
+        A protocol is not instantiated: implementations take their own
+        parameters.
+
+    Examples
+    --------
+    >>> from skknn.memory.backends.ram import RamRows
+    >>> from skknn.memory.protocols import RowBackend
+    >>> isinstance(RamRows(), RowBackend)
+    True
+    """
+
+    @property
+    def folder(self):
+        """The folder holding the rows, or None (RAM)."""
+
+    def room(self, bufs: list, n: int, cap: int) -> list[np.ndarray]:
+        """Writable arrays holding rows ``[0, n)`` of ``bufs`` with capacity for
+        ``cap``: an add writes its new, pre-processed rows straight into them."""
+
+    def published(self, bufs: list) -> list[np.ndarray]:
+        """The arrays the front keeps once ``bufs`` are committed."""
+
+    def order(self, n: int, key) -> np.ndarray | None:
+        """Rows ``[0, n)`` in memory order (insertion order), or None when they
+        lie in it; ``key`` names the front's state (cached under it)."""
+
+    def commit(self, describe: Callable, bufs, n: int, *, removed=None) -> None:
+        """Make rows ``[0, n)`` of ``bufs`` and ``describe()``'s ``(meta,
+        small arrays)`` the durable state (a no-op in RAM, which never calls
+        ``describe``); with ``removed``, the deletion of those rows."""
+
+    def remove(
+        self, bufs: list, gone_rows: np.ndarray, n_old: int, steps: RemovalSteps
+    ) -> None:
+        """Drop rows ``gone_rows`` (sorted) of ``bufs``, all or nothing, running
+        the front's ``steps`` at the points this backend's layout needs."""
+
+    def adopt(self, X: np.ndarray, n: int) -> np.ndarray:
+        """Rows ``[0, n)`` of a saved memory's vectors, kept as this backend
+        keeps them (streamed into a file on disk)."""
+
+    def check_picklable(self) -> None:
+        """Raise TypeError where the rows must not be pickled."""
+
+    def check_replaceable(self) -> None:
+        """Raise ValueError where every vector cannot be replaced in place."""
+
+    def destroy(self) -> None:
+        """Zero and delete whatever the backend keeps outside the process."""

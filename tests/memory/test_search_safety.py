@@ -44,7 +44,7 @@ def test_absurd_factory_strings_are_refused_before_faiss_allocates(factory, matc
 
 
 def test_factory_checks_hold_for_a_loaded_memory():
-    from skknn._store import VectorStore
+    from skknn.memory.front import VectorStore
 
     X, y = _data(400)
     store = KNNVoter(3, index="IVF8,Flat").fit(X, y).memory_
@@ -60,7 +60,7 @@ def test_factory_checks_hold_for_a_loaded_memory():
 
 
 def test_no_faiss_index_is_made_with_more_lists_than_samples():
-    from skknn._search import make_engine, parse_factory
+    from skknn.memory.engines import make_engine, parse_factory
 
     spec = parse_factory("IVF4096,Flat")
     assert (spec.family, spec.nlist) == ("ivf", 4096)

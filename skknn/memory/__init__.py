@@ -1,0 +1,1 @@
+"""The memory: one front over row backends (issue 24)."""

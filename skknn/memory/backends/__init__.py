@@ -1,0 +1,1 @@
+"""Row backends of the memory front."""

@@ -1,0 +1,1 @@
+"""Tests of skknn/memory/: the front, its row backends, engines and files."""
