@@ -52,3 +52,30 @@ def test_index_that_cannot_go_to_the_gpu_warns(monkeypatch):
         engine.build(X, np.arange(50))
     _, keys = engine.search(X, X[:3], 1)
     np.testing.assert_array_equal(keys[:, 0], [0, 1, 2])
+
+
+@pytest.mark.skipif(not HAS_FAISS, reason="needs faiss")
+@pytest.mark.parametrize("factory", ["IVF16,PQ8", "PQ8", "IVF16,PQ8x4fs"])
+def test_pq_codes_skip_polysemous_training_and_search_the_same(factory, monkeypatch):
+    """The polysemous reordering of PQ centroids is skipped (it is most of the
+    training time and skknn never filters by Hamming distance); the same
+    centroids in FAISS's order answer every query alike."""
+    import skknn.memory.engines as engines
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 32)).astype(np.float32)
+    y = rng.integers(0, 5, 4000)
+    Q = rng.normal(size=(200, 32)).astype(np.float32)
+    params = dict(index=factory, metric="sqeuclidean", preprocessing=None)
+    fast = skknn.KNNVoter(10, **params).fit(X, y)
+    faiss = fast.memory_.engine.faiss
+    index = fast.memory_.engine.index
+    ivf = faiss.try_extract_index_ivf(index)
+    inner = faiss.downcast_index(ivf if ivf is not None else index.index)
+    assert getattr(inner, "do_polysemous_training", False) is False  # fs: none
+    monkeypatch.setattr(engines, "_skip_polysemous_training", lambda *a: None)
+    slow = skknn.KNNVoter(10, **params).fit(X, y)
+    d_fast, i_fast = fast.kneighbors(Q)
+    d_slow, i_slow = slow.kneighbors(Q)
+    np.testing.assert_array_equal(i_fast, i_slow)
+    np.testing.assert_array_equal(d_fast, d_slow)
