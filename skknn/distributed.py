@@ -92,11 +92,7 @@ def to_local(estimator):
     with store.reading():
         meta, arrays = store.gathered_state(device)
     local = clone(estimator).set_params(backend="local", n_shards=None)
-    local.memory_ = VectorStore.from_state(meta, arrays, device)
-    local.n_features_in_ = estimator.n_features_in_
-    if hasattr(estimator, "feature_names_in_"):
-        local.feature_names_in_ = estimator.feature_names_in_
-    local._fitted_config_ = local._memory_config()
+    local.__skknn_adopt__(VectorStore.from_state(meta, arrays, device), estimator)
     return local
 
 

@@ -38,6 +38,7 @@ from skknn._validation import (
 from skknn.io import Persistable, labels_from_json, register, subtree
 from skknn.memory import folder as _storage_folder
 from skknn.memory.front import VectorStore, query_blocks
+from skknn.memory.loading import saved_memory
 from skknn.memory.neighbors import Neighbors
 from skknn.voting import _learned, _rules
 
@@ -589,7 +590,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         if self.backend == "dask":
             from skknn.memory.sharded import ShardedStore
 
-            config = self._shard_config(self.index_params)
+            config = _shard_config(self, self.index_params)
             return ShardedStore(n_features, config, n_shards=self.n_shards)
         device = resolve_device(self.device, owner=type(self).__name__)
         return VectorStore(
@@ -1264,34 +1265,33 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             # (edits copy it into RAM), not a storage folder's.
             self.storage_path = None
         device = device_after_unpickling(meta["device"], owner=type(self).__name__)
-        mem_arrays = subtree(arrays, "memory/")
         sharded = bool(meta["memory"].get("sharded"))
         backend = loading.get("backend") or self.backend
+        v1 = None
+        if version < 2 and not (sharded or backend == "dask"):
+            # skknn 0.1 kept classes, the centre and the config outside
+            v1 = {
+                "preprocessing": meta["fitted_config"]["preprocessing"],
+                "classes": labels_from_json(meta["classes"]),
+                "mean": arrays.get("mean"),
+            }
+        self.memory_ = saved_memory(
+            meta["memory"],
+            subtree(arrays, "memory/"),
+            device=device,
+            backend=backend,
+            shard_config=_shard_config(self, meta["memory"].get("index_params")),
+            n_shards=self.n_shards if self.backend == "dask" else None,
+            folder=loading.get("folder"),
+            storage_root=None
+            if self.storage_path is None
+            else _storage_folder.resolve_root(self.storage_path),
+            v1=v1,
+        )
         if sharded or backend == "dask":
-            self.memory_ = self._load_memory_across(
-                meta["memory"], mem_arrays, sharded, backend, loading, device
-            )
             self.backend = backend
             if backend == "local":
                 self.n_shards = None
-        elif version < 2:  # skknn 0.1 kept classes, the centre and config outside
-            self.memory_ = VectorStore.from_v1_state(
-                meta["memory"],
-                mem_arrays,
-                preprocessing=meta["fitted_config"]["preprocessing"],
-                classes=labels_from_json(meta["classes"]),
-                mean=arrays.get("mean"),
-                device=device,
-            )
-        else:
-            self.memory_ = VectorStore.from_state(
-                meta["memory"],
-                mem_arrays,
-                device,
-                storage_path=None
-                if self.storage_path is None
-                else _storage_folder.resolve_root(self.storage_path),
-            )
         if meta["n_features_in"] != self.memory_.n_features:
             raise ValueError(
                 f"n_features_in {meta['n_features_in']!r} disagrees with the "
@@ -1303,19 +1303,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             if names.shape != (self.n_features_in_,):
                 raise ValueError("feature_names_in disagrees with n_features_in")
             self.feature_names_in_ = names
-        # Files of format 1 also listed index_params, which the memory now holds.
-        self._fitted_config_ = {
-            name: meta["fitted_config"][name]
-            for name in ("metric", "preprocessing", "index")
-        }
-        # Files before storage_dtype existed held float32 memories. The memory
-        # goes where this estimator's storage_path says (RAM or a folder).
-        self._fitted_config_["storage_dtype"] = meta["fitted_config"].get(
-            "storage_dtype", "float32"
-        )
-        self._fitted_config_["storage_path"] = self._memory_config()["storage_path"]
-        self._fitted_config_["backend"] = self.backend
-        self._fitted_config_["n_shards"] = self.n_shards
+        self._fitted_config_ = _config_from_file(meta["fitted_config"], self)
         if self.memory_.storage_folder is not None:
             self._publish_storage()
         # A file's parameters must describe its memory, as after a fit.
@@ -1335,39 +1323,14 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 f"memory ({built})"
             )
 
-    def _shard_config(self, index_params) -> dict:
-        """What each shard of a ``backend="dask"`` memory is made from (the device
-        and engine are resolved on its worker)."""
-        return {
-            "metric": self.metric,
-            "preprocessing": self.preprocessing,
-            "index": self.index,
-            "index_params": index_params,
-            "device": self.device,
-            "storage_dtype": self.storage_dtype,
-        }
-
-    def _load_memory_across(self, meta, arrays, sharded, backend, loading, device):
-        """A saved memory moved between backends: a sharded one re-created on the
-        cluster or gathered here, a local one split into shards."""
-        from skknn.memory.backends.dask import read_shard
-        from skknn.memory.sharded import ShardedStore, local_state, shard_path
-
-        config = self._shard_config(meta.get("index_params"))
-        if not sharded:  # a local memory split into shards
-            n_shards = self.n_shards if self.backend == "dask" else None
-            return ShardedStore.from_local_state(meta, arrays, config, n_shards)
-        folder = loading["folder"]
-        if backend == "dask":
-            return ShardedStore.from_manifest(meta, arrays, folder)
-        shards = [read_shard(shard_path(folder, s["file"])) for s in meta["shards"]]
-        for shard, want in zip(shards, meta["shards"]):
-            if (shard[0]["uid"], shard[0]["version"]) != (want["uid"], want["version"]):
-                raise ValueError(
-                    f"shard file {want['file']!r} is not the one the manifest names"
-                )
-        local_meta, local_arrays = local_state(meta, arrays, shards, device)
-        return VectorStore.from_state(local_meta, local_arrays, device)
+    def __skknn_adopt__(self, memory, like: KNNVoter) -> None:
+        """Take ``memory`` (``like``'s, moved) as this estimator's fitted memory
+        (``skknn.distributed.to_local``)."""
+        self.memory_ = memory
+        self.n_features_in_ = like.n_features_in_
+        if hasattr(like, "feature_names_in_"):
+            self.feature_names_in_ = like.feature_names_in_
+        self._fitted_config_ = self._memory_config()
 
     def __skknn_folder_state__(self) -> dict:
         """The fitted attributes a reopened storage folder needs besides the
@@ -1427,3 +1390,29 @@ def _prediction(vote):
     if isinstance(vote, list):
         return stack_levels([v.prediction for v in vote])
     return vote.prediction
+
+
+def _config_from_file(saved: dict, est: KNNVoter) -> dict:
+    """The memory-shaping parameters a file's memory was built with; where it
+    goes (RAM, a folder, the cluster) is the loading estimator's."""
+    # Files of format 1 also listed index_params, which the memory now holds.
+    config = {name: saved[name] for name in ("metric", "preprocessing", "index")}
+    # Files before storage_dtype existed held float32 memories.
+    config["storage_dtype"] = saved.get("storage_dtype", "float32")
+    here = est._memory_config()
+    for name in ("storage_path", "backend", "n_shards"):
+        config[name] = here[name]
+    return config
+
+
+def _shard_config(est: KNNVoter, index_params) -> dict:
+    """What each shard of a ``backend="dask"`` memory is made from (the device
+    and engine are resolved on its worker)."""
+    return {
+        "metric": est.metric,
+        "preprocessing": est.preprocessing,
+        "index": est.index,
+        "index_params": index_params,
+        "device": est.device,
+        "storage_dtype": est.storage_dtype,
+    }
