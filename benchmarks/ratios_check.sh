@@ -1,14 +1,7 @@
 # Speed ratios on an idle borrowed machine, pinned to two cores as this one has:
 # `OUT=dir bash benchmarks/ratios_check.sh` from the repo root, wheels in .whl/.
 # Also re-runs the fine-tuning tests on CUDA. Logs go to $OUT.
-set -uo pipefail
-: "${OUT:?set OUT to the folder for logs and results}"
-mkdir -p "$OUT"
-SECONDS=0
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD \
-    || { echo "wheel install failed (rc $?)"; export PYTHONPATH=$PWD; }
+source benchmarks/device_env.sh
 { nproc; lscpu | grep -E "Model name|Flags" | sed 's/Flags:.*\(avx512f\).*/Flags: ... avx512f .../'; } \
     2>&1 | tee "$OUT/cpu.log"
 timeout 200 python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_finetune.py \
