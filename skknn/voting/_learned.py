@@ -10,8 +10,9 @@ query's whole distance profile), so it is trained on the memory's own
 leave-one-out neighbour records and scores classes it never saw in training:
 classes added later by ``partial_fit`` need no retraining.
 
-The model is ``StandardScaler`` + ``LogisticRegression`` from scikit-learn; its
-fitted state is a handful of float arrays (saved without pickle).
+The model is ``StandardScaler`` + ``LogisticRegression`` from scikit-learn. Files
+do not carry it: it is derived from the memory alone, so a loaded or reopened
+memory trains it again at its first vote, to the same weights.
 """
 
 from __future__ import annotations
@@ -210,40 +211,6 @@ class LearnedAggregation:
         out[q, code] = np.exp(-np.logaddexp(0.0, -z))
         return out
 
-    def state(self) -> dict:
-        """The fitted arrays (for files saved without pickle)."""
-        return {
-            "mean": self.mean_,
-            "scale": self.scale_,
-            "coef": self.coef_,
-            "intercept": np.array([self.intercept_]),
-            "C": np.array([self.C]),
-        }
-
-    @classmethod
-    def from_state(cls, state: dict) -> LearnedAggregation:
-        """Rebuild from :meth:`state`'s arrays, checked: a file is data."""
-        arrays = {}
-        for name in ("mean", "scale", "coef", "intercept", "C"):
-            a = np.asarray(state[name], dtype=np.float64).ravel()
-            want = 1 if name in ("intercept", "C") else N_FEATURES
-            if a.shape != (want,) or not np.isfinite(a).all():
-                raise ValueError(
-                    f"learned aggregation: '{name}' must hold {want} finite "
-                    f"values; got shape {a.shape}."
-                )
-            arrays[name] = a
-        if (arrays["scale"] <= 0).any() or arrays["C"][0] <= 0:
-            raise ValueError("learned aggregation: scale and C must be > 0.")
-        agg = cls(C=float(arrays["C"][0]))
-        agg.mean_, agg.scale_, agg.coef_ = (
-            arrays["mean"],
-            arrays["scale"],
-            arrays["coef"],
-        )
-        agg.intercept_ = float(arrays["intercept"][0])
-        return agg
-
 
 @dataclass(frozen=True)
 class LearnedState:
@@ -310,12 +277,12 @@ def refreshed_state(
     kept (it is class-agnostic: it scores classes it never saw). Any removal
     retrains from scratch: nothing derived from an unlearned sample survives.
     """
-    ids = np.sort(memory.ids())
     params = (int(n_neighbors), float(rank_offset), str(tie_break))
     if state is not None and state.params != params:
         state = None  # the rightness depends on them
     if state is not None and state.version == memory.version:
-        return state
+        return state  # every prediction asks: nothing computed on this path
+    ids = np.sort(memory.ids())
     kept = state is not None and bool(np.isin(state.ids, ids).all())
     if kept:
         new = ids[~np.isin(ids, state.ids)]
