@@ -1303,7 +1303,9 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             if names.shape != (self.n_features_in_,):
                 raise ValueError("feature_names_in disagrees with n_features_in")
             self.feature_names_in_ = names
-        self._fitted_config_ = _config_from_file(meta["fitted_config"], self)
+        self._fitted_config_ = _config_from_file(
+            meta["fitted_config"], self._memory_config()
+        )
         if self.memory_.storage_folder is not None:
             self._publish_storage()
         # A file's parameters must describe its memory, as after a fit.
@@ -1392,14 +1394,13 @@ def _prediction(vote):
     return vote.prediction
 
 
-def _config_from_file(saved: dict, est: KNNVoter) -> dict:
+def _config_from_file(saved: dict, here: dict) -> dict:
     """The memory-shaping parameters a file's memory was built with; where it
-    goes (RAM, a folder, the cluster) is the loading estimator's."""
+    goes (RAM, a folder, the cluster) is the loading estimator's (``here``)."""
     # Files of format 1 also listed index_params, which the memory now holds.
     config = {name: saved[name] for name in ("metric", "preprocessing", "index")}
     # Files before storage_dtype existed held float32 memories.
     config["storage_dtype"] = saved.get("storage_dtype", "float32")
-    here = est._memory_config()
     for name in ("storage_path", "backend", "n_shards"):
         config[name] = here[name]
     return config
