@@ -215,6 +215,9 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
     tuning_ : Bunch
         Set by :meth:`tune_index`: the settings it measured, with their
         prediction agreement, recall and speed.
+    index_front_ : pandas.DataFrame
+        Set by :meth:`tune_index` with ``index="auto"``: the measured Pareto
+        front of index families and knobs (agreement, queries/s, bytes).
 
     See Also
     --------
@@ -1155,7 +1158,14 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             "residual_distances": found.distances,
         }
 
-    def tune_index(self, X, target_agreement: float = 0.99, *, n_neighbors=None):
+    def tune_index(
+        self,
+        X,
+        target_agreement: float = 0.99,
+        *,
+        n_neighbors=None,
+        max_memory_bytes=None,
+    ):
         """Set ``index_params`` to the cheapest knobs that keep predictions.
 
         Measures, on the queries ``X``, the prediction agreement with exact
@@ -1167,6 +1177,16 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         setting that meets it is set (with a warning, the most accurate one
         when none does); the table is kept in :attr:`tuning_`.
 
+        With ``index="auto"`` the index family is chosen too: exact flat
+        search, IVF with flat, SQ8 and PQ codes, and HNSW32 are each built on
+        a copy of the memory's rows (same ids, labels, weights and flags) and
+        their knobs measured as above; the fastest setting that meets the
+        target within ``max_memory_bytes`` replaces the memory (its version
+        advances) and ``index`` / ``index_params`` become that index and its
+        knobs. The measured Pareto front (agreement, queries/s, bytes) is kept
+        in :attr:`index_front_`. Only a memory in RAM (no ``storage_path``,
+        ``backend="local"``) can be rebuilt so.
+
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
@@ -1176,13 +1196,19 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             In (0, 1].
         n_neighbors : int, default=None
             ``k``; defaults to ``n_neighbors``.
+        max_memory_bytes : int, default=None
+            With ``index="auto"``: the most bytes the memory may take (stored
+            vectors plus the index's codes). None: no limit.
 
         Returns
         -------
         self : KNNVoter
             With ``index_params`` set and ``tuning_`` a Bunch of lists
             ``params``, ``agreement``, ``recall``, ``seconds``,
-            ``queries_per_s``, and ``chosen`` (the index of the setting made).
+            ``queries_per_s``, and ``chosen`` (the index of the setting made);
+            with ``index="auto"`` also ``index`` and ``bytes`` per row and
+            ``front`` (the Pareto front's rows), and :attr:`index_front_`, the
+            front as a pandas DataFrame (a dict of columns without pandas).
 
         Examples
         --------
@@ -1209,11 +1235,14 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 "The 'target_agreement' parameter of KNNVoter.tune_index must be "
                 f"in (0, 1]. Got {target_agreement!r} instead."
             )
+        if max_memory_bytes is not None:
+            check_int(self, "max_memory_bytes", max_memory_bytes, low=1)
         if self.memory_.auto:
+            return self._tune_family(X, target_agreement, n_neighbors, max_memory_bytes)
+        if max_memory_bytes is not None:
             raise ValueError(
-                "index='auto' chooses its own knobs (now "
-                f"{self.engine_!r}, {self.memory_.index_params}); fit with "
-                "index=<a faiss.index_factory string> to tune them."
+                "max_memory_bytes chooses among index families: it applies with "
+                f"index='auto' only (this memory is index={self.engine_!r})."
             )
         if getattr(self.memory_, "sharded", False):
             tunable = self.memory_.tuning_grid() is not None
@@ -1237,6 +1266,40 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         )
         self.set_params(index_params=tuning.params[tuning.chosen])
         self.tuning_ = tuning
+        return self
+
+    def _tune_family(self, X, target_agreement, n_neighbors, max_memory_bytes):
+        """tune_index for ``index="auto"``: the family and its knobs."""
+        from skknn._family_tuning import front_frame, tune_family
+
+        if getattr(self.memory_, "sharded", False) or (
+            self.memory_.storage_folder is not None
+        ):
+            raise ValueError(
+                "index='auto' tunes by rebuilding the memory in RAM; this one is "
+                "on disk or in Dask shards. Fit with index=<a faiss.index_factory "
+                "string> and tune its knobs instead."
+            )
+        k = self.n_neighbors if n_neighbors is None else n_neighbors
+        check_int(self, "n_neighbors", k, low=1)
+        X = self._queries(X)
+        tuning, best = tune_family(
+            self,
+            X,
+            float(target_agreement),
+            min(k, self.memory_.n_samples),
+            lambda nb: _prediction(self.vote(nb, X)),
+            max_memory_bytes,
+        )
+        row = tuning.chosen
+        index, params = tuning.index[row], tuning.params[row]
+        best.set_index_params(params)  # a fresh store: no reader sees it yet
+        with self.memory_.editing():
+            self.memory_ = best
+            super().set_params(index=index, index_params=params or None)
+        self._fitted_config_ = self._memory_config()
+        self.tuning_ = tuning
+        self.index_front_ = front_frame(tuning)
         return self
 
     # -- persistence ----------------------------------------------------------

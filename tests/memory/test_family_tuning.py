@@ -1,0 +1,140 @@
+"""tune_index with index="auto": the index family chosen by measurement
+(skknn/_family_tuning.py, issue 25 item 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skknn import KNNVoter
+from skknn._family_tuning import candidate_families, pareto_front
+from tests.conftest import HAS_FAISS
+
+pytestmark = pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    centres = 2.5 * rng.standard_normal((20, 16)).astype(np.float32)
+    y = rng.integers(0, 20, 3000)
+    X = centres[y] + rng.standard_normal((3000, 16)).astype(np.float32)
+    Q = centres[rng.integers(0, 20, 300)] + rng.standard_normal((300, 16))
+    return X, y, Q.astype(np.float32)
+
+
+def test_families_follow_the_memory_size():
+    assert candidate_families(3000, 16) == [
+        "flat",
+        "IVF64,Flat",
+        "IVF64,SQ8",
+        "IVF64,PQ4x4",
+        "HNSW32",
+    ]
+    # IVF needs 39 samples a list for 16 lists at least.
+    assert candidate_families(600, 16) == ["flat", "HNSW32"]
+    assert "IVF4096,PQ32" in candidate_families(1_000_000, 128)
+
+
+def test_auto_picks_the_fastest_setting_that_keeps_predictions(data):
+    X, y, Q = data
+    knn = KNNVoter(10).fit(X, y)
+    exact = knn.predict(Q)
+    before = knn.memory_.get(knn.memory_.ids())
+    version = knn.memory_.version
+    knn.tune_index(Q, target_agreement=0.98)
+    t, row = knn.tuning_, knn.tuning_.chosen
+    assert set(t.index) == set(candidate_families(3000, 16))
+    met = [i for i, a in enumerate(t.agreement) if a >= 0.98]
+    assert row in met
+    assert t.queries_per_s[row] == max(t.queries_per_s[i] for i in met)
+    # The memory is the chosen index, with the same content, in a new state.
+    assert knn.index == t.index[row] == knn.memory_.engine_name
+    assert knn.memory_.index_params == t.params[row]
+    assert dict(knn.index_params or {}) == t.params[row]
+    assert knn.memory_.version > version
+    after = knn.memory_.get(knn.memory_.ids())
+    np.testing.assert_array_equal(after.X, before.X)
+    np.testing.assert_array_equal(after.labels, before.labels)
+    assert np.mean(knn.predict(Q) == exact) >= 0.98
+
+
+def test_the_budget_is_kept(data):
+    X, y, Q = data
+    free = KNNVoter(10).fit(X, y).tune_index(Q, 0.98)
+    smallest = min(free.tuning_.bytes)
+    knn = KNNVoter(10).fit(X, y).tune_index(Q, 0.98, max_memory_bytes=smallest)
+    assert knn.tuning_.bytes[knn.tuning_.chosen] <= smallest
+
+
+def test_an_impossible_budget_changes_nothing(data):
+    X, y, Q = data
+    knn = KNNVoter(10).fit(X, y)
+    memory, version = knn.memory_, knn.memory_.version
+    with pytest.raises(ValueError, match="No index family fits max_memory_bytes"):
+        knn.tune_index(Q, 0.98, max_memory_bytes=1000)
+    assert knn.memory_ is memory
+    assert memory.version == version
+    assert knn.index == "auto"
+    assert not hasattr(knn, "tuning_")
+
+
+def test_the_front_is_non_dominated_and_covers_the_rest(data):
+    X, y, Q = data
+    t = KNNVoter(10).fit(X, y).tune_index(Q, 0.98).tuning_
+    rows = [
+        {"agreement": a, "queries_per_s": s, "bytes": b}
+        for a, s, b in zip(t.agreement, t.queries_per_s, t.bytes)
+    ]
+    assert t.front == pareto_front(rows)
+
+    def beats(a, b):
+        no_worse = (
+            a["agreement"] >= b["agreement"]
+            and a["queries_per_s"] >= b["queries_per_s"]
+            and a["bytes"] <= b["bytes"]
+        )
+        return no_worse and a != b
+
+    for i in t.front:
+        assert not any(beats(r, rows[i]) for r in rows)
+    for i in set(range(len(rows))) - set(t.front):
+        assert any(beats(rows[j], rows[i]) for j in t.front)
+
+
+def test_the_front_as_a_frame(data):
+    pd = pytest.importorskip("pandas")
+    X, y, Q = data
+    knn = KNNVoter(10).fit(X, y).tune_index(Q, 0.98)
+    front = knn.index_front_
+    assert isinstance(front, pd.DataFrame)
+    assert list(front.columns) == [
+        "index",
+        "params",
+        "agreement",
+        "recall",
+        "queries_per_s",
+        "bytes",
+    ]
+    assert len(front) == len(knn.tuning_.front)
+
+
+def test_a_tuned_memory_saves_and_loads(data, tmp_path):
+    from skknn.io import load, save
+
+    X, y, Q = data
+    knn = KNNVoter(10).fit(X, y).tune_index(Q, 0.98)
+    save(knn, tmp_path / "m.skknn")
+    loaded = load(tmp_path / "m.skknn")
+    assert loaded.index == knn.index
+    assert loaded.memory_.engine_name == knn.memory_.engine_name
+    np.testing.assert_array_equal(loaded.predict(Q), knn.predict(Q))
+
+
+def test_what_cannot_be_rebuilt_is_refused(data, tmp_path):
+    X, y, Q = data
+    with pytest.raises(ValueError, match="index='auto' only"):
+        KNNVoter(10, index="IVF16,Flat").fit(X, y).tune_index(Q, max_memory_bytes=10**9)
+    on_disk = KNNVoter(10, storage_path=tmp_path / "mem").fit(X, y)
+    with pytest.raises(ValueError, match="rebuilding the memory in RAM"):
+        on_disk.tune_index(Q)
