@@ -59,8 +59,8 @@ def tune_family(voter, X, target: float, k: int, predict, max_memory_bytes=None)
     """Measure every family of :func:`candidate_families` on the voter's
     memory and return ``(table, best store)``: the table a Bunch of columns
     (:data:`COLUMNS`, ``seconds``), ``chosen`` and ``front`` (row numbers of
-    the Pareto front); the store built for the chosen row, or None when the
-    chosen index is the memory's own engine."""
+    the Pareto front); and a new store holding the memory's rows in the
+    chosen row's index (its knobs not yet set)."""
     from skknn.memory.front import VectorStore
 
     store = voter.memory_

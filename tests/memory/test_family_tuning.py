@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from skknn import KNNVoter
-from skknn._family_tuning import candidate_families, pareto_front
+from skknn._family_tuning import (
+    COLUMNS,
+    _best,
+    _fallback,
+    candidate_families,
+    pareto_front,
+)
 from tests.conftest import HAS_FAISS
 
 pytestmark = pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
@@ -138,3 +144,60 @@ def test_what_cannot_be_rebuilt_is_refused(data, tmp_path):
     on_disk = KNNVoter(10, storage_path=tmp_path / "mem").fit(X, y)
     with pytest.raises(ValueError, match="rebuilding the memory in RAM"):
         on_disk.tune_index(Q)
+
+
+def test_an_unreachable_target_takes_the_most_accurate_within_the_budget():
+    # On a real memory exact flat search is both the smallest (every family
+    # keeps the stored vectors) and exact, so this rule is only reached through
+    # the table: rows none of which meets the target.
+    rows = [
+        {
+            "index": "flat",
+            "params": {},
+            "agreement": 0.97,
+            "queries_per_s": 5,
+            "bytes": 900,
+        },
+        {
+            "index": "IVF64,SQ8",
+            "params": {"nprobe": 4},
+            "agreement": 0.95,
+            "queries_per_s": 40,
+            "bytes": 500,
+        },
+        {
+            "index": "IVF64,PQ4",
+            "params": {"nprobe": 8},
+            "agreement": 0.96,
+            "queries_per_s": 30,
+            "bytes": 400,
+        },
+        {
+            "index": "IVF64,PQ4",
+            "params": {"nprobe": 1},
+            "agreement": 0.96,
+            "queries_per_s": 60,
+            "bytes": 400,
+        },
+    ]
+    assert _best(rows, 0.99, None) is None
+    with pytest.warns(UserWarning, match=r"best 0\.9600: 'IVF64,PQ4', \{'nprobe': 1\}"):
+        assert _fallback(rows, 0.99, 600) == 3
+    with pytest.warns(UserWarning, match=r"best 0\.9700: 'flat'"):
+        assert _fallback(rows, 0.99, None) == 0
+    with pytest.raises(
+        ValueError, match="the smallest measured, 'IVF64,PQ4', takes 400"
+    ):
+        _fallback(rows, 0.99, 399)
+
+
+def test_the_front_without_pandas_is_a_dict_of_columns(data, monkeypatch):
+    import sys
+
+    X, y, Q = data
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas fails
+    knn = KNNVoter(10).fit(X, y).tune_index(Q, 0.98)
+    front = knn.index_front_
+    assert isinstance(front, dict)
+    assert list(front) == list(COLUMNS)
+    assert front["index"] == [knn.tuning_.index[i] for i in knn.tuning_.front]
