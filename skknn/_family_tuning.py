@@ -75,13 +75,16 @@ def tune_family(voter, X, target: float, k: int, predict, max_memory_bytes=None)
     arrays = {a: v for a, v in arrays.items() if not a.startswith("engine/")}
     rows, best, best_row = [], None, None
     families = candidate_families(store.n_samples, store.n_features)
+    # The guard of index="auto" past its size (far queries searched exactly)
+    # is kept on every approximate candidate, and so measured with it.
+    far = (store.index_params or {}).get("far_quantile")
     for family in _progress(families, voter.verbose):
         cand = VectorStore.from_state(
             {**meta, "engine": family, "index_params": {}},
             arrays,
             store.device,
         )
-        found = _measure_family(cand, family, X, k, target, voter, score)
+        found = _measure_family(cand, family, X, k, target, voter, score, far)
         rows += found
         i = _best(rows, target, max_memory_bytes)
         if i is not None and i >= len(rows) - len(found):
@@ -108,14 +111,17 @@ def tune_family(voter, X, target: float, k: int, predict, max_memory_bytes=None)
     ), best
 
 
-def _measure_family(cand, family, X, k, target, voter, score) -> list[dict]:
-    """The rows of one family: its knob grid as ``tune`` measures it, or one
-    row for exact search (and for an index too small to be built yet)."""
+def _measure_family(cand, family, X, k, target, voter, score, far=None):
+    """The rows of one family: its knob grid as ``tune`` measures it (each
+    knob with ``far_quantile=far`` when given), or one row for exact search
+    (and for an index too small to be built yet)."""
     engine = cand.engine
     if family == "flat" or not getattr(engine, "ready", False):
         knobs, refines = [{}], [1]
     else:
         knobs, refines = engine.tuning_grid(cand.n_features)
+        if far is not None:
+            knobs = [{**knob, "far_quantile": far} for knob in knobs]
 
     def search(params):
         return cand.search(X, k, batch_size=voter.batch_size, index_params=params)

@@ -1184,7 +1184,9 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         target within ``max_memory_bytes`` replaces the memory (its version
         advances) and ``index`` / ``index_params`` become that index and its
         knobs. The measured Pareto front (agreement, queries/s, bytes) is kept
-        in :attr:`index_front_`. Only a memory in RAM (no ``storage_path``,
+        in :attr:`index_front_`. A memory past the size where ``"auto"``
+        turns approximate keeps its ``far_quantile`` guard on every
+        approximate family measured. Only a memory in RAM (no ``storage_path``,
         ``backend="local"``) can be rebuilt so.
 
         Parameters

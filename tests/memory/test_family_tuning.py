@@ -201,3 +201,23 @@ def test_the_front_without_pandas_is_a_dict_of_columns(data, monkeypatch):
     assert isinstance(front, dict)
     assert list(front) == list(COLUMNS)
     assert front["index"] == [knn.tuning_.index[i] for i in knn.tuning_.front]
+
+
+def test_the_far_query_guard_of_auto_is_kept(data, monkeypatch):
+    """Past its size index="auto" searches far queries exactly (far_quantile);
+    the families tuned from such a memory keep that guard (scaled down here, as
+    in tests/memory/test_storage.py)."""
+    from skknn.memory import engines
+
+    monkeypatch.setattr(engines, "AUTO_MIN_SAMPLES", 2000)
+    monkeypatch.setattr(engines, "AUTO_INDEX", "IVF16,PQ8x4")
+    monkeypatch.setattr(
+        engines, "AUTO_PARAMS", {"nprobe": 16, "refine": 4, "far_quantile": 0.999}
+    )
+    X, y, Q = data
+    knn = KNNVoter(10).fit(X, y)
+    assert knn.memory_.index_params["far_quantile"] == 0.999
+    t = knn.tune_index(Q, 0.98).tuning_
+    for index, params in zip(t.index, t.params):
+        assert ("far_quantile" in params) == (index != "flat"), (index, params)
+    assert knn.memory_.index_params == t.params[t.chosen]
