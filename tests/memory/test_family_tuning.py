@@ -221,3 +221,27 @@ def test_the_far_query_guard_of_auto_is_kept(data, monkeypatch):
     for index, params in zip(t.index, t.params):
         assert ("far_quantile" in params) == (index != "flat"), (index, params)
     assert knn.memory_.index_params == t.params[t.chosen]
+
+
+def test_a_family_that_fails_to_build_changes_nothing(data, monkeypatch):
+    from skknn.memory.front import VectorStore
+
+    X, y, Q = data
+    knn = KNNVoter(10).fit(X, y)
+    memory, version = knn.memory_, knn.memory_.version
+    build = VectorStore.from_state.__func__
+
+    def failing(cls, meta, *args, **kwargs):
+        if meta["engine"] == "HNSW32":  # the last family, after the others
+            raise MemoryError("no room for the graph")
+        return build(cls, meta, *args, **kwargs)
+
+    monkeypatch.setattr(VectorStore, "from_state", classmethod(failing))
+    with pytest.raises(MemoryError, match="no room"):
+        knn.tune_index(Q, 0.98)
+    assert knn.memory_ is memory
+    assert memory.version == version
+    assert memory.index_params == {}
+    assert knn.index == "auto"
+    assert not hasattr(knn, "tuning_")
+    assert not hasattr(knn, "index_front_")
