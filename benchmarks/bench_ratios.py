@@ -97,8 +97,9 @@ def _instrument(clock: Clock) -> None:
         from skknn.memory.metric import Metric
     except ImportError:  # a checkout from before the memory package (issue 24)
         import skknn._search as search
-        import skknn._store as store
         from skknn._metric import Metric
+
+        import skknn._store as store
 
     vs = store.VectorStore
     clock.wrap(voter.KNNVoter, "_add", "fit")

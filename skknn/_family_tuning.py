@@ -17,6 +17,7 @@ measured). A candidate is the memory's next state: its version is one more.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import numpy as np
@@ -25,6 +26,8 @@ from sklearn.utils import Bunch
 from skknn._tuning import _measure, agreement, recall_at_k
 from skknn.memory.engines import TRAIN_PER_LIST
 
+# Timings of each family's candidate setting: the median of this many.
+RETIME = 3
 COLUMNS = ("index", "params", "agreement", "recall", "queries_per_s", "bytes")
 
 
@@ -127,10 +130,30 @@ def _measure_family(cand, family, X, k, target, voter, score, far=None):
         return cand.search(X, k, batch_size=voter.batch_size, index_params=params)
 
     found = _measure(knobs, refines, len(X), target, search, score)
+    _retime(found, target, search)
     nbytes = int(cand.vector_nbytes) + sum(
         int(np.asarray(v).nbytes) for v in engine.state().values()
     )
     return [{"index": family, "bytes": nbytes, **r} for r in found]
+
+
+def _retime(rows, target: float, search, repeats: int = RETIME) -> None:
+    """Time the family's fastest setting that met ``target`` again, keeping the
+    median: the families are compared by these, and one timing on a loaded
+    machine can be off by more than the families differ."""
+    met = [r for r in rows if r["agreement"] >= target]
+    if not met:
+        return
+    row = max(met, key=lambda r: r["queries_per_s"])
+    times = [row["seconds"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(repeats - 1):
+            start = time.perf_counter()
+            search(row["params"])
+            times.append(time.perf_counter() - start)
+    row["seconds"] = float(np.median(times))
+    row["queries_per_s"] = row["queries_per_s"] * times[0] / max(row["seconds"], 1e-9)
 
 
 def _best(rows, target, budget):
