@@ -24,7 +24,6 @@ from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_
 from skknn._param_validation import Interval, StrOptions, check_params, check_values
 from skknn._validation import (
     SPARSE_INDEXES,
-    check_float,
     check_int,
     check_option,
     check_sparse_engine,
@@ -1224,84 +1223,31 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         >>> knn.tuning_.agreement[knn.tuning_.chosen] >= 0.99
         True
         """
-        from skknn._tuning import tune
+        from skknn._family_tuning import front_frame, tune_family
+        from skknn._tuning import check_request, tune
 
         check_is_fitted(self)
         self._check_vote_params()
         self._check_memory_unchanged()
-        check_float(
-            self, "target_agreement", target_agreement, low=0, low_inclusive=False
-        )
-        if target_agreement > 1:
-            raise ValueError(
-                "The 'target_agreement' parameter of KNNVoter.tune_index must be "
-                f"in (0, 1]. Got {target_agreement!r} instead."
-            )
-        if max_memory_bytes is not None:
-            check_int(self, "max_memory_bytes", max_memory_bytes, low=1)
-        if self.memory_.auto:
-            return self._tune_family(X, target_agreement, n_neighbors, max_memory_bytes)
-        if max_memory_bytes is not None:
-            raise ValueError(
-                "max_memory_bytes chooses among index families: it applies with "
-                f"index='auto' only (this memory is index={self.engine_!r})."
-            )
-        if getattr(self.memory_, "sharded", False):
-            tunable = self.memory_.tuning_grid() is not None
-        else:
-            tunable = hasattr(self.memory_.engine, "tuning_grid")
-        if not tunable:
-            raise ValueError(
-                f"index={self.engine_!r} is an exact search: it has no knobs to "
-                "tune. tune_index is for approximate indexes ('IVF1024,PQ32', "
-                "'HNSW32,SQ8')."
-            )
+        check_request(self, target_agreement, max_memory_bytes)
         k = self.n_neighbors if n_neighbors is None else n_neighbors
         check_int(self, "n_neighbors", k, low=1)
         X = self._queries(X)
-        tuning = tune(
-            self,
-            X,
-            float(target_agreement),
-            min(k, self.memory_.n_samples),
-            lambda nb: _prediction(self.vote(nb, X)),
-        )
-        self.set_params(index_params=tuning.params[tuning.chosen])
-        self.tuning_ = tuning
-        return self
-
-    def _tune_family(self, X, target_agreement, n_neighbors, max_memory_bytes):
-        """tune_index for ``index="auto"``: the family and its knobs."""
-        from skknn._family_tuning import front_frame, tune_family
-
-        if getattr(self.memory_, "sharded", False) or (
-            self.memory_.storage_folder is not None
-        ):
-            raise ValueError(
-                "index='auto' tunes by rebuilding the memory in RAM; this one is "
-                "on disk or in Dask shards. Fit with index=<a faiss.index_factory "
-                "string> and tune its knobs instead."
-            )
-        k = self.n_neighbors if n_neighbors is None else n_neighbors
-        check_int(self, "n_neighbors", k, low=1)
-        X = self._queries(X)
-        tuning, best = tune_family(
-            self,
-            X,
-            float(target_agreement),
-            min(k, self.memory_.n_samples),
-            lambda nb: _prediction(self.vote(nb, X)),
-            max_memory_bytes,
-        )
-        row = tuning.chosen
-        index, params = tuning.index[row], tuning.params[row]
+        k, target = min(k, self.memory_.n_samples), float(target_agreement)
+        predict = lambda nb: _prediction(self.vote(nb, X))  # noqa: E731
+        if not self.memory_.auto:
+            tuning = tune(self, X, target, k, predict)
+            self.set_params(index_params=tuning.params[tuning.chosen])
+            self.tuning_ = tuning
+            return self
+        tuning, best = tune_family(self, X, target, k, predict, max_memory_bytes)
+        index, params = tuning.index[tuning.chosen], tuning.params[tuning.chosen]
         best.set_index_params(params)  # a fresh store: no reader sees it yet
         with self.memory_.editing():
             self.memory_ = best
             super().set_params(index=index, index_params=params or None)
         self._fitted_config_ = self._memory_config()
-        self.tuning_ = tuning
-        self.index_front_ = front_frame(tuning)
+        self.tuning_, self.index_front_ = tuning, front_frame(tuning)
         return self
 
     # -- persistence ----------------------------------------------------------
