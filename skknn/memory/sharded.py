@@ -37,24 +37,13 @@ import torch
 from sklearn.utils import Bunch
 
 from skknn._hierarchy import Taxonomy
-from skknn._labels import encode, grown_classes
+from skknn._labels import encode
 from skknn.memory.backends.dask import ROW_ARRAYS, Shard
-from skknn.memory.checks import (
-    checked_excluded,
-    checked_ids,
-    checked_new_ids,
-    checked_reliability,
-    checked_rows,
-    checked_weights,
-    refuse_duplicates,
-)
-from skknn.memory.front import DEFAULT_BATCH_SIZE, capped_k
+from skknn.memory.base import MemoryFront, NewRows
 from skknn.memory.locks import edits, reads
 from skknn.memory.merge import merge_top
 from skknn.memory.metric import METRICS
 from skknn.memory.neighbors import MISSING, Neighbors
-from skknn.memory.preprocessing import fit_center, prepared_queries
-from skknn.memory.view import StoreView
 
 # Query blocks in flight at once: enough to keep every worker busy while the
 # client merges, few enough to bound the memory queued on the workers.
@@ -136,7 +125,7 @@ def _is_lost(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "Actor was lost" in str(exc)
 
 
-class ShardedStore(StoreView):
+class ShardedStore(MemoryFront):
     """A memory of labelled embeddings in shards on Dask workers.
 
     Made by ``KNNVoter(backend="dask").fit``; see the module docstring and
@@ -177,6 +166,7 @@ class ShardedStore(StoreView):
     sharded = True
     storage_folder = None
     engine = None  # each shard has its own
+    _owner = "KNNVoter"
 
     def __init__(self, n_features: int, config: dict, n_shards=None, client=None):
         self.n_features = int(n_features)
@@ -303,54 +293,17 @@ class ShardedStore(StoreView):
             if bounds[i + 1] > bounds[i]
         ]
 
-    # -- adding ---------------------------------------------------------------------
-    @edits
-    def add(self, X, labels, ids=None, *, classes=None, sample_weight=None):
-        """Store raw vectors with their labels on the shards; returns their ids
-        (as :meth:`VectorStore.add`).
-
-        Each row goes to the shard its id is hashed to. An add that fails on one
-        shard is taken back from the others.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Raw embeddings; centred here for ``"center_l2"`` (the centre is the
-            mean of the first add, frozen after it), L2-normalised by the shards
-            when the store normalises.
-        labels : array-like of shape (n_samples,) or (n_samples, n_levels)
-            Class labels; new ones extend :attr:`classes` (the shards keep a
-            fixed key per label, only the client's map of keys to classes
-            changes). Two dimensions give multi-output labels, one column per
-            level (FORMULAS.md 7): the store keeps each sample's label path as
-            its class and the levels in :attr:`taxonomy`. The first add decides
-            which; every later add must match it.
-        ids : array-like of shape (n_samples,), default=None
-            Unique int ids, none stored before; default :meth:`next_ids`.
-        classes : array-like, default=None
-            Labels to know before any of their samples arrive; for multi-output
-            labels, one array-like per level.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Each sample's weight in every vote it takes part in (finite, > 0;
-            multiplies pruning's reliability). Default 1.
-
-        Returns
-        -------
-        ids : ndarray of int64
-            The samples' ids, in the order of ``X``.
-        """
-        X, labels = checked_rows(X, labels, self.n_features)
-        m = X.shape[0]
-        taxonomy, new_classes, key_codes, keys = self._keys_for(labels, classes)
-        ids = self.next_ids(m) if ids is None else self._check_new_ids(ids, m)
-        weights = checked_weights(sample_weight, m)
-        mean = self._mean
-        if mean is None and self.preprocessing == "center_l2" and m:
-            mean = fit_center(X)
-        Xc = X - mean if mean is not None else X
+    # -- adding: the hooks of MemoryFront --------------------------------------------
+    def _add_rows(self, new: NewRows) -> None:
+        """Send each checked row, centred, to the shard its id is hashed to; an
+        add that fails on one shard is taken back from the others."""
+        key_codes, keys = self._keys_for(new)
+        ids, m = new.ids, new.ids.size
+        Xc = new.X - new.mean if new.mean is not None else new.X
         parts = self._by_shard(ids)
         calls = [
-            self._call(i, "add", Xc[p], keys[p], ids[p], weights[p]) for i, p in parts
+            self._call(i, "add", Xc[p], keys[p], ids[p], new.weights[p])
+            for i, p in parts
         ]
         try:
             marks = self._gather(calls)
@@ -361,17 +314,13 @@ class ShardedStore(StoreView):
             self._marks[i] = mark
         self._ids = np.concatenate([self._ids[: self._n], ids])
         self._n += m
-        self._classes, self._taxonomy, self._key_codes = (
-            new_classes,
-            taxonomy,
-            key_codes,
-        )
-        self._mean = mean
+        self._classes, self._taxonomy = new.classes, new.taxonomy
+        self._key_codes = key_codes
+        self._mean = new.mean
         if m:
             self._next_id = max(self._next_id, int(ids.max()) + 1)
         self._sorted_ids = None
         self._version += 1
-        return ids.copy()
 
     def _take_back(self, calls, ids, parts) -> None:
         """After a failed add, remove its rows from the shards that took them."""
@@ -389,35 +338,20 @@ class ShardedStore(StoreView):
             except Exception:  # reported by the add's own error
                 pass
 
-    def _keys_for(self, labels: np.ndarray, classes):
-        """``(taxonomy, classes, key_codes, keys)`` after taking ``labels``: each
-        sample's label key, and the key -> class-code map that goes with them."""
-        owner = "KNNVoter"
-        multi = labels.ndim == 2
-        if self._classes is not None and multi != (self._taxonomy is not None):
-            raise ValueError(
-                "Every add must give labels of the shape the first one had; got "
-                f"labels of shape {labels.shape}."
-            )
-        if multi:
-            if labels.shape[1] < 1:
-                raise ValueError("Multi-output labels need at least one level.")
-            tax = self._taxonomy or Taxonomy.empty(labels.shape[1])
-            taxonomy, paths = tax.grown(labels, classes, owner)
-            codes = np.arange(taxonomy.n_paths)
-            return taxonomy, codes, codes, paths.astype(np.int64)
-        new_classes, old_to_new = grown_classes(self._classes, labels, classes, owner)
+    def _keys_for(self, new: NewRows):
+        """``(key_codes, keys)`` after the add ``new``: each sample's label key
+        (the shards keep a fixed key per label), and the key -> class-code map
+        that goes with them (only the client's map changes as classes grow)."""
+        if new.taxonomy is not None:  # label paths: keys are the path codes
+            return np.arange(new.taxonomy.n_paths), new.labels.astype(np.int64)
         key_codes = self._key_codes
-        if old_to_new is not None:
-            key_codes = old_to_new[key_codes]
-        fresh = np.setdiff1d(np.arange(len(new_classes)), key_codes)
+        if new.old_to_new is not None:
+            key_codes = new.old_to_new[key_codes]
+        fresh = np.setdiff1d(np.arange(len(new.classes)), key_codes)
         key_codes = np.concatenate([key_codes, fresh]).astype(np.int64)
-        code_to_key = np.empty(len(new_classes), np.int64)
+        code_to_key = np.empty(len(new.classes), np.int64)
         code_to_key[key_codes] = np.arange(len(key_codes))
-        return None, new_classes, key_codes, code_to_key[encode(new_classes, labels)]
-
-    def _check_new_ids(self, ids, n: int) -> np.ndarray:
-        return checked_new_ids(ids, n, self._stored)
+        return key_codes, code_to_key[encode(new.classes, new.labels)]
 
     def _stored(self, ids: np.ndarray) -> np.ndarray:
         if self._sorted_ids is None:
@@ -428,43 +362,15 @@ class ShardedStore(StoreView):
         pos = np.minimum(np.searchsorted(s, ids), s.size - 1)
         return s[pos] == ids
 
-    def _stored_ids(self, ids, what: str = "ids") -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.ndim != 1:
-            raise ValueError(f"{what} must be 1-d; got shape {ids.shape}.")
-        ids = checked_ids(ids)
-        known = self._stored(ids)
-        if not known.all():
-            raise ValueError(
-                f"{what} not in memory: {np.unique(ids[~known])[:10].tolist()}."
-            )
-        return ids
+    def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, known)``: a sharded memory addresses its rows by id."""
+        return ids, self._stored(ids)
 
     # -- removing -------------------------------------------------------------------
-    @reads
-    def check_removable(self, ids) -> np.ndarray:
-        ids = self._stored_ids(ids, "sample_ids to unlearn")
-        return refuse_duplicates(ids, "sample_ids to unlearn")
-
-    @edits
-    def remove(self, ids, *, retrain_index: bool = False) -> None:
-        """Delete samples from the shards that hold them (physically, as the
-        local store does); every shard checks first, then all remove.
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        retrain_index : bool, default=False
-            Retrain an approximate index's trained parts (IVF centroids, PQ/SQ
-            codebooks) on what remains, in each shard that held one of the ids;
-            otherwise they are kept and only the removed codes leave the index.
-        """
-        uniq = self.check_removable(ids)
-        if not uniq.size:
-            return
+    def _remove_ids(self, uniq: np.ndarray, retrain: bool) -> None:
+        """Delete the ids from the shards that hold them (physically, as the
+        local store does); every shard checks first, then all remove."""
         parts = self._by_shard(uniq)
-        retrain = bool(retrain_index)
         self._gather(
             [self._call(i, "check_remove", uniq[p], retrain) for i, p in parts]
         )
@@ -497,17 +403,8 @@ class ShardedStore(StoreView):
         self._version += 1
 
     # -- reliabilities, exclusions, knobs -------------------------------------------
-    @edits
-    def set_reliability(self, ids, reliability) -> None:
-        ids = self._stored_ids(ids)
-        values = checked_reliability(reliability, ids.shape)
-        self._per_shard("set_reliability", ids, values)
-
-    @edits
-    def set_excluded(self, ids, excluded) -> None:
-        ids = self._stored_ids(ids)
-        values = checked_excluded(excluded, ids.shape)
-        self._per_shard("set_excluded", ids, values)
+    def _set_column(self, name: str, ids: np.ndarray, values: np.ndarray) -> None:
+        self._per_shard("set_" + name, ids, values)
 
     def _per_shard(self, method: str, ids, values) -> None:
         parts = self._by_shard(ids)
@@ -571,184 +468,63 @@ class ShardedStore(StoreView):
         shard = (self._live() or [0])[0]
         return self._gather([self._call(shard, "tuning_grid")])[shard]
 
-    # -- searching --------------------------------------------------------------------
-    def prepare(self, X) -> np.ndarray:
-        """A pre-processed float32 copy of raw vectors, as the local store makes.
+    # -- searching: the hooks of MemoryFront ------------------------------------------
+    _in_flight = IN_FLIGHT
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Raw vectors (untouched).
+    def _search_knobs(self, index_params: dict):
+        raise ValueError(
+            "A sharded memory searches with its shards' own knobs; set them with "
+            "set_index_params."
+        )
 
-        Returns
-        -------
-        prepared : ndarray of shape (n_queries, n_features), dtype float32
-            Centred (``"center_l2"``) and L2-normalised when the store
-            normalises: the space the shards search in.
-        """
-        return prepared_queries(X, self.n_features, self._mean, self.normalizes)
+    def _in_store_units(self, Q: np.ndarray, what: str) -> np.ndarray:
+        return Q  # each shard checks and scales its queries itself
 
-    @reads
-    def search(
-        self, X, k, *, batch_size=DEFAULT_BATCH_SIZE, progress=False, prepared=False
-    ) -> Neighbors:
-        """The ``k`` nearest stored samples of raw queries, merged from every
-        shard's top ``k`` (as :meth:`VectorStore.search`).
+    def _submit_block(self, Q: np.ndarray, k: int, exact: bool, knobs) -> list:
+        """One block sent to every shard holding samples (answers in flight)."""
+        return [
+            self._call(i, "search", Q, min(k, self._marks[i][2]), exact)
+            for i in self._live()
+        ]
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Raw queries, pre-processed as the stored vectors were (on a copy,
-            one block at a time); each block is sent to every shard holding
-            samples.
-        k : int
-            Capped at the number of stored samples.
-        batch_size : int, default=4096
-            Queries per block: bounds the working memory. A few blocks are in
-            flight at once, to keep every worker busy.
-        progress : bool, default=False
-            A progress bar over blocks.
-        prepared : bool, default=False
-            ``X`` is already in the stored vectors' space (e.g. built from
-            :meth:`get` with ``prepared=True``): searched as given.
+    def _collect_block(self, calls: list, k: int) -> Neighbors:
+        return self._merge(self._gather(calls).values(), k)
 
-        Returns
-        -------
-        neighbors : Neighbors
-            The ``k`` nearest of the shards' candidates, equal distances by
-            sample id: with exact engines, the record a local store gives.
-        """
-        return self._search(X, k, batch_size, progress, prepared, exact=False)
+    def _all_queries(self) -> np.ndarray:
+        return self._ids[: self._n]
 
-    @reads
-    def search_exact(
-        self, X, k, *, batch_size=DEFAULT_BATCH_SIZE, progress=False, prepared=False
-    ) -> Neighbors:
-        """Brute-force search on every shard, merged: the reference of tuning.
-
-        The ``k`` nearest stored samples of raw queries by brute force over the
-        stored vectors, whatever the engine (as :meth:`VectorStore.search_exact`).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Raw queries, pre-processed as the stored vectors were (on a copy,
-            one block at a time); each block is sent to every shard holding
-            samples.
-        k : int
-            Capped at the number of stored samples.
-        batch_size : int, default=4096
-            Queries per block: bounds the working memory. A few blocks are in
-            flight at once, to keep every worker busy.
-        progress : bool, default=False
-            A progress bar over blocks.
-        prepared : bool, default=False
-            ``X`` is already in the stored vectors' space (e.g. built from
-            :meth:`get` with ``prepared=True``): searched as given.
-
-        Returns
-        -------
-        neighbors : Neighbors
-            The exact ``k`` nearest neighbours, equal distances by sample id.
-        """
-        return self._search(X, k, batch_size, progress, prepared, exact=True)
-
-    def _search(self, X, k, batch_size, progress, prepared, *, exact):
-        X = np.asarray(X)
-        k = capped_k(k, self._n)
-        live = self._live()
-        starts = range(0, X.shape[0], batch_size)
-
-        def submit(s):
-            block = X[s : s + batch_size]
-            Q = (
-                np.array(block, np.float32, order="C")
-                if prepared
-                else self.prepare(block)
-            )
-            calls = [
-                self._call(i, "search", Q, min(k, self._marks[i][2]), exact)
-                for i in live
-            ]
-            return Q, calls
-
-        parts = []
-        submitted = _windowed(starts, submit)
-        for Q, calls in _progress(submitted, len(starts), progress, "search"):
-            record = self._merge(self._gather(calls).values(), k)
-            lost = ~Q.any(axis=1) if self.normalizes else None
-            parts.append(replace(record, directionless=lost))
-        return Neighbors.concatenate(parts) if parts else self._empty(k)
-
-    @reads
-    def search_self(
-        self, ids=None, k=1, *, batch_size=DEFAULT_BATCH_SIZE, progress=False
-    ) -> Neighbors:
-        """Leave-one-out neighbours of stored samples, across every shard: each
-        shard's queries are searched in their own shard leaving themselves out
-        and in every other shard in full (FORMULAS.md 2).
-
-        Parameters
-        ----------
-        ids : array-like of int, default=None
-            Stored samples that query; all, oldest first, if None.
-        k : int, default=1
-            Neighbours per query, capped at the number of stored samples less
-            one.
-        batch_size : int, default=4096
-            Queries per block (each block from one shard): bounds the working
-            memory.
-        progress : bool, default=False
-            A progress bar over blocks.
-
-        Returns
-        -------
-        neighbors : Neighbors
-            With ``query_ids`` and ``query_labels`` set; rows in the order of
-            the query ids.
-        """
-        q_ids = self._ids[: self._n] if ids is None else self._stored_ids(ids)
-        if self._n < 2:
-            raise ValueError(
-                f"Leave-one-out needs at least 2 samples in memory; it has {self._n}."
-            )
-        k = capped_k(k, self._n - 1)
-        jobs = [
+    def _self_jobs(self, q_ids: np.ndarray, batch_size: int) -> list:
+        """``(shard, positions)`` blocks: each block's queries from one shard."""
+        return [
             (a, p[s : s + batch_size])
             for a, p in self._by_shard(q_ids)
             for s in range(0, p.size, batch_size)
         ]
 
-        def submit(job):
-            a, pos = job
-            block = q_ids[pos]
-            Q, keys = self._gather([self._call(a, "vectors", block)])[a]
-            calls = [
-                self._call(i, "search", Q, min(k, self._marks[i][2]), False)
-                for i in self._live(exclude=(a,))
-            ]
-            if self._marks[a][2] >= 2:
-                own_k = min(k, self._marks[a][2] - 1)
-                calls.append(self._call(a, "search_self", block, own_k))
-            return pos, block, keys, calls
+    def _submit_self(self, q_ids: np.ndarray, job, k: int):
+        """A block of shard ``a``'s queries searched in their own shard leaving
+        themselves out and in every other shard in full (FORMULAS.md 2)."""
+        a, pos = job
+        block = q_ids[pos]
+        Q, keys = self._gather([self._call(a, "vectors", block)])[a]
+        calls = [
+            self._call(i, "search", Q, min(k, self._marks[i][2]), False)
+            for i in self._live(exclude=(a,))
+        ]
+        if self._marks[a][2] >= 2:
+            own_k = min(k, self._marks[a][2] - 1)
+            calls.append(self._call(a, "search_self", block, own_k))
+        return pos, block, keys, calls
 
-        submitted = _windowed(jobs, submit)
-        records = []
-        for pos, block, keys, calls in _progress(
-            submitted, len(jobs), progress, "leave-one-out"
-        ):
-            got = self._gather(calls)
-            grids = [g[:5] for g in got.values()]
-            record = self._merge(grids, k)
-            record = replace(
-                record, query_ids=block.copy(), query_labels=self._key_codes[keys]
-            )
-            records.append((pos, record))
-        if not records:
-            return self._empty(k)
-        order = np.argsort(np.concatenate([p for p, _ in records]), kind="stable")
-        merged = Neighbors.concatenate([r for _, r in records])
-        return merged.take(order)
+    def _collect_self(self, pending, k: int):
+        pos, block, keys, calls = pending
+        grids = [g[:5] for g in self._gather(calls).values()]
+        record = replace(
+            self._merge(grids, k),
+            query_ids=block.copy(),
+            query_labels=self._key_codes[keys],
+        )
+        return pos, record
 
     def _merge(self, grids, k: int) -> Neighbors:
         """The ``k`` nearest of the shards' candidates, equal distances by id."""
@@ -764,31 +540,9 @@ class ShardedStore(StoreView):
             taxonomy=self._taxonomy,
         )
 
-    def _empty(self, k: int) -> Neighbors:
-        return Neighbors.empty(k, self.classes, self._taxonomy)
-
-    @reads
-    def get(self, ids, *, prepared: bool = False) -> Bunch:
-        """Raw (or pre-processed) vectors, labels, reliabilities, exclusions and
-        sample weights of stored samples, in the order of ids.
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        prepared : bool, default=False
-            Give ``X`` as stored and searched (pre-processed) instead of raw,
-            with ``labels`` only.
-
-        Returns
-        -------
-        data : Bunch
-            ``X`` (float32, the raw vectors as added, to float32 rounding of the
-            pre-processing and its inverse), ``labels`` (class values),
-            ``reliability``, ``excluded``, ``sample_weight``; rows in the order
-            of ``ids``. With ``prepared=True``, ``X`` and ``labels`` only.
-        """
-        ids = self._stored_ids(ids)
+    def _fetch(self, ids: np.ndarray, prepared: bool) -> Bunch:
+        """What :meth:`get` gives of these ids, before the centre is added;
+        with ``prepared``, ``X`` and ``labels`` only."""
         n, d = ids.shape[0], self.n_features
         X = np.empty((n, d), np.float32)
         keys = np.empty(n, np.int64)
@@ -802,61 +556,18 @@ class ShardedStore(StoreView):
             X[p], keys[p] = got[i][0], got[i][1]
             if not prepared:
                 rel[p], excl[p], sw[p] = got[i][2:]
+        labels = self._label_values(self._key_codes[keys])
         if prepared:  # vectors() carries the rest only in get()
-            return Bunch(X=X, labels=self._label_values(keys))
-        if self._mean is not None:
-            X += self._mean
+            return Bunch(X=X, labels=labels)
         return Bunch(
-            X=X,
-            labels=self._label_values(keys),
-            reliability=rel,
-            excluded=excl,
-            sample_weight=sw,
+            X=X, labels=labels, reliability=rel, excluded=excl, sample_weight=sw
         )
 
-    def _label_values(self, keys: np.ndarray) -> np.ndarray:
-        codes = self._key_codes[keys]
-        if self._taxonomy is not None:
-            return self._taxonomy.rows(codes)
-        return self.classes[codes]
+    def _stored_points(self, ids: np.ndarray) -> np.ndarray:
+        return self._fetch(ids, True).X
 
-    @reads
-    def within_radius(
-        self, query_ids, radii, *, X=None, ids=None, prepared=False
-    ) -> np.ndarray:
-        """Which stored queries have a point within their radius (as
-        :meth:`VectorStore.within_radius`), each answered by its own shard.
-
-        Parameters
-        ----------
-        query_ids : array-like of int
-            Stored samples whose radii are given.
-        radii : array-like of float, aligned with ``query_ids``
-            Each query's radius; an infinite one takes any point.
-        X : array-like of shape (n_points, n_features), default=None
-            Raw points, pre-processed here (unless ``prepared``).
-        ids : array-like of int, default=None
-            Stored samples as the points. Exactly one of ``X`` and ``ids``.
-        prepared : bool, default=False
-            ``X`` is already pre-processed (as :meth:`search` takes it).
-
-        Returns
-        -------
-        near : ndarray of bool, aligned with ``query_ids``
-            Whether some point lies within the query's radius.
-        """
-        if (X is None) == (ids is None):
-            raise ValueError("within_radius takes exactly one of X and ids.")
-        if ids is not None:
-            P = self.get(ids, prepared=True).X
-        else:
-            P = np.asarray(X, np.float32) if prepared else self.prepare(X)
-        q = self._stored_ids(query_ids, "query_ids")
-        radii = np.asarray(radii, dtype=np.float32)
-        if radii.shape != q.shape:
-            raise ValueError(
-                f"radii must have shape {q.shape}, one per query id; got {radii.shape}."
-            )
+    def _within(self, q: np.ndarray, radii: np.ndarray, P: np.ndarray) -> np.ndarray:
+        """Each query answered by its own shard."""
         out = np.zeros(q.shape[0], dtype=bool)
         parts = self._by_shard(q)
         got = self._gather(
@@ -1231,25 +942,6 @@ class _Failed:
 
     def result(self):
         raise self.exc
-
-
-def _windowed(items, submit):
-    """``submit(item)`` for each item, yielding each submission once IN_FLIGHT
-    newer ones are out (the caller gathers it before the next is made)."""
-    pending = []
-    for item in items:
-        pending.append(submit(item))
-        if len(pending) > IN_FLIGHT:
-            yield pending.pop(0)
-    yield from pending
-
-
-def _progress(iterable, total: int, progress: bool, desc: str):
-    if not progress or total < 2:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="block")
 
 
 def shard_path(folder: Path, name: str) -> Path:
