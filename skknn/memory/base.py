@@ -32,6 +32,7 @@ from skknn.memory.checks import (
 from skknn.memory.locks import edits, reads
 from skknn.memory.neighbors import Neighbors
 from skknn.memory.preprocessing import fit_center, prepared_queries
+from skknn.memory.rows import uninterrupted
 from skknn.memory.view import StoreView
 
 DEFAULT_BATCH_SIZE = 4096
@@ -150,8 +151,20 @@ class MemoryFront(StoreView):
         if mean is None and self.preprocessing == "center_l2" and m:
             mean = fit_center(X)
         new = NewRows(X, labels, ids, weights, mean, new_classes, old_to_new, taxonomy)
-        self._add_rows(new)
+        # Ctrl-C is held until rows and front agree: an id the rows hold that
+        # the front does not know would be issued again.
+        with uninterrupted():
+            self._add_rows(new)
+            self._added(new)
         return ids.copy()
+
+    def _added(self, new: NewRows) -> None:
+        """The front's own state once the rows of ``new`` are stored."""
+        self._classes, self._taxonomy = new.classes, new.taxonomy
+        self._mean = new.mean
+        if new.ids.size:
+            self._next_id = max(self._next_id, int(new.ids.max()) + 1)
+        self._version += 1
 
     # -- looking up -----------------------------------------------------------------
     def _located(self, ids, what: str = "ids") -> tuple[np.ndarray, np.ndarray]:
@@ -329,15 +342,7 @@ class MemoryFront(StoreView):
         )
 
     @reads
-    def search_exact(
-        self,
-        X,
-        k: int,
-        *,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        progress: bool = False,
-        prepared: bool = False,
-    ) -> Neighbors:
+    def search_exact(self, X, k: int, **options) -> Neighbors:
         """The ``k`` nearest stored samples of raw queries by brute force over the
         stored vectors, whatever the engine: the reference that approximate
         indexes are measured against (:meth:`KNNVoter.tune_index`).
@@ -345,24 +350,32 @@ class MemoryFront(StoreView):
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
-            Raw queries, pre-processed as the stored vectors were (on a copy,
-            one block at a time).
+            Raw queries, as :meth:`search` takes them.
         k : int
             Capped at the number of stored samples.
-        batch_size : int, default=4096
-            Queries per block: bounds the working memory.
-        progress : bool, default=False
-            A progress bar over blocks.
-        prepared : bool, default=False
-            ``X`` is already in the stored vectors' space (e.g. built from
-            :meth:`get` with ``prepared=True``): searched as given.
+        **options
+            ``batch_size``, ``progress`` and ``prepared``, as :meth:`search`
+            takes them (an exact search has no index knobs).
 
         Returns
         -------
         neighbors : Neighbors
             The exact ``k`` nearest of each query, nearest first.
         """
-        return self._search_blocks(X, k, batch_size, progress, prepared, exact=True)
+        unknown = set(options) - {"batch_size", "progress", "prepared"}
+        if unknown:
+            raise TypeError(
+                f"search_exact() got unexpected keyword arguments {sorted(unknown)}."
+            )
+        opts = {"batch_size": DEFAULT_BATCH_SIZE, "progress": False, **options}
+        return self._search_blocks(
+            X,
+            k,
+            opts["batch_size"],
+            opts["progress"],
+            opts.get("prepared", False),
+            exact=True,
+        )
 
     def _search_blocks(
         self, X, k, batch_size, progress, prepared, *, exact, knobs=None

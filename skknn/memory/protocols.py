@@ -366,6 +366,104 @@ class Store(Protocol):
         """
 
 
+@runtime_checkable
+class RowStore(Protocol):
+    """What the memory front asks of where the rows live: the narrow contract.
+
+    :class:`~skknn.memory.base.MemoryFront` writes every public method of a
+    memory once (checks, ids, classes, the centre, the version and lock, query
+    blocking, the leave-one-out prologue, :class:`~skknn.Neighbors` records)
+    and calls these hooks for what depends on the rows' home. A row is
+    addressed by a *handle* the implementation chooses (a row position in this
+    process, a sample id across shards): :meth:`_locate` makes handles of ids,
+    and every other hook takes them. Implementations today:
+    :class:`~skknn.VectorStore` (rows in RAM, :class:`RowBackend`
+    ``RamRows``, or in memory-mapped files, ``DiskRows``) and
+    :class:`~skknn.distributed.ShardedStore` (rows in Dask shards, merged by
+    :func:`~skknn.memory.merge.merge_top`). ``tests/memory/
+    test_backend_contract.py`` is the shared suite a new one must pass.
+
+    The seven parts of the contract (issue 24), and the hooks that carry them:
+
+    - *add rows*: :meth:`_add_rows`;
+    - *remove ids*: :meth:`_remove_ids`;
+    - *get rows by id*: :meth:`_locate`, :meth:`_fetch`, :meth:`_stored_points`;
+    - *search one block*: :meth:`_submit_block` then :meth:`_collect_block`
+      (submitted blocks may be in flight together, ``_in_flight`` of them),
+      and the leave-one-out variant :meth:`_self_jobs`, :meth:`_submit_self`,
+      :meth:`_collect_self`; :meth:`_within` for radii;
+    - *commit*: every edit hook makes its change durable before it returns
+      (:meth:`_set_column` too), or raises with nothing changed;
+    - *open*: a classmethod of the implementation (``VectorStore.open`` /
+      ``from_state``, ``ShardedStore.from_manifest``).
+
+    Examples
+    --------
+    >>> from skknn import VectorStore
+    >>> from skknn.memory.protocols import RowStore
+    >>> isinstance(VectorStore(2), RowStore)
+    True
+    """
+
+    def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(handles, known)`` of checked int64 ids: each id's handle and
+        whether it is stored."""
+
+    def _stored(self, ids: np.ndarray) -> np.ndarray:
+        """Which of these ids are stored (the check of fresh ids)."""
+
+    def _add_rows(self, new) -> None:
+        """Store a checked add (:class:`~skknn.memory.base.NewRows`): raw rows,
+        labels, fresh ids, weights, the centre and the classes after it; all
+        or nothing, committed."""
+
+    def _remove_ids(self, ids: np.ndarray, retrain: bool) -> None:
+        """Delete stored ids (sorted, unique) from the rows and any index."""
+
+    def _set_column(self, name: str, handles: np.ndarray, values) -> None:
+        """Set ``"reliability"`` or ``"excluded"`` of stored rows, committed."""
+
+    def _fetch(self, handles: np.ndarray, prepared: bool):
+        """A Bunch of ``X`` (pre-processed if ``prepared``, else raw less the
+        centre), ``labels`` and, unless ``prepared``, ``reliability``,
+        ``excluded``, ``sample_weight`` of these rows."""
+
+    def _stored_points(self, handles: np.ndarray) -> np.ndarray:
+        """The rows' vectors in the units searches compare (as
+        :meth:`_in_store_units` makes queries)."""
+
+    def _in_store_units(self, Q: np.ndarray, what: str) -> np.ndarray:
+        """Pre-processed float32 queries (a copy, modified) in the stored
+        vectors' units; ValueError for values they cannot be compared in."""
+
+    def _search_knobs(self, index_params: dict):
+        """One search's knobs (``search(index_params=...)``), or ValueError."""
+
+    def _submit_block(self, Q: np.ndarray, k: int, exact: bool, knobs):
+        """Start the search of one block of queries; a pending answer."""
+
+    def _collect_block(self, pending, k: int) -> Neighbors:
+        """The ``k`` nearest of each query of a submitted block, nearest first,
+        equal distances by sample id, exact distances."""
+
+    def _all_queries(self) -> np.ndarray:
+        """Handles of every stored row, oldest first (leave-one-out of all)."""
+
+    def _self_jobs(self, handles: np.ndarray, batch_size: int) -> list:
+        """The leave-one-out blocks of these queries (at most ``batch_size``
+        each)."""
+
+    def _submit_self(self, handles: np.ndarray, job, k: int):
+        """Start the leave-one-out search of one block."""
+
+    def _collect_self(self, pending, k: int):
+        """``(positions or None, Neighbors)`` of a submitted block: the queries'
+        places among ``handles`` (None: in order), their ``k`` nearest others."""
+
+    def _within(self, handles: np.ndarray, radii: np.ndarray, P: np.ndarray):
+        """Whether some point of ``P`` lies within each stored query's radius."""
+
+
 @dataclass(frozen=True)
 class RemovalSteps:
     """What the front does around a row backend's removal (:meth:`RowBackend.remove`).
@@ -427,12 +525,6 @@ class RowBackend(Protocol):
     Today's backends: :class:`~skknn.memory.backends.ram.RamRows` (numpy
     buffers) and :class:`~skknn.memory.backends.disk.DiskRows` (memory-mapped
     segment files, ``skknn/memory/segments.py``).
-
-    Parameters
-    ----------
-    *args, **kwargs
-        A protocol is not instantiated: implementations take their own
-        parameters.
 
     Examples
     --------
