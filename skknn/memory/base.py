@@ -85,17 +85,19 @@ class MemoryFront(StoreView):
     :class:`~skknn.distributed.ShardedStore` (rows in Dask shards) implement
     its hooks (:class:`~skknn.memory.protocols.RowStore`).
 
-    Parameters
-    ----------
-    *args, **kwargs
-        Taken by the subclasses.
-
     Examples
     --------
+    Every memory searches with the same method:
+
     >>> from skknn import VectorStore
     >>> from skknn.memory.base import MemoryFront
-    >>> isinstance(VectorStore(2), MemoryFront)
+    >>> VectorStore.search is MemoryFront.search
     True
+    >>> store = VectorStore(2, engine="exact")
+    >>> store.add([[1., 0.], [0., 1.]], ["a", "b"])
+    array([0, 1])
+    >>> store.search([[.9, .1]], k=1).label_values()
+    array([['a']], dtype='<U1')
     """
 
     # The name label-type errors give (the estimator's, for a sharded memory).

@@ -208,153 +208,57 @@ class Store(Protocol):
     @property
     def mean(self) -> np.ndarray | None: ...
 
-    def ids(self) -> np.ndarray:
-        """Sample ids of every stored sample (a copy), oldest first."""
+    def ids(self) -> np.ndarray: ...
 
-    def next_ids(self, n: int) -> np.ndarray:
-        """Ids :meth:`add` would give ``n`` samples: never used before.
+    def next_ids(self, n: int) -> np.ndarray: ...
 
-        Parameters
-        ----------
-        n : int
-            Number of samples.
-        """
+    def reading(self): ...
 
-    def reading(self):
-        """A context holding one state of the store across several reads."""
-
-    def editing(self):
-        """A context holding the store alone (readers wait) across several steps."""
+    def editing(self): ...
 
     def state(self) -> tuple[dict, dict]:
-        """``(meta, arrays)`` describing the store, for files."""
+        """``(meta, arrays)`` describing the store, for files.
+
+        Returns
+        -------
+        meta : dict
+            JSON-able scalars.
+        arrays : dict of str to ndarray
+            The arrays.
+        """
 
     def add(
         self, X, labels, ids=None, *, classes=None, sample_weight=None
-    ) -> np.ndarray:
-        """Store raw vectors with their labels (one column, or one per level)
-        and vote weights; returns ids.
+    ) -> np.ndarray: ...
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Raw embeddings (the caller's array is never modified).
-        labels : array-like of shape (n_samples,) or (n_samples, n_levels)
-            Class labels; new ones extend :attr:`classes`. Two dimensions give
-            multi-output labels, one column per level (FORMULAS.md 7). The first
-            add decides which; every later add must match it.
-        ids : array-like of shape (n_samples,), default=None
-            Unique int ids, none stored before; default :meth:`next_ids`.
-        classes : array-like, default=None
-            Labels to know before any of their samples arrive; for multi-output
-            labels, one array-like per level.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Each sample's weight in every vote it takes part in (finite, > 0;
-            multiplies pruning's reliability). Default 1.
-        """
+    def check_removable(self, ids) -> np.ndarray: ...
 
-    def check_removable(self, ids) -> np.ndarray:
-        """Validate ids to remove without changing anything; sorted copy.
+    def remove(self, ids, *, retrain_index: bool = False) -> None: ...
 
-        Parameters
-        ----------
-        ids : array-like of int
-            Sample ids to remove (1-d, unique, all stored).
-        """
-
-    def remove(self, ids, *, retrain_index: bool = False) -> None:
-        """Delete these samples everywhere (all must be stored).
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        retrain_index : bool, default=False
-            Retrain an approximate index's trained parts (IVF centroids, PQ/SQ
-            codebooks) on what remains; otherwise they are kept and only the
-            removed codes leave the index.
-        """
-
-    def search(self, X, k: int, *, batch_size: int = ..., progress=None) -> Neighbors:
-        """Neighbours of raw query vectors.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Raw queries, pre-processed as the stored vectors were.
-        k : int
-            Capped at the number of stored samples.
-        batch_size : int, optional
-            Queries per block: bounds the working memory.
-        progress : bool, optional
-            A progress bar over blocks.
-        """
+    def search(
+        self,
+        X,
+        k: int,
+        *,
+        batch_size: int = ...,
+        progress: bool = ...,
+        prepared: bool = ...,
+        index_params: dict | None = None,
+    ) -> Neighbors: ...
 
     def search_self(
-        self, ids=None, k: int = ..., *, batch_size: int = ..., progress=None
-    ) -> Neighbors:
-        """Leave-one-out neighbours of stored samples (all when ``ids`` is None).
+        self, ids=None, k: int = ..., *, batch_size: int = ..., progress: bool = ...
+    ) -> Neighbors: ...
 
-        Parameters
-        ----------
-        ids : array-like of int, default=None
-            Stored samples that query; all, oldest first, if None.
-        k : int, optional
-            Neighbours per query, capped at the number of stored samples minus
-            one.
-        batch_size : int, optional
-            Queries per block: bounds the working memory.
-        progress : bool, optional
-            A progress bar over blocks.
-        """
+    def within_radius(
+        self, query_ids, radii, *, X=None, ids=None, prepared: bool = False
+    ) -> np.ndarray: ...
 
-    def within_radius(self, query_ids, radii, *, X=None, ids=None) -> np.ndarray:
-        """Which stored queries have a point of ``X`` (raw) or of the stored
-        samples ``ids`` within their radius.
+    def get(self, ids, *, prepared: bool = False): ...
 
-        Parameters
-        ----------
-        query_ids : array-like of int
-            Stored samples whose radii are given.
-        radii : array-like of float, aligned with ``query_ids``
-            Each query's radius, a distance under the store's metric; an
-            infinite radius takes any point.
-        X : array-like of shape (n_points, n_features), default=None
-            Raw points.
-        ids : array-like of int, default=None
-            Stored samples as points. Exactly one of ``X`` and ``ids``.
-        """
+    def set_reliability(self, ids, reliability) -> None: ...
 
-    def get(self, ids):
-        """Raw vectors, labels, reliabilities and exclusions of stored samples.
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        """
-
-    def set_reliability(self, ids, reliability) -> None:
-        """Voting weights of stored samples (finite, > 0).
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        reliability : array-like of float, aligned with ``ids``
-            One weight per id.
-        """
-
-    def set_excluded(self, ids, excluded) -> None:
-        """Hard-pruning flags of stored samples.
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        excluded : array-like of bool, aligned with ``ids``
-            One flag per id; an excluded sample is retrieved but does not vote.
-        """
+    def set_excluded(self, ids, excluded) -> None: ...
 
     def set_index_params(self, params: dict) -> None:
         """Search knobs of the index (``nprobe``, ``efSearch``).
@@ -364,6 +268,23 @@ class Store(Protocol):
         params : dict
             Knob values by FAISS name (``{"nprobe": 32}``), and ``"refine"``.
         """
+
+
+def _documented_by(protocol, front) -> None:
+    """Give the protocol's methods the front's docstrings: the methods mean
+    what :class:`~skknn.memory.base.MemoryFront` does, written down once."""
+    for name, member in vars(protocol).items():
+        if callable(member) and member.__doc__ is None and hasattr(front, name):
+            member.__doc__ = getattr(front, name).__doc__
+
+
+def _documented_store() -> None:
+    from skknn.memory.base import MemoryFront
+
+    _documented_by(Store, MemoryFront)
+
+
+_documented_store()
 
 
 @runtime_checkable
