@@ -1,10 +1,13 @@
-"""VectorStore: the memory of embeddings, in RAM, by sample id.
+"""VectorStore: the memory of embeddings in this process, by sample id.
 
-The store owns everything about the vectors: the pre-processing (the centre of
-``"center_l2"``, normalisation), the metric, the class labels, the ids,
-reliabilities and exclusions, the search engine and the blocking of searches.
-Its surface speaks raw vectors and sample ids; row positions never leave it.
-Every search returns a :class:`~skknn.Neighbors` record.
+The public surface (checks, ids, classes, the centre, version and lock, query
+blocking, leave-one-out, :meth:`get`) is :class:`~skknn.memory.base.MemoryFront`'s;
+this class implements its hooks over rows kept here: the per-row arrays (through a
+:class:`~skknn.memory.protocols.RowBackend`: RAM or memory-mapped files), the
+pre-processing state (each raw vector's length, the scale of an unnormalised
+memory), the search engine and, in ``skknn/memory/local.py``, the search of one
+block. Row positions never leave it; every search returns a
+:class:`~skknn.Neighbors` record.
 
 Edits validate first, write new rows into spare capacity (or compact in place)
 and publish with a few plain assignments at the end; a failure on the way leaves
@@ -59,7 +62,10 @@ _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 class VectorStore(StoreStateMixin, LocalSearchMixin, MemoryFront):
-    """A searchable, editable memory of labelled embeddings, in RAM.
+    """A searchable, editable memory of labelled embeddings, in this process.
+
+    Its searches, edits and reads are those of
+    :class:`~skknn.memory.base.MemoryFront` (documented there).
 
     Parameters
     ----------

@@ -1,8 +1,10 @@
 """ShardedStore: a memory split into shards held by Dask actors on a cluster.
 
-The client side of ``KNNVoter(backend="dask")``. It implements the same
-:class:`~skknn.Store` protocol as :class:`~skknn.VectorStore`, so the estimators
-vote on its :class:`~skknn.Neighbors` records without knowing where the rows are.
+The client side of ``KNNVoter(backend="dask")``. Its public surface is
+:class:`~skknn.memory.base.MemoryFront`'s, as :class:`~skknn.VectorStore`'s is,
+so the estimators vote on its :class:`~skknn.Neighbors` records without knowing
+where the rows are; this module implements the front's hooks
+(:class:`~skknn.memory.protocols.RowStore`) over the shards.
 
 Division of work (the design of cuML's multi-GPU kNN):
 

@@ -1,4 +1,4 @@
-"""What every store shows of its state, the same way: a mixin of
+"""What every store shows of its state, the same way: the base of
 :class:`~skknn.VectorStore` and of the sharded store (``skknn/memory/sharded.py``).
 
 It reads the attributes both keep under the same names: ``_version``, ``_n``,
