@@ -263,10 +263,7 @@ class MemoryFront(StoreView):
         reliability : array-like of float, aligned with ``ids``
             One weight per id.
         """
-        _, where = self._located(ids)
-        self._set_column(
-            "reliability", where, checked_reliability(reliability, where.shape)
-        )
+        self._set_flags("reliability", ids, reliability, checked_reliability)
 
     @edits
     def set_excluded(self, ids, excluded) -> None:
@@ -279,8 +276,14 @@ class MemoryFront(StoreView):
         excluded : array-like of bool, aligned with ``ids``
             One flag per id.
         """
+        self._set_flags("excluded", ids, excluded, checked_excluded)
+
+    def _set_flags(self, name: str, ids, values, check) -> None:
+        """Check ``values`` of stored ``ids`` with ``check`` and set them (a new
+        version), all or nothing."""
         _, where = self._located(ids)
-        self._set_column("excluded", where, checked_excluded(excluded, where.shape))
+        self._set_column(name, where, check(values, where.shape))
+        self._version += 1
 
     # -- searching --------------------------------------------------------------------
     def prepare(self, X) -> np.ndarray:

@@ -572,7 +572,6 @@ class VectorStore(StoreStateMixin, LocalSearchMixin, MemoryFront):
         bufs[col][rows] = values
         self._commit(bufs, self._n, version=self._version + 1)
         self._set_buffers(bufs)
-        self._version += 1
 
     @edits
     def set_index_params(self, params: dict) -> None:

@@ -337,16 +337,12 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
 
     # -- reliabilities, exclusions, knobs -------------------------------------------
     def _set_column(self, name: str, ids: np.ndarray, values: np.ndarray) -> None:
-        self._per_shard("set_" + name, ids, values)
-
-    def _per_shard(self, method: str, ids, values) -> None:
         parts = self._by_shard(ids)
         marks = self._gather(
-            [self._call(i, method, ids[p], values[p]) for i, p in parts]
+            [self._call(i, "set_" + name, ids[p], values[p]) for i, p in parts]
         )
         for i, mark in marks.items():
             self._marks[i] = mark
-        self._version += 1
 
     @edits
     def set_index_params(self, params: dict) -> None:
