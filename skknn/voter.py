@@ -124,7 +124,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         65536)`` of them, then filled in blocks); until then its searches are
         exact. ``"auto"`` picks by memory size when FAISS is installed:
         ``"flat"`` below 1,000,000 samples, ``"IVF4096,PQ32"`` with
-        ``{"nprobe": 32, "refine": 4}`` from then on (>= 99% prediction
+        ``{"nprobe": 32, "refine": 4, "far_quantile": 0.999}`` from then on
+        (>= 99% prediction
         agreement with exact search and >= 10x its speed on the benchmark in
         ``benchmarks/RESULTS.md``), switching as the memory grows or shrinks
         past it; without FAISS, or on a CUDA device FAISS cannot use, torch's
@@ -133,7 +134,12 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         FAISS search parameters by their FAISS names, e.g. ``{"nprobe": 16}``
         or ``{"efSearch": 128}``, and ``"refine"`` for an approximate index:
         retrieve ``refine * k`` candidates and keep the ``k`` nearest by exact
-        distance from the stored vectors (``{"nprobe": 16, "refine": 4}``).
+        distance from the stored vectors (``{"nprobe": 16, "refine": 4}``),
+        and ``"far_quantile"``: a query whose k-th candidate is farther than
+        this quantile of the memory's own k-th-neighbour distances (measured
+        once per memory state on 512 stored samples) is searched exactly; the
+        index answers such out-of-distribution queries poorly, e.g. queries
+        about a region whose samples were unlearned.
         :meth:`tune_index` picks them for a target prediction agreement.
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.

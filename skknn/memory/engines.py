@@ -1010,7 +1010,7 @@ def _no_params(name: str, params: dict) -> None:
 # search's predictions on benchmarks/bench_large.py (RESULTS.md).
 AUTO_MIN_SAMPLES = 1_000_000
 AUTO_INDEX = "IVF4096,PQ32"
-AUTO_PARAMS = {"nprobe": 32, "refine": 4}
+AUTO_PARAMS = {"nprobe": 32, "refine": 4, "far_quantile": 0.999}
 
 
 def auto_engine(n_samples: int) -> tuple[str, dict]:
@@ -1020,11 +1020,27 @@ def auto_engine(n_samples: int) -> tuple[str, dict]:
     return AUTO_INDEX, dict(AUTO_PARAMS)
 
 
-def split_refine(engine: str, params: dict) -> tuple[int, dict]:
-    """``(refine, the FAISS knobs)`` of ``index_params``: ``"refine"`` is the
-    store's (candidates re-ranked exactly), the rest go to the index."""
+class Refinement(NamedTuple):
+    """What the store does around the index's answer (``index_params`` keys
+    that are not FAISS knobs).
+
+    ``refine``: candidates fetched per neighbour, re-ranked by exact distance.
+    ``far_quantile``: a query whose k-th candidate lies farther than this
+    quantile of the memory's own k-th-neighbour distances is searched exactly
+    (None: never). Inverted lists and graphs answer such out-of-distribution
+    queries poorly, e.g. queries about a region whose samples were unlearned
+    (``benchmarks/bench_streaming.py``)."""
+
+    refine: int = 1
+    far_quantile: float | None = None
+
+
+def split_refine(engine: str, params: dict) -> tuple[Refinement, dict]:
+    """``(Refinement, the FAISS knobs)`` of ``index_params``: ``"refine"`` and
+    ``"far_quantile"`` are the store's, the rest go to the index."""
     params = dict(params or {})
     refine = params.pop("refine", 1)
+    far = params.pop("far_quantile", None)
     if (
         isinstance(refine, bool)
         or not isinstance(refine, numbers.Integral)
@@ -1034,12 +1050,23 @@ def split_refine(engine: str, params: dict) -> tuple[int, dict]:
             f"index_params['refine'] must be an int >= 1 (candidates per neighbour "
             f"re-ranked exactly); got {refine!r}."
         )
-    if refine > 1 and engine in ("exact", "flat"):
+    if far is not None and (
+        isinstance(far, bool)
+        or not isinstance(far, numbers.Real)
+        or not 0 < float(far) <= 1
+    ):
         raise ValueError(
-            f"index={engine!r} is an exact search: there is nothing to refine. "
-            "'refine' belongs to approximate indexes ('IVF1024,PQ32')."
+            "index_params['far_quantile'] must be a number in (0, 1] (queries "
+            "farther than this quantile of the memory's own k-th-neighbour "
+            f"distances are searched exactly) or None; got {far!r}."
         )
-    return int(refine), params
+    for name, value in (("refine", refine > 1), ("far_quantile", far is not None)):
+        if value and engine in ("exact", "flat"):
+            raise ValueError(
+                f"index={engine!r} is an exact search: there is nothing to "
+                f"refine. {name!r} belongs to approximate indexes ('IVF1024,PQ32')."
+            )
+    return Refinement(int(refine), None if far is None else float(far)), params
 
 
 def make_engine(

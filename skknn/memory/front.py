@@ -81,7 +81,8 @@ class VectorStore(StoreStateMixin, LocalSearchMixin, MemoryFront):
         ``"exact"`` (torch), ``"flat"`` (FAISS exact), a ``faiss.index_factory``
         string, or ``"auto"``: FAISS exact search below ``AUTO_MIN_SAMPLES``
         (1,000,000) samples and ``AUTO_INDEX`` (``"IVF4096,PQ32"``) with
-        ``AUTO_PARAMS`` (``nprobe=32, refine=4``) from then on, switched as the
+        ``AUTO_PARAMS`` (``nprobe=32, refine=4, far_quantile=0.999``) from then
+        on, switched as the
         memory grows or shrinks past it (``skknn/memory/engines.py``).
     device : str or torch.device, default="cpu"
         Where the engine searches.

@@ -15,6 +15,7 @@ import torch
 
 from skknn.memory.base import DEFAULT_BATCH_SIZE
 from skknn.memory.engines import keyed_by_rows, split_refine
+from skknn.memory.far import far_queries
 from skknn.memory.neighbors import MISSING, Neighbors
 from skknn.memory.preprocessing import check_scaled, largest_abs, rescaled
 from skknn.memory.ties import TIE_SPARE, nearest_first, tie_open, warn_short
@@ -125,24 +126,27 @@ class LocalSearchMixin:
         if Q.shape[0] == 0:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         X = self._X[: self._n]
-        refine, params = (self._refine, None) if knobs is None else knobs
+        refinement, params = (self._refine, None) if knobs is None else knobs
+        far = None if exact else refinement.far_quantile
         spare = TIE_SPARE if exact or keyed_by_rows(self.engine) else 1
-        kk = min(k * (1 if exact else refine) + spare, self._n)
-        dist, rows = self._candidates(X, Q, k, kk, exact, params)
+        kk = min(k * (1 if exact else refinement.refine) + spare, self._n)
+        dist, rows = self._candidates(X, Q, k, kk, exact, params, far)
         sq_norms = np.einsum("ij,ij->i", Q, Q)
         todo = np.flatnonzero(tie_open(self.metric, dist, k, kk, self._n, sq_norms))
         dist, rows = dist[:, :k].copy(), rows[:, :k].copy()
         while todo.size:
             kk = min(2 * kk, self._n)
-            d2, r2 = self._candidates(X, Q[todo], k, kk, exact, params)
+            d2, r2 = self._candidates(X, Q[todo], k, kk, exact, params, far)
             dist[todo], rows[todo] = d2[:, :k], r2[:, :k]
             todo = todo[tie_open(self.metric, d2, k, kk, self._n, sq_norms[todo])]
         return dist, rows
 
-    def _candidates(self, X, Q, k: int, kk: int, exact: bool, params=None):
+    def _candidates(self, X, Q, k: int, kk: int, exact: bool, params=None, far=None):
         """``kk`` candidates per query from the engine (or brute force), with
         exact distances, sorted nearest first (equal distances by id); the
-        engine searches with ``params`` for knobs when given."""
+        engine searches with ``params`` for knobs when given. With ``far`` (the
+        ``far_quantile`` knob), queries far from all the memory holds are
+        searched by brute force (:mod:`skknn.memory.far`)."""
         if exact:
             rows = self._exact_rows(X, Q, kk)
         else:
@@ -164,7 +168,19 @@ class LocalSearchMixin:
                 self._warn_short(int(short.sum()), int(none.sum()), Q.shape[0], k)
         dist = self.metric.pair_distances(X, Q, rows)
         # Exact distances may reorder near-ties the engine's arithmetic saw apart.
-        return nearest_first(dist, rows, self._ids)
+        dist, rows = nearest_first(dist, rows, self._ids)
+        if far is not None:
+
+            def own(S, n):  # stored rows, searched as the queries were
+                return self._candidates(X, S, k, n, False, params)
+
+            beyond = far_queries(self, X, Q, dist, k, kk, far, own)
+            if beyond.any():
+                rows = rows.copy()
+                rows[beyond] = self._exact_rows(X, Q[beyond], kk)
+                dist = self.metric.pair_distances(X, Q, rows)
+                dist, rows = nearest_first(dist, rows, self._ids)
+        return dist, rows
 
     def _exact_engine(self):
         from skknn.memory.engines import TorchExactEngine
