@@ -293,7 +293,31 @@ def flat_search(faiss, metric: Metric, X: np.ndarray, Q: np.ndarray, k: int):
     return best
 
 
-class TorchExactEngine:
+class _Untrained:
+    """The edits of an exact engine: nothing is trained, so any removal works
+    and is a rebuild on the kept rows, and there are no knobs to set."""
+
+    name = "exact"
+    keys_are_ids = False
+    ready = True  # nothing to train
+
+    def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
+        return None
+
+    def set_params(self, params: dict) -> None:
+        _no_params(self.name, params)
+
+    def remove(
+        self,
+        X_kept: np.ndarray,
+        ids_kept: np.ndarray,
+        ids_removed: np.ndarray,
+        retrain: bool = False,
+    ) -> None:
+        self.build(X_kept, ids_kept)
+
+
+class TorchExactEngine(_Untrained):
     """Exact search: query blocks x memory blocks, matrix product, running top-k.
 
     On the CPU it reads the store's array in place (no copy); on CUDA it mirrors
@@ -307,9 +331,6 @@ class TorchExactEngine:
     store recomputes each retrieved pair's distance and settles ties by id, so
     the answers do not depend on which arithmetic ranked the candidates.
     """
-
-    keys_are_ids = False
-    ready = True  # nothing to train
 
     def __init__(
         self,
@@ -348,21 +369,6 @@ class TorchExactEngine:
                 mirror = grown
             mirror[n : n + m] = torch.from_numpy(np.ascontiguousarray(X_new))
         self._mirror, self._n = mirror, n + m
-
-    def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
-        return None  # nothing trained: any removal works
-
-    def set_params(self, params: dict) -> None:
-        _no_params("exact", params)
-
-    def remove(
-        self,
-        X_kept: np.ndarray,
-        ids_kept: np.ndarray,
-        ids_removed: np.ndarray,
-        retrain: bool = False,
-    ) -> None:
-        self.build(X_kept, ids_kept)
 
     def search(self, X: np.ndarray, Q: np.ndarray, k: int, params=None):
         _no_params("exact", params)
@@ -436,13 +442,12 @@ def _faiss_on_cpu(device: torch.device):
     return faiss
 
 
-class FaissFlatEngine:
+class FaissFlatEngine(_Untrained):
     """Exact FAISS search over the store's own array (``faiss.knn``): no index,
     hence no second copy of the vectors on the host. With FAISS GPU support and a
     CUDA device, a ``GpuIndexFlat`` mirrors the store on the GPU instead."""
 
-    keys_are_ids = False
-    ready = True  # nothing to train
+    name = "flat"
 
     def __init__(self, metric: Metric, device: torch.device):
         self.faiss = import_faiss("index='flat'")
@@ -476,21 +481,6 @@ class FaissFlatEngine:
         if self._gpu_index is not None:
             for _, rows in float32_blocks(X_new):
                 self._gpu_index.add(rows)
-
-    def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
-        return None  # nothing trained: any removal works
-
-    def set_params(self, params: dict) -> None:
-        _no_params("flat", params)
-
-    def remove(
-        self,
-        X_kept: np.ndarray,
-        ids_kept: np.ndarray,
-        ids_removed: np.ndarray,
-        retrain: bool = False,
-    ) -> None:
-        self.build(X_kept, ids_kept)
 
     def search(self, X: np.ndarray, Q: np.ndarray, k: int, params=None):
         _no_params("flat", params)
