@@ -102,6 +102,10 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
     """
 
     sharded = True
+    # Leave-one-out (JOINT's fit, pruning, loo_proba) searched and merged by
+    # the queries' shard, which sends back only the merged top k; False: the
+    # client fetches the queries' vectors, sends them to every shard and merges.
+    loo_on_workers = True
     storage_folder = None
     engine = None  # each shard has its own
     _owner = "KNNVoter"
@@ -432,9 +436,17 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
 
     def _submit_self(self, q_ids: np.ndarray, job, k: int):
         """A block of shard ``a``'s queries searched in their own shard leaving
-        themselves out and in every other shard in full (FORMULAS.md 2)."""
+        themselves out and in every other shard in full (FORMULAS.md 2): by
+        shard ``a`` itself, which merges the lists (:attr:`loo_on_workers`), or
+        from here."""
         a, pos = job
         block = q_ids[pos]
+        if self.loo_on_workers:
+            peers = [
+                (self._actors[i], min(k, self._marks[i][2]))
+                for i in self._live(exclude=(a,))
+            ]
+            return pos, block, None, [self._call(a, "leave_one_out", block, k, peers)]
         Q, keys = self._gather([self._call(a, "vectors", block)])[a]
         calls = [
             self._call(i, "search", Q, min(k, self._marks[i][2]), False)
@@ -447,7 +459,11 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
 
     def _collect_self(self, pending, k: int):
         pos, block, keys, calls = pending
-        grids = [g[:5] for g in self._gather(calls).values()]
+        if keys is None:  # merged by the queries' shard
+            ((merged, keys),) = self._gather(calls).values()
+            grids = [merged]
+        else:
+            grids = [g[:5] for g in self._gather(calls).values()]
         record = replace(
             self._merge(grids, k),
             query_ids=block.copy(),
