@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 from sklearn.utils import Bunch
 
-from skknn._tuning import _measure, agreement, recall_at_k
+from skknn._tuning import agreement, measure_grid, recall_at_k
 from skknn.memory.engines import TRAIN_PER_LIST
 
 # Timings of each family's candidate setting: the median of this many.
@@ -129,7 +129,7 @@ def _measure_family(cand, family, X, k, target, voter, score, far=None):
     def search(params):
         return cand.search(X, k, batch_size=voter.batch_size, index_params=params)
 
-    found = _measure(knobs, refines, len(X), target, search, score)
+    found = measure_grid(knobs, refines, len(X), target, search, score)
     _retime(found, target, search)
     nbytes = int(cand.vector_nbytes) + sum(
         int(np.asarray(v).nbytes) for v in engine.state().values()

@@ -89,7 +89,7 @@ def tune(voter, X: np.ndarray, target: float, k: int, predict) -> Bunch:
             original = dict(store.index_params)
             try:
                 search = _published(store, X, k, voter)
-                rows = _measure(knobs, refines, len(X), target, search, score)
+                rows = measure_grid(knobs, refines, len(X), target, search, score)
             finally:
                 store.set_index_params(original)
     else:
@@ -97,7 +97,7 @@ def tune(voter, X: np.ndarray, target: float, k: int, predict) -> Bunch:
         def search(params):
             return store.search(X, k, batch_size=voter.batch_size, index_params=params)
 
-        rows = _measure(knobs, refines, len(X), target, search, score)
+        rows = measure_grid(knobs, refines, len(X), target, search, score)
     return _chosen(store, rows, target, X, k)
 
 
@@ -111,7 +111,7 @@ def _published(store, X, k: int, voter):
     return search
 
 
-def _measure(knobs, refines, n_queries: int, target: float, search, score):
+def measure_grid(knobs, refines, n_queries: int, target: float, search, score):
     """One row per setting tried: its knobs, agreement, recall and speed.
     ``search(params)`` searches the queries at a setting; ``score(found)``
     gives its ``(agreement, recall)``."""
