@@ -337,8 +337,14 @@ def test_ctrl_c_during_removal_lands_after_rows_and_index_agree(monkeypatch):
         return real_remove(*args, **kwargs)
 
     monkeypatch.setattr(store.engine, "remove", interrupted_remove)
-    with pytest.raises(KeyboardInterrupt):
-        store.remove(np.arange(0, 300, 3), retrain_index=True)
+    # Python's own Ctrl-C handler, whatever an earlier test or library left
+    # installed (a handler that swallows the interrupt would hide the hold).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.remove(np.arange(0, 300, 3), retrain_index=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
     # The interrupt was held until both were done: nothing half-updated.
     assert store.n_samples == store.engine.index.ntotal == 200
     nb = store.search(X[:20], 5)
