@@ -77,18 +77,13 @@ def _fine_grid(store, family: str, n_features: int):
 
 def by_hand(knn, families, Q, reference, log):
     """Each family's fastest setting that reaches TARGET on ``Q``."""
-    from skknn.memory.front import VectorStore
+    from skknn._family_tuning import rebuilder
 
-    meta, arrays = knn.memory_.state()
-    arrays = {a: v for a, v in arrays.items() if not a.startswith("engine/")}
+    rebuild = rebuilder(knn.memory_)
     best = {}
     for family in families:
         start = time.perf_counter()
-        store = VectorStore.from_state(
-            {**meta, "engine": family, "index_params": {}, "auto": False},
-            arrays,
-            knn.memory_.device,
-        )
+        store = rebuild(family)
         build = time.perf_counter() - start
         knobs, refines = _fine_grid(store, family, store.n_features)
         kept = None

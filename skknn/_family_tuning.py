@@ -64,7 +64,6 @@ def tune_family(voter, X, target: float, k: int, predict, max_memory_bytes=None)
     (:data:`COLUMNS`, ``seconds``), ``chosen`` and ``front`` (row numbers of
     the Pareto front); and a new store holding the memory's rows in the
     chosen row's index (its knobs not yet set)."""
-    from skknn.memory.front import VectorStore
 
     store = voter.memory_
     exact = store.search_exact(X, k, batch_size=voter.batch_size)
@@ -73,20 +72,14 @@ def tune_family(voter, X, target: float, k: int, predict, max_memory_bytes=None)
     def score(found):
         return agreement(predict(found), reference), recall_at_k(found.ids, exact.ids)
 
-    meta, arrays = store.state()
-    meta = {**meta, "version": int(meta["version"]) + 1, "auto": False}
-    arrays = {a: v for a, v in arrays.items() if not a.startswith("engine/")}
+    rebuild = rebuilder(store)
     rows, best, best_row = [], None, None
     families = candidate_families(store.n_samples, store.n_features)
     # The guard of index="auto" past its size (far queries searched exactly)
     # is kept on every approximate candidate, and so measured with it.
     far = (store.index_params or {}).get("far_quantile")
     for family in _progress(families, voter.verbose):
-        cand = VectorStore.from_state(
-            {**meta, "engine": family, "index_params": {}},
-            arrays,
-            store.device,
-        )
+        cand = rebuild(family)
         found = _measure_family(cand, family, X, k, target, voter, score, far)
         rows += found
         i = _best(rows, target, max_memory_bytes)
@@ -97,11 +90,7 @@ def tune_family(voter, X, target: float, k: int, predict, max_memory_bytes=None)
         chosen = _fallback(rows, target, max_memory_bytes)
     if best_row != chosen:  # the fallback: rebuild its family
         family = rows[chosen]["index"]
-        best = VectorStore.from_state(
-            {**meta, "engine": family, "index_params": {}},
-            arrays,
-            store.device,
-        )
+        best = rebuild(family)
     table = {c: [r[c] for r in rows] for c in (*COLUMNS, "seconds")}
     return Bunch(
         **table,
@@ -112,6 +101,23 @@ def tune_family(voter, X, target: float, k: int, predict, max_memory_bytes=None)
         n_queries=len(X),
         n_neighbors=k,
     ), best
+
+
+def rebuilder(store):
+    """``rebuild(family)``: a copy of ``store`` in RAM (same ids, labels,
+    weights, flags, centre) searched by another index, as its next state
+    (version + 1, no longer ``"auto"``). The state is read once for all."""
+    from skknn.memory.front import VectorStore
+
+    meta, arrays = store.state()
+    meta = {**meta, "version": int(meta["version"]) + 1, "auto": False}
+    arrays = {a: v for a, v in arrays.items() if not a.startswith("engine/")}
+
+    def rebuild(family: str):
+        new = {**meta, "engine": family, "index_params": {}}
+        return VectorStore.from_state(new, arrays, store.device)
+
+    return rebuild
 
 
 def _measure_family(cand, family, X, k, target, voter, score, far=None):
