@@ -203,10 +203,9 @@ def test_the_front_without_pandas_is_a_dict_of_columns(data, monkeypatch):
     assert front["index"] == [knn.tuning_.index[i] for i in knn.tuning_.front]
 
 
-def test_the_far_query_guard_of_auto_is_kept(data, monkeypatch):
+def _auto_with_far_guard(monkeypatch):
     """Past its size index="auto" searches far queries exactly (far_quantile);
-    the families tuned from such a memory keep that guard (scaled down here, as
-    in tests/memory/test_storage.py)."""
+    scaled down here, as in tests/memory/test_storage.py."""
     from skknn.memory import engines
 
     monkeypatch.setattr(engines, "AUTO_MIN_SAMPLES", 2000)
@@ -214,13 +213,50 @@ def test_the_far_query_guard_of_auto_is_kept(data, monkeypatch):
     monkeypatch.setattr(
         engines, "AUTO_PARAMS", {"nprobe": 16, "refine": 4, "far_quantile": 0.999}
     )
+
+
+def test_the_far_query_guard_is_dropped_where_the_target_is_met_without(
+    data, monkeypatch
+):
+    _auto_with_far_guard(monkeypatch)
     X, y, Q = data
     knn = KNNVoter(10).fit(X, y)
     assert knn.memory_.index_params["far_quantile"] == 0.999
     t = knn.tune_index(Q, 0.98).tuning_
-    for index, params in zip(t.index, t.params):
-        assert ("far_quantile" in params) == (index != "flat"), (index, params)
+    met = {i for i, a in zip(t.index, t.agreement) if a >= 0.98}
+    assert met == set(t.index)  # every family meets it unguarded here
+    assert not any("far_quantile" in params for params in t.params)
     assert knn.memory_.index_params == t.params[t.chosen]
+
+
+def test_the_far_query_guard_is_measured_where_a_family_misses(data, monkeypatch):
+    """A family whose every unguarded setting misses the target is measured
+    again with the memory's far_quantile; the others are not."""
+    from skknn import _family_tuning
+
+    _auto_with_far_guard(monkeypatch)
+    real = _family_tuning.measure_grid
+    grids = []
+
+    def measured(knobs, refines, n, target, search, score):
+        rows = real(knobs, refines, n, target, search, score)
+        guarded = any("far_quantile" in knob for knob in knobs)
+        grids.append((search, guarded))
+        if not guarded and len(grids) == 2:  # the first approximate family
+            rows = [{**r, "agreement": 0.0} for r in rows]
+        return rows
+
+    monkeypatch.setattr(_family_tuning, "measure_grid", measured)
+    X, y, Q = data
+    knn = KNNVoter(10).fit(X, y)
+    t = knn.tune_index(Q, 0.98).tuning_
+    assert [g for _, g in grids] == [False, False, True] + [False] * (
+        len(candidate_families(*X.shape)) - 2
+    )
+    guarded = [i for i, p in enumerate(t.params) if "far_quantile" in p]
+    assert guarded
+    assert {t.index[i] for i in guarded} == {"IVF64,Flat"}
+    assert all(t.params[i]["far_quantile"] == 0.999 for i in guarded)
 
 
 def test_a_family_that_fails_to_build_changes_nothing(data, monkeypatch):
