@@ -40,7 +40,7 @@ FINE += [768, 1024, 1536, 2048, 3072, 4096]
 
 
 def _predictions(knn, store, Q, params):
-    from skknn.voter import _prediction
+    from skknn._voter_voting import vote_prediction as _prediction
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

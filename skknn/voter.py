@@ -2,44 +2,36 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from numbers import Integral, Real
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
-from skknn._device import (
-    device_after_unpickling,
-    resolve_device,
-    resolve_engine,
-)
-from skknn._docstrings import fill_doc
-from skknn._hierarchy import stack_levels
+from skknn._device import device_after_unpickling
 from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
-from skknn._param_validation import Interval, StrOptions, check_params, check_values
+from skknn._param_validation import Interval, StrOptions, check_params
 from skknn._validation import (
     SPARSE_INDEXES,
     check_int,
-    check_option,
     check_sparse_engine,
     dense,
     drop_absent_samples,
     refuse_fitted_neighbors,
     restore_attributes_on_error,
-    validate_rows,
     validate_xy,
 )
+from skknn._voter_memory import FittedMemoryMixin, config_from_file, shard_config
+from skknn._voter_queries import NeighborQueriesMixin
+from skknn._voter_tuning import IndexTuningMixin
+from skknn._voter_voting import VotingMixin
 from skknn.io import Persistable, labels_from_json, register, subtree
 from skknn.memory import folder as _storage_folder
-from skknn.memory.front import VectorStore, query_blocks
+from skknn.memory.front import VectorStore
 from skknn.memory.loading import saved_memory
-from skknn.memory.neighbors import Neighbors
-from skknn.voting import _learned, _rules
+from skknn.voting import _rules
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +52,15 @@ VOTE_PARAMETER_CONSTRAINTS: dict = {
 
 
 @register
-class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
+class KNNVoter(
+    NeighborQueriesMixin,
+    VotingMixin,
+    IndexTuningMixin,
+    FittedMemoryMixin,
+    Persistable,
+    ClassifierMixin,
+    BaseEstimator,
+):
     """Classify by voting among nearest neighbours in an explicit memory.
 
     The memory holds embeddings, labels, stable sample ids and reliability
@@ -340,102 +340,6 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         against their half of the table."""
         check_params(self, VOTE_PARAMETER_CONSTRAINTS)
 
-    def _check_memory_params(self) -> None:
-        """Parameters that shape the memory (fixed from the first fit on):
-        their half of the table, then the rules a table cannot state."""
-        check_params(self, MEMORY_PARAMETER_CONSTRAINTS)
-        # Beyond the table: rules between parameters, and an empty index name
-        # (FAISS parses the other strings when the memory is built).
-        if self.n_shards is not None and self.backend != "dask":
-            raise ValueError(
-                "The 'n_shards' parameter of KNNVoter applies to "
-                "backend='dask'; leave it None for backend='local'."
-            )
-        if self.backend == "dask" and self.storage_path is not None:
-            raise ValueError(
-                "backend='dask' keeps each shard in its worker's RAM; storage_path "
-                "(a memory on one machine's disk) cannot be combined with it yet. "
-                "Save the sharded memory with save(path) instead."
-            )
-        if not self.index:
-            raise ValueError(
-                "The 'index' parameter of KNNVoter must be 'auto', 'exact', 'flat' or "
-                f"a faiss.index_factory string. Got {self.index!r} instead."
-            )
-
-    def _memory_config(self) -> dict:
-        """The parameters that shaped the memory: they change only through fit."""
-        return {
-            "metric": self.metric,
-            "preprocessing": self.preprocessing,
-            "index": self.index,
-            "storage_dtype": self.storage_dtype,
-            "storage_path": None
-            if self.storage_path is None
-            else str(self.storage_path),
-            "backend": self.backend,
-            "n_shards": self.n_shards,
-        }
-
-    def _check_memory_unchanged(self) -> None:
-        """Refuse to use a memory whose shaping parameters were changed since fit
-        (queries would be pre-processed or measured unlike the stored vectors)."""
-        if self._memory_config() != self._fitted_config_:
-            changed = {
-                name: (self._fitted_config_[name], value)
-                for name, value in self._memory_config().items()
-                if self._fitted_config_[name] != value
-            }
-            detail = ", ".join(
-                f"{name}={old!r} -> {new!r}" for name, (old, new) in changed.items()
-            )
-            raise ValueError(
-                f"KNNVoter's memory was built with other parameters ({detail}); "
-                "metric, preprocessing, index and storage_dtype take effect only "
-                "through fit. "
-                "Call fit to rebuild the memory, or set them back."
-            )
-        if not self.memory_.auto and not self._index_params_agree():
-            raise ValueError(
-                "KNNVoter.index_params was changed without set_params; call "
-                "set_params(index_params=...) so the index takes the new knobs."
-            )
-
-    def _index_params_agree(self) -> bool:
-        """Whether ``index_params`` are the memory's. Compared under the
-        memory's read lock, which :meth:`set_params` holds for writing while it
-        changes both: a prediction running beside a ``set_params`` or a
-        ``tune_index`` sees both old or both new, never one of each."""
-        with self.memory_.reading():
-            return dict(self.index_params or {}) == self.memory_.index_params
-
-    def set_params(self, **params):
-        """Set parameters; on a fitted voter, ``index_params`` (search knobs such
-        as ``nprobe``) take effect on its index at once.
-
-        Parameters
-        ----------
-        **params : dict
-            Estimator parameters.
-
-        Returns
-        -------
-        self : KNNVoter
-            The estimator.
-        """
-        if "index_params" not in params or "memory_" not in self.__dict__:
-            return super().set_params(**params)
-        new = params.pop("index_params")
-        # A fitted voter hands the knobs to its index now, so they are checked
-        # now: against the table here, by the index below.
-        check_values(self, {"index_params": new})
-        super().set_params(**params)
-        with self.memory_.editing():  # see _index_params_agree
-            # The memory first: when it refuses the knobs, neither changes.
-            self.memory_.set_index_params(dict(new or {}))
-            super().set_params(index_params=new)
-        return self
-
     # -- fitting --------------------------------------------------------------
     def fit(self, X, y, sample_ids=None, sample_weight=None):
         """Build the memory from ``X`` and ``y`` (replacing any previous one).
@@ -593,56 +497,6 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             self._learned_state()  # trained here, not at the first prediction
         return self
 
-    def _new_memory(self, n_features: int):
-        """An empty memory as the parameters describe it (local or sharded)."""
-        if self.backend == "dask":
-            from skknn.memory.sharded import ShardedStore
-
-            config = _shard_config(self, self.index_params)
-            return ShardedStore(n_features, config, n_shards=self.n_shards)
-        device = resolve_device(self.device, owner=type(self).__name__)
-        return VectorStore(
-            n_features,
-            metric=self.metric,
-            preprocessing=self.preprocessing,
-            engine=resolve_engine(self.index, device),
-            device=device,
-            index_params=self.index_params,
-            storage_dtype=self.storage_dtype,
-            storage_path=None
-            if self.storage_path is None
-            else _storage_folder.resolve_root(self.storage_path),
-        )
-
-    def _publish_storage(self, old=None) -> None:
-        """Name the memory a reopening of ``storage_path`` gives, then delete
-        the replaced memory's files and those of memories no live store holds."""
-        if self.memory_.storage_folder is None:
-            if old is not None and old.storage_folder is not None:
-                old.destroy()
-            return
-        # The folder resolved at fit: a later os.chdir does not move it.
-        folder = self.memory_.storage_folder
-        root = folder.parent
-        _storage_folder.publish(self, root)
-        self._guard_storage(root, folder.name)
-        if old is not None and old.storage_folder is not None:
-            old.destroy()
-        _storage_folder.purge(root, keep=folder)
-
-    def _check_storage_owner(self) -> None:
-        """Before an edit writes anything: does the folder still open to this
-        memory? (The memory checks again at its commit.)"""
-        guard = getattr(self.memory_, "commit_guard", None)
-        if guard is not None:
-            guard()
-
-    def _guard_storage(self, root, name: str) -> None:
-        """Refuse this memory's edits once the folder opens to another's."""
-        self.memory_.commit_guard = functools.partial(
-            _storage_folder.check_owner, root, name
-        )
-
     # -- editing --------------------------------------------------------------
     def unlearn(self, sample_ids, retrain_index: bool = True):
         """Delete samples from the memory: they vote and appear nowhere again.
@@ -684,570 +538,6 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         self.__dict__.pop("learned_state_", None)
         if self.voting == "learned" and self.memory_.n_samples:
             self._learned_state()
-        return self
-
-    def retrain_index(self):
-        """Train the index again on a sample of the whole memory.
-
-        An IVF index trains once, when the memory first holds 39 samples per
-        list; a memory grown by many ``partial_fit`` calls afterwards (a stream)
-        keeps centroids fitted to its beginning. This rebuilds the index as a
-        fresh :meth:`fit` on the same samples would (exact engines just rebuild).
-
-        Returns
-        -------
-        self : KNNVoter
-            The estimator, its index rebuilt.
-        """
-        check_is_fitted(self)
-        self._check_memory_unchanged()
-        self.memory_.retrain_index()
-        return self
-
-    # -- what the memory holds --------------------------------------------------
-    @property
-    def classes_(self) -> np.ndarray | list[np.ndarray]:
-        taxonomy = self.memory_.taxonomy
-        if taxonomy is None:
-            return self.memory_.classes
-        return list(taxonomy.classes)
-
-    @property
-    def n_outputs_(self) -> int:
-        """Label columns of ``y``: 1, or the levels of hierarchical labels."""
-        taxonomy = self.memory_.taxonomy
-        return 1 if taxonomy is None else taxonomy.n_levels
-
-    @property
-    def sample_ids_(self) -> np.ndarray:
-        return self.memory_.ids()
-
-    # sklearn's names, for code written against KNeighborsClassifier.
-    @property
-    def n_samples_fit_(self) -> int:
-        return int(self.memory_.n_samples)
-
-    @property
-    def effective_metric_(self) -> str:
-        return self._fitted_config_["metric"]
-
-    @property
-    def effective_metric_params_(self) -> dict:
-        return {}
-
-    @property
-    def outputs_2d_(self) -> bool:
-        return self.memory_.taxonomy is not None
-
-    @property
-    def mean_(self) -> np.ndarray | None:
-        return self.memory_.mean
-
-    @property
-    def engine_(self) -> str:
-        return self.memory_.engine_name
-
-    @property
-    def device_(self):
-        return self.memory_.device
-
-    # -- querying -------------------------------------------------------------
-    def neighbors(self, X=None, n_neighbors=None) -> Neighbors:
-        """The neighbour record of queries: what every vote is computed from.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features), default=None
-            Raw queries (never modified). None queries the memory with its own
-            samples, each left out by id (FORMULAS.md 2).
-        n_neighbors : int, default=None
-            Defaults to ``n_neighbors``; capped at the memory size (minus one
-            when leaving one out).
-
-        Returns
-        -------
-        neighbors : Neighbors
-            Distances, ids, labels, reliabilities and exclusions, each
-            ``(n_queries, k)``.
-        """
-        check_is_fitted(self)
-        k = self.n_neighbors if n_neighbors is None else n_neighbors
-        check_int(self, "n_neighbors", k, low=1)
-        check_int(self, "batch_size", self.batch_size, low=1)
-        self._check_memory_unchanged()
-        options = {"batch_size": self.batch_size, "progress": self.verbose}
-        if X is None:
-            return self.memory_.search_self(None, k, **options)
-        X = self._queries(X, densify=False)
-        if not sp.issparse(X):
-            return self.memory_.search(X, k, **options)
-        # Densified a block at a time: a wide sparse X may not fit in RAM dense.
-        size, store = self.batch_size, self.memory_
-        with store.reading():
-            parts = [
-                store.search(dense(X[s : s + size]), k, batch_size=size)
-                for s in range(0, X.shape[0], size)
-            ]
-        return Neighbors.concatenate(parts)
-
-    def _queries(self, X, densify: bool = True):
-        """Validated float32 queries: dense, or CSR (kept sparse unless
-        ``densify``) where the engine takes sparse input."""
-        check_sparse_engine(self, X, self._fitted_config_["index"])
-        return validate_rows(self, X, densify=densify)
-
-    def _queries_for_reranker(self, X):
-        """Validated queries when a reranker will see them (once, not twice)."""
-        if self.reranker is None:
-            return X
-        check_is_fitted(self)
-        return self._queries(X)
-
-    def vote(self, neighbors: Neighbors, X=None) -> _rules.Vote:
-        """Vote over a neighbour record with this voter's rule (FORMULAS.md 3).
-
-        Parameters
-        ----------
-        neighbors : Neighbors
-            From :meth:`neighbors` (or any search of :attr:`memory_`).
-        X : array-like of shape (n_queries, n_features), default=None
-            The queries, for a ``reranker`` (required when one is set).
-
-        Returns
-        -------
-        vote : Vote, or list of Vote
-            ``weights``, ``mask``, ``scores``, ``proba``, ``winner`` (class codes)
-            and ``prediction`` (labels); for multi-output labels one per level.
-        """
-        self._check_vote_params()
-        rule = {
-            "temperature": self.temperature,
-            "rank_offset": self.rank_offset,
-            "distance_power": self.distance_power,
-            "tie_break": self.tie_break,
-        }
-        if neighbors.taxonomy is not None:
-            if self.reranker is not None:
-                raise ValueError(
-                    "A reranker scores one label column; this memory holds "
-                    f"{neighbors.taxonomy.n_levels} label levels. Set reranker=None "
-                    "or fit one voter per level."
-                )
-            if self.voting == "learned":
-                self._learned_state()  # refuses label levels, saying why
-            return _rules.vote_levels(neighbors, self.voting, **rule)
-        if self.voting == "learned":
-            return self._rerank(self._learned_vote(neighbors), neighbors, X)
-        vote = _rules.vote(neighbors, self.voting, **rule)
-        return self._rerank(vote, neighbors, X)
-
-    def _rerank(self, vote, neighbors: Neighbors, X):
-        if self.reranker is None:
-            return vote
-        if X is None:
-            raise ValueError("KNNVoter.vote needs the queries X to call its reranker.")
-        scores = self.reranker(neighbors, X)
-        return _rules.rerank(vote, neighbors, scores, self.tie_break)
-
-    def _learned_vote(self, neighbors: Neighbors) -> _rules.Vote:
-        """``voting="learned"``: rank weights, class scores from the scorer
-        trained on this memory (rank sums where it had nothing to learn)."""
-        weights, mask = _rules.weigh(neighbors, "rank", rank_offset=self.rank_offset)
-        state = self._learned_state()
-        scores = None
-        if state.aggregation is not None:
-            scores = state.scores(neighbors, weights, mask)
-        return _rules.decide(
-            weights,
-            mask,
-            neighbors.labels,
-            neighbors.classes,
-            neighbors,
-            self.tie_break,
-            scores=scores,
-        )
-
-    def _learned_state(self) -> _learned.LearnedState:
-        """The learned scorer and rightness of the memory as it is now (kept,
-        extended after additions, retrained after removals or new parameters)."""
-        if self.memory_.taxonomy is not None:
-            raise ValueError(
-                "voting='learned' scores one label column; this memory holds "
-                f"{self.memory_.taxonomy.n_levels} label levels."
-            )
-        self.learned_state_ = _learned.refreshed_state(
-            self.memory_,
-            self.__dict__.get("learned_state_"),
-            n_neighbors=self.n_neighbors,
-            rank_offset=self.rank_offset,
-            tie_break=self.tie_break,
-            batch_size=self.batch_size,
-        )
-        return self.learned_state_
-
-    @fill_doc
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities ``p(c | x) = s_c / sum_c' s_c'`` (FORMULAS.md 3).
-
-        %(X_voter_queries)s
-
-        Returns
-        -------
-        proba : ndarray of shape (n_queries, n_classes), or list of ndarray
-            %(columns_per_level)s
-        """
-        return self._answer_blocks(X, _proba)
-
-    @fill_doc
-    def predict_log_proba(self, X) -> np.ndarray:
-        """Logarithm of :meth:`predict_proba` (``-inf`` for a class no
-        neighbour voted for), as sklearn classifiers offer it.
-
-        %(X_voter_queries)s
-
-        Returns
-        -------
-        log_proba : ndarray of shape (n_queries, n_classes), or list of ndarray
-            %(columns_per_level)s
-        """
-        proba = self.predict_proba(X)
-        with np.errstate(divide="ignore"):  # log(0) = -inf is the answer
-            if isinstance(proba, list):
-                return [np.log(p) for p in proba]
-            return np.log(proba)
-
-    @fill_doc
-    def predict(self, X) -> np.ndarray:
-        """Predicted labels, ties broken by ``tie_break``.
-
-        %(X_voter_queries)s
-
-        Returns
-        -------
-        y : ndarray of shape (n_queries,) or (n_queries, n_levels)
-            Predicted labels; one column per level for multi-output labels.
-        """
-        return self._answer_blocks(X, _prediction)
-
-    def _answer_blocks(self, X, answer):
-        """``answer(vote)`` of every query, searched and voted ``batch_size``
-        queries at a time into one output.
-
-        Only one block's neighbour record and vote are alive at once: held for
-        every query they cost ~50 bytes per query-neighbour pair, 500 MB for
-        200k queries at k = 50, where the output is the only thing that must
-        grow with the queries. One state of the memory answers every block.
-        """
-        self._check_vote_params()
-        check_is_fitted(self)
-        check_int(self, "n_neighbors", self.n_neighbors, low=1)
-        check_int(self, "batch_size", self.batch_size, low=1)
-        self._check_memory_unchanged()
-        X = self._queries(X, densify=False)
-        store, size, out = self.memory_, self.batch_size, None
-        with store.reading():
-            for s in query_blocks(X.shape[0], size, self.verbose, "predict"):
-                block = dense(X[s : s + size])
-                nb = store.search(block, self.n_neighbors, batch_size=size)
-                out = _write_rows(out, answer(self.vote(nb, block)), s, X.shape[0])
-                del nb  # before the next block's search
-        return out  # validate_data refuses zero queries: out is set
-
-    @fill_doc
-    def score(self, X, y, sample_weight=None) -> float:
-        """Mean accuracy; for multi-output labels the subset accuracy (a query
-        counts as right only when every level is), as scikit-learn scores
-        multi-output classifiers.
-
-        %(X_voter_queries)s
-        y : array-like of shape (n_queries,) or (n_queries, n_levels)
-            True labels; one column per level for multi-output labels.
-        sample_weight : array-like of shape (n_queries,), default=None
-            Weights of the queries in the mean; None weighs them equally.
-
-        Returns
-        -------
-        score : float
-            Accuracy of :meth:`predict` on ``X`` against ``y``.
-        """
-        check_is_fitted(self)
-        if self.n_outputs_ == 1:
-            return super().score(X, y, sample_weight=sample_weight)
-        y = np.asarray(y)
-        if y.ndim != 2 or y.shape[1] != self.n_outputs_:
-            raise ValueError(
-                f"y must have shape (n_queries, {self.n_outputs_}), one column per "
-                f"level; got {y.shape}."
-            )
-        right = np.all(self.predict(X) == y, axis=1)
-        return float(np.average(right, weights=sample_weight))
-
-    @fill_doc
-    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
-        """Nearest memory samples, as sample **ids**, nearest first.
-
-        %(X_kneighbors)s
-        n_neighbors : int, default=None
-            Defaults to ``n_neighbors``; capped at the memory size (minus one
-            when leaving one out).
-        %(return_distance)s
-
-        %(returns_kneighbors)s
-        """
-        nb = self.neighbors(X, n_neighbors)
-        return (nb.distances, nb.ids) if return_distance else nb.ids
-
-    def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
-        """The k-neighbours graph, as sklearn's ``kneighbors_graph``.
-
-        Unlike :meth:`kneighbors`, whose answers are sample ids, the graph's
-        columns are memory row positions (the order of :attr:`sample_ids_`), so
-        on the same data it equals sklearn's graph.
-
-        Parameters
-        ----------
-        X : array-like or sparse matrix of shape (n_queries, n_features), \
-                default=None
-            Queries. None queries the memory with its own samples, leaving each
-            one out (as :meth:`kneighbors`).
-        n_neighbors : int, default=None
-            Defaults to ``n_neighbors``; capped at the memory size (minus one
-            when leaving one out).
-        mode : {"connectivity", "distance"}, default="connectivity"
-            Entries of ones, or the distances under ``metric``.
-
-        Returns
-        -------
-        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit)
-            Row ``i`` holds query ``i``'s neighbours, nearest first (fewer where
-            an approximate index found fewer).
-
-        Examples
-        --------
-        >>> from skknn import KNNVoter
-        >>> X = [[0.], [1.], [3.]]
-        >>> knn = KNNVoter(1, metric="euclidean", preprocessing=None,
-        ...                index="exact").fit(X, [0, 0, 1])
-        >>> knn.kneighbors_graph(mode="distance").toarray()
-        array([[0., 1., 0.],
-               [1., 0., 0.],
-               [0., 2., 0.]])
-        """
-        from skknn.memory.graph import GRAPH_MODES, neighbors_graph
-
-        check_option(self, "mode", mode, GRAPH_MODES)
-        check_is_fitted(self)
-        # One state of the memory for the search and the ids that map it.
-        with self.memory_.reading():
-            nb = self.neighbors(X, n_neighbors)
-            ids = self.sample_ids_
-        return neighbors_graph(nb.distances, nb.ids, ids, mode)
-
-    def loo_proba(self, sample_ids=None) -> np.ndarray:
-        """Leave-one-out class probabilities of the memory's own samples.
-
-        Each sample votes among its ``n_neighbors`` nearest *other* samples
-        (self dropped by id, FORMULAS.md 2): [NN]'s training-set ``p_kNN``.
-
-        Parameters
-        ----------
-        sample_ids : array-like of int, default=None
-            Memory samples to score, in this order; all (as in
-            :attr:`sample_ids_`) if None.
-
-        Returns
-        -------
-        proba : ndarray of shape (n_samples, n_classes), or list of ndarray
-            One array per level for multi-output labels.
-        """
-        check_is_fitted(self)
-        self._check_vote_params()
-        self._check_memory_unchanged()
-        nb = self.memory_.search_self(
-            sample_ids, self.n_neighbors, batch_size=self.batch_size
-        )
-        return _proba(self.vote(nb))
-
-    @fill_doc
-    def score_samples(self, X, n_neighbors=None) -> np.ndarray:
-        """Out-of-distribution score: minus the distance to the k-th neighbour.
-
-        ``-d_k(x)`` (FORMULAS.md 7; Sun et al., 2022): higher means nearer to
-        the memory, as scikit-learn's novelty detectors score. Where an
-        approximate index found fewer than ``k`` neighbours, the farthest one
-        found stands in.
-
-        %(X_voter_queries)s
-        n_neighbors : int, default=None
-            ``k``; defaults to ``n_neighbors``, capped at the memory size.
-
-        Returns
-        -------
-        scores : ndarray of shape (n_queries,)
-            Minus each query's distance to its ``k``-th nearest neighbour.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from skknn import KNNVoter
-        >>> X = [[1., 0.], [.9, .1], [0., 1.]]
-        >>> knn = KNNVoter(2, index="exact").fit(X, [0, 0, 1])
-        >>> knn.score_samples([[1., .05], [-1., 0.]]).round(3)
-        array([-0.002, -1.994])
-        """
-        return -self.neighbors(X, n_neighbors).farthest().astype(np.float64)
-
-    @fill_doc
-    def explain(self, X, residual: bool = False) -> Bunch:
-        """Every decision with the neighbours that made it.
-
-        %(X_voter_queries)s
-        residual : bool, default=False
-            Also search the residual query ``phi(q) - phi(n1)`` (FORMULAS.md 7,
-            [VM] 3.7): the pre-processed query minus its nearest neighbour,
-            re-normalised under normalising pre-processing; its neighbours show
-            a second concept of the query.
-
-        Returns
-        -------
-        explanation : Bunch
-            ``neighbor_ids``, ``neighbor_labels``, ``distances``: (n_queries, k)
-            arrays; ``weights``: each neighbour's share of the vote (voting weight
-            times reliability, normalised per query; 0 for excluded samples);
-            ``proba`` (n_queries, n_classes); ``prediction`` (n_queries,);
-            ``classes``. With ``residual``: ``residual_ids``,
-            ``residual_labels``, ``residual_distances`` (n_queries, k).
-            For multi-output labels the per-level votes: ``neighbor_labels``
-            (and ``residual_labels``) gain a last axis of levels, ``proba`` and
-            ``classes`` are lists with one entry per level and ``prediction``
-            is ``(n_queries, n_levels)``; the weights are shared by every level.
-        """
-        self._check_vote_params()
-        X = self._queries_for_reranker(X)
-        nb = self.neighbors(X)
-        vote = self.vote(nb, X)
-        votes = vote if isinstance(vote, list) else [vote]
-        weights = votes[0].weights
-        total = weights.sum(axis=1, keepdims=True)
-        share = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
-        out = Bunch(
-            neighbor_ids=nb.ids,
-            neighbor_labels=nb.label_values(),
-            distances=nb.distances,
-            weights=share,
-            proba=_proba(vote),
-            prediction=_prediction(vote),
-            classes=self.classes_,
-        )
-        if residual:
-            out.update(self._residual_neighbors(X, nb))
-        return out
-
-    def _residual_neighbors(self, X, nb: Neighbors) -> dict:
-        store = self.memory_
-        X = self._queries(X)
-        Q = store.prepare(X) - store.get(nb.ids[:, 0], prepared=True).X
-        if store.normalizes:
-            norms = np.linalg.norm(Q, axis=1, keepdims=True)
-            Q = np.divide(Q, norms, out=np.zeros_like(Q), where=norms > 0)
-        found = store.search(Q, nb.k, batch_size=self.batch_size, prepared=True)
-        return {
-            "residual_ids": found.ids,
-            "residual_labels": found.label_values(),
-            "residual_distances": found.distances,
-        }
-
-    def tune_index(
-        self,
-        X,
-        target_agreement: float = 0.99,
-        *,
-        n_neighbors=None,
-        max_memory_bytes=None,
-    ):
-        """Set ``index_params`` to the cheapest knobs that keep predictions.
-
-        Measures, on the queries ``X``, the prediction agreement with exact
-        search (the share of queries predicted alike, FORMULAS.md 7) and the
-        recall of the ``k`` neighbours, for each setting of the index's knobs:
-        ``nprobe`` (IVF) or ``efSearch`` (HNSW) in rising powers of two, times
-        ``refine`` (1 to 32, for compact PQ/SQ codes only). For each refine
-        factor the knob rises until the target is met. The fastest measured
-        setting that meets it is set (with a warning, the most accurate one
-        when none does); the table is kept in :attr:`tuning_`.
-
-        With ``index="auto"`` the index family is chosen too: exact flat
-        search, IVF with flat, SQ8 and PQ codes, and HNSW32 are each built on
-        a copy of the memory's rows (same ids, labels, weights and flags) and
-        their knobs measured as above; the fastest setting that meets the
-        target within ``max_memory_bytes`` replaces the memory (its version
-        advances) and ``index`` / ``index_params`` become that index and its
-        knobs. The measured Pareto front (agreement, queries/s, bytes) is kept
-        in :attr:`index_front_`. A memory past the size where ``"auto"``
-        turns approximate keeps its ``far_quantile`` guard on every
-        approximate family measured. Only a memory in RAM (no ``storage_path``,
-        ``backend="local"``) can be rebuilt so.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Queries like those to come (e.g. a validation set); a few thousand
-            give agreement to a fraction of a percent.
-        target_agreement : float, default=0.99
-            In (0, 1].
-        n_neighbors : int, default=None
-            ``k``; defaults to ``n_neighbors``.
-        max_memory_bytes : int, default=None
-            With ``index="auto"``: the most bytes the memory may take (stored
-            vectors plus the index's codes). None: no limit.
-
-        Returns
-        -------
-        self : KNNVoter
-            With ``index_params`` set and ``tuning_`` a Bunch of lists
-            ``params``, ``agreement``, ``recall``, ``seconds``,
-            ``queries_per_s``, and ``chosen`` (the index of the setting made);
-            with ``index="auto"`` also ``index`` and ``bytes`` per row and
-            ``front`` (the Pareto front's rows), and :attr:`index_front_`, the
-            front as a pandas DataFrame (a dict of columns without pandas).
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from skknn import KNNVoter
-        >>> rng = np.random.default_rng(0)
-        >>> X = rng.normal(size=(2000, 16)).astype(np.float32)
-        >>> y = (X[:, 0] > 0).astype(int)
-        >>> knn = KNNVoter(10, index="IVF32,Flat").fit(X, y)
-        >>> knn = knn.tune_index(X[:200], target_agreement=0.99)
-        >>> knn.tuning_.agreement[knn.tuning_.chosen] >= 0.99
-        True
-        """
-        from skknn._family_tuning import front_frame, tune_family
-        from skknn._tuning import check_request, tune
-
-        check_is_fitted(self)
-        self._check_vote_params()
-        self._check_memory_unchanged()
-        check_request(self, target_agreement, max_memory_bytes)
-        k = self.n_neighbors if n_neighbors is None else n_neighbors
-        check_int(self, "n_neighbors", k, low=1)
-        X = self._queries(X)
-        k, target = min(k, self.memory_.n_samples), float(target_agreement)
-        predict = lambda nb: _prediction(self.vote(nb, X))  # noqa: E731
-        if not self.memory_.auto:
-            tuning = tune(self, X, target, k, predict)
-            self.set_params(index_params=tuning.params[tuning.chosen])
-            self.tuning_ = tuning
-            return self
-        tuning, best = tune_family(self, X, target, k, predict, max_memory_bytes)
-        index, params = tuning.index[tuning.chosen], tuning.params[tuning.chosen]
-        best.set_index_params(params)  # a fresh store: no reader sees it yet
-        with self.memory_.editing():
-            self.memory_ = best
-            super().set_params(index=index, index_params=params or None)
-        self._fitted_config_ = self._memory_config()
-        self.tuning_, self.index_front_ = tuning, front_frame(tuning)
         return self
 
     # -- persistence ----------------------------------------------------------
@@ -1297,7 +587,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             subtree(arrays, "memory/"),
             device=device,
             backend=backend,
-            shard_config=_shard_config(self, meta["memory"].get("index_params")),
+            shard_config=shard_config(self, meta["memory"].get("index_params")),
             n_shards=self.n_shards if self.backend == "dask" else None,
             folder=loading.get("folder"),
             storage_root=None
@@ -1320,7 +610,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             if names.shape != (self.n_features_in_,):
                 raise ValueError("feature_names_in disagrees with n_features_in")
             self.feature_names_in_ = names
-        self._fitted_config_ = _config_from_file(
+        self._fitted_config_ = config_from_file(
             meta["fitted_config"], self._memory_config()
         )
         if self.memory_.storage_folder is not None:
@@ -1386,51 +676,3 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         # Approximate indexes may miss true neighbours, differently per build.
         tags.non_deterministic = self.index not in ("auto", "exact", "flat")
         return tags
-
-
-def _proba(vote):
-    return [v.proba for v in vote] if isinstance(vote, list) else vote.proba
-
-
-def _write_rows(out, rows, start: int, n: int):
-    """Write one block's answer (an array, or one per level) at ``start`` of
-    the output for ``n`` queries, allocated from the first block."""
-    if isinstance(rows, list):
-        if out is None:
-            out = [None] * len(rows)
-        return [_write_rows(o, r, start, n) for o, r in zip(out, rows)]
-    if out is None:
-        out = np.empty((n, *rows.shape[1:]), dtype=rows.dtype)
-    out[start : start + rows.shape[0]] = rows
-    return out
-
-
-def _prediction(vote):
-    if isinstance(vote, list):
-        return stack_levels([v.prediction for v in vote])
-    return vote.prediction
-
-
-def _config_from_file(saved: dict, here: dict) -> dict:
-    """The memory-shaping parameters a file's memory was built with; where it
-    goes (RAM, a folder, the cluster) is the loading estimator's (``here``)."""
-    # Files of format 1 also listed index_params, which the memory now holds.
-    config = {name: saved[name] for name in ("metric", "preprocessing", "index")}
-    # Files before storage_dtype existed held float32 memories.
-    config["storage_dtype"] = saved.get("storage_dtype", "float32")
-    for name in ("storage_path", "backend", "n_shards"):
-        config[name] = here[name]
-    return config
-
-
-def _shard_config(est: KNNVoter, index_params) -> dict:
-    """What each shard of a ``backend="dask"`` memory is made from (the device
-    and engine are resolved on its worker)."""
-    return {
-        "metric": est.metric,
-        "preprocessing": est.preprocessing,
-        "index": est.index,
-        "index_params": index_params,
-        "device": est.device,
-        "storage_dtype": est.storage_dtype,
-    }
