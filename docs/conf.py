@@ -57,7 +57,10 @@ def _other_bases() -> dict[str, str]:
 
 # Strings only: Sphinx pickles its configuration with the environment.
 autosummary_context = {"other_bases": _other_bases()}
-autodoc_default_options = {"members": True, "inherited-members": False}
+# No "inherited-members" key, not even False: Sphinx 9 lets a default of False
+# override a class's own :inherited-members: option (the composed estimators
+# below need theirs); absent, it means False.
+autodoc_default_options = {"members": True}
 autodoc_typehints = "none"  # the numpydoc sections say it, once
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
@@ -122,14 +125,5 @@ def _skip_member(app, what, name, obj, skip, options):
     return skip
 
 
-def _hide_mixins(app, name, obj, options, bases):
-    # The mixins are how the class is written, not what it is: "Bases" names
-    # what a user can rely on.
-    if isinstance(obj, type):
-        mixins = composing_mixins(obj)
-        bases[:] = [b for b in bases if b not in mixins]
-
-
 def setup(app):
     app.connect("autodoc-skip-member", _skip_member)
-    app.connect("autodoc-process-bases", _hide_mixins)
