@@ -8,19 +8,42 @@ parameters and its fitted ``memory_``; the class holds ``__init__``.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from skknn._docstrings import fill_doc
 from skknn._hierarchy import stack_levels
+from skknn._param_validation import Interval, StrOptions, check_params
 from skknn._validation import check_int, dense
 from skknn.memory.front import query_blocks
 from skknn.memory.neighbors import Neighbors
 from skknn.voting import _learned, _rules
 
+# The parameters a vote reads. set_params may change them after fit, so every
+# prediction checks them again; those that shape the memory are checked at fit
+# (and compared with the fitted memory's): skknn/_memory_params.py.
+VOTE_PARAMETER_CONSTRAINTS: dict = {
+    "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+    "voting": [StrOptions({*_rules.VOTING_RULES, "learned"}), callable],
+    "temperature": [Interval(Real, 0, None, closed="neither")],
+    "rank_offset": [Interval(Real, 0, None, closed="neither")],
+    "distance_power": [Interval(Real, 0, None, closed="left")],
+    "tie_break": [StrOptions(set(_rules.TIE_RULES))],
+    "batch_size": [Interval(Integral, 1, None, closed="left")],
+    "verbose": ["verbose"],
+    "reranker": [callable, None],
+}
+
 
 class VotingMixin:
     """The vote over a neighbour record and the predictions made of it."""
+
+    def _check_vote_params(self) -> None:
+        """Parameters read at prediction time (they may change after fit),
+        against their half of the table."""
+        check_params(self, VOTE_PARAMETER_CONSTRAINTS)
 
     def vote(self, neighbors: Neighbors, X=None) -> _rules.Vote:
         """Vote over a neighbour record with this voter's rule (FORMULAS.md 3).

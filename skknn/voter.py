@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -12,7 +11,6 @@ from sklearn.utils.validation import check_is_fitted
 
 from skknn._device import device_after_unpickling
 from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
-from skknn._param_validation import Interval, StrOptions, check_params
 from skknn._validation import (
     SPARSE_INDEXES,
     check_int,
@@ -26,29 +24,13 @@ from skknn._validation import (
 from skknn._voter_memory import FittedMemoryMixin, config_from_file, shard_config
 from skknn._voter_queries import NeighborQueriesMixin
 from skknn._voter_tuning import IndexTuningMixin
-from skknn._voter_voting import VotingMixin
+from skknn._voter_voting import VOTE_PARAMETER_CONSTRAINTS, VotingMixin
 from skknn.io import Persistable, labels_from_json, register, subtree
 from skknn.memory import folder as _storage_folder
 from skknn.memory.front import VectorStore
 from skknn.memory.loading import saved_memory
-from skknn.voting import _rules
 
 logger = logging.getLogger(__name__)
-
-# The parameters a vote reads. set_params may change them after fit, so every
-# prediction checks them again; those that shape the memory are checked at fit
-# (and compared with the fitted memory's): skknn/_memory_params.py.
-VOTE_PARAMETER_CONSTRAINTS: dict = {
-    "n_neighbors": [Interval(Integral, 1, None, closed="left")],
-    "voting": [StrOptions({*_rules.VOTING_RULES, "learned"}), callable],
-    "temperature": [Interval(Real, 0, None, closed="neither")],
-    "rank_offset": [Interval(Real, 0, None, closed="neither")],
-    "distance_power": [Interval(Real, 0, None, closed="left")],
-    "tie_break": [StrOptions(set(_rules.TIE_RULES))],
-    "batch_size": [Interval(Integral, 1, None, closed="left")],
-    "verbose": ["verbose"],
-    "reranker": [callable, None],
-}
 
 
 @register
@@ -333,12 +315,6 @@ class KNNVoter(
         self.storage_path = storage_path
         self.backend = backend
         self.n_shards = n_shards
-
-    # -- parameters -----------------------------------------------------------
-    def _check_vote_params(self) -> None:
-        """Parameters read at prediction time (they may change after fit),
-        against their half of the table."""
-        check_params(self, VOTE_PARAMETER_CONSTRAINTS)
 
     # -- fitting --------------------------------------------------------------
     def fit(self, X, y, sample_ids=None, sample_weight=None):
