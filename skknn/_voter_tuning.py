@@ -123,8 +123,8 @@ class IndexTuningMixin:
         best.set_index_params(params)  # a fresh store: no reader sees it yet
         with self.memory_.editing():
             self.memory_ = best
-            # The estimator's parameters only: KNNVoter.set_params would hand
-            # the knobs to the memory just replaced.
+            # BaseEstimator's, not the voter's (which hands index_params to the
+            # memory): the new memory has its knobs already, set above.
             BaseEstimator.set_params(self, index=index, index_params=params or None)
         self._fitted_config_ = self._memory_config()
         self.tuning_, self.index_front_ = tuning, front_frame(tuning)
