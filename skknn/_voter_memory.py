@@ -216,18 +216,6 @@ class FittedMemoryMixin:
         return self.memory_.device
 
 
-def config_from_file(saved: dict, here: dict) -> dict:
-    """The memory-shaping parameters a file's memory was built with; where it
-    goes (RAM, a folder, the cluster) is the loading estimator's (``here``)."""
-    # Files of format 1 also listed index_params, which the memory now holds.
-    config = {name: saved[name] for name in ("metric", "preprocessing", "index")}
-    # Files before storage_dtype existed held float32 memories.
-    config["storage_dtype"] = saved.get("storage_dtype", "float32")
-    for name in ("storage_path", "backend", "n_shards"):
-        config[name] = here[name]
-    return config
-
-
 def shard_config(est, index_params) -> dict:
     """What each shard of a ``backend="dask"`` memory is made from (the device
     and engine are resolved on its worker)."""

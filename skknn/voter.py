@@ -21,7 +21,8 @@ from skknn._validation import (
     restore_attributes_on_error,
     validate_xy,
 )
-from skknn._voter_memory import FittedMemoryMixin, config_from_file, shard_config
+from skknn._voter_memory import FittedMemoryMixin
+from skknn._voter_memory import shard_config as _shard_config
 from skknn._voter_queries import NeighborQueriesMixin
 from skknn._voter_tuning import IndexTuningMixin
 from skknn._voter_voting import VOTE_PARAMETER_CONSTRAINTS, VotingMixin
@@ -563,7 +564,7 @@ class KNNVoter(
             subtree(arrays, "memory/"),
             device=device,
             backend=backend,
-            shard_config=shard_config(self, meta["memory"].get("index_params")),
+            shard_config=_shard_config(self, meta["memory"].get("index_params")),
             n_shards=self.n_shards if self.backend == "dask" else None,
             folder=loading.get("folder"),
             storage_root=None
@@ -586,7 +587,7 @@ class KNNVoter(
             if names.shape != (self.n_features_in_,):
                 raise ValueError("feature_names_in disagrees with n_features_in")
             self.feature_names_in_ = names
-        self._fitted_config_ = config_from_file(
+        self._fitted_config_ = _config_from_file(
             meta["fitted_config"], self._memory_config()
         )
         if self.memory_.storage_folder is not None:
@@ -652,3 +653,15 @@ class KNNVoter(
         # Approximate indexes may miss true neighbours, differently per build.
         tags.non_deterministic = self.index not in ("auto", "exact", "flat")
         return tags
+
+
+def _config_from_file(saved: dict, here: dict) -> dict:
+    """The memory-shaping parameters a file's memory was built with; where it
+    goes (RAM, a folder, the cluster) is the loading estimator's (``here``)."""
+    # Files of format 1 also listed index_params, which the memory now holds.
+    config = {name: saved[name] for name in ("metric", "preprocessing", "index")}
+    # Files before storage_dtype existed held float32 memories.
+    config["storage_dtype"] = saved.get("storage_dtype", "float32")
+    for name in ("storage_path", "backend", "n_shards"):
+        config[name] = here[name]
+    return config
