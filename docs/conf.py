@@ -31,7 +31,36 @@ myst_enable_extensions = ["dollarmath"]
 myst_heading_anchors = 3
 
 autosummary_generate = True
-autodoc_default_options = {"members": True, "inherited-members": False}
+
+
+def composing_mixins(cls) -> list[type]:
+    """The private mixins an estimator is composed of, as scikit-learn composes
+    ``KNeighborsClassifier`` (``skknn/_voter_*.py`` for ``skknn/voter.py``,
+    ``skknn/_joint_*.py`` for ``skknn/joint.py``): their public methods are the
+    estimator's own and are documented on its page."""
+    prefix = "skknn._" + cls.__module__.rsplit(".", 1)[-1] + "_"
+    return [b for b in cls.__mro__[1:] if b.__module__.startswith(prefix)]
+
+
+def _other_bases() -> dict[str, str]:
+    """For each public class composed of mixins, the bases whose members its
+    page leaves out (autodoc's ``:inherited-members:`` takes their names)."""
+    out = {}
+    for name in skknn.__all__:
+        cls = getattr(skknn, name)
+        mixins = composing_mixins(cls) if isinstance(cls, type) else []
+        if mixins:
+            others = [b.__name__ for b in cls.__mro__[1:] if b not in mixins]
+            out[f"skknn.{name}"] = ", ".join(others)
+    return out
+
+
+# Strings only: Sphinx pickles its configuration with the environment.
+autosummary_context = {"other_bases": _other_bases()}
+# No "inherited-members" key, not even False: Sphinx 9 lets a default of False
+# override a class's own :inherited-members: option (the composed estimators
+# below need theirs); absent, it means False.
+autodoc_default_options = {"members": True}
 autodoc_typehints = "none"  # the numpydoc sections say it, once
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False

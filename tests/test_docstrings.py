@@ -42,9 +42,30 @@ def test_documented_defaults_match_the_signature(cls):
 
 
 # -- numpydoc's validation over the API reference (docs/api.rst) ----------------------
+def _docs_conf():
+    import importlib.util
+    from pathlib import Path
+
+    conf = Path(__file__).parents[1] / "docs" / "conf.py"
+    spec = importlib.util.spec_from_file_location("skknn_docs_conf", conf)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _own_members(cls) -> dict:
+    """What a class's API page documents: the members it defines itself and
+    those of the private mixins it is composed of (docs/conf.py)."""
+    members = {}
+    for part in reversed([cls, *_docs_conf().composing_mixins(cls)]):
+        members.update(vars(part))
+    return members
+
+
 def _api_objects():
     """Dotted names of every object the API reference documents: the names in
-    docs/api.rst and the public methods each class defines itself."""
+    docs/api.rst and the public methods each class defines itself or takes from
+    the mixins it is composed of."""
     import importlib
     from pathlib import Path
 
@@ -61,7 +82,7 @@ def _api_objects():
         obj = getattr(importlib.import_module(mod), attr)
         out.append(name)
         if inspect.isclass(obj):
-            for member, value in vars(obj).items():
+            for member, value in _own_members(obj).items():
                 if member.startswith("_") or member.endswith("_request"):
                     continue
                 if callable(value) or isinstance(value, (classmethod, staticmethod)):
@@ -70,13 +91,7 @@ def _api_objects():
 
 
 def _enforced_checks():
-    import importlib.util
-    from pathlib import Path
-
-    conf = Path(__file__).parents[1] / "docs" / "conf.py"
-    spec = importlib.util.spec_from_file_location("skknn_docs_conf", conf)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _docs_conf()
     skipped = set(module.numpydoc_validation_checks) - {"all"}
     return skipped, [re.compile(p) for p in module.numpydoc_validation_exclude]
 

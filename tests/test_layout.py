@@ -165,3 +165,53 @@ def test_the_memory_imports_no_estimator():
     for name, edges in graph.items():
         if name.startswith("skknn.memory"):
             assert not edges & above, (name, edges & above)
+
+
+def test_estimator_mixins_sit_below_their_estimator():
+    """``skknn/_voter_*.py`` and ``skknn/_joint_*.py`` hold pieces of
+    ``KNNVoter`` and ``JointKNNClassifier``: they never import an estimator,
+    and hold no ``__init__`` (``get_params`` reads the class's signature)."""
+    import importlib
+
+    graph = _graph()
+    mixins = [n for n in graph if n.startswith(("skknn._voter_", "skknn._joint_"))]
+    assert len(mixins) >= 5
+    estimators = {"skknn.voter", "skknn.joint", "skknn.pruning", "skknn.finetune"}
+    for name in mixins:
+        assert not graph[name] & estimators, (name, graph[name] & estimators)
+        for value in vars(importlib.import_module(name)).values():
+            if isinstance(value, type) and value.__module__ == name:
+                assert "__init__" not in vars(value), value
+
+
+def test_pickles_name_the_estimators_where_they_always_were():
+    import pickle
+
+    import skknn
+    from skknn import joint, voter
+
+    assert voter.KNNVoter is skknn.KNNVoter
+    assert joint.JointKNNClassifier is skknn.JointKNNClassifier
+    assert b"skknn.voter" in pickle.dumps(skknn.KNNVoter())
+    assert b"skknn.joint" in pickle.dumps(skknn.JointKNNClassifier())
+
+
+def _spans(kind) -> list[tuple[int, str]]:
+    out = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, kind):
+                size = node.end_lineno - node.lineno + 1
+                out.append((size, f"{path.relative_to(PACKAGE)}:{node.name}"))
+    return out
+
+
+def test_sizes_a_reader_can_hold():
+    """No class over 700 lines, no function over 100 (issue 24), docstrings
+    included."""
+    classes = [s for s in _spans(ast.ClassDef) if s[0] > 700]
+    functions = [
+        s for s in _spans((ast.FunctionDef, ast.AsyncFunctionDef)) if s[0] > 100
+    ]
+    assert not classes, sorted(classes)
+    assert not functions, sorted(functions)
