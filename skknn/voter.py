@@ -13,6 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
+from skknn._certificates import CertifiedMemory
 from skknn._device import (
     device_after_unpickling,
     resolve_device,
@@ -61,7 +62,7 @@ VOTE_PARAMETER_CONSTRAINTS: dict = {
 
 
 @register
-class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
+class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
     """Classify by voting among nearest neighbours in an explicit memory.
 
     The memory holds embeddings, labels, stable sample ids and reliability
@@ -574,13 +575,17 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
                 store = self._new_memory(X.shape[1])
             else:
                 store = self.memory_
-            store.add(X, y, sample_ids, classes=classes, sample_weight=sample_weight)
+            before = self._digest_before_edit()
+            added = store.add(
+                X, y, sample_ids, classes=classes, sample_weight=sample_weight
+            )
         if first_call:
             old = self.__dict__.get("memory_")
             self.memory_ = store
             self.__dict__.pop("learned_state_", None)
             self._fitted_config_ = self._memory_config()
             self._publish_storage(old)
+        self._record_edit("fit" if first_call else "partial_fit", added, before)
         if self.voting == "learned" and self.memory_.n_samples:
             self._learned_state()  # trained here, not at the first prediction
         return self
@@ -670,7 +675,10 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         self._check_storage_owner()
-        self.memory_.remove(np.asarray(sample_ids), retrain_index=bool(retrain_index))
+        before = self._digest_before_edit()
+        ids = np.asarray(sample_ids)
+        self.memory_.remove(ids, retrain_index=bool(retrain_index))
+        self._record_edit("unlearn", ids, before)
         # nothing derived from a removed sample survives: rightness and scorer
         # are computed again from what remains
         self.__dict__.pop("learned_state_", None)
@@ -1247,6 +1255,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
             "device": str(self.device_),
             "memory": store_meta,
             "fitted_config": self._fitted_config_,
+            "edit_log": self._log_state(),
         }
         if hasattr(self, "feature_names_in_"):
             meta["feature_names_in"] = [str(f) for f in self.feature_names_in_]
@@ -1308,6 +1317,8 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         )
         if self.memory_.storage_folder is not None:
             self._publish_storage()
+        # Files written before the log existed start an empty chain.
+        self._load_log_state(meta.get("edit_log"))
         # A file's parameters must describe its memory, as after a fit.
         self._check_vote_params()
         self._check_memory_params()
@@ -1329,6 +1340,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         """Take ``memory`` (``like``'s, moved) as this estimator's fitted memory
         (``skknn.distributed.to_local``)."""
         self.memory_ = memory
+        self._continue_chain(like)
         self.n_features_in_ = like.n_features_in_
         if hasattr(like, "feature_names_in_"):
             self.feature_names_in_ = like.feature_names_in_
@@ -1360,6 +1372,7 @@ class KNNVoter(Persistable, ClassifierMixin, BaseEstimator):
         # The folder is where the caller opened it, whatever path the record
         # was written under.
         self._fitted_config_["storage_path"] = self._memory_config()["storage_path"]
+        self._open_log_file(self.memory_.storage_folder.parent)
         self._check_memory_unchanged()
 
     def __sklearn_tags__(self):

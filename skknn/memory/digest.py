@@ -1,0 +1,423 @@
+"""What a memory holds, as one hash, and the hash-chained log of its edits.
+
+The digest (:func:`memory_digest`) is a small hash tree: one BLAKE2b stream per
+kind of content (ids, labels, sample weights, stored vectors, raw vectors), each
+over the samples sorted by id, and a root over a header (the memory's shape and
+pre-processing, its centre) and the streams. Sorting by id makes it independent
+of the order rows were added or moved in; hashing what the store gives back
+through its public ``get`` makes it the same for a memory in RAM, on disk or in
+Dask shards. What it covers, and when ``fit(A + B)`` then ``unlearn(B)`` equals
+``fit(A)``, is in docs/user_guide/certificates.rst.
+
+The log (:class:`EditLog`) is append-only: every entry names the hash of the
+one before it (``prev``), so changing, dropping or reordering an entry breaks
+the chain after it (:func:`chain_problems`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+
+SCHEME = "skknn-memory-digest/1"
+# ``before`` of the edit that built a memory where there was none.
+NO_MEMORY = "0" * 64
+# ``prev`` of the first entry.
+GENESIS = "0" * 64
+# Samples read from the store at a time while hashing: bounded RAM.
+_BLOCK = 65536
+ENTRY_KEYS = ("op", "count", "ids_digest", "before", "after", "time", "prev")
+_HEX_KEYS = ("ids_digest", "before", "after", "prev")
+LOG_FILE = "edit_log.jsonl"
+# A log file larger than this is not read (a file is data: checked first).
+MAX_LOG_BYTES = 256 << 20
+
+
+def _hasher():
+    return hashlib.blake2b(digest_size=32)
+
+
+def ids_digest(ids) -> str:
+    """BLAKE2b-256 of a set of sample ids (sorted, unique, int64 little-endian).
+
+    Parameters
+    ----------
+    ids : array-like of int
+        Sample ids; their order and repeats do not matter.
+
+    Returns
+    -------
+    digest : str
+        64 hex digits.
+
+    Examples
+    --------
+    >>> from skknn.memory.digest import ids_digest
+    >>> ids_digest([3, 1, 2]) == ids_digest([1, 2, 3, 3])
+    True
+    """
+    ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+    return hashlib.blake2b(ids.astype("<i8").tobytes(), digest_size=32).hexdigest()
+
+
+def memory_digest(store) -> str:
+    """The content digest of a store (a ``VectorStore`` or a sharded store).
+
+    Parameters
+    ----------
+    store : Store
+        The memory; read in one state (its readers' lock held), in blocks of
+        65,536 samples.
+
+    Returns
+    -------
+    digest : str
+        64 hex digits; equal for two memories that hold the same samples (id,
+        label, weight, stored vector bytes, raw vector) with the same
+        pre-processing, centre and storage dtype, whatever their order or
+        backend.
+
+    Examples
+    --------
+    >>> from skknn import VectorStore
+    >>> from skknn.memory.digest import memory_digest
+    >>> a = VectorStore(2, engine="exact")
+    >>> _ = a.add([[1., 0.], [0., 2.]], ["x", "y"], ids=[0, 1])
+    >>> b = VectorStore(2, engine="exact")
+    >>> _ = b.add([[0., 2.]], ["y"], ids=[1])
+    >>> _ = b.add([[1., 0.]], ["x"], ids=[0])
+    >>> memory_digest(a) == memory_digest(b)
+    True
+    """
+    with store.reading():
+        ids = np.sort(store.ids())
+        dtype = np.dtype(store.storage_dtype).newbyteorder("<")
+        streams = {name: _hasher() for name in ("ids", "labels", "weights", "X", "raw")}
+        for s in range(0, ids.shape[0], _BLOCK):
+            block = ids[s : s + _BLOCK]
+            stored = store.get(block, prepared=True)
+            raw = store.get(block)
+            streams["ids"].update(block.astype("<i8").tobytes())
+            streams["labels"].update(_label_lines(raw.labels))
+            streams["weights"].update(
+                np.asarray(raw.sample_weight, dtype="<f4").tobytes()
+            )
+            # float16 rows come back widened exactly: cast back, the stored bytes
+            streams["X"].update(np.asarray(stored.X).astype(dtype).tobytes())
+            streams["raw"].update(np.asarray(raw.X, dtype="<f4").tobytes())
+        header = {
+            "scheme": SCHEME,
+            "n_features": int(store.n_features),
+            "metric": store.metric.name,
+            "preprocessing": store.preprocessing,
+            "storage_dtype": store.storage_dtype,
+            "n_samples": int(ids.shape[0]),
+            "center": None
+            if store.mean is None
+            else np.asarray(store.mean, dtype="<f4").tobytes().hex(),
+        }
+    root = _hasher()
+    root.update(_canonical(header))
+    for name in ("ids", "labels", "weights", "X", "raw"):
+        root.update(streams[name].digest())
+    return root.hexdigest()
+
+
+def _label_lines(labels) -> bytes:
+    """One canonical JSON line per label (a row of levels for multi-output)."""
+    values = np.asarray(labels).tolist()
+    return "".join(
+        json.dumps(v, sort_keys=True, default=str) + "\n" for v in values
+    ).encode()
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def entry_hash(entry: dict) -> str:
+    """BLAKE2b-256 of an entry's canonical JSON (what the next ``prev`` names)."""
+    return hashlib.blake2b(_canonical(entry), digest_size=32).hexdigest()
+
+
+def chain_problems(entries) -> list[str]:
+    """What is wrong with a log: malformed entries, a broken ``prev`` chain,
+    an edit whose ``before`` is not the previous ``after`` (the memory changed
+    outside the log). Empty when the chain is valid.
+
+    Parameters
+    ----------
+    entries : list of dict
+        The log, oldest first.
+
+    Returns
+    -------
+    problems : list of str
+        Each names the entry (0-based) and what is wrong with it.
+
+    Examples
+    --------
+    >>> from skknn.memory.digest import EditLog, chain_problems
+    >>> log = EditLog()
+    >>> _ = log.append("fit", count=2, ids_digest="a" * 64, before="0" * 64,
+    ...                after="b" * 64)
+    >>> _ = log.append("unlearn", count=1, ids_digest="c" * 64, before="b" * 64,
+    ...                after="d" * 64)
+    >>> chain_problems(log.entries())
+    []
+    >>> entries = log.entries()
+    >>> entries[0]["count"] = 1  # tampered
+    >>> chain_problems(entries)  # doctest: +NORMALIZE_WHITESPACE
+    ['entry 1: prev does not match the hash of entry 0 (entry 0 was changed,
+      or one was removed or reordered)']
+    """
+    if not isinstance(entries, list):
+        return ["the log is not a list of entries"]
+    problems = []
+    prev, after = GENESIS, None
+    for i, entry in enumerate(entries):
+        bad = _malformed(entry)
+        if bad:
+            problems.append(f"entry {i}: {bad}")
+            return problems  # nothing after a malformed entry can be checked
+        if entry["prev"] != prev:
+            which = "the log's start" if i == 0 else f"the hash of entry {i - 1}"
+            problems.append(
+                f"entry {i}: prev does not match {which}"
+                + ("" if i == 0 else f" (entry {i - 1} was changed, or one was")
+                + ("" if i == 0 else " removed or reordered)")
+            )
+        if after is not None and entry["before"] != after:
+            problems.append(
+                f"entry {i} ({entry['op']}): before is not entry {i - 1}'s after "
+                "(the memory changed outside the log)"
+            )
+        prev, after = entry_hash(entry), entry["after"]
+    return problems
+
+
+def _malformed(entry) -> str | None:
+    if not isinstance(entry, dict):
+        return "not an object"
+    missing = [k for k in ENTRY_KEYS if k not in entry]
+    if missing:
+        return f"missing {missing}"
+    if not isinstance(entry["op"], str) or not isinstance(entry["time"], str):
+        return "op and time must be strings"
+    count = entry["count"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return f"count must be an int >= 0; got {count!r}"
+    for key in _HEX_KEYS:
+        value = entry[key]
+        if not (isinstance(value, str) and len(value) == 64 and _is_hex(value)):
+            return f"{key} must be 64 hex digits"
+    return None
+
+
+def _is_hex(value: str) -> bool:
+    return all(c in "0123456789abcdef" for c in value)
+
+
+class EditLog:
+    """An append-only, hash-chained list of a memory's edits.
+
+    Each entry is a dict: ``op`` (``"fit"``, ``"partial_fit"``, ``"unlearn"``,
+    ``"refresh"``, ``"rollback"``, ``"head"``), ``count`` (samples concerned),
+    ``ids_digest`` (:func:`ids_digest` of their ids), ``before`` and ``after``
+    (:func:`memory_digest` around the edit), ``time`` (UTC, ISO 8601), ``prev``
+    (:func:`entry_hash` of the entry before), and ``memory`` / ``version`` (the
+    store's uid and version after the edit, which let the next edit reuse
+    ``after`` as its ``before``).
+
+    With :meth:`attach`, every entry is also appended to a file
+    (``edit_log.jsonl``, one JSON line each, synced), so a storage folder
+    carries the chain its reopened estimator extends.
+
+    Examples
+    --------
+    >>> from skknn.memory.digest import EditLog
+    >>> log = EditLog()
+    >>> entry = log.append("fit", count=3, ids_digest="a" * 64,
+    ...                    before="0" * 64, after="b" * 64)
+    >>> entry["prev"] == "0" * 64, log.last["after"] == "b" * 64
+    (True, True)
+    """
+
+    def __init__(self, entries=None):
+        self._entries = [dict(e) for e in entries or ()]
+        self._file = None
+        self._file_count = 0  # entries the attached file is known to hold
+
+    @property
+    def last(self) -> dict | None:
+        return self._entries[-1] if self._entries else None
+
+    def entries(self) -> list[dict]:
+        """A copy of the entries, oldest first."""
+        return [dict(e) for e in self._entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def append(self, op: str, *, count, ids_digest, before, after, **extra) -> dict:
+        """Add one entry (chained to the last) and return a copy of it."""
+        entry = {
+            "op": op,
+            "count": int(count),
+            "ids_digest": ids_digest,
+            "before": before,
+            "after": after,
+            "time": datetime.datetime.now(datetime.UTC).isoformat(
+                timespec="microseconds"
+            ),
+            "prev": GENESIS if not self._entries else entry_hash(self._entries[-1]),
+            **extra,
+        }
+        self._entries.append(entry)
+        if self._file is not None:
+            self._write(self._file)
+        return dict(entry)
+
+    def attach(self, path) -> None:
+        """Keep the entries in the file ``path`` too (written now in full if it
+        does not hold them yet, then one appended line per entry)."""
+        self._file = Path(path)
+        self._file_count = 0
+        self._write(self._file)
+
+    def attached_to(self, path) -> None:
+        """Keep appending to ``path``, read by :func:`read_log_file` (it holds
+        every entry already)."""
+        self._file = Path(path)
+        self._file_count = len(self._entries)
+
+    def _write(self, path: Path) -> None:
+        from skknn._archive import replaced
+
+        if self._file_count == 0 or self._file_count > len(self._entries):
+            with replaced(path, "w") as fh:
+                fh.writelines(_line(e) for e in self._entries)
+        elif self._file_count < len(self._entries):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "w") as fh:
+                fh.writelines(_line(e) for e in self._entries[self._file_count :])
+                fh.flush()
+                os.fsync(fh.fileno())
+        self._file_count = len(self._entries)
+
+    def __getstate__(self):
+        return {"entries": self._entries}  # a file belongs to one process
+
+    def __setstate__(self, state):
+        self.__init__(state["entries"])
+
+
+def _line(entry: dict) -> str:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def checked_entries(entries, where: str = "edit_log") -> list[dict]:
+    """A log read from a file, its shape checked (the chain itself is the
+    audit's to judge): a list of objects with JSON scalar values."""
+    if not isinstance(entries, list):
+        raise ValueError(f"{where} must be a list of entries")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, (str, int, float, bool)))
+            for k, v in entry.items()
+        ):
+            raise ValueError(f"{where} entry {i} is not an object of plain values")
+    return [dict(e) for e in entries]
+
+
+def read_log_file(path) -> list[dict]:
+    """The entries of an ``edit_log.jsonl`` (never through a link; size checked
+    before reading). A missing file is an empty log.
+
+    Raises
+    ------
+    skknn.ModelFileError
+        A link, not a regular file, too large, or not JSON lines.
+    """
+    from skknn.exceptions import ModelFileError
+
+    path = Path(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return []
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelFileError(path.parent, path.name, "is a link or not a regular file")
+    if info.st_size > MAX_LOG_BYTES:
+        raise ModelFileError(path.parent, path.name, f"{info.st_size} bytes; too large")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
+        text = fh.read(MAX_LOG_BYTES + 1)
+    try:
+        entries = [json.loads(line) for line in text.decode().splitlines() if line]
+        return checked_entries(entries, path.name)
+    except ValueError as exc:
+        raise ModelFileError(path.parent, path.name, f"unreadable ({exc})") from exc
+
+
+# -- recording from the estimators ---------------------------------------------------
+# An estimator that makes one edit out of several (JOINT's unlearn with retrain,
+# which refits its voter) names the edit its voter records.
+_NAMED = contextvars.ContextVar("skknn_named_edit", default=None)
+
+
+@contextlib.contextmanager
+def named_edit(op: str, ids, **extra):
+    """Within the block, the voter's next recorded edit is logged as ``op`` of
+    ``ids`` (with ``extra`` fields) instead of what the voter did to get there."""
+    token = _NAMED.set({"op": op, "ids": np.asarray(ids), "extra": extra})
+    try:
+        yield
+    finally:
+        _NAMED.reset(token)
+
+
+def digest_before(log: EditLog, store) -> str:
+    """The digest of ``store`` now: the last entry's ``after`` when it describes
+    this very state (same uid and version), else computed."""
+    if store is None:
+        return NO_MEMORY
+    last = log.last
+    if (
+        last is not None
+        and last.get("memory") == store.uid
+        and last.get("version") == store.version
+    ):
+        return last["after"]
+    return memory_digest(store)
+
+
+def record(
+    log: EditLog, op: str, ids, before: str, store, *, after=None, **extra
+) -> dict:
+    """Append the edit that took ``store`` from ``before`` to its state now
+    (``after``: its digest, when the caller knows it)."""
+    named = _NAMED.get()
+    if named is not None:
+        op, ids = named["op"], named["ids"]
+        extra = {**extra, **named["extra"]}
+        _NAMED.set(None)  # one edit only
+    ids = np.asarray(ids)
+    return log.append(
+        op,
+        count=int(np.unique(ids).shape[0]),
+        ids_digest=ids_digest(ids),
+        before=before,
+        after=memory_digest(store) if after is None else after,
+        memory=store.uid,
+        version=int(store.version),
+        **extra,
+    )
