@@ -104,14 +104,17 @@ def memory_digest(store) -> str:
         for s in range(0, ids.shape[0], _BLOCK):
             block = ids[s : s + _BLOCK]
             stored = store.get(block, prepared=True)
-            raw = store.get(block)
+            raw = _raw(store, block)
             streams["ids"].update(block.astype("<i8").tobytes())
-            streams["labels"].update(_label_lines(raw.labels))
+            streams["labels"].update(_label_lines(stored.labels))
+            # float16 rows come back widened exactly: cast back, the stored bytes
+            streams["X"].update(np.asarray(stored.X).astype(dtype).tobytes())
+            if raw is None:  # files of skknn 0.1 kept no lengths
+                streams["raw"].update(b"unrecoverable")
+                continue
             streams["weights"].update(
                 np.asarray(raw.sample_weight, dtype="<f4").tobytes()
             )
-            # float16 rows come back widened exactly: cast back, the stored bytes
-            streams["X"].update(np.asarray(stored.X).astype(dtype).tobytes())
             streams["raw"].update(np.asarray(raw.X, dtype="<f4").tobytes())
         header = {
             "scheme": SCHEME,
@@ -129,6 +132,15 @@ def memory_digest(store) -> str:
     for name in ("ids", "labels", "weights", "X", "raw"):
         root.update(streams[name].digest())
     return root.hexdigest()
+
+
+def _raw(store, ids):
+    """The raw vectors and weights of ``ids``; None where the memory cannot
+    rebuild raw vectors (a file of skknn 0.1: unit rows without lengths)."""
+    try:
+        return store.get(ids)
+    except ValueError:
+        return None
 
 
 def _label_lines(labels) -> bytes:
