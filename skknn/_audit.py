@@ -21,7 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from skknn._bytescan import MAX_REPORTED, Pattern, scan, scannable
-from skknn.memory.digest import LOG_FILE, chain_problems, checked_entries
+from skknn.memory.digest import (
+    LOG_FILE,
+    chain_problems,
+    checked_entries,
+    entry_hash,
+)
 
 # Files under a folder beyond which the audit refuses to walk (a folder is data).
 MAX_FILES = 100_000
@@ -45,6 +50,10 @@ class AuditReport:
         Where the chain breaks (entry numbers from 0).
     n_entries : int
         Entries in the log.
+    log_head : str or None
+        The hash of the log's last entry: keep it (with the report) as the
+        certificate of this state; a later ``audit(..., log_head=)`` checks
+        the log still holds that entry, so nothing before it was rewritten.
     digest : str or None
         The memory's digest recomputed from the stored bytes (None if the model
         could not be loaded).
@@ -89,6 +98,7 @@ class AuditReport:
     chain_valid: bool = False
     chain_problems: list = field(default_factory=list)
     n_entries: int = 0
+    log_head: str | None = None
     digest: str | None = None
     logged_digest: str | None = None
     digest_matches: bool = False
@@ -182,7 +192,7 @@ class AuditReport:
         return lines
 
 
-def audit(path, removed=None) -> AuditReport:
+def audit(path, removed=None, *, log_head: str | None = None) -> AuditReport:
     """Verify a saved model's edit log and digest, and scan its files for
     removed vectors.
 
@@ -198,6 +208,12 @@ def audit(path, removed=None) -> AuditReport:
         file of them (read without pickles, its shape checked first). Each is
         searched for as raw float32 and float16 bytes and as the memory stores
         it (pre-processed, in float32 and float16). None scans nothing.
+    log_head : str, default=None
+        :attr:`AuditReport.log_head` of an earlier audit: the chain must
+        still hold that entry. Without it, the last entry's own fields
+        (``op``, ``count``, ``ids_digest``, ``time``) are checked by nothing
+        after them; a chain rewritten from the start, hashes and all, is
+        only caught this way (the log has no secret key).
 
     Returns
     -------
@@ -239,6 +255,14 @@ def audit(path, removed=None) -> AuditReport:
         if entries and isinstance(entries[-1], dict):
             report.logged_digest = entries[-1].get("after")
         report.head = _head_status(est, entries)
+        hashes = [entry_hash(e) for e in entries if isinstance(e, dict)]
+        report.log_head = hashes[-1] if hashes else None
+        if log_head is not None and log_head not in hashes:
+            report.chain_problems.append(
+                f"the certified entry {log_head} is not in the log (the log "
+                "was rewritten or cut back)"
+            )
+            report.chain_valid = False
     if est is not None:
         report.estimator = type(est).__name__
         report.digest = est.memory_digest()

@@ -480,12 +480,13 @@ def audit(args: argparse.Namespace) -> int:
 
     if args.json is not None:
         _check_writable(Path(args.json), "--json", (".json",))
-    report = run_audit(args.path, removed=args.removed)
+    report = run_audit(args.path, removed=args.removed, log_head=args.log_head)
     if args.json is not None:
         report.to_json(args.json)
     print(f"audit of {report.path} ({report.estimator or 'not loaded'})")
     print(f"  edit log: {report.n_entries} entries, chain valid: {report.chain_valid}")
     print(f"  digest matches the log: {report.digest_matches}")
+    print(f"  log head (keep as the certificate): {report.log_head}")
     if args.removed is not None:
         print(
             f"  removed vectors: {report.n_removed}, byte hits: {report.n_byte_hits} "
@@ -508,6 +509,11 @@ def _audit_options(p) -> None:
         "--removed",
         metavar="FILE.npy",
         help="the raw vectors that were deleted, one per row",
+    )
+    p.add_argument(
+        "--log-head",
+        metavar="HEX",
+        help="the log head of an earlier audit: the log must still hold it",
     )
     p.add_argument(
         "--json", metavar="OUT.json", help="also write the report as JSON here"
