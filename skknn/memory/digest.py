@@ -144,11 +144,17 @@ def _raw(store, ids):
 
 
 def _label_lines(labels) -> bytes:
-    """One canonical JSON line per label (a row of levels for multi-output)."""
-    values = np.asarray(labels).tolist()
-    return "".join(
-        json.dumps(v, sort_keys=True, default=str) + "\n" for v in values
-    ).encode()
+    """One canonical JSON line per label (a row of levels for multi-output);
+    each distinct value is encoded once."""
+    labels = np.asarray(labels)
+    try:
+        values, codes = np.unique(
+            labels, return_inverse=True, axis=0 if labels.ndim == 2 else None
+        )
+    except TypeError:  # objects that do not sort: one at a time
+        values, codes = labels, np.arange(labels.shape[0])
+    lines = [json.dumps(v, sort_keys=True, default=str) + "\n" for v in values.tolist()]
+    return "".join([lines[c] for c in codes.ravel().tolist()]).encode()
 
 
 def _canonical(obj) -> bytes:
