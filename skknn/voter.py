@@ -575,17 +575,22 @@ class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
                 store = self._new_memory(X.shape[1])
             else:
                 store = self.memory_
-            before = self._digest_before_edit()
-            added = store.add(
-                X, y, sample_ids, classes=classes, sample_weight=sample_weight
-            )
+            # Held from the digest before to the one after: a concurrent edit
+            # must not fall between them (the log would not chain).
+            with store.editing():
+                before = self._digest_before_edit()
+                added = store.add(
+                    X, y, sample_ids, classes=classes, sample_weight=sample_weight
+                )
+                if not first_call:
+                    self._record_edit("partial_fit", added, before)
         if first_call:
             old = self.__dict__.get("memory_")
             self.memory_ = store
             self.__dict__.pop("learned_state_", None)
             self._fitted_config_ = self._memory_config()
             self._publish_storage(old)
-        self._record_edit("fit" if first_call else "partial_fit", added, before)
+            self._record_edit("fit", added, before)
         if self.voting == "learned" and self.memory_.n_samples:
             self._learned_state()  # trained here, not at the first prediction
         return self
@@ -675,10 +680,11 @@ class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         self._check_storage_owner()
-        before = self._digest_before_edit()
         ids = np.asarray(sample_ids)
-        self.memory_.remove(ids, retrain_index=bool(retrain_index))
-        self._record_edit("unlearn", ids, before)
+        with self.memory_.editing():  # see _add
+            before = self._digest_before_edit()
+            self.memory_.remove(ids, retrain_index=bool(retrain_index))
+            self._record_edit("unlearn", ids, before)
         # nothing derived from a removed sample survives: rightness and scorer
         # are computed again from what remains
         self.__dict__.pop("learned_state_", None)

@@ -373,3 +373,24 @@ def test_a_file_without_a_log_or_damaged_beyond_loading_fails(split, tmp_path):
     report = skknn.audit(path)
     assert not report.ok
     assert report.errors[0].startswith("load: ")
+
+
+def test_concurrent_edits_still_chain(split):
+    """Each edit holds the memory from its digest before to its digest after,
+    so edits from several threads never interleave in the log."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, y, ids, _ = split
+    knn = KNNVoter(index=INDEX).fit(X[:30], y[:30], ids[:30])
+
+    def grow_and_shrink(i):
+        batch = ids[30 + 6 * i : 36 + 6 * i]
+        knn.partial_fit(X[batch], y[batch], sample_ids=batch)
+        knn.unlearn(batch[:3])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(grow_and_shrink, range(10)))
+    log = knn.edit_log()
+    assert len(log) == 21
+    assert chain_problems(log) == []
+    assert log[-1]["after"] == knn.memory_digest()
