@@ -281,10 +281,11 @@ def audit(path, removed=None, *, log_head: str | None = None) -> AuditReport:
 
 def _load(root: Path, is_folder: bool, report: AuditReport):
     from skknn.io import load
+    from skknn.memory.segments import StorageInUse
 
     try:
         return load(root) if is_folder else load(root, mmap=True)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, StorageInUse) as exc:
         report.errors.append(f"load: {exc}")
         return None
 

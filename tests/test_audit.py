@@ -262,6 +262,17 @@ def test_a_planted_copy_of_a_removed_vector_is_found(split, tmp_path):
     assert "notes.bin at offset 3" in report.failures()[0]
 
 
+def test_a_folder_held_by_a_live_estimator_is_reported_not_raised(split, tmp_path):
+    X, y, ids, _ = split
+    root = tmp_path / "store"
+    knn = KNNVoter(index=INDEX, storage_path=root).fit(X, y, ids)
+    report = skknn.audit(root)
+    assert not report.ok
+    assert report.errors[0].startswith("load: The memory in")
+    assert report.chain_valid  # the log file is read all the same
+    del knn
+
+
 def test_links_are_not_followed(split, tmp_path):
     X, y, ids, gone = split
     root = tmp_path / "store"
