@@ -36,53 +36,57 @@ MAX_FILES = 100_000
 class AuditReport:
     """What :func:`audit` found. ``ok`` is True only when every check passed.
 
-    Attributes
+    :func:`audit` fills it; each parameter is also the attribute of that name.
+
+    Parameters
     ----------
     path : str
         The model file or folder audited.
-    ok : bool
+    ok : bool, default=False
         The chain is valid, the digest matches, no removed vector's bytes were
         found, the model loaded, and no head was trained on deleted samples.
-    chain_valid : bool
+    estimator : str or None, default=None
+        The class of the loaded model.
+    chain_valid : bool, default=False
         Every entry is well formed and names the hash of the one before; every
         edit starts where the one before ended.
-    chain_problems : list of str
+    chain_problems : list of str, default=[]
         Where the chain breaks (entry numbers from 0).
-    n_entries : int
+    n_entries : int, default=0
         Entries in the log.
-    log_head : str or None
+    log_head : str or None, default=None
         The hash of the log's last entry: keep it (with the report) as the
         certificate of this state; a later ``audit(..., log_head=)`` checks
         the log still holds that entry, so nothing before it was rewritten.
-    digest : str or None
+    digest : str or None, default=None
         The memory's digest recomputed from the stored bytes (None if the model
         could not be loaded).
-    logged_digest : str or None
+    logged_digest : str or None, default=None
         The ``after`` of the log's last entry.
-    digest_matches : bool
+    digest_matches : bool, default=False
         ``digest == logged_digest``.
-    n_removed : int
+    n_removed : int, default=0
         Removed vectors searched for.
-    unscannable_rows : list of int
+    unscannable_rows : list of int, default=[]
         Removed vectors whose bytes are all zero in some form (they would
         match any padding), not searched in that form.
-    byte_hits : list of dict
+    byte_hits : list of dict, default=[]
         Where removed bytes were found: ``file``, ``offset``, ``row`` (of the
         removed vectors) and ``form`` (``"raw float32"``, ``"raw float16"``,
         ``"stored float32"``, ``"stored float16"``); the first 1000.
-    n_byte_hits : int
+    n_byte_hits : int, default=0
         All hits, reported or not.
-    files_scanned : list of str
+    files_scanned : list of str, default=[]
         Regular files read (links are never followed).
-    links_skipped : list of str
+    links_skipped : list of str, default=[]
         Links found under the folder and left alone.
-    bytes_scanned : int
+    bytes_scanned : int, default=0
         Their total size.
-    head : dict or None
+    head : dict or None, default=None
         For a model with a trained head (JOINT, the fine-tuner):
         ``trained_after_last_deletion`` (None without deletions),
         ``last_head_entry``, ``last_deletion_entry``.
-    errors : list of str
+    errors : list of str, default=[]
         What could not be read or checked, and why.
 
     Examples
@@ -118,6 +122,7 @@ class AuditReport:
         Returns
         -------
         report : dict
+            Every field by its name; lists and dicts copied.
 
         Examples
         --------
@@ -133,11 +138,14 @@ class AuditReport:
         Parameters
         ----------
         path : str or path-like, default=None
+            Where to write it; None only returns the text.
         indent : int, default=2
+            JSON indentation.
 
         Returns
         -------
         text : str
+            The JSON, keys sorted, ending in a newline.
 
         Examples
         --------

@@ -19,10 +19,10 @@ from skknn.memory.digest import (
     NO_MEMORY,
     EditLog,
     checked_entries,
-    digest_before,
     memory_digest,
     read_log_file,
     record,
+    state_before,
 )
 
 
@@ -93,26 +93,23 @@ class CertifiedMemory:
             log = self._edit_log = EditLog()
         return log
 
-    def _digest_before_edit(self) -> str:
-        """The memory's digest before an edit (the one a fit replaces). A new
-        voter continuing another's chain (JOINT's refit) replaces the memory
-        the chain last described."""
-        log = self._edit_log_object()
-        store = self.__dict__.get("memory_")
-        if store is None:
-            return NO_MEMORY if log.last is None else log.last["after"]
-        return digest_before(log, store)
+    def _state_before_edit(self) -> tuple[str, object]:
+        """``(digest, lanes)`` of the memory before an edit (the one a fit
+        replaces). A new voter continuing another's chain (JOINT's refit)
+        replaces the memory the chain last described."""
+        return state_before(self._edit_log_object(), self.__dict__.get("memory_"))
 
     def _continue_chain(self, other) -> None:
         """Start from a copy of ``other``'s log (a voter this one replaces): a
         fit that fails leaves ``other``'s untouched."""
         self._edit_log = EditLog(other._edit_log_object().entries())
 
-    def _record_edit(self, op: str, ids, before: str, **extra) -> dict:
-        """Log the edit just made to ``memory_`` (and to the storage folder)."""
+    def _record_edit(self, op: str, ids, before: str, lanes=None, **extra) -> dict:
+        """Log the edit just made to ``memory_``, whose hash is now ``lanes``
+        (None: hashed whole), here and in the storage folder."""
         log = self._edit_log_object()
         self._attach_log_file()
-        return record(log, op, ids, before, self.memory_, **extra)
+        return record(log, op, ids, before, self.memory_, lanes=lanes, **extra)
 
     def _attach_log_file(self) -> None:
         """In a storage folder, the log is ``edit_log.jsonl`` beside
@@ -181,18 +178,9 @@ class DelegatedCertificates:
 def record_head(voter, n_samples: int, ids, **extra) -> dict:
     """Log that a head was trained on ``voter``'s memory as it is now (an entry
     that changes nothing: ``before == after``)."""
-    log = voter._edit_log_object()
-    now = digest_before(log, voter.memory_)
-    voter._attach_log_file()
-    return record(
-        log,
-        "head",
-        ids,
-        now,
-        voter.memory_,
-        after=now,
-        trained_on=int(n_samples),
-        **extra,
+    now, lanes = voter._state_before_edit()
+    return voter._record_edit(
+        "head", ids, now, lanes, trained_on=int(n_samples), **extra
     )
 
 

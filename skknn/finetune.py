@@ -427,7 +427,7 @@ class FineTunedJointClassifier(
         """Re-embed the memory with the current backbone (and, with ``p_true``,
         the leave-one-out probabilities that weight the loss)."""
         E = _embed(run.extractor, run.images, self.batch_size)
-        before = run.knn._digest_before_edit()
+        before, _ = run.knn._state_before_edit()
         run.knn.memory_.replace_vectors(E)
         run.knn._record_edit("refresh", run.ids, before)
         run.refreshes += 1

@@ -445,7 +445,7 @@ class JointKNNClassifier(
         except BaseException:
             # All or nothing: the memory forgets the samples, the head and the
             # bookkeeping go back to what they were.
-            before = self.knn_._digest_before_edit()
+            before, _ = self.knn_._state_before_edit()
             store.remove(ids, retrain_index=False)
             self.knn_._record_edit("rollback", ids, before)
             self.__dict__.update(saved)

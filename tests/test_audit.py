@@ -12,6 +12,8 @@ import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import skknn
 from skknn import (
@@ -405,3 +407,29 @@ def test_concurrent_edits_still_chain(split):
     assert len(log) == 21
     assert chain_problems(log) == []
     assert log[-1]["after"] == knn.memory_digest()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.booleans(), st.integers(1, 5)), min_size=1, max_size=6),
+    dtype=st.sampled_from(["float32", "float16"]),
+    preprocessing=st.sampled_from(["l2", "center_l2", None]),
+)
+def test_each_logged_digest_is_the_memory_hashed_whole(steps, dtype, preprocessing):
+    """Edits update the digest by their rows only; each must equal a digest of
+    the whole memory taken then."""
+    rng = np.random.default_rng(len(steps))
+    X = rng.normal(size=(80, 8)).astype(np.float32)
+    y = rng.choice(["a", "b", "c"], 80)
+    knn = KNNVoter(index=INDEX, storage_dtype=dtype, preprocessing=preprocessing)
+    knn.fit(X[:20], y[:20])
+    whole = [knn.memory_digest()]
+    next_row = 20
+    for add, n in steps:
+        if add:
+            knn.partial_fit(X[next_row : next_row + n], y[next_row : next_row + n])
+            next_row += n
+        else:
+            knn.unlearn(knn.sample_ids_[::3][:n])
+        whole.append(knn.memory_digest())
+    assert [e["after"] for e in knn.edit_log()] == whole

@@ -1,12 +1,14 @@
 """What a memory holds, as one hash, and the hash-chained log of its edits.
 
-The digest (:func:`memory_digest`) is a small hash tree: one BLAKE2b stream per
-kind of content (ids, labels, sample weights, stored vectors, raw vectors), each
-over the samples sorted by id, and a root over a header (the memory's shape and
-pre-processing, its centre) and the streams. Sorting by id makes it independent
-of the order rows were added or moved in; hashing what the store gives back
-through its public ``get`` makes it the same for a memory in RAM, on disk or in
-Dask shards. What it covers, and when ``fit(A + B)`` then ``unlearn(B)`` equals
+The digest (:func:`memory_digest`) is a two-level hash: each sample's leaf
+(SHAKE-128 of its id, weight, stored vector bytes, raw vector and label, read as
+1,024 uint16 lanes) is summed lane by lane modulo 2**16 over the memory (LtHash16,
+a homomorphic multiset hash), and the root is BLAKE2b-256 of a header (the
+memory's shape and pre-processing, its centre, its size) and the lanes. The sum
+makes it independent of the order rows were added or moved in, and lets an edit
+update it in O(rows changed) (:func:`row_lanes`); hashing what the store gives
+back through its public ``get`` makes it the same for a memory in RAM, on disk or
+in Dask shards. What it covers, and when ``fit(A + B)`` then ``unlearn(B)`` equals
 ``fit(A)``, is in docs/user_guide/certificates.rst.
 
 The log (:class:`EditLog`) is append-only: every entry names the hash of the
@@ -27,22 +29,21 @@ from pathlib import Path
 
 import numpy as np
 
-SCHEME = "skknn-memory-digest/1"
+SCHEME = "skknn-memory-digest/2"
 # ``before`` of the edit that built a memory where there was none.
 NO_MEMORY = "0" * 64
 # ``prev`` of the first entry.
 GENESIS = "0" * 64
 # Samples read from the store at a time while hashing: bounded RAM.
 _BLOCK = 65536
+# LtHash16: a sample's leaf is 1,024 uint16 lanes; a memory is their sum.
+LANES = 1024
+_LEAF = b"skknn-leaf/1\0"
 ENTRY_KEYS = ("op", "count", "ids_digest", "before", "after", "time", "prev")
 _HEX_KEYS = ("ids_digest", "before", "after", "prev")
 LOG_FILE = "edit_log.jsonl"
 # A log file larger than this is not read (a file is data: checked first).
 MAX_LOG_BYTES = 256 << 20
-
-
-def _hasher():
-    return hashlib.blake2b(digest_size=32)
 
 
 def ids_digest(ids) -> str:
@@ -98,39 +99,69 @@ def memory_digest(store) -> str:
     True
     """
     with store.reading():
-        ids = np.sort(store.ids())
-        dtype = np.dtype(store.storage_dtype).newbyteorder("<")
-        streams = {name: _hasher() for name in ("ids", "labels", "weights", "X", "raw")}
+        return root_digest(store, memory_lanes(store))
+
+
+def memory_lanes(store) -> np.ndarray:
+    """The multiset hash of every sample in ``store`` (:func:`row_lanes` of all)."""
+    with store.reading():
+        ids = store.ids()
+        total = np.zeros(LANES, dtype=np.uint16)
         for s in range(0, ids.shape[0], _BLOCK):
-            block = ids[s : s + _BLOCK]
-            stored = store.get(block, prepared=True)
-            raw = _raw(store, block)
-            streams["ids"].update(block.astype("<i8").tobytes())
-            streams["labels"].update(_label_lines(stored.labels))
-            # float16 rows come back widened exactly: cast back, the stored bytes
-            streams["X"].update(np.asarray(stored.X).astype(dtype).tobytes())
-            if raw is None:  # files of skknn 0.1 kept no lengths
-                streams["raw"].update(b"unrecoverable")
-                continue
-            streams["weights"].update(
-                np.asarray(raw.sample_weight, dtype="<f4").tobytes()
-            )
-            streams["raw"].update(np.asarray(raw.X, dtype="<f4").tobytes())
-        header = {
-            "scheme": SCHEME,
-            "n_features": int(store.n_features),
-            "metric": store.metric.name,
-            "preprocessing": store.preprocessing,
-            "storage_dtype": store.storage_dtype,
-            "n_samples": int(ids.shape[0]),
-            "center": None
-            if store.mean is None
-            else np.asarray(store.mean, dtype="<f4").tobytes().hex(),
-        }
-    root = _hasher()
-    root.update(_canonical(header))
-    for name in ("ids", "labels", "weights", "X", "raw"):
-        root.update(streams[name].digest())
+            total += row_lanes(store, ids[s : s + _BLOCK])
+        return total
+
+
+def row_lanes(store, ids) -> np.ndarray:
+    """The sum, lane by lane modulo 2**16, of the samples ``ids``' leaf hashes.
+
+    A sample's leaf is SHAKE-128 (2,048 bytes, read as 1,024 little-endian
+    uint16 lanes) of its id, weight, stored vector bytes (the storage dtype),
+    raw vector (float32) and label (canonical JSON): LtHash16 (Lewi et al.,
+    "Securing Update Propagation with Homomorphic Hashing", 2019). Sums
+    commute, so the order of samples does not matter, and an edit adds its new
+    samples' leaves or subtracts its removed ones'.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    if not ids.shape[0]:
+        return np.zeros(LANES, dtype=np.uint16)
+    stored = store.get(ids, prepared=True)
+    raw = _raw(store, ids)
+    dtype = np.dtype(store.storage_dtype).newbyteorder("<")
+    parts = [
+        ids.astype("<i8").view(np.uint8).reshape(-1, 8),
+        np.asarray(stored.X).astype(dtype).view(np.uint8).reshape(ids.shape[0], -1),
+    ]
+    if raw is not None:  # files of skknn 0.1 kept no lengths: no raw vectors
+        parts.append(np.asarray(raw.sample_weight, "<f4").view(np.uint8)[:, None])
+        parts[-1] = parts[-1].reshape(ids.shape[0], 4)
+        parts.append(np.asarray(raw.X, "<f4").view(np.uint8).reshape(ids.shape[0], -1))
+    rows = np.ascontiguousarray(np.concatenate(parts, axis=1))
+    labels = _label_lines(stored.labels)
+    out = bytearray()
+    for row, label in zip(rows, labels):
+        out += hashlib.shake_128(_LEAF + row.tobytes() + label).digest(2 * LANES)
+    lanes = np.frombuffer(bytes(out), dtype="<u2").reshape(ids.shape[0], LANES)
+    return (lanes.sum(axis=0, dtype=np.uint64) % (1 << 16)).astype(np.uint16)
+
+
+def root_digest(store, lanes: np.ndarray) -> str:
+    """The digest of ``store`` whose samples hash to ``lanes``: BLAKE2b-256 of
+    a header (scheme, width, metric, pre-processing, storage dtype, sample
+    count, centre) and the lanes."""
+    header = {
+        "scheme": SCHEME,
+        "n_features": int(store.n_features),
+        "metric": store.metric.name,
+        "preprocessing": store.preprocessing,
+        "storage_dtype": store.storage_dtype,
+        "n_samples": int(store.n_samples),
+        "center": None
+        if store.mean is None
+        else np.asarray(store.mean, dtype="<f4").tobytes().hex(),
+    }
+    root = hashlib.blake2b(_canonical(header), digest_size=32)
+    root.update(np.asarray(lanes, dtype="<u2").tobytes())
     return root.hexdigest()
 
 
@@ -143,7 +174,7 @@ def _raw(store, ids):
         return None
 
 
-def _label_lines(labels) -> bytes:
+def _label_lines(labels) -> list[bytes]:
     """One canonical JSON line per label (a row of levels for multi-output);
     each distinct value is encoded once."""
     labels = np.asarray(labels)
@@ -153,8 +184,11 @@ def _label_lines(labels) -> bytes:
         )
     except TypeError:  # objects that do not sort: one at a time
         values, codes = labels, np.arange(labels.shape[0])
-    lines = [json.dumps(v, sort_keys=True, default=str) + "\n" for v in values.tolist()]
-    return "".join([lines[c] for c in codes.ravel().tolist()]).encode()
+    lines = [
+        (json.dumps(v, sort_keys=True, default=str) + "\n").encode()
+        for v in values.tolist()
+    ]
+    return [lines[c] for c in codes.ravel().tolist()]
 
 
 def _canonical(obj) -> bytes:
@@ -273,6 +307,22 @@ class EditLog:
         self._entries = [dict(e) for e in entries or ()]
         self._file = None
         self._file_count = 0  # entries the attached file is known to hold
+        # (uid, version, lanes) of the memory as last hashed: an edit updates
+        # the lanes by its rows instead of hashing the whole memory again
+        self._lanes = None
+
+    def lanes_of(self, store) -> np.ndarray:
+        """The multiset hash of ``store`` now: remembered for its (uid,
+        version), else computed from every sample."""
+        key = (store.uid, int(store.version))
+        if self._lanes is None or self._lanes[0] != key:
+            self._lanes = (key, memory_lanes(store))
+        return self._lanes[1].copy()
+
+    def remember(self, store, lanes: np.ndarray) -> str:
+        """Remember ``lanes`` as the hash of ``store`` now; its digest."""
+        self._lanes = ((store.uid, int(store.version)), lanes.copy())
+        return root_digest(store, lanes)
 
     @property
     def last(self) -> dict | None:
@@ -332,7 +382,8 @@ class EditLog:
         self._file_count = len(self._entries)
 
     def __getstate__(self):
-        return {"entries": self._entries}  # a file belongs to one process
+        # A file belongs to one process; the lanes are found again if needed.
+        return {"entries": self._entries}
 
     def __setstate__(self, state):
         self.__init__(state["entries"])
@@ -403,39 +454,37 @@ def named_edit(op: str, ids, **extra):
         _NAMED.reset(token)
 
 
-def digest_before(log: EditLog, store) -> str:
-    """The digest of ``store`` now: the last entry's ``after`` when it describes
-    this very state (same uid and version), else computed."""
+def state_before(log: EditLog, store) -> tuple[str, np.ndarray | None]:
+    """``(digest, lanes)`` of ``store`` before an edit; for no store, the state
+    the chain last described (``NO_MEMORY`` at its start) and no lanes."""
     if store is None:
-        return NO_MEMORY
-    last = log.last
-    if (
-        last is not None
-        and last.get("memory") == store.uid
-        and last.get("version") == store.version
-    ):
-        return last["after"]
-    return memory_digest(store)
+        return (NO_MEMORY if log.last is None else log.last["after"]), None
+    with store.reading():
+        lanes = log.lanes_of(store)
+        return root_digest(store, lanes), lanes
 
 
 def record(
-    log: EditLog, op: str, ids, before: str, store, *, after=None, **extra
+    log: EditLog, op: str, ids, before: str, store, *, lanes=None, **extra
 ) -> dict:
-    """Append the edit that took ``store`` from ``before`` to its state now
-    (``after``: its digest, when the caller knows it)."""
+    """Append the edit that took ``store`` from ``before`` to its state now,
+    whose multiset hash is ``lanes`` (None: computed from every sample)."""
     named = _NAMED.get()
     if named is not None:
         op, ids = named["op"], named["ids"]
         extra = {**extra, **named["extra"]}
         _NAMED.set(None)  # one edit only
     ids = np.asarray(ids)
+    with store.reading():
+        after = log.remember(store, memory_lanes(store) if lanes is None else lanes)
+        version = int(store.version)
     return log.append(
         op,
         count=int(np.unique(ids).shape[0]),
         ids_digest=ids_digest(ids),
         before=before,
-        after=memory_digest(store) if after is None else after,
+        after=after,
         memory=store.uid,
-        version=int(store.version),
+        version=version,
         **extra,
     )
