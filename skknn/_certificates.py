@@ -32,9 +32,10 @@ class CertifiedMemory:
     def memory_digest(self) -> str:
         """The content digest of the memory: what it holds, nothing else.
 
-        A hash tree (BLAKE2b) over every sample's id, label, weight, stored
-        vector bytes and raw vector, sorted by id, and the memory's
-        pre-processing, centre and storage dtype: ``fit(A + B)`` then
+        A homomorphic multiset hash (LtHash16 over SHAKE-128 leaves) of every
+        sample's id, label, weight, stored vector bytes and raw vector, whatever
+        their order, and BLAKE2b of it with the memory's pre-processing, centre
+        and storage dtype: ``fit(A + B)`` then
         ``unlearn(B)`` gives the digest of ``fit(A)`` (with ``"center_l2"``,
         only when ``B`` was not part of the first fit, whose mean is the
         centre; see the user guide, "Deletion you can prove").
