@@ -89,10 +89,17 @@ class Clock:
 
 def _instrument(clock: Clock) -> None:
     """Timers around the steps of skknn's fit and predict (breakdown runs only)."""
-    import skknn.memory.engines as search
-    import skknn.memory.front as store
     import skknn.voter as voter
-    from skknn.memory.metric import Metric
+
+    try:
+        import skknn.memory.engines as search
+        import skknn.memory.front as store
+        from skknn.memory.metric import Metric
+    except ImportError:  # a checkout from before the memory package (issue 24)
+        import skknn._search as search
+        from skknn._metric import Metric
+
+        import skknn._store as store
 
     vs = store.VectorStore
     clock.wrap(voter.KNNVoter, "_add", "fit")
@@ -109,6 +116,7 @@ def _instrument(clock: Clock) -> None:
     clock.wrap(vs, "_nearest_first", "predict: re-sort", per_round=True)
     clock.wrap(vs, "_record", "predict: neighbour record")
     clock.wrap(voter.KNNVoter, "vote", "predict: vote")
+    clock.wrap(store, "nearest_first", "predict: re-sort", per_round=True)
     search_prepared, candidates = vs._search_prepared, vs._candidates
 
     def counted_search(self, *args, **kwargs):

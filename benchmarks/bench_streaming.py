@@ -39,15 +39,17 @@ loaded, is its own; C++ allocations included), all with ``--threads`` threads:
   ``unlearn(ids, retrain_index=False)`` (the streaming mode: the peers do not
   retrain either) and ``kneighbors``.
 * ``skknn auto`` (by ``--systems`` only): the default ``index="auto"``; below
-  1,000,000 samples it *is* FAISS flat (``skknn/_search.py``:
+  1,000,000 samples it *is* FAISS flat (``skknn/memory/engines.py``:
   ``AUTO_MIN_SAMPLES``), so it answers as ``skknn flat``.
 * ``skknn auto-approx``: the approximate engine ``"auto"`` switches to at size,
   pinned (``AUTO_INDEX`` ``"IVF4096,PQ32"`` with ``AUTO_PARAMS`` nprobe 32,
-  refine 4), ``retrain_index=False``; ``skknn auto-approx retrain`` (by
-  ``--systems`` only): the same with the default ``unlearn(ids)``, which trains
-  the index afresh at every deletion, each as long as the first build. skknn
-  builds an IVF index once the memory holds 39 samples per list (159,744 for
-  IVF4096) and searches exactly before that (and after a deletion below it).
+  refine 4, far_quantile 0.999: queries far from every stored sample are
+  searched exactly, ``skknn/memory/far.py``), ``retrain_index=False``;
+  ``skknn auto-approx retrain`` (by ``--systems`` only): the same with the
+  default ``unlearn(ids)``, which trains the index afresh at every deletion,
+  each as long as the first build. skknn builds an IVF index once the memory
+  holds 39 samples per list (159,744 for IVF4096) and searches exactly before
+  that (and after a deletion below it).
 * ``faiss flat``: ``IndexIDMap2(IndexFlatL2)``, ``add_with_ids`` / ``remove_ids``.
 * ``faiss IVF``: ``IndexIVFFlat`` (nlist as skknn's, trained on the first insert,
   nprobe 32) with its own ids, ``add_with_ids`` / ``remove_ids``.

@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 from sklearn.utils import Bunch
 
+from skknn._validation import check_float, check_int
+
 
 def agreement(pred: np.ndarray, reference: np.ndarray) -> float:
     """Share of queries predicted alike (every level alike, for several)."""
@@ -21,6 +23,44 @@ def recall_at_k(ids: np.ndarray, true_ids: np.ndarray) -> float:
     k = true_ids.shape[1]
     hits = [np.intersect1d(a[a >= 0], b).size for a, b in zip(ids, true_ids)]
     return float(np.sum(hits) / (k * len(true_ids)))
+
+
+def check_request(voter, target, max_memory_bytes) -> None:
+    """``tune_index``'s arguments, and whether the voter's memory can be tuned
+    (raises ValueError before anything is measured)."""
+    check_float(voter, "target_agreement", target, low=0, low_inclusive=False)
+    if target > 1:
+        raise ValueError(
+            "The 'target_agreement' parameter of KNNVoter.tune_index must be "
+            f"in (0, 1]. Got {target!r} instead."
+        )
+    if max_memory_bytes is not None:
+        check_int(voter, "max_memory_bytes", max_memory_bytes, low=1)
+    memory = voter.memory_
+    sharded = getattr(memory, "sharded", False)
+    if memory.auto:
+        if sharded or memory.storage_folder is not None:
+            raise ValueError(
+                "index='auto' tunes by rebuilding the memory in RAM; this one is "
+                "on disk or in Dask shards. Fit with index=<a faiss.index_factory "
+                "string> and tune its knobs instead."
+            )
+        return
+    if max_memory_bytes is not None:
+        raise ValueError(
+            "max_memory_bytes chooses among index families: it applies with "
+            f"index='auto' only (this memory is index={voter.engine_!r})."
+        )
+    if sharded:
+        tunable = memory.tuning_grid() is not None
+    else:
+        tunable = hasattr(memory.engine, "tuning_grid")
+    if not tunable:
+        raise ValueError(
+            f"index={voter.engine_!r} is an exact search: it has no knobs to "
+            "tune. tune_index is for approximate indexes ('IVF1024,PQ32', "
+            "'HNSW32,SQ8')."
+        )
 
 
 def tune(voter, X: np.ndarray, target: float, k: int, predict) -> Bunch:
@@ -49,7 +89,7 @@ def tune(voter, X: np.ndarray, target: float, k: int, predict) -> Bunch:
             original = dict(store.index_params)
             try:
                 search = _published(store, X, k, voter)
-                rows = _measure(knobs, refines, len(X), target, search, score)
+                rows = measure_grid(knobs, refines, len(X), target, search, score)
             finally:
                 store.set_index_params(original)
     else:
@@ -57,7 +97,7 @@ def tune(voter, X: np.ndarray, target: float, k: int, predict) -> Bunch:
         def search(params):
             return store.search(X, k, batch_size=voter.batch_size, index_params=params)
 
-        rows = _measure(knobs, refines, len(X), target, search, score)
+        rows = measure_grid(knobs, refines, len(X), target, search, score)
     return _chosen(store, rows, target, X, k)
 
 
@@ -71,7 +111,7 @@ def _published(store, X, k: int, voter):
     return search
 
 
-def _measure(knobs, refines, n_queries: int, target: float, search, score):
+def measure_grid(knobs, refines, n_queries: int, target: float, search, score):
     """One row per setting tried: its knobs, agreement, recall and speed.
     ``search(params)`` searches the queries at a setting; ``score(found)``
     gives its ``(agreement, recall)``."""

@@ -12,25 +12,7 @@ Two ways to use a cluster, for two different limits:
 :func:`to_local` brings a sharded memory into this process. :class:`ShardLost`
 is raised, with no partial answer, when a shard's worker is gone.
 
-Examples
---------
->>> import numpy as np
->>> from distributed import Client, LocalCluster
->>> from skknn import KNNVoter
->>> from skknn.distributed import to_local
->>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=":0")
->>> client = Client(cluster)
->>> rng = np.random.default_rng(0)
->>> X, y = rng.normal(size=(100, 8)), rng.integers(0, 3, 100)
->>> knn = KNNVoter(5, index="flat", backend="dask").fit(X, y)
->>> knn.memory_.n_shards, sum(knn.memory_.shard_sizes)
-(2, 100)
->>> local = KNNVoter(5, index="flat").fit(X, y)
->>> bool((knn.kneighbors(X[:5])[1] == local.kneighbors(X[:5])[1]).all())
-True
->>> to_local(knn).memory_.n_samples
-100
->>> client.close(); cluster.close()
+Each function below has a runnable example on a ``LocalCluster``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from numbers import Integral, Real
 
@@ -744,12 +743,9 @@ class JointKNNClassifier(
         return ex
 
     # -- persistence ----------------------------------------------------------
-    @contextlib.contextmanager
     def __skknn_reading__(self):
         """Hold the head's and the memory's state while they are written."""
-        check_is_fitted(self)
-        with self._reading(), self.knn_.__skknn_reading__():
-            yield
+        return self._reading_with(self.knn_)
 
     def __skknn_save__(self) -> tuple[dict, dict]:
         check_is_fitted(self)

@@ -14,7 +14,6 @@ leave (it lies within their radius) are searched again.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from numbers import Integral, Real
 
@@ -607,12 +606,9 @@ class MemoryPruner(
         return self.estimator_.explain(X)
 
     # -- persistence ----------------------------------------------------------
-    @contextlib.contextmanager
     def __skknn_reading__(self):
         """Hold the counts' and the memory's state while they are written."""
-        check_is_fitted(self)
-        with self._reading(), self.estimator_.__skknn_reading__():
-            yield
+        return self._reading_with(self.estimator_)
 
     def __skknn_save__(self) -> tuple[dict, dict]:
         check_is_fitted(self)

@@ -25,7 +25,6 @@ from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_
 from skknn._param_validation import Interval, StrOptions, check_params, check_values
 from skknn._validation import (
     SPARSE_INDEXES,
-    check_float,
     check_int,
     check_option,
     check_sparse_engine,
@@ -126,7 +125,8 @@ class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
         65536)`` of them, then filled in blocks); until then its searches are
         exact. ``"auto"`` picks by memory size when FAISS is installed:
         ``"flat"`` below 1,000,000 samples, ``"IVF4096,PQ32"`` with
-        ``{"nprobe": 32, "refine": 4}`` from then on (>= 99% prediction
+        ``{"nprobe": 32, "refine": 4, "far_quantile": 0.999}`` from then on
+        (>= 99% prediction
         agreement with exact search and >= 10x its speed on the benchmark in
         ``benchmarks/RESULTS.md``), switching as the memory grows or shrinks
         past it; without FAISS, or on a CUDA device FAISS cannot use, torch's
@@ -135,7 +135,12 @@ class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
         FAISS search parameters by their FAISS names, e.g. ``{"nprobe": 16}``
         or ``{"efSearch": 128}``, and ``"refine"`` for an approximate index:
         retrieve ``refine * k`` candidates and keep the ``k`` nearest by exact
-        distance from the stored vectors (``{"nprobe": 16, "refine": 4}``).
+        distance from the stored vectors (``{"nprobe": 16, "refine": 4}``),
+        and ``"far_quantile"``: a query whose k-th candidate is farther than
+        this quantile of the memory's own k-th-neighbour distances (measured
+        once per memory state on 512 stored samples) is searched exactly; the
+        index answers such out-of-distribution queries poorly, e.g. queries
+        about a region whose samples were unlearned.
         :meth:`tune_index` picks them for a target prediction agreement.
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -211,6 +216,9 @@ class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
     tuning_ : Bunch
         Set by :meth:`tune_index`: the settings it measured, with their
         prediction agreement, recall and speed.
+    index_front_ : pandas.DataFrame
+        Set by :meth:`tune_index` with ``index="auto"``: the measured Pareto
+        front of index families and knobs (agreement, queries/s, bytes).
 
     See Also
     --------
@@ -1169,7 +1177,14 @@ class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
             "residual_distances": found.distances,
         }
 
-    def tune_index(self, X, target_agreement: float = 0.99, *, n_neighbors=None):
+    def tune_index(
+        self,
+        X,
+        target_agreement: float = 0.99,
+        *,
+        n_neighbors=None,
+        max_memory_bytes=None,
+    ):
         """Set ``index_params`` to the cheapest knobs that keep predictions.
 
         Measures, on the queries ``X``, the prediction agreement with exact
@@ -1181,6 +1196,18 @@ class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
         setting that meets it is set (with a warning, the most accurate one
         when none does); the table is kept in :attr:`tuning_`.
 
+        With ``index="auto"`` the index family is chosen too: exact flat
+        search, IVF with flat, SQ8 and PQ codes, and HNSW32 are each built on
+        a copy of the memory's rows (same ids, labels, weights and flags) and
+        their knobs measured as above; the fastest setting that meets the
+        target within ``max_memory_bytes`` replaces the memory (its version
+        advances) and ``index`` / ``index_params`` become that index and its
+        knobs. The measured Pareto front (agreement, queries/s, bytes) is kept
+        in :attr:`index_front_`. A memory past the size where ``"auto"``
+        turns approximate keeps its ``far_quantile`` guard on every
+        approximate family measured. Only a memory in RAM (no ``storage_path``,
+        ``backend="local"``) can be rebuilt so.
+
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
@@ -1190,13 +1217,19 @@ class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
             In (0, 1].
         n_neighbors : int, default=None
             ``k``; defaults to ``n_neighbors``.
+        max_memory_bytes : int, default=None
+            With ``index="auto"``: the most bytes the memory may take (stored
+            vectors plus the index's codes). None: no limit.
 
         Returns
         -------
         self : KNNVoter
             With ``index_params`` set and ``tuning_`` a Bunch of lists
             ``params``, ``agreement``, ``recall``, ``seconds``,
-            ``queries_per_s``, and ``chosen`` (the index of the setting made).
+            ``queries_per_s``, and ``chosen`` (the index of the setting made);
+            with ``index="auto"`` also ``index`` and ``bytes`` per row and
+            ``front`` (the Pareto front's rows), and :attr:`index_front_`, the
+            front as a pandas DataFrame (a dict of columns without pandas).
 
         Examples
         --------
@@ -1210,47 +1243,31 @@ class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
         >>> knn.tuning_.agreement[knn.tuning_.chosen] >= 0.99
         True
         """
-        from skknn._tuning import tune
+        from skknn._family_tuning import front_frame, tune_family
+        from skknn._tuning import check_request, tune
 
         check_is_fitted(self)
         self._check_vote_params()
         self._check_memory_unchanged()
-        check_float(
-            self, "target_agreement", target_agreement, low=0, low_inclusive=False
-        )
-        if target_agreement > 1:
-            raise ValueError(
-                "The 'target_agreement' parameter of KNNVoter.tune_index must be "
-                f"in (0, 1]. Got {target_agreement!r} instead."
-            )
-        if self.memory_.auto:
-            raise ValueError(
-                "index='auto' chooses its own knobs (now "
-                f"{self.engine_!r}, {self.memory_.index_params}); fit with "
-                "index=<a faiss.index_factory string> to tune them."
-            )
-        if getattr(self.memory_, "sharded", False):
-            tunable = self.memory_.tuning_grid() is not None
-        else:
-            tunable = hasattr(self.memory_.engine, "tuning_grid")
-        if not tunable:
-            raise ValueError(
-                f"index={self.engine_!r} is an exact search: it has no knobs to "
-                "tune. tune_index is for approximate indexes ('IVF1024,PQ32', "
-                "'HNSW32,SQ8')."
-            )
+        check_request(self, target_agreement, max_memory_bytes)
         k = self.n_neighbors if n_neighbors is None else n_neighbors
         check_int(self, "n_neighbors", k, low=1)
         X = self._queries(X)
-        tuning = tune(
-            self,
-            X,
-            float(target_agreement),
-            min(k, self.memory_.n_samples),
-            lambda nb: _prediction(self.vote(nb, X)),
-        )
-        self.set_params(index_params=tuning.params[tuning.chosen])
-        self.tuning_ = tuning
+        k, target = min(k, self.memory_.n_samples), float(target_agreement)
+        predict = lambda nb: _prediction(self.vote(nb, X))  # noqa: E731
+        if not self.memory_.auto:
+            tuning = tune(self, X, target, k, predict)
+            self.set_params(index_params=tuning.params[tuning.chosen])
+            self.tuning_ = tuning
+            return self
+        tuning, best = tune_family(self, X, target, k, predict, max_memory_bytes)
+        index, params = tuning.index[tuning.chosen], tuning.params[tuning.chosen]
+        best.set_index_params(params)  # a fresh store: no reader sees it yet
+        with self.memory_.editing():
+            self.memory_ = best
+            super().set_params(index=index, index_params=params or None)
+        self._fitted_config_ = self._memory_config()
+        self.tuning_, self.index_front_ = tuning, front_frame(tuning)
         return self
 
     # -- persistence ----------------------------------------------------------

@@ -293,7 +293,31 @@ def flat_search(faiss, metric: Metric, X: np.ndarray, Q: np.ndarray, k: int):
     return best
 
 
-class TorchExactEngine:
+class _Untrained:
+    """The edits of an exact engine: nothing is trained, so any removal works
+    and is a rebuild on the kept rows, and there are no knobs to set."""
+
+    name = "exact"
+    keys_are_ids = False
+    ready = True  # nothing to train
+
+    def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
+        return None
+
+    def set_params(self, params: dict) -> None:
+        _no_params(self.name, params)
+
+    def remove(
+        self,
+        X_kept: np.ndarray,
+        ids_kept: np.ndarray,
+        ids_removed: np.ndarray,
+        retrain: bool = False,
+    ) -> None:
+        self.build(X_kept, ids_kept)
+
+
+class TorchExactEngine(_Untrained):
     """Exact search: query blocks x memory blocks, matrix product, running top-k.
 
     On the CPU it reads the store's array in place (no copy); on CUDA it mirrors
@@ -307,9 +331,6 @@ class TorchExactEngine:
     store recomputes each retrieved pair's distance and settles ties by id, so
     the answers do not depend on which arithmetic ranked the candidates.
     """
-
-    keys_are_ids = False
-    ready = True  # nothing to train
 
     def __init__(
         self,
@@ -348,21 +369,6 @@ class TorchExactEngine:
                 mirror = grown
             mirror[n : n + m] = torch.from_numpy(np.ascontiguousarray(X_new))
         self._mirror, self._n = mirror, n + m
-
-    def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
-        return None  # nothing trained: any removal works
-
-    def set_params(self, params: dict) -> None:
-        _no_params("exact", params)
-
-    def remove(
-        self,
-        X_kept: np.ndarray,
-        ids_kept: np.ndarray,
-        ids_removed: np.ndarray,
-        retrain: bool = False,
-    ) -> None:
-        self.build(X_kept, ids_kept)
 
     def search(self, X: np.ndarray, Q: np.ndarray, k: int, params=None):
         _no_params("exact", params)
@@ -436,13 +442,12 @@ def _faiss_on_cpu(device: torch.device):
     return faiss
 
 
-class FaissFlatEngine:
+class FaissFlatEngine(_Untrained):
     """Exact FAISS search over the store's own array (``faiss.knn``): no index,
     hence no second copy of the vectors on the host. With FAISS GPU support and a
     CUDA device, a ``GpuIndexFlat`` mirrors the store on the GPU instead."""
 
-    keys_are_ids = False
-    ready = True  # nothing to train
+    name = "flat"
 
     def __init__(self, metric: Metric, device: torch.device):
         self.faiss = import_faiss("index='flat'")
@@ -476,21 +481,6 @@ class FaissFlatEngine:
         if self._gpu_index is not None:
             for _, rows in float32_blocks(X_new):
                 self._gpu_index.add(rows)
-
-    def check_remove(self, n_features: int, n_kept: int, retrain: bool) -> None:
-        return None  # nothing trained: any removal works
-
-    def set_params(self, params: dict) -> None:
-        _no_params("flat", params)
-
-    def remove(
-        self,
-        X_kept: np.ndarray,
-        ids_kept: np.ndarray,
-        ids_removed: np.ndarray,
-        retrain: bool = False,
-    ) -> None:
-        self.build(X_kept, ids_kept)
 
     def search(self, X: np.ndarray, Q: np.ndarray, k: int, params=None):
         _no_params("flat", params)
@@ -1020,7 +1010,7 @@ def _no_params(name: str, params: dict) -> None:
 # search's predictions on benchmarks/bench_large.py (RESULTS.md).
 AUTO_MIN_SAMPLES = 1_000_000
 AUTO_INDEX = "IVF4096,PQ32"
-AUTO_PARAMS = {"nprobe": 32, "refine": 4}
+AUTO_PARAMS = {"nprobe": 32, "refine": 4, "far_quantile": 0.999}
 
 
 def auto_engine(n_samples: int) -> tuple[str, dict]:
@@ -1030,11 +1020,27 @@ def auto_engine(n_samples: int) -> tuple[str, dict]:
     return AUTO_INDEX, dict(AUTO_PARAMS)
 
 
-def split_refine(engine: str, params: dict) -> tuple[int, dict]:
-    """``(refine, the FAISS knobs)`` of ``index_params``: ``"refine"`` is the
-    store's (candidates re-ranked exactly), the rest go to the index."""
+class Refinement(NamedTuple):
+    """What the store does around the index's answer (``index_params`` keys
+    that are not FAISS knobs).
+
+    ``refine``: candidates fetched per neighbour, re-ranked by exact distance.
+    ``far_quantile``: a query whose k-th candidate lies farther than this
+    quantile of the memory's own k-th-neighbour distances is searched exactly
+    (None: never). Inverted lists and graphs answer such out-of-distribution
+    queries poorly, e.g. queries about a region whose samples were unlearned
+    (``benchmarks/bench_streaming.py``)."""
+
+    refine: int = 1
+    far_quantile: float | None = None
+
+
+def split_refine(engine: str, params: dict) -> tuple[Refinement, dict]:
+    """``(Refinement, the FAISS knobs)`` of ``index_params``: ``"refine"`` and
+    ``"far_quantile"`` are the store's, the rest go to the index."""
     params = dict(params or {})
     refine = params.pop("refine", 1)
+    far = params.pop("far_quantile", None)
     if (
         isinstance(refine, bool)
         or not isinstance(refine, numbers.Integral)
@@ -1044,12 +1050,23 @@ def split_refine(engine: str, params: dict) -> tuple[int, dict]:
             f"index_params['refine'] must be an int >= 1 (candidates per neighbour "
             f"re-ranked exactly); got {refine!r}."
         )
-    if refine > 1 and engine in ("exact", "flat"):
+    if far is not None and (
+        isinstance(far, bool)
+        or not isinstance(far, numbers.Real)
+        or not 0 < float(far) <= 1
+    ):
         raise ValueError(
-            f"index={engine!r} is an exact search: there is nothing to refine. "
-            "'refine' belongs to approximate indexes ('IVF1024,PQ32')."
+            "index_params['far_quantile'] must be a number in (0, 1] (queries "
+            "farther than this quantile of the memory's own k-th-neighbour "
+            f"distances are searched exactly) or None; got {far!r}."
         )
-    return int(refine), params
+    for name, value in (("refine", refine > 1), ("far_quantile", far is not None)):
+        if value and engine in ("exact", "flat"):
+            raise ValueError(
+                f"index={engine!r} is an exact search: there is nothing to "
+                f"refine. {name!r} belongs to approximate indexes ('IVF1024,PQ32')."
+            )
+    return Refinement(int(refine), None if far is None else float(far)), params
 
 
 def make_engine(

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sklearn.utils.validation import check_is_fitted
+
 
 class ReadWriteLock:
     """Many readers or one writer, writer-preferring, re-entrant per thread."""
@@ -101,6 +103,14 @@ class GuardedState:
 
     def _reading(self):
         return self._lock().read()
+
+    @contextmanager
+    def _reading_with(self, inner):
+        """This state's read lock, then ``inner``'s hold for a file write (the
+        order every edit takes them in, so the two never deadlock)."""
+        check_is_fitted(self)
+        with self._reading(), inner.__skknn_reading__():
+            yield
 
     def __getstate__(self):
         state = dict(super().__getstate__())

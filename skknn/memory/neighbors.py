@@ -61,19 +61,16 @@ class Neighbors:
     --------
     >>> import numpy as np
     >>> from skknn import KNNVoter
-    >>> X = np.array([[1., 0.], [.9, .1], [0., 1.], [.1, .9]])
-    >>> y = np.array(["cat", "cat", "dog", "dog"])
-    >>> knn = KNNVoter(n_neighbors=2, index="exact").fit(X, y)
-    >>> nb = knn.neighbors([[.8, .2], [.2, .8]])
-    >>> nb.ids
-    array([[1, 0],
-           [3, 2]])
+    >>> X = np.array([[0., 2.], [1., 1.], [2., 0.], [2., 1.]])
+    >>> y = np.array(["low", "mid", "high", "high"])
+    >>> knn = KNNVoter(3, metric="euclidean", preprocessing=None, index="exact")
+    >>> nb = knn.fit(X, y).neighbors([[2., .4]])
+    >>> nb.ids, nb.distances.round(2)
+    (array([[2, 3, 1]]), array([[0.4 , 0.6 , 1.17]], dtype=float32))
     >>> nb.label_values()
-    array([['cat', 'cat'],
-           ['dog', 'dog']], dtype='<U3')
+    array([['high', 'high', 'mid']], dtype='<U4')
     >>> nb.first(1).ids
-    array([[1],
-           [3]])
+    array([[2]])
     """
 
     distances: np.ndarray

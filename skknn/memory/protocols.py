@@ -208,153 +208,57 @@ class Store(Protocol):
     @property
     def mean(self) -> np.ndarray | None: ...
 
-    def ids(self) -> np.ndarray:
-        """Sample ids of every stored sample (a copy), oldest first."""
+    def ids(self) -> np.ndarray: ...
 
-    def next_ids(self, n: int) -> np.ndarray:
-        """Ids :meth:`add` would give ``n`` samples: never used before.
+    def next_ids(self, n: int) -> np.ndarray: ...
 
-        Parameters
-        ----------
-        n : int
-            Number of samples.
-        """
+    def reading(self): ...
 
-    def reading(self):
-        """A context holding one state of the store across several reads."""
-
-    def editing(self):
-        """A context holding the store alone (readers wait) across several steps."""
+    def editing(self): ...
 
     def state(self) -> tuple[dict, dict]:
-        """``(meta, arrays)`` describing the store, for files."""
+        """``(meta, arrays)`` describing the store, for files.
+
+        Returns
+        -------
+        meta : dict
+            JSON-able scalars.
+        arrays : dict of str to ndarray
+            The arrays.
+        """
 
     def add(
         self, X, labels, ids=None, *, classes=None, sample_weight=None
-    ) -> np.ndarray:
-        """Store raw vectors with their labels (one column, or one per level)
-        and vote weights; returns ids.
+    ) -> np.ndarray: ...
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Raw embeddings (the caller's array is never modified).
-        labels : array-like of shape (n_samples,) or (n_samples, n_levels)
-            Class labels; new ones extend :attr:`classes`. Two dimensions give
-            multi-output labels, one column per level (FORMULAS.md 7). The first
-            add decides which; every later add must match it.
-        ids : array-like of shape (n_samples,), default=None
-            Unique int ids, none stored before; default :meth:`next_ids`.
-        classes : array-like, default=None
-            Labels to know before any of their samples arrive; for multi-output
-            labels, one array-like per level.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Each sample's weight in every vote it takes part in (finite, > 0;
-            multiplies pruning's reliability). Default 1.
-        """
+    def check_removable(self, ids) -> np.ndarray: ...
 
-    def check_removable(self, ids) -> np.ndarray:
-        """Validate ids to remove without changing anything; sorted copy.
+    def remove(self, ids, *, retrain_index: bool = False) -> None: ...
 
-        Parameters
-        ----------
-        ids : array-like of int
-            Sample ids to remove (1-d, unique, all stored).
-        """
-
-    def remove(self, ids, *, retrain_index: bool = False) -> None:
-        """Delete these samples everywhere (all must be stored).
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        retrain_index : bool, default=False
-            Retrain an approximate index's trained parts (IVF centroids, PQ/SQ
-            codebooks) on what remains; otherwise they are kept and only the
-            removed codes leave the index.
-        """
-
-    def search(self, X, k: int, *, batch_size: int = ..., progress=None) -> Neighbors:
-        """Neighbours of raw query vectors.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Raw queries, pre-processed as the stored vectors were.
-        k : int
-            Capped at the number of stored samples.
-        batch_size : int, optional
-            Queries per block: bounds the working memory.
-        progress : bool, optional
-            A progress bar over blocks.
-        """
+    def search(
+        self,
+        X,
+        k: int,
+        *,
+        batch_size: int = ...,
+        progress: bool = ...,
+        prepared: bool = ...,
+        index_params: dict | None = None,
+    ) -> Neighbors: ...
 
     def search_self(
-        self, ids=None, k: int = ..., *, batch_size: int = ..., progress=None
-    ) -> Neighbors:
-        """Leave-one-out neighbours of stored samples (all when ``ids`` is None).
+        self, ids=None, k: int = ..., *, batch_size: int = ..., progress: bool = ...
+    ) -> Neighbors: ...
 
-        Parameters
-        ----------
-        ids : array-like of int, default=None
-            Stored samples that query; all, oldest first, if None.
-        k : int, optional
-            Neighbours per query, capped at the number of stored samples minus
-            one.
-        batch_size : int, optional
-            Queries per block: bounds the working memory.
-        progress : bool, optional
-            A progress bar over blocks.
-        """
+    def within_radius(
+        self, query_ids, radii, *, X=None, ids=None, prepared: bool = False
+    ) -> np.ndarray: ...
 
-    def within_radius(self, query_ids, radii, *, X=None, ids=None) -> np.ndarray:
-        """Which stored queries have a point of ``X`` (raw) or of the stored
-        samples ``ids`` within their radius.
+    def get(self, ids, *, prepared: bool = False): ...
 
-        Parameters
-        ----------
-        query_ids : array-like of int
-            Stored samples whose radii are given.
-        radii : array-like of float, aligned with ``query_ids``
-            Each query's radius, a distance under the store's metric; an
-            infinite radius takes any point.
-        X : array-like of shape (n_points, n_features), default=None
-            Raw points.
-        ids : array-like of int, default=None
-            Stored samples as points. Exactly one of ``X`` and ``ids``.
-        """
+    def set_reliability(self, ids, reliability) -> None: ...
 
-    def get(self, ids):
-        """Raw vectors, labels, reliabilities and exclusions of stored samples.
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        """
-
-    def set_reliability(self, ids, reliability) -> None:
-        """Voting weights of stored samples (finite, > 0).
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        reliability : array-like of float, aligned with ``ids``
-            One weight per id.
-        """
-
-    def set_excluded(self, ids, excluded) -> None:
-        """Hard-pruning flags of stored samples.
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        excluded : array-like of bool, aligned with ``ids``
-            One flag per id; an excluded sample is retrieved but does not vote.
-        """
+    def set_excluded(self, ids, excluded) -> None: ...
 
     def set_index_params(self, params: dict) -> None:
         """Search knobs of the index (``nprobe``, ``efSearch``).
@@ -364,6 +268,121 @@ class Store(Protocol):
         params : dict
             Knob values by FAISS name (``{"nprobe": 32}``), and ``"refine"``.
         """
+
+
+def _documented_by(protocol, front) -> None:
+    """Give the protocol's methods the front's docstrings: the methods mean
+    what :class:`~skknn.memory.base.MemoryFront` does, written down once."""
+    for name, member in vars(protocol).items():
+        if callable(member) and member.__doc__ is None and hasattr(front, name):
+            member.__doc__ = getattr(front, name).__doc__
+
+
+def _documented_store() -> None:
+    from skknn.memory.base import MemoryFront
+
+    _documented_by(Store, MemoryFront)
+
+
+_documented_store()
+
+
+@runtime_checkable
+class RowStore(Protocol):
+    """What the memory front asks of where the rows live: the narrow contract.
+
+    :class:`~skknn.memory.base.MemoryFront` writes every public method of a
+    memory once (checks, ids, classes, the centre, the version and lock, query
+    blocking, the leave-one-out prologue, :class:`~skknn.Neighbors` records)
+    and calls these hooks for what depends on the rows' home. A row is
+    addressed by a *handle* the implementation chooses (a row position in this
+    process, a sample id across shards): :meth:`_locate` makes handles of ids,
+    and every other hook takes them. Implementations today:
+    :class:`~skknn.VectorStore` (rows in RAM, :class:`RowBackend`
+    ``RamRows``, or in memory-mapped files, ``DiskRows``) and
+    :class:`~skknn.distributed.ShardedStore` (rows in Dask shards, merged by
+    :func:`~skknn.memory.merge.merge_top`). ``tests/memory/
+    test_backend_contract.py`` is the shared suite a new one must pass.
+
+    The seven parts of the contract (issue 24), and the hooks that carry them:
+
+    - *add rows*: :meth:`_add_rows`;
+    - *remove ids*: :meth:`_remove_ids`;
+    - *get rows by id*: :meth:`_locate`, :meth:`_fetch`, :meth:`_stored_points`;
+    - *search one block*: :meth:`_submit_block` then :meth:`_collect_block`
+      (submitted blocks may be in flight together, ``_in_flight`` of them),
+      and the leave-one-out variant :meth:`_self_jobs`, :meth:`_submit_self`,
+      :meth:`_collect_self`; :meth:`_within` for radii;
+    - *commit*: every edit hook makes its change durable before it returns
+      (:meth:`_set_column` too), or raises with nothing changed;
+    - *open*: a classmethod of the implementation (``VectorStore.open`` /
+      ``from_state``, ``ShardedStore.from_manifest``).
+
+    Examples
+    --------
+    >>> from skknn import VectorStore
+    >>> from skknn.memory.protocols import RowStore
+    >>> isinstance(VectorStore(2), RowStore)
+    True
+    """
+
+    def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(handles, known)`` of checked int64 ids: each id's handle and
+        whether it is stored."""
+
+    def _stored(self, ids: np.ndarray) -> np.ndarray:
+        """Which of these ids are stored (the check of fresh ids)."""
+
+    def _add_rows(self, new) -> None:
+        """Store a checked add (:class:`~skknn.memory.base.NewRows`): raw rows,
+        labels, fresh ids, weights, the centre and the classes after it; all
+        or nothing, committed."""
+
+    def _remove_ids(self, ids: np.ndarray, retrain: bool) -> None:
+        """Delete stored ids (sorted, unique) from the rows and any index."""
+
+    def _set_column(self, name: str, handles: np.ndarray, values) -> None:
+        """Set ``"reliability"`` or ``"excluded"`` of stored rows, committed."""
+
+    def _fetch(self, handles: np.ndarray, prepared: bool):
+        """A Bunch of ``X`` (pre-processed if ``prepared``, else raw less the
+        centre), ``labels`` and, unless ``prepared``, ``reliability``,
+        ``excluded``, ``sample_weight`` of these rows."""
+
+    def _stored_points(self, handles: np.ndarray) -> np.ndarray:
+        """The rows' vectors in the units searches compare (as
+        :meth:`_in_store_units` makes queries)."""
+
+    def _in_store_units(self, Q: np.ndarray, what: str) -> np.ndarray:
+        """Pre-processed float32 queries (a copy, modified) in the stored
+        vectors' units; ValueError for values they cannot be compared in."""
+
+    def _search_knobs(self, index_params: dict):
+        """One search's knobs (``search(index_params=...)``), or ValueError."""
+
+    def _submit_block(self, Q: np.ndarray, k: int, exact: bool, knobs):
+        """Start the search of one block of queries; a pending answer."""
+
+    def _collect_block(self, pending, k: int) -> Neighbors:
+        """The ``k`` nearest of each query of a submitted block, nearest first,
+        equal distances by sample id, exact distances."""
+
+    def _all_queries(self) -> np.ndarray:
+        """Handles of every stored row, oldest first (leave-one-out of all)."""
+
+    def _self_jobs(self, handles: np.ndarray, batch_size: int) -> list:
+        """The leave-one-out blocks of these queries (at most ``batch_size``
+        each)."""
+
+    def _submit_self(self, handles: np.ndarray, job, k: int):
+        """Start the leave-one-out search of one block."""
+
+    def _collect_self(self, pending, k: int):
+        """``(positions or None, Neighbors)`` of a submitted block: the queries'
+        places among ``handles`` (None: in order), their ``k`` nearest others."""
+
+    def _within(self, handles: np.ndarray, radii: np.ndarray, P: np.ndarray):
+        """Whether some point of ``P`` lies within each stored query's radius."""
 
 
 @dataclass(frozen=True)
@@ -427,12 +446,6 @@ class RowBackend(Protocol):
     Today's backends: :class:`~skknn.memory.backends.ram.RamRows` (numpy
     buffers) and :class:`~skknn.memory.backends.disk.DiskRows` (memory-mapped
     segment files, ``skknn/memory/segments.py``).
-
-    Parameters
-    ----------
-    *args, **kwargs
-        A protocol is not instantiated: implementations take their own
-        parameters.
 
     Examples
     --------

@@ -66,8 +66,14 @@ def uninterrupted():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if received and callable(previous):
-            previous(*received[0])
+        if received:
+            if callable(previous):
+                previous(*received[0])
+            elif previous != signal.SIG_IGN:
+                # The default action, or a handler installed outside Python
+                # (getsignal gives None): Python's own answer to Ctrl-C is
+                # KeyboardInterrupt, so the held interrupt is not lost.
+                raise KeyboardInterrupt
 
 
 def grow(buf: np.ndarray, n: int, cap: int) -> np.ndarray:

@@ -1,8 +1,10 @@
 """ShardedStore: a memory split into shards held by Dask actors on a cluster.
 
-The client side of ``KNNVoter(backend="dask")``. It implements the same
-:class:`~skknn.Store` protocol as :class:`~skknn.VectorStore`, so the estimators
-vote on its :class:`~skknn.Neighbors` records without knowing where the rows are.
+The client side of ``KNNVoter(backend="dask")``. Its public surface is
+:class:`~skknn.memory.base.MemoryFront`'s, as :class:`~skknn.VectorStore`'s is,
+so the estimators vote on its :class:`~skknn.Neighbors` records without knowing
+where the rows are; this module implements the front's hooks
+(:class:`~skknn.memory.protocols.RowStore`) over the shards.
 
 Division of work (the design of cuML's multi-GPU kNN):
 
@@ -25,118 +27,43 @@ ids it held stay listed (unlearn them again once it is restored).
 
 from __future__ import annotations
 
-import contextvars
-import glob
-import re
 import uuid
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.utils import Bunch
 
 from skknn._hierarchy import Taxonomy
-from skknn._labels import encode, grown_classes
-from skknn.memory.backends.dask import ROW_ARRAYS, Shard
-from skknn.memory.checks import (
-    checked_excluded,
-    checked_ids,
-    checked_new_ids,
-    checked_reliability,
-    checked_rows,
-    checked_weights,
-    refuse_duplicates,
-)
-from skknn.memory.front import DEFAULT_BATCH_SIZE, capped_k
-from skknn.memory.locks import edits, reads
+from skknn._labels import encode
+from skknn.memory.backends.dask import Shard
+from skknn.memory.base import MemoryFront, NewRows
+from skknn.memory.locks import edits
 from skknn.memory.merge import merge_top
 from skknn.memory.metric import METRICS
 from skknn.memory.neighbors import MISSING, Neighbors
-from skknn.memory.preprocessing import fit_center, prepared_queries
-from skknn.memory.view import StoreView
+from skknn.memory.sharded_files import (  # noqa: F401 (SAVING, LOADING, ... kept here)
+    LOADING,
+    SAVING,
+    ShardedFilesMixin,
+    local_state,
+    shard_path,
+)
+from skknn.memory.shards import (  # noqa: F401 (imported from here)
+    ShardLost,
+    call,
+    current_client,
+    gather,
+    shard_of,
+    worker_addresses,
+)
 
 # Query blocks in flight at once: enough to keep every worker busy while the
 # client merges, few enough to bound the memory queued on the workers.
 IN_FLIGHT = 4
 
-# Set by skknn.io.save / load around one estimator: where a sharded memory writes
-# its shard files, and which backend a loaded one gets.
-SAVING: contextvars.ContextVar = contextvars.ContextVar("skknn_saving", default=None)
-LOADING: contextvars.ContextVar = contextvars.ContextVar("skknn_loading", default=None)
 
-_SHARD_FILE = re.compile(r"\.[0-9a-f]{12}-v\d+\.shard\d+")
-
-
-_NOT_PICKLED = (
-    "A sharded memory (backend='dask') is not pickled or copied: that "
-    "would gather every shard's vectors into one process. Save it with "
-    "est.save(path) (a manifest and one file per shard, written by the "
-    "workers), or bring it into one process with "
-    "skknn.distributed.to_local(est)."
-)
-
-
-class ShardLost(RuntimeError):
-    """A shard's worker is gone: no partial answer is given. Restore the shard
-    from the last save with ``est.memory_.restore(path)``, or fit again.
-
-    Examples
-    --------
-    >>> from skknn.distributed import ShardLost
-    >>> issubclass(ShardLost, RuntimeError)
-    True
-    """
-
-
-def current_client():
-    """The running ``distributed.Client``, or an error that says how to start one."""
-    try:
-        from distributed import get_client
-    except ImportError as exc:
-        raise ImportError(
-            "backend='dask' needs Dask distributed: pip install 'skknn[dask]'."
-        ) from exc
-    try:
-        return get_client()
-    except ValueError as exc:
-        raise ValueError(
-            "backend='dask' keeps the memory on the workers of the current Dask "
-            "client, and there is none. Start one first, e.g. "
-            "`from distributed import Client, LocalCluster; "
-            "client = Client(LocalCluster())`, or connect to your cluster with "
-            "Client('tcp://scheduler:8786')."
-        ) from exc
-
-
-def _workers(client) -> list[str]:
-    """The workers' addresses, asked of the scheduler now. Not
-    ``scheduler_info()["workers"]``: the client's periodic refresh may leave
-    that cached dict without its workers for a moment."""
-    return sorted(client.nthreads())
-
-
-def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
-    """The shard holding each id: a SplitMix64 hash of the id modulo the shard
-    count, so ids a user chooses (all even, in ranges) still spread evenly."""
-    z = np.asarray(ids, dtype=np.int64).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        z = z + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(n_shards)).astype(np.intp)
-
-
-def _is_lost(exc: BaseException) -> bool:
-    from distributed.comm.core import CommClosedError
-
-    if isinstance(exc, (CommClosedError, OSError)):
-        return True
-    return isinstance(exc, RuntimeError) and "Actor was lost" in str(exc)
-
-
-class ShardedStore(StoreView):
+class ShardedStore(ShardedFilesMixin, MemoryFront):
     """A memory of labelled embeddings in shards on Dask workers.
 
     Made by ``KNNVoter(backend="dask").fit``; see the module docstring and
@@ -175,8 +102,13 @@ class ShardedStore(StoreView):
     """
 
     sharded = True
+    # Leave-one-out (JOINT's fit, pruning, loo_proba) searched and merged by
+    # the queries' shard, which sends back only the merged top k; False: the
+    # client fetches the queries' vectors, sends them to every shard and merges.
+    loo_on_workers = True
     storage_folder = None
     engine = None  # each shard has its own
+    _owner = "KNNVoter"
 
     def __init__(self, n_features: int, config: dict, n_shards=None, client=None):
         self.n_features = int(n_features)
@@ -196,7 +128,7 @@ class ShardedStore(StoreView):
         self._mean: np.ndarray | None = None
         self._sorted_ids = None
         client = current_client() if client is None else client
-        workers = _workers(client)
+        workers = worker_addresses(client)
         if not workers:
             raise ValueError("The Dask cluster has no workers to hold the shards.")
         self.n_shards = len(workers) if n_shards is None else int(n_shards)
@@ -303,54 +235,17 @@ class ShardedStore(StoreView):
             if bounds[i + 1] > bounds[i]
         ]
 
-    # -- adding ---------------------------------------------------------------------
-    @edits
-    def add(self, X, labels, ids=None, *, classes=None, sample_weight=None):
-        """Store raw vectors with their labels on the shards; returns their ids
-        (as :meth:`VectorStore.add`).
-
-        Each row goes to the shard its id is hashed to. An add that fails on one
-        shard is taken back from the others.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Raw embeddings; centred here for ``"center_l2"`` (the centre is the
-            mean of the first add, frozen after it), L2-normalised by the shards
-            when the store normalises.
-        labels : array-like of shape (n_samples,) or (n_samples, n_levels)
-            Class labels; new ones extend :attr:`classes` (the shards keep a
-            fixed key per label, only the client's map of keys to classes
-            changes). Two dimensions give multi-output labels, one column per
-            level (FORMULAS.md 7): the store keeps each sample's label path as
-            its class and the levels in :attr:`taxonomy`. The first add decides
-            which; every later add must match it.
-        ids : array-like of shape (n_samples,), default=None
-            Unique int ids, none stored before; default :meth:`next_ids`.
-        classes : array-like, default=None
-            Labels to know before any of their samples arrive; for multi-output
-            labels, one array-like per level.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Each sample's weight in every vote it takes part in (finite, > 0;
-            multiplies pruning's reliability). Default 1.
-
-        Returns
-        -------
-        ids : ndarray of int64
-            The samples' ids, in the order of ``X``.
-        """
-        X, labels = checked_rows(X, labels, self.n_features)
-        m = X.shape[0]
-        taxonomy, new_classes, key_codes, keys = self._keys_for(labels, classes)
-        ids = self.next_ids(m) if ids is None else self._check_new_ids(ids, m)
-        weights = checked_weights(sample_weight, m)
-        mean = self._mean
-        if mean is None and self.preprocessing == "center_l2" and m:
-            mean = fit_center(X)
-        Xc = X - mean if mean is not None else X
+    # -- adding: the hooks of MemoryFront --------------------------------------------
+    def _add_rows(self, new: NewRows) -> None:
+        """Send each checked row, centred, to the shard its id is hashed to; an
+        add that fails on one shard is taken back from the others."""
+        key_codes, keys = self._keys_for(new)
+        ids, m = new.ids, new.ids.size
+        Xc = new.X - new.mean if new.mean is not None else new.X
         parts = self._by_shard(ids)
         calls = [
-            self._call(i, "add", Xc[p], keys[p], ids[p], weights[p]) for i, p in parts
+            self._call(i, "add", Xc[p], keys[p], ids[p], new.weights[p])
+            for i, p in parts
         ]
         try:
             marks = self._gather(calls)
@@ -361,17 +256,8 @@ class ShardedStore(StoreView):
             self._marks[i] = mark
         self._ids = np.concatenate([self._ids[: self._n], ids])
         self._n += m
-        self._classes, self._taxonomy, self._key_codes = (
-            new_classes,
-            taxonomy,
-            key_codes,
-        )
-        self._mean = mean
-        if m:
-            self._next_id = max(self._next_id, int(ids.max()) + 1)
+        self._key_codes = key_codes
         self._sorted_ids = None
-        self._version += 1
-        return ids.copy()
 
     def _take_back(self, calls, ids, parts) -> None:
         """After a failed add, remove its rows from the shards that took them."""
@@ -389,35 +275,20 @@ class ShardedStore(StoreView):
             except Exception:  # reported by the add's own error
                 pass
 
-    def _keys_for(self, labels: np.ndarray, classes):
-        """``(taxonomy, classes, key_codes, keys)`` after taking ``labels``: each
-        sample's label key, and the key -> class-code map that goes with them."""
-        owner = "KNNVoter"
-        multi = labels.ndim == 2
-        if self._classes is not None and multi != (self._taxonomy is not None):
-            raise ValueError(
-                "Every add must give labels of the shape the first one had; got "
-                f"labels of shape {labels.shape}."
-            )
-        if multi:
-            if labels.shape[1] < 1:
-                raise ValueError("Multi-output labels need at least one level.")
-            tax = self._taxonomy or Taxonomy.empty(labels.shape[1])
-            taxonomy, paths = tax.grown(labels, classes, owner)
-            codes = np.arange(taxonomy.n_paths)
-            return taxonomy, codes, codes, paths.astype(np.int64)
-        new_classes, old_to_new = grown_classes(self._classes, labels, classes, owner)
+    def _keys_for(self, new: NewRows):
+        """``(key_codes, keys)`` after the add ``new``: each sample's label key
+        (the shards keep a fixed key per label), and the key -> class-code map
+        that goes with them (only the client's map changes as classes grow)."""
+        if new.taxonomy is not None:  # label paths: keys are the path codes
+            return np.arange(new.taxonomy.n_paths), new.labels.astype(np.int64)
         key_codes = self._key_codes
-        if old_to_new is not None:
-            key_codes = old_to_new[key_codes]
-        fresh = np.setdiff1d(np.arange(len(new_classes)), key_codes)
+        if new.old_to_new is not None:
+            key_codes = new.old_to_new[key_codes]
+        fresh = np.setdiff1d(np.arange(len(new.classes)), key_codes)
         key_codes = np.concatenate([key_codes, fresh]).astype(np.int64)
-        code_to_key = np.empty(len(new_classes), np.int64)
+        code_to_key = np.empty(len(new.classes), np.int64)
         code_to_key[key_codes] = np.arange(len(key_codes))
-        return None, new_classes, key_codes, code_to_key[encode(new_classes, labels)]
-
-    def _check_new_ids(self, ids, n: int) -> np.ndarray:
-        return checked_new_ids(ids, n, self._stored)
+        return key_codes, code_to_key[encode(new.classes, new.labels)]
 
     def _stored(self, ids: np.ndarray) -> np.ndarray:
         if self._sorted_ids is None:
@@ -428,43 +299,15 @@ class ShardedStore(StoreView):
         pos = np.minimum(np.searchsorted(s, ids), s.size - 1)
         return s[pos] == ids
 
-    def _stored_ids(self, ids, what: str = "ids") -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.ndim != 1:
-            raise ValueError(f"{what} must be 1-d; got shape {ids.shape}.")
-        ids = checked_ids(ids)
-        known = self._stored(ids)
-        if not known.all():
-            raise ValueError(
-                f"{what} not in memory: {np.unique(ids[~known])[:10].tolist()}."
-            )
-        return ids
+    def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, known)``: a sharded memory addresses its rows by id."""
+        return ids, self._stored(ids)
 
     # -- removing -------------------------------------------------------------------
-    @reads
-    def check_removable(self, ids) -> np.ndarray:
-        ids = self._stored_ids(ids, "sample_ids to unlearn")
-        return refuse_duplicates(ids, "sample_ids to unlearn")
-
-    @edits
-    def remove(self, ids, *, retrain_index: bool = False) -> None:
-        """Delete samples from the shards that hold them (physically, as the
-        local store does); every shard checks first, then all remove.
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        retrain_index : bool, default=False
-            Retrain an approximate index's trained parts (IVF centroids, PQ/SQ
-            codebooks) on what remains, in each shard that held one of the ids;
-            otherwise they are kept and only the removed codes leave the index.
-        """
-        uniq = self.check_removable(ids)
-        if not uniq.size:
-            return
+    def _remove_ids(self, uniq: np.ndarray, retrain: bool) -> None:
+        """Delete the ids from the shards that hold them (physically, as the
+        local store does); every shard checks first, then all remove."""
         parts = self._by_shard(uniq)
-        retrain = bool(retrain_index)
         self._gather(
             [self._call(i, "check_remove", uniq[p], retrain) for i, p in parts]
         )
@@ -497,26 +340,13 @@ class ShardedStore(StoreView):
         self._version += 1
 
     # -- reliabilities, exclusions, knobs -------------------------------------------
-    @edits
-    def set_reliability(self, ids, reliability) -> None:
-        ids = self._stored_ids(ids)
-        values = checked_reliability(reliability, ids.shape)
-        self._per_shard("set_reliability", ids, values)
-
-    @edits
-    def set_excluded(self, ids, excluded) -> None:
-        ids = self._stored_ids(ids)
-        values = checked_excluded(excluded, ids.shape)
-        self._per_shard("set_excluded", ids, values)
-
-    def _per_shard(self, method: str, ids, values) -> None:
+    def _set_column(self, name: str, ids: np.ndarray, values: np.ndarray) -> None:
         parts = self._by_shard(ids)
         marks = self._gather(
-            [self._call(i, method, ids[p], values[p]) for i, p in parts]
+            [self._call(i, "set_" + name, ids[p], values[p]) for i, p in parts]
         )
         for i, mark in marks.items():
             self._marks[i] = mark
-        self._version += 1
 
     @edits
     def set_index_params(self, params: dict) -> None:
@@ -571,184 +401,75 @@ class ShardedStore(StoreView):
         shard = (self._live() or [0])[0]
         return self._gather([self._call(shard, "tuning_grid")])[shard]
 
-    # -- searching --------------------------------------------------------------------
-    def prepare(self, X) -> np.ndarray:
-        """A pre-processed float32 copy of raw vectors, as the local store makes.
+    # -- searching: the hooks of MemoryFront ------------------------------------------
+    _in_flight = IN_FLIGHT
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Raw vectors (untouched).
+    def _search_knobs(self, index_params: dict):
+        raise ValueError(
+            "A sharded memory searches with its shards' own knobs; set them with "
+            "set_index_params."
+        )
 
-        Returns
-        -------
-        prepared : ndarray of shape (n_queries, n_features), dtype float32
-            Centred (``"center_l2"``) and L2-normalised when the store
-            normalises: the space the shards search in.
-        """
-        return prepared_queries(X, self.n_features, self._mean, self.normalizes)
+    def _in_store_units(self, Q: np.ndarray, what: str) -> np.ndarray:
+        return Q  # each shard checks and scales its queries itself
 
-    @reads
-    def search(
-        self, X, k, *, batch_size=DEFAULT_BATCH_SIZE, progress=False, prepared=False
-    ) -> Neighbors:
-        """The ``k`` nearest stored samples of raw queries, merged from every
-        shard's top ``k`` (as :meth:`VectorStore.search`).
+    def _submit_block(self, Q: np.ndarray, k: int, exact: bool, knobs) -> list:
+        """One block sent to every shard holding samples (answers in flight)."""
+        return [
+            self._call(i, "search", Q, min(k, self._marks[i][2]), exact)
+            for i in self._live()
+        ]
 
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Raw queries, pre-processed as the stored vectors were (on a copy,
-            one block at a time); each block is sent to every shard holding
-            samples.
-        k : int
-            Capped at the number of stored samples.
-        batch_size : int, default=4096
-            Queries per block: bounds the working memory. A few blocks are in
-            flight at once, to keep every worker busy.
-        progress : bool, default=False
-            A progress bar over blocks.
-        prepared : bool, default=False
-            ``X`` is already in the stored vectors' space (e.g. built from
-            :meth:`get` with ``prepared=True``): searched as given.
+    def _collect_block(self, calls: list, k: int) -> Neighbors:
+        return self._merge(self._gather(calls).values(), k)
 
-        Returns
-        -------
-        neighbors : Neighbors
-            The ``k`` nearest of the shards' candidates, equal distances by
-            sample id: with exact engines, the record a local store gives.
-        """
-        return self._search(X, k, batch_size, progress, prepared, exact=False)
+    def _all_queries(self) -> np.ndarray:
+        return self._ids[: self._n]
 
-    @reads
-    def search_exact(
-        self, X, k, *, batch_size=DEFAULT_BATCH_SIZE, progress=False, prepared=False
-    ) -> Neighbors:
-        """Brute-force search on every shard, merged: the reference of tuning.
-
-        The ``k`` nearest stored samples of raw queries by brute force over the
-        stored vectors, whatever the engine (as :meth:`VectorStore.search_exact`).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            Raw queries, pre-processed as the stored vectors were (on a copy,
-            one block at a time); each block is sent to every shard holding
-            samples.
-        k : int
-            Capped at the number of stored samples.
-        batch_size : int, default=4096
-            Queries per block: bounds the working memory. A few blocks are in
-            flight at once, to keep every worker busy.
-        progress : bool, default=False
-            A progress bar over blocks.
-        prepared : bool, default=False
-            ``X`` is already in the stored vectors' space (e.g. built from
-            :meth:`get` with ``prepared=True``): searched as given.
-
-        Returns
-        -------
-        neighbors : Neighbors
-            The exact ``k`` nearest neighbours, equal distances by sample id.
-        """
-        return self._search(X, k, batch_size, progress, prepared, exact=True)
-
-    def _search(self, X, k, batch_size, progress, prepared, *, exact):
-        X = np.asarray(X)
-        k = capped_k(k, self._n)
-        live = self._live()
-        starts = range(0, X.shape[0], batch_size)
-
-        def submit(s):
-            block = X[s : s + batch_size]
-            Q = (
-                np.array(block, np.float32, order="C")
-                if prepared
-                else self.prepare(block)
-            )
-            calls = [
-                self._call(i, "search", Q, min(k, self._marks[i][2]), exact)
-                for i in live
-            ]
-            return Q, calls
-
-        parts = []
-        submitted = _windowed(starts, submit)
-        for Q, calls in _progress(submitted, len(starts), progress, "search"):
-            record = self._merge(self._gather(calls).values(), k)
-            lost = ~Q.any(axis=1) if self.normalizes else None
-            parts.append(replace(record, directionless=lost))
-        return Neighbors.concatenate(parts) if parts else self._empty(k)
-
-    @reads
-    def search_self(
-        self, ids=None, k=1, *, batch_size=DEFAULT_BATCH_SIZE, progress=False
-    ) -> Neighbors:
-        """Leave-one-out neighbours of stored samples, across every shard: each
-        shard's queries are searched in their own shard leaving themselves out
-        and in every other shard in full (FORMULAS.md 2).
-
-        Parameters
-        ----------
-        ids : array-like of int, default=None
-            Stored samples that query; all, oldest first, if None.
-        k : int, default=1
-            Neighbours per query, capped at the number of stored samples less
-            one.
-        batch_size : int, default=4096
-            Queries per block (each block from one shard): bounds the working
-            memory.
-        progress : bool, default=False
-            A progress bar over blocks.
-
-        Returns
-        -------
-        neighbors : Neighbors
-            With ``query_ids`` and ``query_labels`` set; rows in the order of
-            the query ids.
-        """
-        q_ids = self._ids[: self._n] if ids is None else self._stored_ids(ids)
-        if self._n < 2:
-            raise ValueError(
-                f"Leave-one-out needs at least 2 samples in memory; it has {self._n}."
-            )
-        k = capped_k(k, self._n - 1)
-        jobs = [
+    def _self_jobs(self, q_ids: np.ndarray, batch_size: int) -> list:
+        """``(shard, positions)`` blocks: each block's queries from one shard."""
+        return [
             (a, p[s : s + batch_size])
             for a, p in self._by_shard(q_ids)
             for s in range(0, p.size, batch_size)
         ]
 
-        def submit(job):
-            a, pos = job
-            block = q_ids[pos]
-            Q, keys = self._gather([self._call(a, "vectors", block)])[a]
-            calls = [
-                self._call(i, "search", Q, min(k, self._marks[i][2]), False)
+    def _submit_self(self, q_ids: np.ndarray, job, k: int):
+        """A block of shard ``a``'s queries searched in their own shard leaving
+        themselves out and in every other shard in full (FORMULAS.md 2): by
+        shard ``a`` itself, which merges the lists (:attr:`loo_on_workers`), or
+        from here."""
+        a, pos = job
+        block = q_ids[pos]
+        if self.loo_on_workers:
+            peers = [
+                (self._actors[i], min(k, self._marks[i][2]))
                 for i in self._live(exclude=(a,))
             ]
-            if self._marks[a][2] >= 2:
-                own_k = min(k, self._marks[a][2] - 1)
-                calls.append(self._call(a, "search_self", block, own_k))
-            return pos, block, keys, calls
+            return pos, block, None, [self._call(a, "leave_one_out", block, k, peers)]
+        Q, keys = self._gather([self._call(a, "vectors", block)])[a]
+        calls = [
+            self._call(i, "search", Q, min(k, self._marks[i][2]), False)
+            for i in self._live(exclude=(a,))
+        ]
+        if self._marks[a][2] >= 2:
+            own_k = min(k, self._marks[a][2] - 1)
+            calls.append(self._call(a, "search_self", block, own_k))
+        return pos, block, keys, calls
 
-        submitted = _windowed(jobs, submit)
-        records = []
-        for pos, block, keys, calls in _progress(
-            submitted, len(jobs), progress, "leave-one-out"
-        ):
-            got = self._gather(calls)
-            grids = [g[:5] for g in got.values()]
-            record = self._merge(grids, k)
-            record = replace(
-                record, query_ids=block.copy(), query_labels=self._key_codes[keys]
-            )
-            records.append((pos, record))
-        if not records:
-            return self._empty(k)
-        order = np.argsort(np.concatenate([p for p, _ in records]), kind="stable")
-        merged = Neighbors.concatenate([r for _, r in records])
-        return merged.take(order)
+    def _collect_self(self, pending, k: int):
+        pos, block, keys, calls = pending
+        if keys is None:  # merged by the queries' shard
+            ((merged, keys),) = self._gather(calls).values()
+            grids = [merged]
+        else:
+            grids = [g[:5] for g in self._gather(calls).values()]
+        record = replace(
+            self._merge(grids, k),
+            query_ids=block.copy(),
+            query_labels=self._key_codes[keys],
+        )
+        return pos, record
 
     def _merge(self, grids, k: int) -> Neighbors:
         """The ``k`` nearest of the shards' candidates, equal distances by id."""
@@ -764,31 +485,9 @@ class ShardedStore(StoreView):
             taxonomy=self._taxonomy,
         )
 
-    def _empty(self, k: int) -> Neighbors:
-        return Neighbors.empty(k, self.classes, self._taxonomy)
-
-    @reads
-    def get(self, ids, *, prepared: bool = False) -> Bunch:
-        """Raw (or pre-processed) vectors, labels, reliabilities, exclusions and
-        sample weights of stored samples, in the order of ids.
-
-        Parameters
-        ----------
-        ids : array-like of int
-            Stored sample ids.
-        prepared : bool, default=False
-            Give ``X`` as stored and searched (pre-processed) instead of raw,
-            with ``labels`` only.
-
-        Returns
-        -------
-        data : Bunch
-            ``X`` (float32, the raw vectors as added, to float32 rounding of the
-            pre-processing and its inverse), ``labels`` (class values),
-            ``reliability``, ``excluded``, ``sample_weight``; rows in the order
-            of ``ids``. With ``prepared=True``, ``X`` and ``labels`` only.
-        """
-        ids = self._stored_ids(ids)
+    def _fetch(self, ids: np.ndarray, prepared: bool) -> Bunch:
+        """What :meth:`get` gives of these ids, before the centre is added;
+        with ``prepared``, ``X`` and ``labels`` only."""
         n, d = ids.shape[0], self.n_features
         X = np.empty((n, d), np.float32)
         keys = np.empty(n, np.int64)
@@ -802,61 +501,18 @@ class ShardedStore(StoreView):
             X[p], keys[p] = got[i][0], got[i][1]
             if not prepared:
                 rel[p], excl[p], sw[p] = got[i][2:]
+        labels = self._label_values(self._key_codes[keys])
         if prepared:  # vectors() carries the rest only in get()
-            return Bunch(X=X, labels=self._label_values(keys))
-        if self._mean is not None:
-            X += self._mean
+            return Bunch(X=X, labels=labels)
         return Bunch(
-            X=X,
-            labels=self._label_values(keys),
-            reliability=rel,
-            excluded=excl,
-            sample_weight=sw,
+            X=X, labels=labels, reliability=rel, excluded=excl, sample_weight=sw
         )
 
-    def _label_values(self, keys: np.ndarray) -> np.ndarray:
-        codes = self._key_codes[keys]
-        if self._taxonomy is not None:
-            return self._taxonomy.rows(codes)
-        return self.classes[codes]
+    def _stored_points(self, ids: np.ndarray) -> np.ndarray:
+        return self._fetch(ids, True).X
 
-    @reads
-    def within_radius(
-        self, query_ids, radii, *, X=None, ids=None, prepared=False
-    ) -> np.ndarray:
-        """Which stored queries have a point within their radius (as
-        :meth:`VectorStore.within_radius`), each answered by its own shard.
-
-        Parameters
-        ----------
-        query_ids : array-like of int
-            Stored samples whose radii are given.
-        radii : array-like of float, aligned with ``query_ids``
-            Each query's radius; an infinite one takes any point.
-        X : array-like of shape (n_points, n_features), default=None
-            Raw points, pre-processed here (unless ``prepared``).
-        ids : array-like of int, default=None
-            Stored samples as the points. Exactly one of ``X`` and ``ids``.
-        prepared : bool, default=False
-            ``X`` is already pre-processed (as :meth:`search` takes it).
-
-        Returns
-        -------
-        near : ndarray of bool, aligned with ``query_ids``
-            Whether some point lies within the query's radius.
-        """
-        if (X is None) == (ids is None):
-            raise ValueError("within_radius takes exactly one of X and ids.")
-        if ids is not None:
-            P = self.get(ids, prepared=True).X
-        else:
-            P = np.asarray(X, np.float32) if prepared else self.prepare(X)
-        q = self._stored_ids(query_ids, "query_ids")
-        radii = np.asarray(radii, dtype=np.float32)
-        if radii.shape != q.shape:
-            raise ValueError(
-                f"radii must have shape {q.shape}, one per query id; got {radii.shape}."
-            )
+    def _within(self, q: np.ndarray, radii: np.ndarray, P: np.ndarray) -> np.ndarray:
+        """Each query answered by its own shard."""
         out = np.zeros(q.shape[0], dtype=bool)
         parts = self._by_shard(q)
         got = self._gather(
@@ -866,504 +522,9 @@ class ShardedStore(StoreView):
             out[p] = got[i]
         return out
 
-    # -- files ----------------------------------------------------------------------
-    def state(self) -> tuple[dict, dict]:
-        """The manifest ``(meta, arrays)``; the shards write their own files.
-
-        Only inside ``est.save(path)``: a sharded memory is never gathered into
-        one pickle behind the user's back.
-
-        Returns
-        -------
-        meta : dict
-            The client's state (configuration, classes, next id, uid, version)
-            and ``shards``: per shard, the name of the file it wrote beside
-            ``path``, its uid, version and number of samples.
-        arrays : dict
-            ``sample_ids`` (insertion order) and ``key_codes`` (the class code
-            of each label key); ``mean`` and ``taxonomy_paths`` where held.
-
-        Raises
-        ------
-        TypeError
-            Outside ``est.save(path)`` (a pickle or a copy).
-        """
-        saving = SAVING.get()
-        if saving is None:
-            raise TypeError(_NOT_PICKLED)
-        return self._write_shards(Path(saving["path"]), saving["after"])
-
-    def _write_shards(self, path: Path, after: list) -> tuple[dict, dict]:
-        folder = path.resolve().parent
-        tag = f"{self.uid[:12]}-v{self._version}"
-        names = [f"{path.name}.{tag}.shard{i}" for i in range(self.n_shards)]
-        written = self._gather(
-            [
-                self._call(i, "save", str(folder / names[i]))
-                for i in range(self.n_shards)
-            ]
-        )
-        meta, arrays = self._client_state()
-        meta["shards"] = [
-            {"file": names[i], **written[i]} for i in range(self.n_shards)
-        ]
-        # Once the manifest names these files, older saves' shards are deleted:
-        # an unlearned vector must not survive in a file the manifest forgot.
-        after.append(lambda: _remove_stale(folder, path.name, set(names)))
-        return meta, arrays
-
-    def _client_state(self) -> tuple[dict, dict]:
-        """What the client holds, as a manifest without its shard list."""
-        from skknn._archive import labels_to_json
-
-        meta = {
-            "sharded": True,
-            "n_shards": self.n_shards,
-            "n_features": self.n_features,
-            "metric": self.metric.name,
-            "preprocessing": self.preprocessing,
-            "storage_dtype": self.storage_dtype,
-            "index": self._config["index"],
-            "index_params": self.index_params,
-            "auto": self.auto,
-            "engine": self.engine_name,
-            "device": self._config["device"],
-            "next_id": int(self._next_id),
-            "uid": self.uid,
-            "version": int(self._version),
-            "classes": None if self._classes is None else labels_to_json(self._classes),
-        }
-        arrays = {
-            "sample_ids": self._ids[: self._n].copy(),
-            "key_codes": self._key_codes,
-        }
-        if self._mean is not None:
-            arrays["mean"] = self._mean
-        if self._taxonomy is not None:
-            meta["taxonomy"] = [labels_to_json(c) for c in self._taxonomy.classes]
-            arrays["taxonomy_paths"] = self._taxonomy.paths
-        return meta, arrays
-
-    @classmethod
-    def from_manifest(cls, meta: dict, arrays: dict, folder: Path, client=None):
-        """Re-create the shards of a saved sharded memory on the current cluster.
-
-        Parameters
-        ----------
-        meta : dict
-            The manifest :meth:`state` wrote; its ``shards`` name the files.
-        arrays : dict
-            The manifest's arrays (``sample_ids``, ``key_codes``, ...).
-        folder : path-like
-            The folder holding the shard files; each shard's worker reads its
-            file there.
-        client : distributed.Client, default=None
-            The current client when None.
-
-        Returns
-        -------
-        store : ShardedStore
-            One shard per file, each checked against the manifest (files from
-            different saves raise ValueError).
-        """
-        files = [str(shard_path(Path(folder), s["file"])) for s in meta["shards"]]
-        self = cls._opened(meta, arrays, client, files=files)
-        for i, shard in enumerate(meta["shards"]):
-            got = self._marks[i]
-            want = (shard["uid"], shard["version"], shard["n_samples"])
-            if tuple(got) != want:
-                raise ValueError(
-                    f"shard file {shard['file']!r} holds shard state {got}, but the "
-                    f"manifest names {want}: the files are from different saves"
-                )
-        return self
-
-    @classmethod
-    def from_local_state(cls, meta, arrays, config: dict, n_shards=None, client=None):
-        """Split a local store's state into shards on the current cluster (rows
-        routed by id as :meth:`add` routes them, vectors sent as stored).
-
-        Parameters
-        ----------
-        meta : dict
-            A local store's state (:meth:`VectorStore.state`), its scalars.
-        arrays : dict
-            That state's arrays.
-        config : dict
-            As the class takes it; its ``index``, ``index_params`` and
-            ``device`` make each shard's engine (the rest comes from ``meta``).
-        n_shards : int, default=None
-            One per worker of the client's cluster when None.
-        client : distributed.Client, default=None
-            The current client when None.
-
-        Returns
-        -------
-        store : ShardedStore
-            The same samples, ids, uid and version, in ``n_shards`` shards.
-        """
-        from skknn.memory.backends.dask import split_state
-
-        client = current_client() if client is None else client
-        if n_shards is None:
-            n_shards = len(_workers(client))
-        ids = arrays["sample_ids"]
-        taxonomy = meta.get("taxonomy")
-        n_codes = (
-            arrays["taxonomy_paths"].shape[0]
-            if taxonomy is not None
-            else len(meta["classes"]["values"])
-            if meta.get("classes")
-            else 0
-        )
-        manifest = {
-            **{
-                k: meta[k]
-                for k in (
-                    "n_features",
-                    "metric",
-                    "preprocessing",
-                    "next_id",
-                    "uid",
-                    "version",
-                    "classes",
-                )
-            },
-            "storage_dtype": meta.get("storage_dtype", "float32"),
-            "index": config["index"],
-            "index_params": config["index_params"] or {},
-            "device": config["device"],
-            "n_shards": int(n_shards),
-            "shards": [],
-        }
-        if taxonomy is not None:
-            manifest["taxonomy"] = taxonomy
-        client_arrays = {"sample_ids": ids, "key_codes": np.arange(n_codes)}
-        for name in ("mean", "taxonomy_paths"):
-            if name in arrays:
-                client_arrays[name] = arrays[name]
-        states = split_state(meta, arrays, int(n_shards), shard_of(ids, n_shards))
-        manifest["shards"] = [
-            {"uid": m["uid"], "version": 0, "n_samples": int(a["sample_ids"].size)}
-            for m, a in states
-        ]
-        return cls._opened(manifest, client_arrays, client, states=states)
-
-    @classmethod
-    def _opened(cls, meta, arrays, client, *, files=None, states=None):
-        self = cls.__new__(cls)
-        self._restore_client_state(meta, arrays)
-        client = current_client() if client is None else client
-        workers = _workers(client)
-        self._futures = []
-        for i in range(self.n_shards):
-            worker = workers[i % len(workers)]
-            if files is not None:
-                fut = self._start_shard(client, worker, i, file=files[i])
-            else:  # the rows travel to their worker once, not inside the task
-                data = client.scatter([states[i]], workers=[worker])[0]
-                fut = self._start_shard(client, worker, i, state=data)
-            self._futures.append(fut)
-        self._actors = [f.result() for f in self._futures]
-        self._describe(self._each("info"))
-        self._lock()
-        return self
-
-    def _restore_client_state(self, meta: dict, arrays: dict) -> None:
-        from skknn._archive import labels_from_json
-
-        _check_manifest(meta, arrays)
-        self.n_features = meta["n_features"]
-        self.metric = METRICS[meta["metric"]]
-        self.preprocessing = meta["preprocessing"]
-        self.storage_dtype = meta["storage_dtype"]
-        self._config = {
-            "metric": meta["metric"],
-            "preprocessing": meta["preprocessing"],
-            "index": meta["index"],
-            "index_params": meta["index_params"],
-            "device": meta["device"],
-            "storage_dtype": meta["storage_dtype"],
-        }
-        self.uid = meta["uid"]
-        self._version = meta["version"]
-        self.n_shards = meta["n_shards"]
-        self._ids = arrays["sample_ids"]
-        self._n = self._ids.size
-        self._next_id = meta["next_id"]
-        self._classes = (
-            None if meta["classes"] is None else labels_from_json(meta["classes"])
-        )
-        self._taxonomy = None
-        if meta.get("taxonomy") is not None:
-            self._taxonomy = Taxonomy(
-                tuple(labels_from_json(c) for c in meta["taxonomy"]),
-                arrays["taxonomy_paths"],
-            )
-        self._key_codes = arrays["key_codes"]
-        self._mean = arrays.get("mean")
-        self._sorted_ids = None
-        self._marks = [(s["uid"], s["version"], s["n_samples"]) for s in meta["shards"]]
-
-    @edits
-    def restore(self, path) -> list[int]:
-        """Re-create lost shards from the save at ``path``; returns their numbers.
-
-        A shard is restored only if it has not changed since that save (its own
-        version matches the manifest's): edits made after the save exist nowhere
-        else. Otherwise load the whole save with ``skknn.load(path)``.
-
-        Parameters
-        ----------
-        path : str or path-like
-            The file an estimator holding this memory was saved to
-            (``est.save(path)``); the shard files lie beside it.
-
-        Returns
-        -------
-        lost : list of int
-            The numbers of the shards re-created (empty when none was lost).
-        """
-        from skknn._archive import read_archive
-
-        path = Path(path)
-        meta, _ = read_archive(path)
-        manifest = _find_manifest(meta["state"])
-        if manifest is None or manifest["uid"] != self.uid:
-            raise ValueError(f"{str(path)!r} is not a save of this memory.")
-        client = current_client()
-        lost = []
-        for i in range(self.n_shards):
-            try:
-                self._gather([self._call(i, "info")])
-            except ShardLost:
-                lost.append(i)
-        workers = _workers(client)
-        for i in lost:
-            saved = manifest["shards"][i]
-            want = self._marks[i]
-            if (saved["uid"], saved["version"], saved["n_samples"]) != tuple(want):
-                raise ValueError(
-                    f"Shard {i} changed after the save at {str(path)!r} (it is at "
-                    f"version {want[1]}, the save holds {saved['version']}): its "
-                    "later edits exist nowhere. Load the whole save with "
-                    "skknn.load(path) instead."
-                )
-            file = shard_path(path.resolve().parent, saved["file"])
-            fut = self._start_shard(client, workers[i % len(workers)], i, str(file))
-            self._futures[i], self._actors[i] = fut, fut.result()
-        return lost
-
-    @reads
-    def gathered_state(self, device) -> tuple[dict, dict]:
-        """The ``(meta, arrays)`` of one local store (on ``device``) holding every
-        shard's rows: :func:`skknn.distributed.to_local`.
-
-        Parameters
-        ----------
-        device : str or torch.device
-            Where the local store will search: its index is chosen for it.
-
-        Returns
-        -------
-        meta : dict
-            The local store's scalars, as :meth:`VectorStore.from_state` takes
-            them.
-        arrays : dict
-            Its arrays: every shard's rows in the memory's insertion order,
-            label keys turned into class codes.
-        """
-        meta, arrays = self._client_state()
-        shards = self._each("state")
-        return local_state(
-            meta, arrays, [shards[i] for i in range(self.n_shards)], device
-        )
-
-    def __getstate__(self):
-        raise TypeError(_NOT_PICKLED)
-
     def __repr__(self) -> str:
         return (
             f"ShardedStore(n_samples={self._n}, n_shards={self.n_shards}, "
             f"n_features={self.n_features}, metric={self.metric.name!r}, "
             f"engine={self.engine_name!r})"
         )
-
-
-def gather(calls, n_shards: int) -> dict:
-    """Wait for every ``(shard, actor future)``; the results by shard. A lost
-    shard raises :class:`ShardLost` naming it, after all calls are done."""
-    results, lost, error = {}, [], None
-    for i, fut in calls:
-        try:
-            results[i] = fut.result()
-        except Exception as exc:  # sorted below
-            if _is_lost(exc):
-                lost.append((i, exc))
-            elif error is None:
-                error = exc
-    if lost:
-        names = ", ".join(str(i) for i, _ in lost)
-        raise ShardLost(
-            f"Shard(s) {names} of {n_shards} were lost with their Dask "
-            f"worker ({lost[0][1]}); no partial answer is given. Restore them "
-            "from the last save with est.memory_.restore(path), or fit again."
-        ) from lost[0][1]
-    if error is not None:
-        raise error
-    return results
-
-
-def call(actors: list, i: int, method: str, *args):
-    """``(shard, future)`` of one actor call; a call that cannot even be sent
-    (the worker is known to be gone) fails when its result is asked for."""
-    try:
-        return i, getattr(actors[i], method)(*args)
-    except Exception as exc:  # raised by gather, with the other calls'
-        return i, _Failed(exc)
-
-
-class _Failed:
-    """Stands for an actor call that raised before returning a future."""
-
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-    def result(self):
-        raise self.exc
-
-
-def _windowed(items, submit):
-    """``submit(item)`` for each item, yielding each submission once IN_FLIGHT
-    newer ones are out (the caller gathers it before the next is made)."""
-    pending = []
-    for item in items:
-        pending.append(submit(item))
-        if len(pending) > IN_FLIGHT:
-            yield pending.pop(0)
-    yield from pending
-
-
-def _progress(iterable, total: int, progress: bool, desc: str):
-    if not progress or total < 2:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="block")
-
-
-def shard_path(folder: Path, name: str) -> Path:
-    if "/" in name or "\\" in name or name in ("", ".", ".."):
-        raise ValueError(f"shard file name {name!r} is not a plain file name")
-    return folder / name
-
-
-def _remove_stale(folder: Path, stem: str, keep: set) -> None:
-    for f in folder.glob(f"{glob.escape(stem)}.*.shard*"):
-        name = f.name
-        if name not in keep and _SHARD_FILE.fullmatch(name[len(stem) :]):
-            f.unlink(missing_ok=True)
-
-
-def _find_manifest(state: dict):
-    """The sharded memory's manifest in an estimator's saved state (nested
-    voters included), or None."""
-    if not isinstance(state, dict):
-        return None
-    if state.get("memory", {}).get("sharded"):
-        return state["memory"]
-    for value in state.values():
-        if isinstance(value, dict):
-            found = _find_manifest(value)
-            if found is not None:
-                return found
-    return None
-
-
-def _check_manifest(meta: dict, arrays: dict) -> None:
-    need = (
-        "n_shards",
-        "shards",
-        "n_features",
-        "metric",
-        "preprocessing",
-        "storage_dtype",
-        "index",
-        "index_params",
-        "device",
-        "next_id",
-        "uid",
-        "version",
-        "classes",
-    )
-    missing = [k for k in need if k not in meta]
-    if missing:
-        raise ValueError(f"the shard manifest lacks {missing}")
-    if len(meta["shards"]) != meta["n_shards"]:
-        raise ValueError("the manifest lists a different number of shard files")
-    if "sample_ids" not in arrays or "key_codes" not in arrays:
-        raise ValueError("the manifest lacks its sample ids or label keys")
-    total = sum(int(s["n_samples"]) for s in meta["shards"])
-    if total != arrays["sample_ids"].shape[0]:
-        raise ValueError(
-            f"the shards hold {total} samples but the manifest lists "
-            f"{arrays['sample_ids'].shape[0]} ids"
-        )
-
-
-def local_state(meta: dict, arrays: dict, shards: list, device) -> tuple[dict, dict]:
-    """One local store's ``(meta, arrays)`` from a manifest and its shards'
-    states: rows in the memory's insertion order, label keys turned into class
-    codes, the index chosen for ``device`` (rebuilt when the store is made)."""
-    from skknn._archive import labels_from_json
-    from skknn._device import resolve_engine
-    from skknn.memory.engines import auto_engine
-
-    ids = np.concatenate([s[1]["sample_ids"] for s in shards])
-    want = arrays["sample_ids"]
-    sorter = np.argsort(ids, kind="stable")
-    pos = np.searchsorted(ids, want, sorter=sorter)
-    pos = sorter[np.minimum(pos, max(ids.size - 1, 0))]
-    if ids.size != want.size or not np.array_equal(ids[pos], want):
-        raise ValueError("the shards do not hold exactly the manifest's sample ids")
-    keys = np.concatenate(
-        [
-            labels_from_json(s[0]["classes"]).astype(np.int64)[s[1]["labels"]]
-            if s[0].get("classes") is not None
-            else s[1]["labels"]
-            for s in shards
-        ]
-    )
-    key_codes = arrays["key_codes"]
-    if keys.size and (keys.min() < 0 or keys.max() >= key_codes.size):
-        raise ValueError("a shard holds a label key the manifest does not know")
-    out = {
-        name: np.concatenate([s[1][name] for s in shards])[pos] for name in ROW_ARRAYS
-    }
-    if all("norms" in s[1] for s in shards):
-        out["norms"] = np.concatenate([s[1]["norms"] for s in shards])[pos]
-    out["labels"] = key_codes[keys][pos]
-    for name in ("mean", "taxonomy_paths"):
-        if name in arrays:
-            out[name] = arrays[name]
-    engine = resolve_engine(meta["index"], torch.device(device))
-    auto = engine == "auto"
-    index_params = meta["index_params"]
-    if auto:
-        engine, index_params = auto_engine(want.size)
-    local = {
-        "n_features": meta["n_features"],
-        "metric": meta["metric"],
-        "preprocessing": meta["preprocessing"],
-        "engine": engine,
-        "auto": auto,
-        "storage_dtype": meta["storage_dtype"],
-        "index_params": index_params,
-        "next_id": meta["next_id"],
-        "uid": meta["uid"],
-        "version": meta["version"],
-        "classes": meta["classes"],
-    }
-    if "taxonomy" in meta:
-        local["taxonomy"] = meta["taxonomy"]
-    return local, out

@@ -1,4 +1,4 @@
-"""What every store shows of its state, the same way: a mixin of
+"""What every store shows of its state, the same way: the base of
 :class:`~skknn.VectorStore` and of the sharded store (``skknn/memory/sharded.py``).
 
 It reads the attributes both keep under the same names: ``_version``, ``_n``,
@@ -78,7 +78,18 @@ class StoreView(GuardedState):
 
     @reads
     def next_ids(self, n: int) -> np.ndarray:
-        """The ids :meth:`add` gives ``n`` samples by default: never used before."""
+        """The ids :meth:`add` gives ``n`` samples by default: never used before.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+
+        Returns
+        -------
+        ids : ndarray of int64 of shape (n,)
+            Consecutive ids above every id ever issued.
+        """
         if self._next_id + n - 1 > MAX_ID:
             raise ValueError(
                 f"No fresh sample ids are left above the largest ever issued "

@@ -2,8 +2,9 @@
 
 A memory answers the same whichever backend keeps its rows: in RAM
 (``RamRows``), on disk (``DiskRows``, memory-mapped segment files) or in Dask
-shards (``ShardedStore`` over ``Shard`` actors, a ``LocalCluster`` in-process
-as in ``tests/memory/test_distributed.py``). Each test runs once per backend and
+shards (``ShardedStore`` over ``Shard`` actors, a ``LocalCluster`` of two
+processes). All three are the one front, ``MemoryFront``, over the ``RowStore``
+hooks (``skknn/memory/protocols.py``). Each test runs once per backend and
 compares with brute force or with the memory in RAM; a new backend joins by
 adding its name to :data:`BACKENDS` and a branch to :func:`make_memory`.
 
@@ -22,7 +23,8 @@ import pytest
 from skknn import VectorStore
 from skknn.memory.backends.disk import DiskRows
 from skknn.memory.backends.ram import RamRows
-from skknn.memory.protocols import RemovalSteps, RowBackend
+from skknn.memory.base import MemoryFront
+from skknn.memory.protocols import RemovalSteps, RowBackend, RowStore
 from tests.conftest import HAS_FAISS
 
 BACKENDS = ["ram", "disk", "dask"]
@@ -132,6 +134,34 @@ def test_search_one_block_gives_the_exact_neighbours_ties_by_id(make_memory, dat
     np.testing.assert_array_equal(nb.ids, ref_ids)
     np.testing.assert_allclose(nb.distances, ref_d, atol=1e-5)
     assert set(dup) <= set(nb.ids[-3:].ravel())
+
+
+def test_every_backend_is_the_one_front_over_the_row_hooks(make_memory, data):
+    X, labels, Q = data
+    mem = make_memory()
+    assert isinstance(mem, MemoryFront)
+    assert isinstance(mem, RowStore)
+    # The public surface is the front's, not re-written by a backend.
+    for name in ("add", "remove", "get", "search", "search_exact", "search_self"):
+        assert getattr(type(mem), name) is getattr(MemoryFront, name), name
+    mem.add(X, labels)
+    exact = mem.search_exact(Q, 4, batch_size=7)  # several blocks, in flight
+    np.testing.assert_array_equal(exact.ids, brute_force(X, np.arange(240), Q, 4)[1])
+    with pytest.raises(TypeError, match="index_params"):
+        mem.search_exact(Q, 4, index_params={})
+
+
+def test_one_search_with_its_own_knobs(make_memory, backend, data):
+    X, labels, Q = data
+    mem = make_memory()
+    mem.add(X, labels)
+    if backend == "dask":  # each shard keeps its own knobs
+        with pytest.raises(ValueError, match="set_index_params"):
+            mem.search(Q, 3, index_params={})
+        return
+    np.testing.assert_array_equal(
+        mem.search(Q, 3, index_params={}).ids, mem.search(Q, 3).ids
+    )
 
 
 def test_remove_ids_all_or_nothing(make_memory, data):

@@ -220,6 +220,39 @@ def test_pruning_counts_and_joint_p_knn_equal_local(client, data):
     )
 
 
+@pytest.mark.parametrize("n_shards", [2, 3, 5])
+@pytest.mark.parametrize("with_ties", [False, True])
+def test_leave_one_out_on_the_workers_equals_the_clients(
+    client, data, n_shards, with_ties
+):
+    """Each shard merging its queries' lists itself gives the client's merge,
+    field for field, ties at the k-th place included (duplicated vectors); a
+    shard with a single sample (n_shards=5 on 9 samples) takes part too."""
+    X, y, _ = data
+    if with_ties:
+        X, y = np.vstack([X[:300], X[:300]]), np.concatenate([y[:300], y[:300]])
+    _, sharded = _pair(n_shards, preprocessing="center_l2")
+    sharded.fit(X, y)
+    memory = sharded.memory_
+    assert memory.loo_on_workers  # the default
+    on_workers = memory.search_self(k=7, batch_size=128)
+    memory.loo_on_workers = False
+    try:
+        on_client = memory.search_self(k=7, batch_size=128)
+    finally:
+        memory.loo_on_workers = True
+    for field in ("distances", "ids", "labels", "reliability", "excluded"):
+        np.testing.assert_array_equal(
+            getattr(on_workers, field), getattr(on_client, field)
+        )
+    np.testing.assert_array_equal(on_workers.query_ids, on_client.query_ids)
+    np.testing.assert_array_equal(on_workers.query_labels, on_client.query_labels)
+    tiny = KNNVoter(3, index="flat", backend="dask", n_shards=5).fit(X[:9], y[:9])
+    a = tiny.memory_.search_self(k=3)
+    tiny.memory_.loo_on_workers = False
+    np.testing.assert_array_equal(a.ids, tiny.memory_.search_self(k=3).ids)
+
+
 @pytest.mark.skipif(not HAS_FAISS, reason="needs FAISS")
 def test_ivf_per_shard(client, data):
     X, y, Q = data

@@ -269,9 +269,12 @@ def test_auto_switches_to_compact_codes_past_its_size_and_back(monkeypatch, tmp_
     with pytest.raises(ValueError, match="chooses its own"):
         knn.set_params(index_params={"nprobe": 2})
     with pytest.raises(ValueError, match="chooses its own"):
-        knn.tune_index(Q)
-    with pytest.raises(ValueError, match="chooses its own"):
         KNNVoter(index_params={"nprobe": 2}).fit(X, y)
+    # tune_index chooses the family as well (tests/memory/test_family_tuning.py):
+    # the memory is then that index, no longer "auto".
+    knn.tune_index(Q)
+    assert knn.index == knn.engine_ != "auto"
+    assert not knn.memory_.auto
 
 
 def test_joint_takes_float16_and_disk_storage_through_its_voter(digits, tmp_path):

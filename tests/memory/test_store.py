@@ -337,12 +337,43 @@ def test_ctrl_c_during_removal_lands_after_rows_and_index_agree(monkeypatch):
         return real_remove(*args, **kwargs)
 
     monkeypatch.setattr(store.engine, "remove", interrupted_remove)
-    with pytest.raises(KeyboardInterrupt):
-        store.remove(np.arange(0, 300, 3), retrain_index=True)
+    # Python's own Ctrl-C handler, whatever an earlier test or library left
+    # installed (a handler that swallows the interrupt would hide the hold).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.remove(np.arange(0, 300, 3), retrain_index=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
     # The interrupt was held until both were done: nothing half-updated.
     assert store.n_samples == store.engine.index.ntotal == 200
     nb = store.search(X[:20], 5)
     assert not np.isin(nb.ids, np.arange(0, 300, 3)).any()
+
+
+@pytest.mark.parametrize("before", ["default", "ignored"])
+def test_a_held_ctrl_c_is_not_lost_whatever_handler_was_there(before):
+    """A handler that is not a Python callable (the default action, or one a C
+    library installed) still gets the held Ctrl-C as a KeyboardInterrupt; an
+    ignored one stays ignored."""
+    import os
+    import signal
+
+    from skknn.memory.rows import uninterrupted
+
+    handler = signal.SIG_DFL if before == "default" else signal.SIG_IGN
+    original = signal.signal(signal.SIGINT, handler)
+    try:
+        if before == "default":
+            with pytest.raises(KeyboardInterrupt):
+                with uninterrupted():
+                    os.kill(os.getpid(), signal.SIGINT)
+        else:
+            with uninterrupted():
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == handler
+    finally:
+        signal.signal(signal.SIGINT, original)
 
 
 def test_the_id_domain_is_0_to_2_63_minus_1(rng):

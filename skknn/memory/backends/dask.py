@@ -16,6 +16,7 @@ What it is sent and keeps:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -26,6 +27,7 @@ from skknn._archive import FORMAT, VERSION, read_archive, write_archive
 from skknn._device import resolve_device, resolve_engine
 from skknn.memory.engines import auto_engine
 from skknn.memory.front import VectorStore
+from skknn.memory.merge import merge_top
 
 SHARD_CLASS = "skknn-shard"
 # A store state's arrays with one entry per row (besides labels and "norms").
@@ -149,6 +151,28 @@ class Shard:
         nb = self.store.search_self(ids, k, batch_size=max(1, len(ids)))
         self.search_seconds += time.perf_counter() - start
         return (*_grid(nb), nb.classes[nb.query_labels])
+
+    async def leave_one_out(self, ids, k: int, peers):
+        """Leave-one-out neighbours of this shard's samples ``ids`` across the
+        memory, merged here: the client gets the merged top ``k`` and the
+        queries' keys, never the query vectors or the other shards' lists.
+
+        ``peers``: ``(actor, k_i)`` of every other live shard. Their searches are
+        awaited (this method runs on the worker's event loop), so a peer that is
+        itself waiting on this shard finds its actor thread free: no deadlock.
+        The result equals the client's merge of the same lists
+        (``merge.merge_top``, equal distances by id).
+        """
+        loop = asyncio.get_running_loop()
+        Q, keys = await loop.run_in_executor(None, self.vectors, ids)
+        futures = [actor.search(Q, k_i, False) for actor, k_i in peers]
+        grids = []
+        if self.store.n_samples >= 2:
+            own_k = min(k, self.store.n_samples - 1)
+            own = await loop.run_in_executor(None, self.search_self, ids, own_k)
+            grids.append(own[:5])
+        grids += [tuple(await f) for f in futures]
+        return merge_top(grids, k), keys
 
     def vectors(self, ids):
         """``(prepared vectors, keys)`` of stored samples, in the order of ids."""
