@@ -19,10 +19,8 @@ from skknn.memory.digest import (
     NO_MEMORY,
     EditLog,
     checked_entries,
-    memory_digest,
     read_log_file,
     record,
-    state_before,
 )
 
 
@@ -56,7 +54,7 @@ class CertifiedMemory:
         True
         """
         check_is_fitted(self)
-        return memory_digest(self.memory_)
+        return self._edit_log_object().digest_of(self.memory_)
 
     def edit_log(self) -> list[dict]:
         """The memory's edits, oldest first: an append-only, hash-chained log.
@@ -94,23 +92,38 @@ class CertifiedMemory:
             log = self._edit_log = EditLog()
         return log
 
-    def _state_before_edit(self) -> tuple[str, object]:
-        """``(digest, lanes)`` of the memory before an edit (the one a fit
-        replaces). A new voter continuing another's chain (JOINT's refit)
-        replaces the memory the chain last described."""
-        return state_before(self._edit_log_object(), self.__dict__.get("memory_"))
+    def _state_before_edit(self, replacing: bool = False) -> tuple:
+        """The memory's state before an edit (``replacing``: a fit replaces
+        it), for :meth:`_record_edit`. A new voter continuing another's chain
+        (JOINT's refit) replaces the memory the chain last described."""
+        memory = self.__dict__.get("memory_")
+        return self._edit_log_object().before(memory, replacing=replacing)
 
     def _continue_chain(self, other) -> None:
         """Start from a copy of ``other``'s log (a voter this one replaces): a
         fit that fails leaves ``other``'s untouched."""
         self._edit_log = EditLog(other._edit_log_object().entries())
 
-    def _record_edit(self, op: str, ids, before: str, lanes=None, **extra) -> dict:
-        """Log the edit just made to ``memory_``, whose hash is now ``lanes``
-        (None: hashed whole), here and in the storage folder."""
+    def _record_edit(self, op: str, ids, before: tuple, **how) -> None:
+        """Log the edit just made to ``memory_`` from ``before``, here and in
+        the storage folder; ``how``: what :meth:`EditLog.record` takes (rows
+        ``added``, lanes ``removed``, a ``fresh`` memory, one changed
+        ``whole``) and fields of the entry."""
         log = self._edit_log_object()
         self._attach_log_file()
-        return record(log, op, ids, before, self.memory_, lanes=lanes, **extra)
+        record(log, op, ids, before, self.memory_, **how)
+
+    def _logged_removal(self, op: str, ids, retrain_index: bool) -> None:
+        """Remove ``ids`` from the memory as one logged edit ``op``: held from
+        the state before to the entry (concurrent edits chain in order), the
+        removed rows hashed while they are still there."""
+        store = self.memory_
+        log = self._edit_log_object()
+        with store.editing():
+            before = log.before(store)
+            removed = log.removing(store, store.check_removable(ids))
+            store.remove(ids, retrain_index=retrain_index)
+            self._record_edit(op, ids, before, removed=removed)
 
     def _attach_log_file(self) -> None:
         """In a storage folder, the log is ``edit_log.jsonl`` beside
@@ -176,13 +189,11 @@ class DelegatedCertificates:
         return self._certified_voter().edit_log()
 
 
-def record_head(voter, n_samples: int, ids, **extra) -> dict:
+def record_head(voter, n_samples: int, ids, **extra) -> None:
     """Log that a head was trained on ``voter``'s memory as it is now (an entry
     that changes nothing: ``before == after``)."""
-    now, lanes = voter._state_before_edit()
-    return voter._record_edit(
-        "head", ids, now, lanes, trained_on=int(n_samples), **extra
-    )
+    now = voter._state_before_edit()
+    voter._record_edit("head", ids, now, trained_on=int(n_samples), **extra)
 
 
 __all__ = ["NO_MEMORY", "CertifiedMemory", "DelegatedCertificates", "record_head"]

@@ -427,9 +427,9 @@ class FineTunedJointClassifier(
         """Re-embed the memory with the current backbone (and, with ``p_true``,
         the leave-one-out probabilities that weight the loss)."""
         E = _embed(run.extractor, run.images, self.batch_size)
-        before, _ = run.knn._state_before_edit()
+        before = run.knn._state_before_edit()
         run.knn.memory_.replace_vectors(E)
-        run.knn._record_edit("refresh", run.ids, before)
+        run.knn._record_edit("refresh", run.ids, before, whole=True)
         run.refreshes += 1
         if p_true:
             run.p_true = _p_true(run.knn, run.codes, run.ids)

@@ -444,9 +444,7 @@ class JointKNNClassifier(
         except BaseException:
             # All or nothing: the memory forgets the samples, the head and the
             # bookkeeping go back to what they were.
-            before, _ = self.knn_._state_before_edit()
-            store.remove(ids, retrain_index=False)
-            self.knn_._record_edit("rollback", ids, before)
+            self.knn_._logged_removal("rollback", ids, retrain_index=False)
             self.__dict__.update(saved)
             self._training_rows().truncate(len(self._train_ids))
             del self.loss_curve_[n_loss:]

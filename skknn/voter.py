@@ -37,7 +37,6 @@ from skknn._validation import (
 )
 from skknn.io import Persistable, labels_from_json, register, subtree
 from skknn.memory import folder as _storage_folder
-from skknn.memory.digest import row_lanes
 from skknn.memory.front import VectorStore, query_blocks
 from skknn.memory.loading import saved_memory
 from skknn.memory.neighbors import Neighbors
@@ -587,21 +586,19 @@ class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
             # Held from the digest before to the one after: a concurrent edit
             # must not fall between them (the log would not chain).
             with store.editing():
-                before, lanes = self._state_before_edit()
+                before = self._state_before_edit(replacing=first_call)
                 added = store.add(
                     X, y, sample_ids, classes=classes, sample_weight=sample_weight
                 )
-                # the memory's hash moves by the added rows' leaves only
-                lanes = row_lanes(store, added) + (0 if first_call else lanes)
-                if not first_call:
-                    self._record_edit("partial_fit", added, before, lanes)
+                if not first_call:  # the added rows are hashed when asked for
+                    self._record_edit("partial_fit", added, before, added=added)
         if first_call:
             old = self.__dict__.get("memory_")
             self.memory_ = store
             self.__dict__.pop("learned_state_", None)
             self._fitted_config_ = self._memory_config()
             self._publish_storage(old)
-            self._record_edit("fit", added, before, lanes)
+            self._record_edit("fit", added, before, added=added, fresh=True)
         if self.voting == "learned" and self.memory_.n_samples:
             self._learned_state()  # trained here, not at the first prediction
         return self
@@ -691,14 +688,7 @@ class KNNVoter(CertifiedMemory, Persistable, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         self._check_storage_owner()
-        ids = np.asarray(sample_ids)
-        store = self.memory_
-        with store.editing():  # see _add
-            before, lanes = self._state_before_edit()
-            # the removed rows' leaves, read while they are there
-            gone = row_lanes(store, np.unique(store.check_removable(ids)))
-            store.remove(ids, retrain_index=bool(retrain_index))
-            self._record_edit("unlearn", ids, before, lanes - gone)
+        self._logged_removal("unlearn", np.asarray(sample_ids), bool(retrain_index))
         # nothing derived from a removed sample survives: rightness and scorer
         # are computed again from what remains
         self.__dict__.pop("learned_state_", None)

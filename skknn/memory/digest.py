@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import datetime
 import hashlib
 import json
 import os
 import stat
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,9 @@ NO_MEMORY = "0" * 64
 GENESIS = "0" * 64
 # Samples read from the store at a time while hashing: bounded RAM.
 _BLOCK = 65536
+# Threads that hash leaves, and the fewest rows worth a thread of their own.
+_WORKERS = min(8, os.cpu_count() or 1)
+_MIN_ROWS_PER_THREAD = 2048
 # LtHash16: a sample's leaf is 1,024 uint16 lanes; a memory is their sum.
 LANES = 1024
 _LEAF = b"skknn-leaf/1\0"
@@ -105,11 +112,7 @@ def memory_digest(store) -> str:
 def memory_lanes(store) -> np.ndarray:
     """The multiset hash of every sample in ``store`` (:func:`row_lanes` of all)."""
     with store.reading():
-        ids = store.ids()
-        total = np.zeros(LANES, dtype=np.uint16)
-        for s in range(0, ids.shape[0], _BLOCK):
-            total += row_lanes(store, ids[s : s + _BLOCK])
-        return total
+        return row_lanes(store, store.ids())
 
 
 def row_lanes(store, ids) -> np.ndarray:
@@ -122,34 +125,77 @@ def row_lanes(store, ids) -> np.ndarray:
     commute, so the order of samples does not matter, and an edit adds its new
     samples' leaves or subtracts its removed ones'.
     """
-    ids = np.asarray(ids, dtype=np.int64)
-    if not ids.shape[0]:
-        return np.zeros(LANES, dtype=np.uint16)
+    total = np.zeros(LANES, dtype=np.uint16)
+    for _, leaves in leaf_blocks(store, ids):
+        total += lane_sum(leaves)
+    return total
+
+
+def leaf_blocks(store, ids):
+    """``(ids, leaves)`` of ``ids`` in blocks of 65,536 samples: each sample's
+    leaf as a row of :data:`LANES` uint16 (bounded RAM)."""
+    ids = np.asarray(ids, dtype=np.int64).ravel()
+    for s in range(0, ids.shape[0], _BLOCK):
+        block = ids[s : s + _BLOCK]
+        yield block, _leaves(store, block)
+
+
+def lane_sum(leaves: np.ndarray) -> np.ndarray:
+    """Leaves (rows of uint16 lanes) summed lane by lane modulo 2**16."""
+    return (leaves.sum(axis=0, dtype=np.uint64) % (1 << 16)).astype(np.uint16)
+
+
+def _leaves(store, ids: np.ndarray) -> np.ndarray:
+    """The leaves of ``ids`` (at most one block): shape (len(ids), LANES)."""
+    m = ids.shape[0]
+    if not m:
+        return np.zeros((0, LANES), dtype=np.uint16)
     stored = store.get(ids, prepared=True)
     raw = _raw(store, ids)
     dtype = np.dtype(store.storage_dtype).newbyteorder("<")
     parts = [
-        ids.astype("<i8").view(np.uint8).reshape(-1, 8),
-        np.asarray(stored.X).astype(dtype).view(np.uint8).reshape(ids.shape[0], -1),
+        ids.astype("<i8").view(np.uint8).reshape(m, 8),
+        np.asarray(stored.X).astype(dtype).view(np.uint8).reshape(m, -1),
     ]
     if raw is not None:  # files of skknn 0.1 kept no lengths: no raw vectors
-        parts.append(np.asarray(raw.sample_weight, "<f4").view(np.uint8)[:, None])
-        parts[-1] = parts[-1].reshape(ids.shape[0], 4)
-        parts.append(np.asarray(raw.X, "<f4").view(np.uint8).reshape(ids.shape[0], -1))
+        parts.append(np.asarray(raw.sample_weight, "<f4").view(np.uint8).reshape(m, 4))
+        parts.append(np.asarray(raw.X, "<f4").view(np.uint8).reshape(m, -1))
     rows = np.ascontiguousarray(np.concatenate(parts, axis=1))
-    labels = _label_lines(stored.labels)
-    out = bytearray()
-    for row, label in zip(rows, labels):
-        out += hashlib.shake_128(_LEAF + row.tobytes() + label).digest(2 * LANES)
-    lanes = np.frombuffer(bytes(out), dtype="<u2").reshape(ids.shape[0], LANES)
-    return (lanes.sum(axis=0, dtype=np.uint64) % (1 << 16)).astype(np.uint16)
+    return _hash_rows(rows, _label_lines(stored.labels))
 
 
-def root_digest(store, lanes: np.ndarray) -> str:
-    """The digest of ``store`` whose samples hash to ``lanes``: BLAKE2b-256 of
-    a header (scheme, width, metric, pre-processing, storage dtype, sample
-    count, centre) and the lanes."""
-    header = {
+def _hash_rows(rows: np.ndarray, labels: list[bytes]) -> np.ndarray:
+    """SHAKE-128 leaves of ``rows`` (each followed by its label line), into
+    one preallocated buffer; hashed in threads, since hashlib lets go of the
+    GIL while it absorbs inputs over 2 KB."""
+    m = rows.shape[0]
+    out = np.empty((m, 2 * LANES), dtype=np.uint8)
+    workers = max(1, min(_WORKERS, m // _MIN_ROWS_PER_THREAD))
+    step = -(-m // workers)
+    spans = [(s, min(m, s + step)) for s in range(0, m, step)]
+    if workers == 1:
+        _hash_span(rows, labels, out, *spans[0])
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda span: _hash_span(rows, labels, out, *span), spans))
+    return out.view("<u2").astype(np.uint16, copy=False)
+
+
+def _hash_span(rows, labels, out, lo: int, hi: int) -> None:
+    prefix = hashlib.shake_128(_LEAF)
+    flat = memoryview(out.reshape(-1))
+    width = 2 * LANES
+    for i in range(lo, hi):
+        leaf = prefix.copy()
+        leaf.update(rows[i])
+        leaf.update(labels[i])
+        flat[i * width : (i + 1) * width] = leaf.digest(width)
+
+
+def store_header(store) -> dict:
+    """What the root covers besides the lanes: scheme, width, metric,
+    pre-processing, storage dtype, sample count and centre of ``store`` now."""
+    return {
         "scheme": SCHEME,
         "n_features": int(store.n_features),
         "metric": store.metric.name,
@@ -160,6 +206,16 @@ def root_digest(store, lanes: np.ndarray) -> str:
         if store.mean is None
         else np.asarray(store.mean, dtype="<f4").tobytes().hex(),
     }
+
+
+def root_digest(store, lanes: np.ndarray) -> str:
+    """The digest of ``store`` whose samples hash to ``lanes``: BLAKE2b-256 of
+    its header (:func:`store_header`) and the lanes."""
+    return root_of(store_header(store), lanes)
+
+
+def root_of(header: dict, lanes: np.ndarray) -> str:
+    """BLAKE2b-256 of a header (:func:`store_header`) and lanes."""
     root = hashlib.blake2b(_canonical(header), digest_size=32)
     root.update(np.asarray(lanes, dtype="<u2").tobytes())
     return root.hexdigest()
@@ -279,7 +335,7 @@ def _is_hex(value: str) -> bool:
 
 
 class EditLog:
-    """An append-only, hash-chained list of a memory's edits.
+    """An append-only, hash-chained list of a memory's edits, hashed lazily.
 
     Each entry is a dict: ``op`` (``"fit"``, ``"partial_fit"``, ``"unlearn"``,
     ``"refresh"``, ``"rollback"``, ``"head"``), ``count`` (samples concerned),
@@ -289,9 +345,16 @@ class EditLog:
     store's uid and version after the edit, which let the next edit reuse
     ``after`` as its ``before``).
 
+    An edit is recorded without hashing the rows it added (:meth:`record`):
+    they are hashed when the entries are next asked for (:meth:`entries`,
+    :meth:`digest_of`, a pickle, an attached file), from the rows as stored
+    then, which are the rows as added: a later logged edit that removes one
+    hashes it first and credits its leaf to the edit that added it, and a
+    change made on the store directly calls :func:`rows_change` first.
+
     With :meth:`attach`, every entry is also appended to a file
-    (``edit_log.jsonl``, one JSON line each, synced), so a storage folder
-    carries the chain its reopened estimator extends.
+    (``edit_log.jsonl``, one JSON line each, synced) as it is recorded, so a
+    storage folder carries the chain its reopened estimator extends.
 
     Examples
     --------
@@ -307,59 +370,226 @@ class EditLog:
         self._entries = [dict(e) for e in entries or ()]
         self._file = None
         self._file_count = 0  # entries the attached file is known to hold
-        # (uid, version, lanes) of the memory as last hashed: an edit updates
-        # the lanes by its rows instead of hashing the whole memory again
-        self._lanes = None
+        self._pending: list[_Pending] = []
+        self._store = None  # the memory the pending edits' rows are read from
+        # ((uid, version), lanes) after the last finished entry: the next
+        # edit starts from these lanes instead of hashing the whole memory
+        self._base = None
+        # Taken after the store's own lock, never before it.
+        self._lock = threading.RLock()
 
-    def lanes_of(self, store) -> np.ndarray:
-        """The multiset hash of ``store`` now: remembered for its (uid,
-        version), else computed from every sample."""
-        key = (store.uid, int(store.version))
-        if self._lanes is None or self._lanes[0] != key:
-            self._lanes = (key, memory_lanes(store))
-        return self._lanes[1].copy()
-
-    def remember(self, store, lanes: np.ndarray) -> str:
-        """Remember ``lanes`` as the hash of ``store`` now; its digest."""
-        self._lanes = ((store.uid, int(store.version)), lanes.copy())
-        return root_digest(store, lanes)
-
+    # -- the chain ----------------------------------------------------------------
     @property
     def last(self) -> dict | None:
+        self.settle()
         return self._entries[-1] if self._entries else None
 
     def entries(self) -> list[dict]:
-        """A copy of the entries, oldest first."""
-        return [dict(e) for e in self._entries]
+        """A copy of the entries, oldest first (pending ones hashed first)."""
+        self.settle()
+        with self._lock:
+            return [dict(e) for e in self._entries]
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._pending)
 
     def append(self, op: str, *, count, ids_digest, before, after, **extra) -> dict:
-        """Add one entry (chained to the last) and return a copy of it."""
-        entry = {
+        """Add one finished entry (chained to the last) and return a copy."""
+        self.settle()
+        with self._lock:
+            entry = _entry(self._entries, op, count, ids_digest, before, after, _now())
+            entry.update(extra)
+            self._entries.append(entry)
+            self._base = None  # lanes unknown: the next edit hashes the memory
+            if self._file is not None:
+                self._write(self._file)
+            return dict(entry)
+
+    # -- recording edits ----------------------------------------------------------
+    def before(self, store, *, replacing: bool = False) -> tuple:
+        """``(digest, lanes)`` of ``store`` before an edit; ``(None, None)``
+        when it is the state the last entry ends in (known without hashing).
+        ``replacing``: the edit replaces ``store``, so its pending rows are
+        hashed now. For no store, the state the chain last described."""
+        if store is None:
+            with self._lock:
+                empty = not self._entries and not self._pending
+            return (NO_MEMORY if empty else None), None
+        self._settle_other(store)
+        with store.reading(), self._lock:
+            if _key(store) == self._tail_key():
+                if replacing:
+                    self._absorb(store)
+                    self._finish()
+                return None, None
+            # Changed outside the log, or a memory this log has not hashed
+            # (loaded, moved): hashed whole, as it is now.
+            lanes = self.removing(store, store.ids())
+            return root_digest(store, lanes), lanes
+
+    def record(
+        self,
+        op: str,
+        ids,
+        before: tuple,
+        store,
+        *,
+        added=None,
+        removed=None,
+        fresh: bool = False,
+        whole: bool = False,
+        **extra,
+    ) -> None:
+        """Log the edit just made to ``store`` from ``before``
+        (:meth:`before`): rows ``added`` (hashed later), lanes ``removed``
+        (:meth:`removing`, hashed before they went); ``fresh``: a new memory;
+        ``whole``: rows changed in place, so the memory is hashed whole now."""
+        ids = np.asarray(ids)
+        fields = {
             "op": op,
-            "count": int(count),
-            "ids_digest": ids_digest,
-            "before": before,
-            "after": after,
-            "time": datetime.datetime.now(datetime.UTC).isoformat(
-                timespec="microseconds"
-            ),
-            "prev": GENESIS if not self._entries else entry_hash(self._entries[-1]),
-            **extra,
+            "count": int(np.unique(ids).shape[0]),
+            "ids_digest": ids_digest(ids),
+            "time": _now(),
         }
-        self._entries.append(entry)
+        self._settle_other(store)
+        with store.reading(), self._lock:
+            digest, lanes = before
+            if whole:
+                lanes = self.removing(store, store.ids())
+            elif fresh:
+                lanes = np.zeros(LANES, dtype=np.uint16)
+            delta = np.zeros(LANES, dtype=np.uint16)
+            if removed is not None:
+                delta -= removed
+            pending = (
+                _EMPTY if added is None else np.unique(np.asarray(added, np.int64))
+            )
+            extra = {"memory": store.uid, "version": int(store.version), **extra}
+            self._pending.append(
+                _Pending(
+                    fields, extra, store_header(store), digest, lanes, delta, pending
+                )
+            )
+            self._store = store
+            if pending.size:
+                _watch(self, store)
+        if self._file is not None:  # a folder's log is written as it edits
+            self.settle()
+
+    def removing(self, store, ids) -> np.ndarray:
+        """The lanes of rows ``ids`` of ``store`` (read now, before they go or
+        change); a row a pending edit added has its leaf credited to it."""
+        total = np.zeros(LANES, dtype=np.uint16)
+        with store.reading(), self._lock:
+            mine = self._store is store
+            for block, leaves in leaf_blocks(store, ids):
+                total += lane_sum(leaves)
+                for p in self._pending if mine else ():
+                    if p.pending.size:
+                        hit = np.isin(block, p.pending)
+                        if hit.any():
+                            p.delta += lane_sum(leaves[hit])
+                            p.pending = np.setdiff1d(p.pending, block[hit])
+        return total
+
+    def rows_changing(self, store, ids=None) -> None:
+        """``store`` is about to change or remove rows ``ids`` (None: all):
+        the pending edits' leaves among them are hashed now."""
+        with self._lock:
+            if self._store is store:
+                self._absorb(store, ids)
+
+    # -- hashing what is pending ----------------------------------------------------
+    def digest_of(self, store) -> str:
+        """:func:`memory_digest` of ``store``, from the log's lanes when they
+        describe it (no hashing beyond the pending rows)."""
+        self._settle_other(store)
+        with store.reading(), self._lock:
+            if _key(store) == self._tail_key():
+                self._absorb(store)
+                self._finish()
+                return root_digest(store, self._base[1])
+            return root_digest(store, memory_lanes(store))
+
+    def settle(self) -> None:
+        """Hash the pending edits' rows and finish their entries."""
+        while True:
+            store = self._store
+            if store is None:
+                with self._lock:
+                    if self._store is None:
+                        self._finish()
+                        return
+                continue
+            with store.reading(), self._lock:
+                if self._store is store:
+                    self._absorb(store)
+                    self._finish()
+                    return
+
+    def _settle_other(self, store) -> None:
+        if self._store is not None and self._store is not store:
+            self.settle()
+
+    def _tail_key(self):
+        if self._pending:
+            return self._pending[-1].extra["memory"], self._pending[-1].extra["version"]
+        return None if self._base is None else self._base[0]
+
+    def _absorb(self, store, ids=None) -> None:
+        """Credit each pending edit with the leaves of its rows among ``ids``
+        (None: all of them), read from ``store`` now."""
+        for p in self._pending:
+            take = p.pending if ids is None else p.pending[np.isin(p.pending, ids)]
+            if take.size:
+                p.delta += row_lanes(store, take)
+                p.pending = np.setdiff1d(p.pending, take)
+        if not any(p.pending.size for p in self._pending):
+            _unwatch(self, store)
+
+    def _finish(self) -> None:
+        """Turn the pending edits (their rows all hashed) into entries."""
+        if not self._pending:
+            return
+        lanes = None if self._base is None else self._base[1]
+        for p in self._pending:
+            start = lanes if p.start is None else p.start
+            if start is None or p.pending.size:  # a bug, never a state to log
+                raise RuntimeError("an edit's lanes are not known; the log is broken")
+            lanes = start + p.delta
+            before = p.before
+            if before is None:
+                before = self._entries[-1]["after"] if self._entries else NO_MEMORY
+            f = p.fields
+            entry = _entry(
+                self._entries,
+                f["op"],
+                f["count"],
+                f["ids_digest"],
+                before,
+                root_of(p.header, lanes),
+                f["time"],
+            )
+            entry.update(p.extra)
+            self._entries.append(entry)
+        last = self._pending[-1].extra
+        self._base = ((last["memory"], last["version"]), lanes)
+        self._pending = []
+        if self._store is not None:
+            _unwatch(self, self._store)
+        self._store = None
         if self._file is not None:
             self._write(self._file)
-        return dict(entry)
 
+    # -- the file -----------------------------------------------------------------
     def attach(self, path) -> None:
         """Keep the entries in the file ``path`` too (written now in full if it
         does not hold them yet, then one appended line per entry)."""
-        self._file = Path(path)
-        self._file_count = 0
-        self._write(self._file)
+        self.settle()
+        with self._lock:
+            self._file = Path(path)
+            self._file_count = 0
+            self._write(self._file)
 
     def attached_to(self, path) -> None:
         """Keep appending to ``path``, read by :func:`read_log_file` (it holds
@@ -382,11 +612,77 @@ class EditLog:
         self._file_count = len(self._entries)
 
     def __getstate__(self):
-        # A file belongs to one process; the lanes are found again if needed.
-        return {"entries": self._entries}
+        # A file belongs to one process, and so do the rows pending edits
+        # read: hashed now. The lanes are found again if needed.
+        return {"entries": self.entries()}
 
     def __setstate__(self, state):
         self.__init__(state["entries"])
+
+
+@dataclasses.dataclass
+class _Pending:
+    """An edit whose ``after`` waits for the leaves of rows it added."""
+
+    fields: dict  # op, count, ids_digest, time: known at the edit
+    extra: dict  # the store's uid and version after it, and the caller's fields
+    header: dict  # store_header after the edit
+    before: str | None  # None: the ``after`` of the entry before
+    start: np.ndarray | None  # lanes it started from; None: the entry before's
+    delta: np.ndarray  # leaves added minus leaves removed, as hashed so far
+    pending: np.ndarray  # sorted ids whose leaves are still to add
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def _key(store) -> tuple:
+    return store.uid, int(store.version)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+
+
+def _entry(entries, op, count, ids_digest, before, after, time) -> dict:
+    """An entry chained to the last of ``entries``."""
+    return {
+        "op": op,
+        "count": int(count),
+        "ids_digest": ids_digest,
+        "before": before,
+        "after": after,
+        "time": time,
+        "prev": GENESIS if not entries else entry_hash(entries[-1]),
+    }
+
+
+# Logs with edits pending on a store, by id(store): told before the store
+# changes or removes rows (rows_change), whoever makes the change.
+_WATCHING: dict[int, weakref.WeakSet] = {}
+
+
+def _watch(log: EditLog, store) -> None:
+    _WATCHING.setdefault(id(store), weakref.WeakSet()).add(log)
+
+
+def _unwatch(log: EditLog, store) -> None:
+    logs = _WATCHING.get(id(store))
+    if logs is not None:
+        logs.discard(log)
+        if not logs:
+            _WATCHING.pop(id(store), None)
+
+
+def rows_change(store, ids=None) -> None:
+    """Called by a store before it changes or removes rows ``ids`` (None: all):
+    an edit log whose pending edits added some of them hashes them first, as
+    they were added (an edit made on the store directly, outside the log,
+    then shows as a chain break, not as a wrong digest)."""
+    logs = _WATCHING.get(id(store))
+    if logs:
+        for log in list(logs):
+            log.rows_changing(store, ids)
 
 
 def _line(entry: dict) -> str:
@@ -454,37 +750,11 @@ def named_edit(op: str, ids, **extra):
         _NAMED.reset(token)
 
 
-def state_before(log: EditLog, store) -> tuple[str, np.ndarray | None]:
-    """``(digest, lanes)`` of ``store`` before an edit; for no store, the state
-    the chain last described (``NO_MEMORY`` at its start) and no lanes."""
-    if store is None:
-        return (NO_MEMORY if log.last is None else log.last["after"]), None
-    with store.reading():
-        lanes = log.lanes_of(store)
-        return root_digest(store, lanes), lanes
-
-
-def record(
-    log: EditLog, op: str, ids, before: str, store, *, lanes=None, **extra
-) -> dict:
-    """Append the edit that took ``store`` from ``before`` to its state now,
-    whose multiset hash is ``lanes`` (None: computed from every sample)."""
+def record(log: EditLog, op: str, ids, before: tuple, store, **kwargs) -> None:
+    """:meth:`EditLog.record`, as the enclosing :func:`named_edit` names it."""
     named = _NAMED.get()
     if named is not None:
         op, ids = named["op"], named["ids"]
-        extra = {**extra, **named["extra"]}
+        kwargs = {**kwargs, **named["extra"]}
         _NAMED.set(None)  # one edit only
-    ids = np.asarray(ids)
-    with store.reading():
-        after = log.remember(store, memory_lanes(store) if lanes is None else lanes)
-        version = int(store.version)
-    return log.append(
-        op,
-        count=int(np.unique(ids).shape[0]),
-        ids_digest=ids_digest(ids),
-        before=before,
-        after=after,
-        memory=store.uid,
-        version=version,
-        **extra,
-    )
+    log.record(op, ids, before, store, **kwargs)
