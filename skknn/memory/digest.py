@@ -13,7 +13,10 @@ in Dask shards. What it covers, and when ``fit(A + B)`` then ``unlearn(B)`` equa
 
 The log (:class:`EditLog`) is append-only: every entry names the hash of the
 one before it (``prev``), so changing, dropping or reordering an entry breaks
-the chain after it (:func:`chain_problems`).
+the chain after it (:func:`chain_problems`). It is hashed lazily: an edit that
+adds rows is recorded without their leaves, which are hashed when the entries
+are next needed, from the rows as they are then (unchanged: whatever removes or
+replaces a row hashes it first, :meth:`EditLog.removing`, :func:`rows_change`).
 """
 
 from __future__ import annotations
@@ -417,15 +420,16 @@ class EditLog:
             return (NO_MEMORY if empty else None), None
         self._settle_other(store)
         with store.reading(), self._lock:
-            if _key(store) == self._tail_key():
-                if replacing:
-                    self._absorb(store)
-                    self._finish()
-                return None, None
-            # Changed outside the log, or a memory this log has not hashed
-            # (loaded, moved): hashed whole, as it is now.
-            lanes = self.removing(store, store.ids())
-            return root_digest(store, lanes), lanes
+            digest = lanes = None
+            if _key(store) != self._tail_key():
+                # Changed outside the log, or a memory this log has not hashed
+                # (loaded, moved): hashed whole, as it is now.
+                lanes = self.removing(store, store.ids())
+                digest = root_digest(store, lanes)
+            if replacing:
+                self._absorb(store)
+                self._finish()
+            return digest, lanes
 
     def record(
         self,
