@@ -75,7 +75,10 @@ def ids_digest(ids) -> str:
     >>> ids_digest([3, 1, 2]) == ids_digest([1, 2, 3, 3])
     True
     """
-    ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+    return _unique_ids_digest(np.unique(np.asarray(ids, dtype=np.int64).ravel()))
+
+
+def _unique_ids_digest(ids: np.ndarray) -> str:
     return hashlib.blake2b(ids.astype("<i8").tobytes(), digest_size=32).hexdigest()
 
 
@@ -449,12 +452,15 @@ class EditLog:
         (:meth:`removing`, hashed before they went); ``fresh``: a new memory;
         ``whole``: rows changed in place, so the memory is hashed whole now."""
         ids = np.asarray(ids)
+        unique = np.unique(np.asarray(ids, dtype=np.int64).ravel())
         fields = {
             "op": op,
-            "count": int(np.unique(ids).shape[0]),
-            "ids_digest": ids_digest(ids),
+            "count": int(unique.shape[0]),
+            "ids_digest": _unique_ids_digest(unique),
             "time": _now(),
         }
+        if added is not None:  # a fit's added rows are its ids: sorted once
+            added = unique if added is ids else np.unique(np.asarray(added, np.int64))
         self._settle_other(store)
         with store.reading(), self._lock:
             digest, lanes = before
@@ -465,9 +471,7 @@ class EditLog:
             delta = np.zeros(LANES, dtype=np.uint16)
             if removed is not None:
                 delta -= removed
-            pending = (
-                _EMPTY if added is None else np.unique(np.asarray(added, np.int64))
-            )
+            pending = _EMPTY if added is None else added
             extra = {"memory": store.uid, "version": int(store.version), **extra}
             self._pending.append(
                 _Pending(
@@ -489,11 +493,9 @@ class EditLog:
             for block, leaves in leaf_blocks(store, ids):
                 total += lane_sum(leaves)
                 for p in self._pending if mine else ():
-                    if p.pending.size:
-                        hit = np.isin(block, p.pending)
-                        if hit.any():
-                            p.delta += lane_sum(leaves[hit])
-                            p.pending = np.setdiff1d(p.pending, block[hit])
+                    hit, p.pending = _taken(p.pending, block)
+                    if hit.any():
+                        p.delta += lane_sum(leaves[hit])
         return total
 
     def rows_changing(self, store, ids=None) -> None:
@@ -544,10 +546,14 @@ class EditLog:
         """Credit each pending edit with the leaves of its rows among ``ids``
         (None: all of them), read from ``store`` now."""
         for p in self._pending:
-            take = p.pending if ids is None else p.pending[np.isin(p.pending, ids)]
+            if ids is None:
+                take, p.pending = p.pending, _EMPTY
+            else:
+                ids = np.asarray(ids, dtype=np.int64).ravel()
+                hit, p.pending = _taken(p.pending, ids)
+                take = ids[hit]
             if take.size:
                 p.delta += row_lanes(store, take)
-                p.pending = np.setdiff1d(p.pending, take)
         if not any(p.pending.size for p in self._pending):
             _unwatch(self, store)
 
@@ -638,6 +644,17 @@ class _Pending:
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def _taken(pending: np.ndarray, ids) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``ids`` (unique) are in ``pending`` (sorted, unique), and
+    ``pending`` without them: O(len(ids) log len(pending)) to find them."""
+    ids = np.asarray(ids, dtype=np.int64).ravel()
+    if not pending.size or not ids.size:
+        return np.zeros(ids.shape[0], dtype=bool), pending
+    at = np.minimum(np.searchsorted(pending, ids), pending.shape[0] - 1)
+    hit = pending[at] == ids
+    return hit, (np.delete(pending, at[hit]) if hit.any() else pending)
 
 
 def _key(store) -> tuple:
