@@ -9,6 +9,8 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import skknn
 from skknn import KNNVoter
@@ -213,3 +215,51 @@ def test_a_pickle_with_pending_edits_carries_the_finished_log():
     assert log[:2] == knn.edit_log()
     assert chain_problems(log) == []
     assert log[-1]["after"] == memory_digest(again.memory_)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    pending=st.sets(st.integers(-5, 60), max_size=30),
+    ids=st.sets(st.integers(-10, 70), max_size=30),
+)
+def test_taken_finds_exactly_the_pending_ids(pending, ids):
+    """The binary search that credits removed rows to the edits that added them."""
+    pending = np.array(sorted(pending), dtype=np.int64)
+    ids = np.array(list(ids), dtype=np.int64)
+    hit, left = digest._taken(pending, ids)
+    assert hit.tolist() == np.isin(ids, pending).tolist()
+    assert left.tolist() == np.setdiff1d(pending, ids).tolist()
+
+
+def test_digests_asked_while_other_threads_edit_keep_the_chain():
+    """Finishing pending entries (a reader's memory_digest / edit_log) while
+    other threads add and remove: no entry lost, doubled or out of order."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, y, ids = _data(n=80)
+    knn = KNNVoter(index=INDEX).fit(X[:20], y[:20], ids[:20])
+    done = threading.Event()
+    seen = []
+
+    def read():
+        while not done.is_set():
+            seen.append(len(knn.edit_log()))
+            knn.memory_digest()
+
+    def grow_and_shrink(i):
+        batch = ids[20 + 6 * i : 26 + 6 * i]
+        knn.partial_fit(X[batch - 100], y[batch - 100], sample_ids=batch)
+        knn.unlearn(batch[:2])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(grow_and_shrink, range(10)))
+    done.set()
+    reader.join()
+    log = knn.edit_log()
+    assert len(log) == 21
+    assert seen == sorted(seen)
+    assert chain_problems(log) == []
+    assert log[-1]["after"] == memory_digest(knn.memory_)
