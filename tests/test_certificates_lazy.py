@@ -263,3 +263,12 @@ def test_digests_asked_while_other_threads_edit_keep_the_chain():
     assert seen == sorted(seen)
     assert chain_problems(log) == []
     assert log[-1]["after"] == memory_digest(knn.memory_)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(-(2**62), 2**62), max_size=40))
+def test_ids_digest_sorts_and_drops_repeats_like_unique(ids):
+    assert (
+        digest._sorted_unique(ids).tolist()
+        == np.unique(np.asarray(ids, np.int64)).tolist()
+    )

@@ -75,7 +75,18 @@ def ids_digest(ids) -> str:
     >>> ids_digest([3, 1, 2]) == ids_digest([1, 2, 3, 3])
     True
     """
-    return _unique_ids_digest(np.unique(np.asarray(ids, dtype=np.int64).ravel()))
+    return _unique_ids_digest(_sorted_unique(ids))
+
+
+def _sorted_unique(ids) -> np.ndarray:
+    """``np.unique`` of int ids by a sort (NumPy 2's hashing ``unique`` takes
+    several times a sort's time, inside every fit)."""
+    ids = np.sort(np.asarray(ids, dtype=np.int64).ravel())
+    if ids.shape[0] > 1:
+        repeat = ids[1:] == ids[:-1]
+        if repeat.any():
+            ids = ids[np.concatenate(([True], ~repeat))]
+    return ids
 
 
 def _unique_ids_digest(ids: np.ndarray) -> str:
@@ -451,16 +462,11 @@ class EditLog:
         (:meth:`before`): rows ``added`` (hashed later), lanes ``removed``
         (:meth:`removing`, hashed before they went); ``fresh``: a new memory;
         ``whole``: rows changed in place, so the memory is hashed whole now."""
-        ids = np.asarray(ids)
-        unique = np.unique(np.asarray(ids, dtype=np.int64).ravel())
-        fields = {
-            "op": op,
-            "count": int(unique.shape[0]),
-            "ids_digest": _unique_ids_digest(unique),
-            "time": _now(),
-        }
-        if added is not None:  # a fit's added rows are its ids: sorted once
-            added = unique if added is ids else np.unique(np.asarray(added, np.int64))
+        # Copies (the caller's arrays may change); sorting waits for the end.
+        own = np.array(ids, dtype=np.int64).ravel()
+        if added is not None:
+            added = own if added is ids else np.array(added, dtype=np.int64).ravel()
+        time = _now()
         self._settle_other(store)
         with store.reading(), self._lock:
             digest, lanes = before
@@ -473,10 +479,9 @@ class EditLog:
                 delta -= removed
             pending = _EMPTY if added is None else added
             extra = {"memory": store.uid, "version": int(store.version), **extra}
+            header = store_header(store)
             self._pending.append(
-                _Pending(
-                    fields, extra, store_header(store), digest, lanes, delta, pending
-                )
+                _Pending(op, time, own, extra, header, digest, lanes, delta, pending)
             )
             self._store = store
             if pending.size:
@@ -493,7 +498,7 @@ class EditLog:
             for block, leaves in leaf_blocks(store, ids):
                 total += lane_sum(leaves)
                 for p in self._pending if mine else ():
-                    hit, p.pending = _taken(p.pending, block)
+                    hit, p.pending = _taken(p.sorted_pending(), block)
                     if hit.any():
                         p.delta += lane_sum(leaves[hit])
         return total
@@ -550,7 +555,7 @@ class EditLog:
                 take, p.pending = p.pending, _EMPTY
             else:
                 ids = np.asarray(ids, dtype=np.int64).ravel()
-                hit, p.pending = _taken(p.pending, ids)
+                hit, p.pending = _taken(p.sorted_pending(), ids)
                 take = ids[hit]
             if take.size:
                 p.delta += row_lanes(store, take)
@@ -570,15 +575,15 @@ class EditLog:
             before = p.before
             if before is None:
                 before = self._entries[-1]["after"] if self._entries else NO_MEMORY
-            f = p.fields
+            unique = _sorted_unique(p.ids)
             entry = _entry(
                 self._entries,
-                f["op"],
-                f["count"],
-                f["ids_digest"],
+                p.op,
+                unique.shape[0],
+                _unique_ids_digest(unique),
                 before,
                 root_of(p.header, lanes),
-                f["time"],
+                p.time,
             )
             entry.update(p.extra)
             self._entries.append(entry)
@@ -634,13 +639,21 @@ class EditLog:
 class _Pending:
     """An edit whose ``after`` waits for the leaves of rows it added."""
 
-    fields: dict  # op, count, ids_digest, time: known at the edit
+    op: str
+    time: str
+    ids: np.ndarray  # its ids (a copy): count and ids_digest come at the end
     extra: dict  # the store's uid and version after it, and the caller's fields
     header: dict  # store_header after the edit
     before: str | None  # None: the ``after`` of the entry before
     start: np.ndarray | None  # lanes it started from; None: the entry before's
     delta: np.ndarray  # leaves added minus leaves removed, as hashed so far
-    pending: np.ndarray  # sorted ids whose leaves are still to add
+    pending: np.ndarray  # ids whose leaves are still to add
+    is_sorted: bool = False  # pending sorted (at the first lookup, not in fit)
+
+    def sorted_pending(self) -> np.ndarray:
+        if not self.is_sorted:
+            self.pending, self.is_sorted = np.sort(self.pending), True
+        return self.pending
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
