@@ -41,8 +41,9 @@ SCHEME = "skknn-memory-digest/2"
 NO_MEMORY = "0" * 64
 # ``prev`` of the first entry.
 GENESIS = "0" * 64
-# Samples read from the store at a time while hashing: bounded RAM.
-_BLOCK = 65536
+# Samples read from the store at a time while hashing: bounded RAM (about
+# 80 MB of rows and leaves at 384 dimensions).
+_BLOCK = 16384
 # Threads that hash leaves, and the fewest rows worth a thread of their own.
 _WORKERS = min(8, os.cpu_count() or 1)
 _MIN_ROWS_PER_THREAD = 2048
@@ -170,15 +171,23 @@ def _leaves(store, ids: np.ndarray) -> np.ndarray:
     stored = store.get(ids, prepared=True)
     raw = _raw(store, ids)
     dtype = np.dtype(store.storage_dtype).newbyteorder("<")
-    parts = [
-        ids.astype("<i8").view(np.uint8).reshape(m, 8),
-        np.asarray(stored.X).astype(dtype).view(np.uint8).reshape(m, -1),
-    ]
+    columns = [ids.astype("<i8", copy=False), stored.X.astype(dtype, copy=False)]
     if raw is not None:  # files of skknn 0.1 kept no lengths: no raw vectors
-        parts.append(np.asarray(raw.sample_weight, "<f4").view(np.uint8).reshape(m, 4))
-        parts.append(np.asarray(raw.X, "<f4").view(np.uint8).reshape(m, -1))
-    rows = np.ascontiguousarray(np.concatenate(parts, axis=1))
-    return _hash_rows(rows, _label_lines(stored.labels))
+        columns.append(np.asarray(raw.sample_weight).astype("<f4", copy=False))
+        columns.append(np.asarray(raw.X).astype("<f4", copy=False))
+    return _hash_rows(_row_bytes(columns, m), _label_lines(stored.labels))
+
+
+def _row_bytes(columns, m: int) -> np.ndarray:
+    """The columns' bytes side by side, a row per sample: one copy, into one
+    buffer (each row is then one input of at least 2 KB to the hash)."""
+    views = [np.ascontiguousarray(c).view(np.uint8).reshape(m, -1) for c in columns]
+    rows = np.empty((m, sum(v.shape[1] for v in views)), dtype=np.uint8)
+    at = 0
+    for view in views:
+        rows[:, at : at + view.shape[1]] = view
+        at += view.shape[1]
+    return rows
 
 
 def _hash_rows(rows: np.ndarray, labels: list[bytes]) -> np.ndarray:
