@@ -1,5 +1,6 @@
 """skknn: scikit-learn classifiers retrieving from an editable memory of embeddings."""
 
+from skknn._audit import AuditReport, audit
 from skknn._device import DeviceWarning
 from skknn.exceptions import ModelFileError
 from skknn.features import TorchFeatureExtractor, available_models, register_model
@@ -15,6 +16,7 @@ from skknn.transformer import KNNTransformer
 from skknn.voter import KNNVoter
 
 __all__ = [
+    "AuditReport",
     "DeviceWarning",
     "FineTunedJointClassifier",
     "JointKNNClassifier",
@@ -28,6 +30,7 @@ __all__ = [
     "Store",
     "TorchFeatureExtractor",
     "VectorStore",
+    "audit",
     "available_models",
     "load",
     "register_model",

@@ -33,6 +33,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
+from skknn._certificates import DelegatedCertificates, record_head
 from skknn._device import device_after_unpickling
 from skknn._docstrings import fill_doc
 from skknn._param_validation import Interval, StrOptions, check_params
@@ -78,7 +79,9 @@ def _default_knn() -> KNNVoter:
 
 
 @register
-class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
+class FineTunedJointClassifier(
+    DelegatedCertificates, Persistable, ClassifierMixin, BaseEstimator
+):
     """JOINT over a trainable backbone: the memory re-embedded as it learns.
 
     Images in, labels out. The backbone of ``extractor`` is loaded with its
@@ -297,6 +300,10 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     # -- parameters -----------------------------------------------------------------
+    def _certified_voter(self) -> KNNVoter:
+        check_is_fitted(self)
+        return self.knn_
+
     def _check_params(self) -> None:
         check_params(self)
         # Beyond the table: the nested KNNVoter's own parameters (the names in
@@ -346,6 +353,8 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         params = _trainable(extractor.model_, self.trainable)
         ids = np.arange(len(y))
         knn = clone(self.knn or _default_knn())
+        if "knn_" in self.__dict__:  # a refit continues the memory's chain
+            knn._continue_chain(self.knn_)
         E0 = _embed(extractor, images, self.batch_size)
         knn.fit(E0, y, sample_ids=ids)
         classes = knn.classes_
@@ -382,6 +391,7 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         extractor.model_.requires_grad_(False)
         if self.memory_refresh in ("epoch", "test") and params:
             self._refresh(run)
+        record_head(knn, len(y), ids)
         self.extractor_ = extractor
         self.frozen_extractor_ = frozen
         self.knn_ = knn
@@ -417,7 +427,9 @@ class FineTunedJointClassifier(Persistable, ClassifierMixin, BaseEstimator):
         """Re-embed the memory with the current backbone (and, with ``p_true``,
         the leave-one-out probabilities that weight the loss)."""
         E = _embed(run.extractor, run.images, self.batch_size)
+        before = run.knn._state_before_edit()
         run.knn.memory_.replace_vectors(E)
+        run.knn._record_edit("refresh", run.ids, before, whole=True)
         run.refreshes += 1
         if p_true:
             run.p_true = _p_true(run.knn, run.codes, run.ids)

@@ -11,6 +11,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from skknn._certificates import DelegatedCertificates, record_head
 from skknn._device import device_after_unpickling, resolve_device
 from skknn._docstrings import fill_doc
 from skknn._joint_prediction import JointPredictionMixin
@@ -42,6 +43,7 @@ from skknn.io import (
     register,
     subtree,
 )
+from skknn.memory.digest import named_edit
 from skknn.memory.front import VectorStore
 from skknn.memory.locks import GuardedState
 from skknn.memory.rows import RowBuffer
@@ -59,6 +61,7 @@ def _default_knn() -> KNNVoter:
 class JointKNNClassifier(
     JointPredictionMixin,
     DefaultNestedMixin,
+    DelegatedCertificates,
     GuardedState,
     Persistable,
     ClassifierMixin,
@@ -339,6 +342,8 @@ class JointKNNClassifier(
             )
         device = resolve_device(self.device, owner=type(self).__name__)
         knn = clone(self.knn if self.knn is not None else _default_knn())
+        if "knn_" in self.__dict__:  # a refit continues the memory's chain
+            knn._continue_chain(self.knn_)
         # KNNVoter's default ids, made explicit: p_kNN is looked up by id.
         ids = np.arange(len(y)) if sample_ids is None else np.asarray(sample_ids)
         # A fresh clone's first partial_fit is its fit, with extra classes known.
@@ -376,6 +381,7 @@ class JointKNNClassifier(
         # a fresh fit.
         self._train_rows = RowBuffer(X)
         self._generator_state = gen.get_state()
+        record_head(knn, len(y), ids)
         return self
 
     @fill_doc
@@ -436,10 +442,11 @@ class JointKNNClassifier(
         ids = np.asarray(ids, dtype=np.int64)
         try:
             self._learn_added(X, y, ids, sample_weight)
+            record_head(self.knn_, len(y), ids)
         except BaseException:
             # All or nothing: the memory forgets the samples, the head and the
             # bookkeeping go back to what they were.
-            store.remove(ids, retrain_index=False)
+            self.knn_._logged_removal("rollback", ids, retrain_index=False)
             self.__dict__.update(saved)
             self._training_rows().truncate(len(self._train_ids))
             del self.loss_curve_[n_loss:]
@@ -510,6 +517,10 @@ class JointKNNClassifier(
     def memory_(self):
         return self.knn_.memory_
 
+    def _certified_voter(self) -> KNNVoter:
+        check_is_fitted(self)
+        return self.knn_
+
     def unlearn(self, sample_ids, retrain: bool = True, retrain_index: bool = True):
         """Remove samples from the memory and, by default, from the head.
 
@@ -559,13 +570,15 @@ class JointKNNClassifier(
             data = store.get(kept_ids)
             check_classes_left(self, data.labels)
             names = self.__dict__.get("feature_names_in_")
-            self._fit(
-                self._training_rows().rows[keep],
-                data.labels,
-                kept_ids,
-                max_epochs=self.max_epochs,
-                sample_weight=data.sample_weight,
-            )
+            # The refit is this unlearn's edit of the memory, logged as such.
+            with named_edit("unlearn", removed, retrain=True):
+                self._fit(
+                    self._training_rows().rows[keep],
+                    data.labels,
+                    kept_ids,
+                    max_epochs=self.max_epochs,
+                    sample_weight=data.sample_weight,
+                )
             if names is not None:  # the memory gives arrays; the names stay
                 self.feature_names_in_ = names
         else:

@@ -23,6 +23,7 @@ from sklearn.utils import get_tags
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from skknn._certificates import DelegatedCertificates
 from skknn._docstrings import fill_doc
 from skknn._param_validation import HasMethods, Interval, StrOptions, check_params
 from skknn._validation import (
@@ -66,7 +67,12 @@ DEFAULT_N_NEIGHBORS = {"hard": 100, "soft": 10}
 
 @register
 class MemoryPruner(
-    DefaultNestedMixin, GuardedState, Persistable, ClassifierMixin, BaseEstimator
+    DefaultNestedMixin,
+    DelegatedCertificates,
+    GuardedState,
+    Persistable,
+    ClassifierMixin,
+    BaseEstimator,
 ):
     """Hard or soft pruning of a kNN memory by leave-one-out wrong decisions.
 
@@ -226,6 +232,12 @@ class MemoryPruner(
                 f"JointKNNClassifier); the fitted {type(est).__name__} has none."
             )
         return store
+
+    def _certified_voter(self):
+        check_is_fitted(self)
+        voter = self.estimator_
+        # JOINT keeps its memory in a voter of its own
+        return voter._certified_voter() if hasattr(voter, "knn_") else voter
 
     def _require(self, est, method: str) -> None:
         if not hasattr(est, method):

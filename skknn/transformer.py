@@ -12,6 +12,7 @@ from sklearn.base import (
 )
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from skknn._certificates import DelegatedCertificates
 from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
 from skknn._param_validation import Interval, StrOptions, check_params
 from skknn._validation import (
@@ -23,7 +24,12 @@ from skknn.memory.graph import GRAPH_MODES
 from skknn.voter import KNNVoter
 
 
-class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class KNNTransformer(
+    DelegatedCertificates,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    BaseEstimator,
+):
     """Transform ``X`` into a sparse k-neighbours graph, searched in a memory.
 
     The contract of scikit-learn's ``KNeighborsTransformer``, with skknn's
@@ -180,6 +186,10 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return self.knn_.kneighbors_graph(
             X, n_neighbors=self.n_neighbors + add_one, mode=self.mode
         )
+
+    def _certified_voter(self) -> KNNVoter:
+        check_is_fitted(self)
+        return self.knn_
 
     def _check_params(self) -> None:
         # The memory's own rules (a FAISS factory string, the device) are

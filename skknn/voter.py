@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from skknn._certificates import CertifiedMemory
 from skknn._device import device_after_unpickling
 from skknn._memory_params import MEMORY_PARAMETER_CONSTRAINTS, MEMORY_PARAMETER_HINTS
 from skknn._validation import (
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 @register
 class KNNVoter(
+    CertifiedMemory,
     NeighborQueriesMixin,
     VotingMixin,
     IndexTuningMixin,
@@ -463,13 +465,22 @@ class KNNVoter(
                 store = self._new_memory(X.shape[1])
             else:
                 store = self.memory_
-            store.add(X, y, sample_ids, classes=classes, sample_weight=sample_weight)
+            # Held from the digest before to the one after: a concurrent edit
+            # must not fall between them (the log would not chain).
+            with store.editing():
+                before = self._state_before_edit(replacing=first_call)
+                added = store.add(
+                    X, y, sample_ids, classes=classes, sample_weight=sample_weight
+                )
+                if not first_call:  # the added rows are hashed when asked for
+                    self._record_edit("partial_fit", added, before, added=added)
         if first_call:
             old = self.__dict__.get("memory_")
             self.memory_ = store
             self.__dict__.pop("learned_state_", None)
             self._fitted_config_ = self._memory_config()
             self._publish_storage(old)
+            self._record_edit("fit", added, before, added=added, fresh=True)
         if self.voting == "learned" and self.memory_.n_samples:
             self._learned_state()  # trained here, not at the first prediction
         return self
@@ -509,7 +520,7 @@ class KNNVoter(
         """
         check_is_fitted(self)
         self._check_storage_owner()
-        self.memory_.remove(np.asarray(sample_ids), retrain_index=bool(retrain_index))
+        self._logged_removal("unlearn", np.asarray(sample_ids), bool(retrain_index))
         # nothing derived from a removed sample survives: rightness and scorer
         # are computed again from what remains
         self.__dict__.pop("learned_state_", None)
@@ -531,6 +542,7 @@ class KNNVoter(
             "device": str(self.device_),
             "memory": store_meta,
             "fitted_config": self._fitted_config_,
+            "edit_log": self._log_state(),
         }
         if hasattr(self, "feature_names_in_"):
             meta["feature_names_in"] = [str(f) for f in self.feature_names_in_]
@@ -592,6 +604,8 @@ class KNNVoter(
         )
         if self.memory_.storage_folder is not None:
             self._publish_storage()
+        # Files written before the log existed start an empty chain.
+        self._load_log_state(meta.get("edit_log"))
         # A file's parameters must describe its memory, as after a fit.
         self._check_vote_params()
         self._check_memory_params()
@@ -613,6 +627,7 @@ class KNNVoter(
         """Take ``memory`` (``like``'s, moved) as this estimator's fitted memory
         (``skknn.distributed.to_local``)."""
         self.memory_ = memory
+        self._continue_chain(like)
         self.n_features_in_ = like.n_features_in_
         if hasattr(like, "feature_names_in_"):
             self.feature_names_in_ = like.feature_names_in_
@@ -644,6 +659,7 @@ class KNNVoter(
         # The folder is where the caller opened it, whatever path the record
         # was written under.
         self._fitted_config_["storage_path"] = self._memory_config()["storage_path"]
+        self._open_log_file(self.memory_.storage_folder.parent)
         self._check_memory_unchanged()
 
     def __sklearn_tags__(self):

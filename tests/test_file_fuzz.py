@@ -177,6 +177,8 @@ def _mutate(data: bytes, op, root: Path) -> bytes:
         return _rezip(members)
     if kind == "truncate":
         return data[: int(len(data) * op[1])]
+    if not data:  # an earlier edit truncated it all: nothing to flip
+        return data
     pos = op[1] % len(data)
     return data[:pos] + bytes([data[pos] ^ op[2]]) + data[pos + 1 :]
 

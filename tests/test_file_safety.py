@@ -416,7 +416,8 @@ def test_a_folder_emptied_by_unlearn_reopens(data, tmp_path):
 def test_edit_cycles_keep_folder_rss_and_handles_flat(tmp_path):
     """1,500 edit cycles (append one row, unlearn one id) on a disk memory: the
     folder's size and files, the process's RSS, open files and mappings stay
-    flat after a warm-up."""
+    flat after a warm-up. The edit log is append-only by design: it grows by
+    exactly one line per edit and is counted apart."""
     import psutil
 
     gen = np.random.default_rng(0)
@@ -428,7 +429,9 @@ def test_edit_cycles_keep_folder_rss_and_handles_flat(tmp_path):
 
     def footprint():
         gc.collect()
-        files = [p for p in root.rglob("*") if p.is_file()]
+        files = [
+            p for p in root.rglob("*") if p.is_file() and p.name != "edit_log.jsonl"
+        ]
         return {
             "bytes": sum(p.stat().st_size for p in files),
             "files": len(files),
@@ -452,6 +455,8 @@ def test_edit_cycles_keep_folder_rss_and_handles_flat(tmp_path):
     assert after["fds"] <= warm["fds"], (warm, after)
     assert after["maps"] <= warm["maps"] + 2, (warm, after)
     assert after["rss"] <= warm["rss"] + (16 << 20), (warm, after)
+    lines = (root / "edit_log.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 2 * 1500  # the fit, then two edits per cycle
 
 
 def test_bombs_are_refused_before_allocation(data, tmp_path):

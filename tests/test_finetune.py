@@ -346,3 +346,20 @@ def test_pickle_keeps_the_trained_backbone(digit_images):
     np.testing.assert_array_equal(back.predict_proba(Q), clf.predict_proba(Q))
     pretrained = TorchFeatureExtractor("tiny-cnn").fit(X[:1]).transform(Q)
     assert not np.allclose(back.embed(Q), pretrained, atol=1e-3)
+
+
+def test_the_edit_log_records_refreshes_and_the_head(digit_images):
+    """Every re-embedding of the memory is a logged edit; an unlearn after the
+    training leaves a head that saw the removed images, and the log says so."""
+    from skknn.memory.digest import chain_problems
+
+    X, y, _, _ = digit_images
+    clf = _model(memory_refresh="epoch").fit(X, y)
+    ops = [e["op"] for e in clf.edit_log()]
+    refreshes = clf.n_memory_refreshes_ - 1  # the first embedding is the fit
+    assert ops == ["fit"] + ["refresh"] * refreshes + ["head"]
+    clf.unlearn([3, 4])
+    log = clf.edit_log()
+    assert log[-1]["op"] == "unlearn"
+    assert log[-1]["after"] == clf.memory_digest()
+    assert chain_problems(log) == []

@@ -1,9 +1,12 @@
-"""The ``skknn`` command: ``skknn demo``, ``skknn evaluate`` and ``skknn explain``.
+"""The ``skknn`` command: ``skknn demo``, ``skknn evaluate``, ``skknn explain``
+and ``skknn audit``.
 
 ``demo`` tells the visual-memory story on real offline images embedded by a
 pretrained EfficientNet-Lite0; ``evaluate`` scores every voting rule at every k
 on embedding files with one retrieval; ``explain`` draws a query and its nearest
-memory images as a PNG gallery. Expected failures (missing files, malformed
+memory images as a PNG gallery; ``audit`` checks a saved model's edit log and
+digest and scans its files for removed vectors (exit 1 when a check fails).
+Expected failures (missing files, malformed
 input, missing optional packages) print one line on stderr and exit with 2.
 """
 
@@ -463,6 +466,60 @@ def _explain_folder(args):
 
 
 # -- argument parsing -------------------------------------------------------------
+def audit(args: argparse.Namespace) -> int:
+    """Verify a saved model's deletion certificate.
+
+    Checks the hash chain of the memory's edit log, recomputes the memory's
+    digest from the stored bytes and compares it with the log's last entry,
+    and scans every file of the model (a .skknn file or a storage folder; links
+    are never followed) for the bytes of the removed vectors in every form the
+    memory stores them. Exits 0 when every check passes, 1 when one fails
+    (each failure printed with where it was found), 2 on errors.
+    """
+    from skknn._audit import audit as run_audit
+
+    if args.json is not None:
+        _check_writable(Path(args.json), "--json", (".json",))
+    report = run_audit(args.path, removed=args.removed, log_head=args.log_head)
+    if args.json is not None:
+        report.to_json(args.json)
+    print(f"audit of {report.path} ({report.estimator or 'not loaded'})")
+    print(f"  edit log: {report.n_entries} entries, chain valid: {report.chain_valid}")
+    print(f"  digest matches the log: {report.digest_matches}")
+    print(f"  log head (keep as the certificate): {report.log_head}")
+    if args.removed is not None:
+        print(
+            f"  removed vectors: {report.n_removed}, byte hits: {report.n_byte_hits} "
+            f"in {len(report.files_scanned)} files ({report.bytes_scanned} bytes)"
+        )
+    if report.head is not None:
+        print(
+            "  head trained after the last deletion: "
+            f"{report.head['trained_after_last_deletion']}"
+        )
+    for line in report.failures():
+        print(f"  FAIL {line}")
+    print("  OK" if report.ok else "  FAILED")
+    return 0 if report.ok else 1
+
+
+def _audit_options(p) -> None:
+    p.add_argument("path", help="a model file (.skknn) or a storage folder")
+    p.add_argument(
+        "--removed",
+        metavar="FILE.npy",
+        help="the raw vectors that were deleted, one per row",
+    )
+    p.add_argument(
+        "--log-head",
+        metavar="HEX",
+        help="the log head of an earlier audit: the log must still hold it",
+    )
+    p.add_argument(
+        "--json", metavar="OUT.json", help="also write the report as JSON here"
+    )
+
+
 def _add_voter_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("voting")
     g.add_argument(
@@ -540,7 +597,7 @@ def _doc(func) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``skknn`` argument parser with its three subcommands."""
+    """The ``skknn`` argument parser with its four subcommands."""
     parser = argparse.ArgumentParser(
         prog="skknn",
         description="Classification by retrieval from an editable memory "
@@ -551,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
         demo: "run the visual-memory demo on real offline images",
         evaluate: "accuracy of every voting rule at every k on embedding files",
         explain: "PNG gallery of a query and its nearest memory images",
+        audit: "verify a saved model's edit log, digest and deletions",
     }
     for func, help_ in commands.items():
         p = sub.add_parser(
@@ -707,7 +765,12 @@ def _explain_options(p) -> None:
 
 
 # Each command's options, by the function that runs it.
-_OPTIONS = {demo: _demo_options, evaluate: _evaluate_options, explain: _explain_options}
+_OPTIONS = {
+    demo: _demo_options,
+    evaluate: _evaluate_options,
+    explain: _explain_options,
+    audit: _audit_options,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -721,7 +784,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     status : int
-        0 on success, 1 when the demo's unlearning check fails, 2 on errors.
+        0 on success, 1 when the demo's unlearning check or an audit fails,
+        2 on errors.
     """
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -29,6 +29,7 @@ from skknn.memory.checks import (
     label_paths,
     refuse_duplicates,
 )
+from skknn.memory.digest import rows_change
 from skknn.memory.locks import edits, reads
 from skknn.memory.neighbors import Neighbors
 from skknn.memory.preprocessing import fit_center, prepared_queries
@@ -248,6 +249,7 @@ class MemoryFront(StoreView):
             over 20% dead, or a save, which writes no index then).
         """
         uniq = self.check_removable(ids)
+        rows_change(self, uniq)  # an edit log hashes rows it has not yet
         if uniq.size:
             self._remove_ids(uniq, bool(retrain_index))
 

@@ -34,6 +34,7 @@ from skknn.memory.base import (  # noqa: F401 (capped_k, query_blocks: old impor
     query_blocks,
 )
 from skknn.memory.checks import STORAGE_DTYPES, refuse_rescaled
+from skknn.memory.digest import rows_change
 from skknn.memory.engines import (
     auto_engine,
     engine_rows,
@@ -515,6 +516,7 @@ class VectorStore(StoreStateMixin, LocalSearchMixin, MemoryFront):
         if not np.isfinite(X).all():
             raise ValueError("X holds NaN or infinite values; the memory takes none.")
         self._rows.check_replaceable()
+        rows_change(self)  # an edit log hashes rows it has not yet, as they were
         mean = None
         if self.preprocessing == "center_l2" and self._n:
             mean = fit_center(X)
