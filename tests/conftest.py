@@ -69,3 +69,19 @@ def stored(store):
     data.vectors = store.prepare(data.X)
     data.ids = ids
     return data
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A two-worker LocalCluster of processes for the backend-parametrized
+    tests (the "dask" backend), one per test module."""
+    distributed = pytest.importorskip("distributed")
+    if not HAS_FAISS:
+        pytest.skip("the sharded memory's tests use FAISS flat")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    yield client
+    client.close()
+    cluster.close()

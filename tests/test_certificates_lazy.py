@@ -22,20 +22,6 @@ INDEX = "flat" if HAS_FAISS else "exact"
 D = 8
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    if not HAS_FAISS:
-        pytest.skip("the sharded memory's tests use FAISS flat")
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    )
-    client = distributed.Client(cluster, set_as_default=False)
-    yield client
-    client.close()
-    cluster.close()
-
-
 @pytest.fixture(params=["ram", "disk", "dask"])
 def make_voter(request, tmp_path):
     """``make_voter(**params)``: a fresh KNNVoter on the backend (disk: a new

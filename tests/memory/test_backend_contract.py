@@ -32,20 +32,6 @@ INDEX = "flat" if HAS_FAISS else "exact"
 D = 8
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    if not HAS_FAISS:
-        pytest.skip("the sharded memory's tests use FAISS flat")
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    )
-    client = distributed.Client(cluster, set_as_default=False)
-    yield client
-    client.close()
-    cluster.close()
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     return request.param

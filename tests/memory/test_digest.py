@@ -35,20 +35,6 @@ D = 8
 DTYPES = ["float32", "float16"]
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    if not HAS_FAISS:
-        pytest.skip("the sharded memory's tests use FAISS flat")
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    )
-    client = distributed.Client(cluster, set_as_default=False)
-    yield client
-    client.close()
-    cluster.close()
-
-
 @pytest.fixture(params=["ram", "disk", "dask"])
 def make_memory(request, tmp_path):
     """``make_memory(dtype, preprocessing)``: an empty memory on the backend."""
