@@ -133,7 +133,7 @@ class CertifiedMemory:
             return
         path = Path(folder).parent / LOG_FILE
         log = self._edit_log_object()
-        if log._file != path:
+        if log.file != path:
             log.attach(path)
 
     def _log_state(self) -> list[dict]:

@@ -191,6 +191,19 @@ def test_save_with_pending_edits_then_load_unlearn_and_audit(make_voter, tmp_pat
     assert report.digest == memory_digest(reference.memory_)
 
 
+def test_discarded_estimators_leave_no_watch_behind():
+    """A fit watches its store until its pending edits are hashed; an estimator
+    thrown away unhashed (a grid search's many fits) must take that with it."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        KNNVoter(1, index=INDEX).fit(rng.random((10, 3)), np.arange(10) % 2)
+    kept = KNNVoter(1, index=INDEX).fit(rng.random((10, 3)), np.arange(10) % 2)
+    gc.collect()
+    assert list(digest._WATCHING) == [kept.memory_]
+    kept.memory_digest()  # hashed: nothing pending, nothing watched
+    assert len(digest._WATCHING) == 0
+
+
 def test_a_pickle_with_pending_edits_carries_the_finished_log():
     X, y, ids = _data()
     knn = KNNVoter(index=INDEX).fit(X[:50], y[:50], ids[:50])

@@ -615,6 +615,11 @@ class EditLog:
             self._file_count = 0
             self._write(self._file)
 
+    @property
+    def file(self) -> Path | None:
+        """The file the entries are also kept in (a storage folder's log), or None."""
+        return self._file
+
     def attached_to(self, path) -> None:
         """Keep appending to ``path``, read by :func:`read_log_file` (it holds
         every entry already)."""
@@ -700,21 +705,22 @@ def _entry(entries, op, count, ids_digest, before, after, time) -> dict:
     }
 
 
-# Logs with edits pending on a store, by id(store): told before the store
-# changes or removes rows (rows_change), whoever makes the change.
-_WATCHING: dict[int, weakref.WeakSet] = {}
+# Logs with edits pending on a store, by store: told before the store changes
+# or removes rows (rows_change), whoever makes the change. Weak keys: an entry
+# goes with its store, so discarded estimators leave nothing behind.
+_WATCHING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _watch(log: EditLog, store) -> None:
-    _WATCHING.setdefault(id(store), weakref.WeakSet()).add(log)
+    _WATCHING.setdefault(store, weakref.WeakSet()).add(log)
 
 
 def _unwatch(log: EditLog, store) -> None:
-    logs = _WATCHING.get(id(store))
+    logs = _WATCHING.get(store)
     if logs is not None:
         logs.discard(log)
         if not logs:
-            _WATCHING.pop(id(store), None)
+            _WATCHING.pop(store, None)
 
 
 def rows_change(store, ids=None) -> None:
@@ -722,7 +728,7 @@ def rows_change(store, ids=None) -> None:
     an edit log whose pending edits added some of them hashes them first, as
     they were added (an edit made on the store directly, outside the log,
     then shows as a chain break, not as a wrong digest)."""
-    logs = _WATCHING.get(id(store))
+    logs = _WATCHING.get(store)
     if logs:
         for log in list(logs):
             log.rows_changing(store, ids)
