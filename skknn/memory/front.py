@@ -247,7 +247,9 @@ class VectorStore(StoreStateMixin, LocalSearchMixin, MemoryFront):
         X, ids, m = new.X, new.ids, new.X.shape[0]
         scale = self._scale_for(X, first=self._n == 0)
         n = self._n
-        bufs = self._rows.room(self._buffers(), n, self._capacity_for(n + m))
+        bufs = self._rows.room(
+            self._buffers(), n, self._capacity_for(n + m), filled=n + m
+        )
         bufs = self._written(bufs, n, new, scale)
         next_id = max(self._next_id, int(ids.max()) + 1) if m else self._next_id
         switch = self._auto_switch(n + m)

@@ -459,9 +459,12 @@ class RowBackend(Protocol):
     def folder(self):
         """The folder holding the rows, or None (RAM)."""
 
-    def room(self, bufs: list, n: int, cap: int) -> list[np.ndarray]:
+    def room(
+        self, bufs: list, n: int, cap: int, *, filled: int | None = None
+    ) -> list[np.ndarray]:
         """Writable arrays holding rows ``[0, n)`` of ``bufs`` with capacity for
-        ``cap``: an add writes its new, pre-processed rows straight into them."""
+        ``cap``: an add writes its new, pre-processed rows straight into them,
+        rows ``[n, filled)`` (a hint: fresh memory may be faulted in at once)."""
 
     def published(self, bufs: list) -> list[np.ndarray]:
         """The arrays the front keeps once ``bufs`` are committed."""

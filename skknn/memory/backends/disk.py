@@ -74,9 +74,12 @@ class DiskRows:
         """Each committed row's sequence number (a view): their memory order."""
         return self.disk.order(n)
 
-    def room(self, bufs: list, n: int, cap: int) -> list[np.ndarray]:
+    def room(
+        self, bufs: list, n: int, cap: int, *, filled: int | None = None
+    ) -> list[np.ndarray]:
         """Every part's file mapped with room for ``cap`` rows (in place, grown
-        alike): an add writes its rows past the committed ones."""
+        alike): an add writes its rows past the committed ones (``filled``:
+        unused, the page cache holds the files)."""
         return self.disk.buffers(bufs, cap)
 
     def published(self, bufs: list) -> list[np.ndarray]:

@@ -27,13 +27,17 @@ class RamRows:
 
     folder = None
 
-    def room(self, bufs: list, n: int, cap: int) -> list[np.ndarray]:
+    def room(
+        self, bufs: list, n: int, cap: int, *, filled: int | None = None
+    ) -> list[np.ndarray]:
         """``bufs`` with capacity ``cap`` (copies when they must grow or are
-        read-only maps, e.g. from joblib; otherwise the buffers themselves)."""
+        read-only maps, e.g. from joblib; otherwise the buffers themselves);
+        the rows up to ``filled`` of a copy are faulted in at once
+        (:func:`~skknn.memory.rows.zeroed`)."""
         if cap > bufs[0].shape[0]:
-            return [grow(b, n, cap) for b in bufs]
+            return [grow(b, n, cap, filled) for b in bufs]
         if not all(b.flags.writeable for b in bufs):
-            return [grow(b, n, b.shape[0]) for b in bufs]
+            return [grow(b, n, b.shape[0], filled) for b in bufs]
         return bufs
 
     def published(self, bufs: list) -> list:
