@@ -111,7 +111,8 @@ def zeroed(shape: tuple, dtype, filled: int) -> np.ndarray:
     nbytes = int(shape[0]) * row_bytes
     if nbytes < POPULATE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
         return np.zeros(shape, dtype=dtype)
-    region = mmap.mmap(-1, nbytes)
+    # Private: a forked child that edits its copy of a memory must not edit ours.
+    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         region.madvise(mmap.MADV_HUGEPAGE)
         if filled > 0:

@@ -1,6 +1,7 @@
 """Fresh row buffers: zero, writable, and faulted in only where an add writes."""
 
 import mmap
+import os
 import pickle
 import sys
 
@@ -37,14 +38,18 @@ def small_threshold(monkeypatch):
 def test_small_buffers_stay_plain_zeros():
     a = zeroed((10, 4), np.float32, 10)
     assert not _mapped(a)
-    assert a.dtype == np.float32 and a.shape == (10, 4) and not a.any()
+    assert a.dtype == np.float32
+    assert a.shape == (10, 4)
+    assert not a.any()
 
 
 @linux_madvise
 def test_large_buffer_is_zero_writable_and_mapped(small_threshold):
     a = zeroed((5000, 8), np.float16, 100)
     assert _mapped(a)
-    assert a.shape == (5000, 8) and a.dtype == np.float16 and a.flags.writeable
+    assert a.shape == (5000, 8)
+    assert a.dtype == np.float16
+    assert a.flags.writeable
     assert not a.any()
     a[4999] = 1
     assert a.sum() == 8
@@ -68,7 +73,19 @@ def test_only_the_written_rows_are_faulted_in():
 def test_refused_madvise_still_gives_zeros(small_threshold, monkeypatch):
     monkeypatch.setattr(rows, "_MADV_POPULATE_WRITE", 10_000)  # EINVAL
     a = zeroed((4096, 16), np.float32, 4096)
-    assert _mapped(a) and not a.any()
+    assert _mapped(a)
+    assert not a.any()
+
+
+@linux_madvise
+def test_a_forked_child_edits_its_own_copy(small_threshold):
+    a = zeroed((4096, 16), np.float32, 4096)
+    pid = os.fork()
+    if pid == 0:  # the child: write, then leave without running pytest's exit
+        a[:] = 7
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert not a.any()
 
 
 def test_grow_keeps_the_old_rows(small_threshold):
