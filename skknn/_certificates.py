@@ -153,6 +153,12 @@ class DelegatedCertificates:
     """Mixin: ``memory_digest()`` and ``edit_log()`` of the voter an estimator
     is built around (``_certified_voter()``)."""
 
+    def _certified_voter(self):
+        """The fitted voter: ``knn_``, where JOINT, the fine-tuner and the
+        transformer keep it (the pruner overrides this)."""
+        check_is_fitted(self)
+        return self.knn_
+
     @fill_doc
     def memory_digest(self) -> str:
         """The content digest of the memory (see :meth:`KNNVoter.memory_digest`).
