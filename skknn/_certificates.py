@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sklearn.utils.validation import check_is_fitted
 
+from skknn._docstrings import fill_doc
 from skknn.memory.digest import (
     LOG_FILE,
     NO_MEMORY,
@@ -27,6 +28,7 @@ from skknn.memory.digest import (
 class CertifiedMemory:
     """Mixin of :class:`~skknn.KNNVoter`: its memory's digest and edit log."""
 
+    @fill_doc
     def memory_digest(self) -> str:
         """The content digest of the memory: what it holds, nothing else.
 
@@ -38,10 +40,7 @@ class CertifiedMemory:
         only when ``B`` was not part of the first fit, whose mean is the
         centre; see the user guide, "Deletion you can prove").
 
-        Returns
-        -------
-        digest : str
-            64 hex digits.
+        %(returns_digest)s
 
         Examples
         --------
@@ -154,13 +153,17 @@ class DelegatedCertificates:
     """Mixin: ``memory_digest()`` and ``edit_log()`` of the voter an estimator
     is built around (``_certified_voter()``)."""
 
+    def _certified_voter(self):
+        """The fitted voter: ``knn_``, where JOINT, the fine-tuner and the
+        transformer keep it (the pruner overrides this)."""
+        check_is_fitted(self)
+        return self.knn_
+
+    @fill_doc
     def memory_digest(self) -> str:
         """The content digest of the memory (see :meth:`KNNVoter.memory_digest`).
 
-        Returns
-        -------
-        digest : str
-            64 hex digits.
+        %(returns_digest)s
 
         Examples
         --------

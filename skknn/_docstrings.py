@@ -97,6 +97,32 @@ X : array-like of shape (n_queries, n_features)
     "max_k": """\
 max_k : int, default=100
     The largest ``k`` evaluated (capped at the memory size).""",
+    # -- deletion certificates (_certificates.py, memory/digest.py) ----------------
+    "returns_digest": """\
+Returns
+-------
+digest : str
+    64 hex digits.""",
+    # -- the protocols (memory/protocols.py) ----------------------------------------
+    "protocol_parameters": """\
+Parameters
+----------
+*args, **kwargs
+    A protocol is not instantiated: implementations take their own
+    parameters.""",
+    # -- examples' set-up --------------------------------------------------------------
+    # A cluster in this process (distributed.py, memory/sharded.py); the example
+    # closes it with ``client.close(); cluster.close()``.
+    "local_cluster": """\
+>>> from distributed import Client, LocalCluster
+>>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=":0")
+>>> client = Client(cluster)""",
+    # Six points, one mislabelled: what pruning finds (pruning.py,
+    # voting/_wrong_decisions.py).
+    "mislabelled_points": """\
+>>> import numpy as np
+>>> X = np.array([[1., 0.], [.9, .1], [.8, .2], [0., 1.], [.1, .9], [.2, .8]])
+>>> y = np.array([0, 0, 0, 1, 1, 0])  # the last sample is mislabelled""",
 }
 
 _PLACEHOLDER = re.compile(r"^([ \t]*)%\((\w+)\)s[ \t]*$", re.MULTILINE)

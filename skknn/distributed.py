@@ -20,11 +20,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import clone
 
+from skknn._docstrings import fill_doc
 from skknn.memory.sharded import ShardedStore, ShardLost, current_client
 
 __all__ = ["ShardLost", "ShardedStore", "predict", "to_local"]
 
 
+@fill_doc
 def to_local(estimator):
     """A copy of a ``backend="dask"`` KNNVoter whose memory is gathered into
     this process (``backend="local"``): same ids, vectors, labels, weights and
@@ -44,11 +46,9 @@ def to_local(estimator):
     Examples
     --------
     >>> import numpy as np
-    >>> from distributed import Client, LocalCluster
     >>> from skknn import KNNVoter
     >>> from skknn.distributed import to_local
-    >>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=":0")
-    >>> client = Client(cluster)
+    %(local_cluster)s
     >>> X = np.array([[1., 0.], [.9, .1], [0., 1.], [.1, .9]])
     >>> knn = KNNVoter(1, index="flat", backend="dask").fit(X, [0, 0, 1, 1])
     >>> local = to_local(knn)
@@ -82,6 +82,7 @@ def _apply(block, estimator, method):
     return getattr(estimator, method)(block)
 
 
+@fill_doc
 def predict(estimator, X, *, method: str = "predict", client=None):
     """Predict query blocks on every worker, the memory scattered once.
 
@@ -110,11 +111,9 @@ def predict(estimator, X, *, method: str = "predict", client=None):
     --------
     >>> import dask.array as da
     >>> import numpy as np
-    >>> from distributed import Client, LocalCluster
     >>> from skknn import KNNVoter
     >>> from skknn.distributed import predict
-    >>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=":0")
-    >>> client = Client(cluster)
+    %(local_cluster)s
     >>> X = np.array([[1., 0.], [.9, .1], [0., 1.], [.1, .9]])
     >>> knn = KNNVoter(1, index="flat").fit(X, [0, 0, 1, 1])
     >>> predict(knn, [X[:2], X[2:]])

@@ -300,10 +300,6 @@ class FineTunedJointClassifier(
         self.verbose = verbose
 
     # -- parameters -----------------------------------------------------------------
-    def _certified_voter(self) -> KNNVoter:
-        check_is_fitted(self)
-        return self.knn_
-
     def _check_params(self) -> None:
         check_params(self)
         # Beyond the table: the nested KNNVoter's own parameters (the names in

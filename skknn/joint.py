@@ -517,10 +517,6 @@ class JointKNNClassifier(
     def memory_(self):
         return self.knn_.memory_
 
-    def _certified_voter(self) -> KNNVoter:
-        check_is_fitted(self)
-        return self.knn_
-
     def unlearn(self, sample_ids, retrain: bool = True, retrain_index: bool = True):
         """Remove samples from the memory and, by default, from the head.
 

@@ -66,6 +66,7 @@ DEFAULT_N_NEIGHBORS = {"hard": 100, "soft": 10}
 
 
 @register
+@fill_doc
 class MemoryPruner(
     DefaultNestedMixin,
     DelegatedCertificates,
@@ -154,10 +155,8 @@ class MemoryPruner(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from skknn import KNNVoter, MemoryPruner
-    >>> X = np.array([[1., 0.], [.9, .1], [.8, .2], [0., 1.], [.1, .9], [.2, .8]])
-    >>> y = np.array([0, 0, 0, 1, 1, 0])  # the last sample is mislabelled
+    %(mislabelled_points)s
     >>> voter = KNNVoter(2, voting="plurality", index="exact")
     >>> voter.fit(X, y).predict([[.2, .8]])  # the mislabelled sample wins the tie
     array([0])
@@ -692,6 +691,7 @@ def _weight_kwarg(sample_weight) -> dict:
     return {} if sample_weight is None else {"sample_weight": sample_weight}
 
 
+@fill_doc
 def pruning_summary(
     X_train,
     y_train,
@@ -727,11 +727,9 @@ def pruning_summary(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from skknn import KNNVoter
     >>> from skknn.pruning import pruning_summary
-    >>> X = np.array([[1., 0.], [.9, .1], [.8, .2], [0., 1.], [.1, .9], [.2, .8]])
-    >>> y = np.array([0, 0, 0, 1, 1, 0])
+    %(mislabelled_points)s
     >>> voter = KNNVoter(2, voting="plurality", index="exact")
     >>> pruning_summary(X, y, [[.2, .8]], [1], estimator=voter, n_neighbors=2,
     ...                 threshold=2)

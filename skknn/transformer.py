@@ -23,6 +23,10 @@ from skknn._validation import (
 from skknn.memory.graph import GRAPH_MODES
 from skknn.voter import KNNVoter
 
+# The memory's parameters: checked by the shared table, handed as they are to
+# the KNNVoter that fit builds.
+_MEMORY_PARAMS = ("metric", "preprocessing", "index", "index_params", "device")
+
 
 class KNNTransformer(
     DelegatedCertificates,
@@ -103,10 +107,7 @@ class KNNTransformer(
     _parameter_constraints: dict = {
         "mode": [StrOptions(set(GRAPH_MODES))],
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
-        **{
-            name: MEMORY_PARAMETER_CONSTRAINTS[name]
-            for name in ("metric", "preprocessing", "index", "index_params", "device")
-        },
+        **{name: MEMORY_PARAMETER_CONSTRAINTS[name] for name in _MEMORY_PARAMS},
         "batch_size": [Interval(Integral, 1, None, closed="left")],
     }
     _parameter_hints: dict = MEMORY_PARAMETER_HINTS
@@ -154,12 +155,8 @@ class KNNTransformer(
         knn = KNNVoter(
             self.n_neighbors,
             voting="plurality",
-            metric=self.metric,
-            preprocessing=self.preprocessing,
-            index=self.index,
-            index_params=self.index_params,
-            device=self.device,
             batch_size=self.batch_size,
+            **{name: getattr(self, name) for name in _MEMORY_PARAMS},
         )
         # A memory needs labels; one class stands for "a row".
         self.knn_ = knn.fit(X, np.zeros(X.shape[0], dtype=np.int64))
@@ -186,10 +183,6 @@ class KNNTransformer(
         return self.knn_.kneighbors_graph(
             X, n_neighbors=self.n_neighbors + add_one, mode=self.mode
         )
-
-    def _certified_voter(self) -> KNNVoter:
-        check_is_fitted(self)
-        return self.knn_
 
     def _check_params(self) -> None:
         # The memory's own rules (a FAISS factory string, the device) are

@@ -269,6 +269,23 @@ def test_transformer_in_precomputed_pipelines(index, params):
     assert labels.shape == (150,)
 
 
+def test_transformer_hands_its_memory_parameters_to_its_voter(blobs):
+    X, _ = blobs
+    # each value differs from both estimators' defaults: a parameter left out
+    # would reach the voter as the voter's default
+    params = {
+        "metric": "sqeuclidean",
+        "preprocessing": "center_l2",
+        "index": "HNSW16",
+        "index_params": {"efSearch": 32},
+        "device": "cpu",
+        "batch_size": 7,
+    }
+    knn = KNNTransformer(n_neighbors=2, **params).fit(X).knn_
+    assert {name: getattr(knn, name) for name in params} == params
+    assert (knn.n_neighbors, knn.voting) == (2, "plurality")
+
+
 def test_transformer_sparse_input(blobs):
     X, _ = blobs
     Xs = sp.csr_matrix(np.where(np.abs(X) > 0.3, X, 0.0))

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skknn._docstrings import fill_doc
+
 SCHEME = "skknn-memory-digest/2"
 # ``before`` of the edit that built a memory where there was none.
 NO_MEMORY = "0" * 64
@@ -57,6 +59,7 @@ LOG_FILE = "edit_log.jsonl"
 MAX_LOG_BYTES = 256 << 20
 
 
+@fill_doc
 def ids_digest(ids) -> str:
     """BLAKE2b-256 of a set of sample ids (sorted, unique, int64 little-endian).
 
@@ -65,10 +68,7 @@ def ids_digest(ids) -> str:
     ids : array-like of int
         Sample ids; their order and repeats do not matter.
 
-    Returns
-    -------
-    digest : str
-        64 hex digits.
+    %(returns_digest)s
 
     Examples
     --------

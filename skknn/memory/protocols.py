@@ -17,11 +17,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from skknn._docstrings import fill_doc
 from skknn.memory.metric import Metric
 from skknn.memory.neighbors import Neighbors
 
 
 @runtime_checkable
+@fill_doc
 class SearchEngine(Protocol):
     """Finds the nearest rows of a store's pre-processed vectors (float32, or
     float16 widened block by block).
@@ -34,11 +36,7 @@ class SearchEngine(Protocol):
     ``ready`` is False while an index waits for enough samples to train: the
     store then calls :meth:`build` on every add instead of :meth:`add`.
 
-    Parameters
-    ----------
-    *args, **kwargs
-        A protocol is not instantiated: implementations take their own
-        parameters.
+    %(protocol_parameters)s
 
     Examples
     --------
@@ -160,6 +158,7 @@ class SearchEngine(Protocol):
 
 
 @runtime_checkable
+@fill_doc
 class Store(Protocol):
     """A searchable, editable memory of labelled embeddings, by sample id.
 
@@ -168,11 +167,7 @@ class Store(Protocol):
     ``version``; ``uid`` names the store, so ``(uid, version)`` identifies one
     state of one memory (kept across save and load).
 
-    Parameters
-    ----------
-    *args, **kwargs
-        A protocol is not instantiated: implementations take their own
-        parameters.
+    %(protocol_parameters)s
 
     Examples
     --------

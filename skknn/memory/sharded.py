@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from sklearn.utils import Bunch
 
+from skknn._docstrings import fill_doc
 from skknn._hierarchy import Taxonomy
 from skknn._labels import encode
 from skknn.memory.backends.dask import Shard
@@ -63,6 +64,7 @@ from skknn.memory.shards import (  # noqa: F401 (imported from here)
 IN_FLIGHT = 4
 
 
+@fill_doc
 class ShardedStore(ShardedFilesMixin, MemoryFront):
     """A memory of labelled embeddings in shards on Dask workers.
 
@@ -84,10 +86,8 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
 
     Examples
     --------
-    >>> from distributed import Client, LocalCluster
     >>> from skknn.distributed import ShardedStore
-    >>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=":0")
-    >>> client = Client(cluster)
+    %(local_cluster)s
     >>> config = dict(metric="cosine", preprocessing="l2", index="flat",
     ...               index_params=None, device="cpu", storage_dtype="float32")
     >>> store = ShardedStore(2, config)

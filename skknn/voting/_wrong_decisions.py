@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from skknn._docstrings import fill_doc
+
 __all__ = ["IdPositions", "count_wrong_decisions", "soft_reliability"]
 
 
@@ -40,6 +42,7 @@ def soft_reliability(counts: np.ndarray, scale: float = 1.75) -> np.ndarray:
     return np.where(counts >= 1, scale / (1.0 + counts), 1.0)
 
 
+@fill_doc
 def count_wrong_decisions(
     store,
     m: int,
@@ -83,11 +86,9 @@ def count_wrong_decisions(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from skknn import KNNVoter
     >>> from skknn.pruning import count_wrong_decisions
-    >>> X = np.array([[1., 0.], [.9, .1], [.8, .2], [0., 1.], [.1, .9], [.2, .8]])
-    >>> y = np.array([0, 0, 0, 1, 1, 0])  # the last sample is mislabelled
+    %(mislabelled_points)s
     >>> store = KNNVoter(index="exact").fit(X, y).memory_
     >>> counts, radii = count_wrong_decisions(store, 2)
     >>> counts
