@@ -25,7 +25,7 @@ MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
 def _mapping(X: np.ndarray, huge: bool) -> np.ndarray:
-    region = mmap.mmap(-1, X.nbytes)
+    region = mmap.mmap(-1, X.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     region.madvise(mmap.MADV_HUGEPAGE if huge else mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(region, dtype=X.dtype).reshape(X.shape)
 
@@ -48,7 +48,7 @@ def mapping_4k(X):
     return a
 
 
-def mapping_populated(X):
+def mapping_huge_populated(X):
     a = _mapping(X, huge=True)
     a.base.base.obj.madvise(MADV_POPULATE_WRITE)
     a[...] = X
@@ -73,7 +73,7 @@ WAYS = (
     numpy_empty,
     numpy_zeros,
     mapping_4k,
-    mapping_populated,
+    mapping_huge_populated,
     skknn_zeroed,
     faiss_add,
 )

@@ -95,26 +95,26 @@ _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 def zeroed(shape: tuple, dtype, filled: int) -> np.ndarray:
     """A zero array whose first ``filled`` rows are about to be written.
 
-    A large one is a private anonymous mapping (huge pages where the kernel
-    gives them) whose written rows are faulted in by one
-    ``madvise(MADV_POPULATE_WRITE)`` rather than page by page as the write
-    reaches them. On a virtual machine a first touch of pages the host has
-    taken back costs 2-3 times more when it comes one fault at a time: a
-    100,000 x 384 fit measured 0.17-0.42 s to write its rows after a FAISS
-    search freed memory, 0.10 s populated (``benchmarks/RESULTS.md``, "fresh
-    memory"). The rows past ``filled`` stay unfaulted, so headroom costs no
-    RAM until used; where ``madvise`` is missing or refused, pages fault in
-    on first write as before.
+    A large one is a private anonymous mapping of small (4 KiB) pages whose
+    written rows are faulted in by one ``madvise(MADV_POPULATE_WRITE)`` rather
+    than page by page as the write reaches them. Small pages, because on a
+    virtual machine the first touch of a huge page costs what the host charges
+    to back 2 MiB, which swings with what ran before: writing a 100,000 x 384
+    memory after a FAISS search took 0.04-0.42 s in huge pages (NumPy's own
+    heap arrays too), 0.07 s in small pages populated at once, and FAISS's own
+    ``add`` 0.10 s (``benchmarks/bench_fresh_memory.py``). The rows past
+    ``filled`` stay unfaulted, so headroom costs no RAM until used; where
+    ``madvise`` is missing or refused, pages fault in on first write.
     """
     dtype = np.dtype(dtype)
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     nbytes = int(shape[0]) * row_bytes
-    if nbytes < POPULATE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if nbytes < POPULATE_BYTES or not hasattr(mmap, "MADV_NOHUGEPAGE"):  # not Linux
         return np.zeros(shape, dtype=dtype)
     # Private: a forked child that edits its copy of a memory must not edit ours.
     region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
-        region.madvise(mmap.MADV_HUGEPAGE)
+        region.madvise(mmap.MADV_NOHUGEPAGE)
         if filled > 0:
             region.madvise(_MADV_POPULATE_WRITE, 0, min(nbytes, filled * row_bytes))
     except OSError:

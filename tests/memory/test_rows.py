@@ -13,7 +13,7 @@ from skknn.memory import rows
 from skknn.memory.rows import RowBuffer, grow, zeroed
 
 linux_madvise = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE"),
+    not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_NOHUGEPAGE"),
     reason="populating a mapping is a Linux madvise",
 )
 
