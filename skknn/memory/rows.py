@@ -100,9 +100,9 @@ def zeroed(shape: tuple, dtype, filled: int) -> np.ndarray:
     than page by page as the write reaches them. Small pages, because on a
     virtual machine the first touch of a huge page costs what the host charges
     to back 2 MiB, which swings with what ran before: writing a 100,000 x 384
-    memory after a FAISS search took 0.04-0.42 s in huge pages (NumPy's own
-    heap arrays too), 0.07 s in small pages populated at once, and FAISS's own
-    ``add`` 0.10 s (``benchmarks/bench_fresh_memory.py``). The rows past
+    memory after a FAISS search took 0.013-1.6 s in huge pages (NumPy's own
+    heap arrays too), 0.06-0.07 s in small pages populated at once, and FAISS's
+    own ``add`` 0.09-0.10 s (``benchmarks/bench_fresh_memory.py``). The rows past
     ``filled`` stay unfaulted, so headroom costs no RAM until used; where
     ``madvise`` is missing or refused, pages fault in on first write.
     """
