@@ -112,7 +112,12 @@ def zeroed(shape: tuple, dtype, filled: int) -> np.ndarray:
     if nbytes < POPULATE_BYTES or not hasattr(mmap, "MADV_NOHUGEPAGE"):  # not Linux
         return np.zeros(shape, dtype=dtype)
     # Private: a forked child that edits its copy of a memory must not edit ours.
-    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError as error:  # out of address space: what np.zeros would raise
+        raise MemoryError(
+            f"Unable to allocate {nbytes:,} bytes for rows of shape {shape}."
+        ) from error
     try:
         region.madvise(mmap.MADV_NOHUGEPAGE)
         if filled > 0:

@@ -88,6 +88,16 @@ def test_a_forked_child_edits_its_own_copy(small_threshold):
     assert not a.any()
 
 
+@linux_madvise
+def test_no_room_for_a_mapping_is_a_memory_error(small_threshold, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(rows.mmap, "mmap", refuse)
+    with pytest.raises(MemoryError, match="Unable to allocate"):
+        zeroed((4096, 16), np.float32, 4096)
+
+
 def test_grow_keeps_the_old_rows(small_threshold):
     old = np.arange(3000 * 8, dtype=np.float32).reshape(3000, 8)
     new = grow(old, 2000, 5000, 2500)
