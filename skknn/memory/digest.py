@@ -101,7 +101,7 @@ def memory_digest(store) -> str:
     ----------
     store : Store
         The memory; read in one state (its readers' lock held), in blocks of
-        65,536 samples.
+        16,384 samples.
 
     Returns
     -------
@@ -150,7 +150,7 @@ def row_lanes(store, ids) -> np.ndarray:
 
 
 def leaf_blocks(store, ids):
-    """``(ids, leaves)`` of ``ids`` in blocks of 65,536 samples: each sample's
+    """``(ids, leaves)`` of ``ids`` in blocks of 16,384 samples: each sample's
     leaf as a row of :data:`LANES` uint16 (bounded RAM)."""
     ids = np.asarray(ids, dtype=np.int64).ravel()
     for s in range(0, ids.shape[0], _BLOCK):
@@ -559,11 +559,12 @@ class EditLog:
     def _absorb(self, store, ids=None) -> None:
         """Credit each pending edit with the leaves of its rows among ``ids``
         (None: all of them), read from ``store`` now."""
+        if ids is not None:
+            ids = np.asarray(ids, dtype=np.int64).ravel()
         for p in self._pending:
             if ids is None:
                 take, p.pending = p.pending, _EMPTY
             else:
-                ids = np.asarray(ids, dtype=np.int64).ravel()
                 hit, p.pending = _taken(p.sorted_pending(), ids)
                 take = ids[hit]
             if take.size:
