@@ -24,9 +24,11 @@ from skknn.memory.rows import zeroed
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
-def _mapping(X: np.ndarray, huge: bool) -> np.ndarray:
+def _mapping(X: np.ndarray, huge: bool, populate: bool = False) -> np.ndarray:
     region = mmap.mmap(-1, X.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     region.madvise(mmap.MADV_HUGEPAGE if huge else mmap.MADV_NOHUGEPAGE)
+    if populate:
+        region.madvise(MADV_POPULATE_WRITE)
     return np.frombuffer(region, dtype=X.dtype).reshape(X.shape)
 
 
@@ -49,8 +51,7 @@ def mapping_4k(X):
 
 
 def mapping_huge_populated(X):
-    a = _mapping(X, huge=True)
-    a.base.base.obj.madvise(MADV_POPULATE_WRITE)
+    a = _mapping(X, huge=True, populate=True)
     a[...] = X
     return a
 

@@ -88,7 +88,7 @@ def grow(buf: np.ndarray, n: int, cap: int, filled: int | None = None) -> np.nda
 # From this size on an array gets a mapping of its own, its written rows
 # faulted in at once; below it calloc's lazily zeroed pages cost less.
 POPULATE_BYTES = 1 << 26
-# Linux >= 5.14; Python names it from 3.13 on.
+# Linux >= 5.14 (value 23); not every Python's mmap module names it.
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
