@@ -7,8 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
-from skknn import KNNVoter
+from skknn import JointKNNClassifier, KNNVoter
 from skknn.memory import rows
 from skknn.memory.rows import RowBuffer, grow, zeroed
 
@@ -122,6 +123,37 @@ def test_a_memory_in_mapped_buffers_behaves_as_in_plain_ones(small_threshold, rn
             plain.kneighbors(Q, return_distance=False),
         )
     assert not est.memory_._X[est.memory_.n_samples :].any()  # no removed bytes
+
+
+def test_a_store_faults_in_only_the_rows_it_adds(small_threshold, monkeypatch, rng):
+    asked = []
+    real = rows.zeroed
+
+    def spy(shape, dtype, filled):
+        asked.append((shape[0], filled))
+        return real(shape, dtype, filled)
+
+    monkeypatch.setattr(rows, "zeroed", spy)
+    X = rng.normal(size=(3000, 16)).astype(np.float32)
+    est = KNNVoter(10, index="flat").fit(X[:2000], np.arange(2000) % 3)
+    capacity = est.memory_._X.shape[0]
+    assert (capacity, 2000) in asked  # the vectors: headroom left unfaulted
+    assert capacity > 2000
+
+
+@pytest.mark.parametrize("make", [KNNVoter, JointKNNClassifier], ids=["voter", "joint"])
+def test_defaults_on_real_data_are_those_of_plain_buffers(make, monkeypatch):
+    """sklearn's digits (constant pixel columns included), every default, fit
+    in mapped buffers and in plain ones: the same probabilities."""
+    X, y = load_digits(return_X_y=True)
+    X = X.astype(np.float32)
+    train, test = slice(0, 1500), slice(1500, None)
+    assert (X[train].std(axis=0) == 0).any()  # dead columns, as promised
+    plain = make().fit(X[train], y[train]).predict_proba(X[test])
+    monkeypatch.setattr(rows, "POPULATE_BYTES", 1 << 12)
+    est = make().fit(X[train], y[train])
+    assert _mapped(est.memory_._X)
+    np.testing.assert_array_equal(est.predict_proba(X[test]), plain)
 
 
 def test_row_buffer_appends_through_grow(small_threshold, rng):
