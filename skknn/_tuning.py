@@ -51,11 +51,7 @@ def check_request(voter, target, max_memory_bytes) -> None:
             "max_memory_bytes chooses among index families: it applies with "
             f"index='auto' only (this memory is index={voter.engine_!r})."
         )
-    if sharded:
-        tunable = memory.tuning_grid() is not None
-    else:
-        tunable = hasattr(memory.engine, "tuning_grid")
-    if not tunable:
+    if memory.tuning_grid() is None:
         raise ValueError(
             f"index={voter.engine_!r} is an exact search: it has no knobs to "
             "tune. tune_index is for approximate indexes ('IVF1024,PQ32', "
@@ -76,8 +72,7 @@ def tune(voter, X: np.ndarray, target: float, k: int, predict) -> Bunch:
     the grid is measured and set back, so its readers wait instead.
     """
     store = voter.memory_
-    grid = getattr(store, "tuning_grid", None) or store.engine.tuning_grid
-    knobs, refines = grid(store.n_features)
+    knobs, refines = store.tuning_grid()
     exact = store.search_exact(X, k, batch_size=voter.batch_size)
     reference = predict(exact)
 

@@ -215,3 +215,34 @@ def test_sizes_a_reader_can_hold():
     ]
     assert not classes, sorted(classes)
     assert not functions, sorted(functions)
+
+
+def test_no_module_under_memory_reads_another_objects_private_attributes():
+    """Issue 24: the front, its backends and their storages talk through
+    written methods. A function may set up an object of its own class that it
+    builds (``cls(...)``, ``cls.__new__(cls)``: a classmethod opening a
+    file); a named tuple's ``_replace`` is public API."""
+    public = {"_replace", "_fields", "_asdict", "_make"}
+    offenders = []
+    for path in sorted((PACKAGE / "memory").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            own = {"self", "cls"}
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+                    f = node.value.func
+                    base = f.value if isinstance(f, ast.Attribute) else f
+                    if isinstance(base, ast.Name) and base.id == "cls":
+                        own |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+            for node in ast.walk(fn):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                    and node.attr not in public
+                    and not (isinstance(node.value, ast.Name) and node.value.id in own)
+                ):
+                    offenders.append((path.name, node.lineno, ast.unparse(node)))
+    assert offenders == []

@@ -497,12 +497,12 @@ def test_model_fitted_on_gpu_loads_on_cpu(monkeypatch, blobs, tmp_path):
 
     X, y = blobs
     est = KNNVoter(5, index="exact").fit(X, y)
-    est.memory_.device = torch.device("cuda:0")
+    est.memory_.backend.device = torch.device("cuda:0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.warns(skknn.DeviceWarning):
         loaded = joblib.load(_dump(est, tmp_path))
     assert loaded.device_.type == "cpu"
-    est.memory_.device = torch.device("cpu")
+    est.memory_.backend.device = torch.device("cpu")
     np.testing.assert_allclose(loaded.predict_proba(X), est.predict_proba(X))
 
 

@@ -1,18 +1,23 @@
-"""The memory front: the one surface every memory shows, whatever holds its rows.
+"""The memory front: the one class every estimator talks to, whatever holds the rows.
 
-:class:`MemoryFront` writes the public methods once: what an add checks and in
-which order (rows, labels and the taxonomy, ids, weights, the centre), the
-blocking of queries, the leave-one-out prologue, the look-up of stored ids, the
-validation of reliabilities, exclusions and radii, and the re-centring of
-:meth:`get`. What depends on where the rows live is a short list of hooks
-(:class:`~skknn.memory.protocols.RowStore`): :class:`~skknn.VectorStore`
-implements them over rows in this process (RAM or memory-mapped files),
-:class:`~skknn.distributed.ShardedStore` over Dask shards.
+:class:`MemoryFront` owns what a memory means: ids, classes (and the label
+taxonomy), the centre of ``"center_l2"``, the version and the readers-writer
+lock, what an add checks and in which order, the blocking of queries, the
+leave-one-out prologue, the validation of reliabilities, exclusions and radii,
+the re-centring of :meth:`~MemoryFront.get` and the :class:`~skknn.Neighbors`
+record every search returns. Where the rows live is its row backend
+(:class:`~skknn.memory.protocols.RowBackend`, the attribute ``backend``): rows
+in this process (``skknn/memory/local.py``, kept in RAM or in memory-mapped
+files) or in Dask shards (``skknn/memory/backends/dask.py``).
+:class:`~skknn.VectorStore` and :class:`~skknn.distributed.ShardedStore` are
+this class with its backend chosen and their own ways of being opened.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.utils import Bunch
@@ -31,7 +36,7 @@ from skknn.memory.checks import (
 )
 from skknn.memory.digest import rows_change
 from skknn.memory.locks import edits, reads
-from skknn.memory.neighbors import Neighbors
+from skknn.memory.neighbors import Hits, Neighbors
 from skknn.memory.preprocessing import fit_center, prepared_queries
 from skknn.memory.rows import uninterrupted
 from skknn.memory.view import StoreView
@@ -79,12 +84,44 @@ class NewRows:
     taxonomy: Taxonomy | None
 
 
-class MemoryFront(StoreView):
-    """The public surface of a memory of labelled embeddings, written once.
+@dataclass(frozen=True)
+class Commit:
+    """What an edit does to the front, handed to the row backend with the edit.
 
-    Not made directly: :class:`~skknn.VectorStore` (rows in this process) and
-    :class:`~skknn.distributed.ShardedStore` (rows in Dask shards) implement
-    its hooks (:class:`~skknn.memory.protocols.RowStore`).
+    The backend writes :attr:`describe`'s state with its rows (a memory on disk
+    commits both at once) and calls :attr:`applied` exactly once, when its new
+    rows are in place, even if it raises afterwards: from then on the front
+    holds the edit's classes, centre and version.
+
+    Parameters
+    ----------
+    version : int
+        The memory's version after the edit.
+    describe : callable
+        ``describe() -> (meta, arrays)``: the front's state after the edit, as
+        :meth:`MemoryFront.state` begins it (the estimator's commit guard runs
+        first).
+    applied : callable
+        ``applied()``: the front takes the edit.
+
+    Examples
+    --------
+    >>> from skknn.memory.base import Commit
+    >>> sorted(Commit.__dataclass_fields__)
+    ['applied', 'describe', 'version']
+    """
+
+    version: int
+    describe: Callable[[], tuple[dict, dict]]
+    applied: Callable[[], None]
+
+
+class MemoryFront(StoreView):
+    """A memory of labelled embeddings: the one front over a row backend.
+
+    Made by :class:`~skknn.VectorStore` (rows in this process) and
+    :class:`~skknn.distributed.ShardedStore` (rows in Dask shards), which choose
+    its ``backend`` (:class:`~skknn.memory.protocols.RowBackend`).
 
     Examples
     --------
@@ -103,8 +140,101 @@ class MemoryFront(StoreView):
 
     # The name label-type errors give (the estimator's, for a sharded memory).
     _owner = "VectorStore"
-    # Query blocks a search keeps in flight before it collects the oldest.
-    _in_flight = 0
+
+    def _front(self, n_features: int, metric, preprocessing, backend) -> None:
+        """The front's own state, empty, over ``backend``."""
+        self.n_features = int(n_features)
+        self.metric = metric
+        self.preprocessing = preprocessing
+        self.backend = backend
+        self.uid = uuid.uuid4().hex
+        self._version = 0
+        self._mean: np.ndarray | None = None
+        self._classes: np.ndarray | None = None
+        self._taxonomy: Taxonomy | None = None  # multi-output labels only
+        self._next_id = 0
+        # Called before every commit to disk: the estimator's check that its
+        # storage folder still opens to this memory (skknn/memory/folder.py).
+        self.commit_guard = None
+        self._lock()  # made now: searches must not add attributes
+
+    def _restore_front(self, meta: dict, arrays: dict) -> None:
+        """The front's state as :meth:`_front_state` wrote it."""
+        from skknn._archive import labels_from_json
+
+        self.uid = meta["uid"]
+        self._version = int(meta["version"])
+        self._next_id = int(meta["next_id"])
+        self._mean = arrays.get("mean")
+        self._classes = (
+            None if meta.get("classes") is None else labels_from_json(meta["classes"])
+        )
+        self._taxonomy = None
+        if meta.get("taxonomy") is not None:
+            self._taxonomy = Taxonomy(
+                tuple(labels_from_json(c) for c in meta["taxonomy"]),
+                arrays["taxonomy_paths"],
+            )
+
+    def _front_state(self, **changes) -> tuple[dict, dict]:
+        """``(meta, arrays)`` of the front: now, or with the ``changes``
+        (classes, taxonomy, mean, next_id, version) an edit is about to make."""
+        from skknn._archive import labels_to_json
+
+        now = {
+            "classes": self._classes,
+            "taxonomy": self._taxonomy,
+            "mean": self._mean,
+            "next_id": self._next_id,
+            "version": self._version,
+            **changes,
+        }
+        classes, taxonomy = now["classes"], now["taxonomy"]
+        meta = {
+            "n_features": self.n_features,
+            "metric": self.metric.name,
+            "preprocessing": self.preprocessing,
+            "next_id": int(now["next_id"]),
+            "uid": self.uid,
+            "version": int(now["version"]),
+            "classes": None if classes is None else labels_to_json(classes),
+        }
+        arrays = {}
+        if now["mean"] is not None:
+            arrays["mean"] = now["mean"]
+        if taxonomy is not None:
+            meta["taxonomy"] = [labels_to_json(c) for c in taxonomy.classes]
+            arrays["taxonomy_paths"] = taxonomy.paths
+        return meta, arrays
+
+    def _commit(self, applied=None, **changes) -> Commit:
+        """The :class:`Commit` of an edit making ``changes`` to the front; by
+        default it only advances the version."""
+        version = self._version + 1
+
+        def describe():
+            if self.commit_guard is not None:
+                self.commit_guard()
+            return self._front_state(version=version, **changes)
+
+        def advance():
+            self._version += 1
+
+        return Commit(version, describe, advance if applied is None else applied)
+
+    @reads
+    def state(self) -> tuple[dict, dict]:
+        """``(meta, arrays)`` describing the memory, for files: the front's
+        state and the backend's rows (:meth:`RowBackend.state`).
+
+        Returns
+        -------
+        meta : dict
+            JSON-able scalars.
+        arrays : dict of str to ndarray
+            The arrays.
+        """
+        return self.backend.state(*self._front_state())
 
     # -- adding ---------------------------------------------------------------------
     @edits
@@ -148,25 +278,32 @@ class MemoryFront(StoreView):
         new_classes, old_to_new = grown_classes(
             self._classes, labels, classes, self._owner
         )
-        ids = self.next_ids(m) if ids is None else checked_new_ids(ids, m, self._stored)
+        stored = self.backend.stored
+        ids = self.next_ids(m) if ids is None else checked_new_ids(ids, m, stored)
         weights = checked_weights(sample_weight, m)
         mean = self._mean
         if mean is None and self.preprocessing == "center_l2" and m:
             mean = fit_center(X)
         new = NewRows(X, labels, ids, weights, mean, new_classes, old_to_new, taxonomy)
+        next_id = max(self._next_id, int(ids.max()) + 1) if m else self._next_id
+        commit = self._commit(
+            lambda: self._added(new, next_id),
+            classes=new.classes,
+            taxonomy=new.taxonomy,
+            mean=new.mean,
+            next_id=next_id,
+        )
         # Ctrl-C is held until rows and front agree: an id the rows hold that
         # the front does not know would be issued again.
         with uninterrupted():
-            self._add_rows(new)
-            self._added(new)
+            self.backend.add(new, commit)
         return ids.copy()
 
-    def _added(self, new: NewRows) -> None:
+    def _added(self, new: NewRows, next_id: int) -> None:
         """The front's own state once the rows of ``new`` are stored."""
         self._classes, self._taxonomy = new.classes, new.taxonomy
         self._mean = new.mean
-        if new.ids.size:
-            self._next_id = max(self._next_id, int(new.ids.max()) + 1)
+        self._next_id = next_id
         self._version += 1
 
     # -- looking up -----------------------------------------------------------------
@@ -177,7 +314,7 @@ class MemoryFront(StoreView):
         if ids.ndim != 1:
             raise ValueError(f"{what} must be 1-d; got shape {ids.shape}.")
         ids = checked_ids(ids)
-        where, known = self._locate(ids)
+        where, known = self.backend.locate(ids)
         if not known.all():
             unknown = np.unique(ids[~known])
             raise ValueError(f"{what} not in memory: {unknown[:10].tolist()}.")
@@ -202,7 +339,8 @@ class MemoryFront(StoreView):
             ``sample_weight``, ``reliability``, ``excluded``; rows in the order
             of ``ids``.
         """
-        got = self._fetch(self._located(ids)[1], prepared)
+        got = self.backend.fetch(self._located(ids)[1], prepared)
+        got.labels = self._label_values(got.pop("codes"))
         if self._mean is not None and not prepared:
             got.X += self._mean
         return got
@@ -251,7 +389,9 @@ class MemoryFront(StoreView):
         uniq = self.check_removable(ids)
         rows_change(self, uniq)  # an edit log hashes rows it has not yet
         if uniq.size:
-            self._remove_ids(uniq, bool(retrain_index))
+            # Ctrl-C is held until index, rows and front agree.
+            with uninterrupted():
+                self.backend.remove(uniq, bool(retrain_index), self._commit())
 
     # -- reliabilities and exclusions -------------------------------------------------
     @edits
@@ -284,7 +424,80 @@ class MemoryFront(StoreView):
         """Check ``values`` of stored ``ids`` with ``check`` and set them (a new
         version), all or nothing."""
         _, where = self._located(ids)
-        self._set_column(name, where, check(values, where.shape))
+        values = check(values, where.shape)
+        self.backend.set_column(name, where, values, self._commit())
+
+    # -- the index --------------------------------------------------------------------
+    @edits
+    def set_index_params(self, params: dict) -> None:
+        """Set the index's search knobs by their FAISS names (``{"nprobe": 32}``).
+
+        Search results may change, so the version advances. A knob the index does
+        not have raises ValueError and changes nothing.
+
+        Parameters
+        ----------
+        params : dict
+            The new ``index_params``: FAISS knobs by their FAISS names, and
+            ``"refine"``. A knob left out goes back to FAISS's default.
+        """
+        params = dict(params)
+        if self.auto and params != self.index_params:
+            raise ValueError(
+                "engine='auto' chooses its own index_params; name an index to set "
+                "or tune its knobs."
+            )
+        self.backend.set_index_params(params, self._commit())
+
+    @edits
+    def retrain_index(self) -> None:
+        """Build the index afresh on every stored sample: an approximate index
+        trains again on a sample of the whole memory (as a fresh fit would),
+        instead of on the samples it held when it was first built."""
+        if self.n_samples:
+            self.backend.retrain_index(self._commit())
+
+    @edits
+    def replace_vectors(self, X) -> None:
+        """Replace every stored vector, keeping ids, labels and weights.
+
+        For a memory whose encoder has changed (a backbone being fine-tuned):
+        ``X`` holds the samples' new raw embeddings, one row per stored sample
+        in the order of :meth:`ids`. They are pre-processed anew (the centre of
+        ``"center_l2"`` is refitted on them), written over the old rows and the
+        index is rebuilt on them, all or nothing.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The new raw vectors, aligned with :meth:`ids`.
+        """
+        X = np.asarray(X, dtype=np.float32)
+        n = self.n_samples
+        if X.shape != (n, self.n_features):
+            raise ValueError(
+                f"X must hold one row per stored sample, shape "
+                f"({n}, {self.n_features}); got {X.shape}."
+            )
+        if not np.isfinite(X).all():
+            raise ValueError("X holds NaN or infinite values; the memory takes none.")
+        self.backend.check_replaceable()
+        rows_change(self)  # an edit log hashes rows it has not yet, as they were
+        mean = self._mean
+        if self.preprocessing == "center_l2" and n:
+            mean = fit_center(X)
+
+        def applied():
+            self._mean = mean
+            self._version += 1
+
+        self.backend.replace_vectors(X, mean, self._commit(applied, mean=mean))
+
+    @edits
+    def destroy(self) -> None:
+        """Zero and delete the memory's files and empty it (a memory on disk
+        that is being replaced). A memory in RAM is only emptied."""
+        self.backend.destroy()
         self._version += 1
 
     # -- searching --------------------------------------------------------------------
@@ -343,7 +556,7 @@ class MemoryFront(StoreView):
             The ``k`` nearest of each query, nearest first, equal distances by
             sample id.
         """
-        knobs = None if index_params is None else self._search_knobs(index_params)
+        knobs = None if index_params is None else self.backend.knobs(index_params)
         return self._search_blocks(
             X, k, batch_size, progress, prepared, exact=False, knobs=knobs
         )
@@ -388,8 +601,9 @@ class MemoryFront(StoreView):
         self, X, k, batch_size, progress, prepared, *, exact, knobs=None
     ) -> Neighbors:
         X = np.asarray(X)
-        k = capped_k(k, self._n)
+        k = capped_k(k, self.n_samples)
         starts = range(0, X.shape[0], batch_size)
+        backend = self.backend
 
         def submit(s):
             block = X[s : s + batch_size]
@@ -398,16 +612,31 @@ class MemoryFront(StoreView):
                 if prepared
                 else self.prepare(block)
             )
-            Q = self._in_store_units(Q, "Queries")
-            return Q, self._submit_block(Q, k, exact, knobs)
+            Q = backend.in_store_units(Q, "Queries")
+            return Q, backend.submit(Q, k, exact, knobs)
 
         parts = []
         for Q, pending in self._blocks(starts, submit, progress, "search"):
             # A zero query (after centring) has no direction: every normalised
             # sample is equally far from it, so its neighbours are arbitrary.
             lost = ~Q.any(axis=1) if self.normalizes else None
-            parts.append(replace(self._collect_block(pending, k), directionless=lost))
+            parts.append(self._record(backend.collect(pending, k), lost))
         return Neighbors.concatenate(parts) if parts else self._empty(k)
+
+    def _record(self, hits: Hits, directionless=None) -> Neighbors:
+        """The neighbour record of a backend's hits, with the front's classes."""
+        return Neighbors(
+            distances=hits.distances,
+            ids=hits.ids,
+            labels=hits.codes,
+            reliability=hits.reliability,
+            excluded=hits.excluded,
+            classes=self.classes,
+            taxonomy=self._taxonomy,
+            query_ids=hits.query_ids,
+            query_labels=hits.query_codes,
+            directionless=directionless,
+        )
 
     @reads
     def search_self(
@@ -441,22 +670,24 @@ class MemoryFront(StoreView):
             With ``query_ids`` and ``query_labels`` set; rows in the order of
             the query ids.
         """
-        queries = self._all_queries() if ids is None else self._located(ids)[1]
-        if self._n < 2:
+        backend = self.backend
+        queries = backend.all_queries() if ids is None else self._located(ids)[1]
+        n = self.n_samples
+        if n < 2:
             raise ValueError(
-                f"Leave-one-out needs at least 2 samples in memory; it has {self._n}."
+                f"Leave-one-out needs at least 2 samples in memory; it has {n}."
             )
-        k = capped_k(k, self._n - 1)
-        jobs = self._self_jobs(queries, batch_size)
+        k = capped_k(k, n - 1)
+        jobs = backend.self_jobs(queries, batch_size)
         parts, positions = [], []
         for pending in self._blocks(
             jobs,
-            lambda job: self._submit_self(queries, job, k),
+            lambda job: backend.submit_self(queries, job, k),
             progress,
             "leave-one-out",
         ):
-            pos, record = self._collect_self(pending, k)
-            parts.append(record)
+            pos, hits = backend.collect_self(pending, k)
+            parts.append(self._record(hits))
             positions.append(pos)
         if not parts:
             return self._empty(k)
@@ -466,9 +697,9 @@ class MemoryFront(StoreView):
         return merged.take(np.argsort(np.concatenate(positions), kind="stable"))
 
     def _blocks(self, jobs, submit, progress: bool, desc: str):
-        """``submit(job)`` for each job, yielding each submission once
-        :attr:`_in_flight` newer ones are out (the caller collects it before the
-        next is made), with a progress bar over more than one job."""
+        """``submit(job)`` for each job, yielding each submission once the
+        backend's ``in_flight`` newer ones are out (the caller collects it
+        before the next is made), with a progress bar over more than one job."""
         if progress and len(jobs) > 1:
             from tqdm.auto import tqdm
 
@@ -476,7 +707,7 @@ class MemoryFront(StoreView):
         pending = []
         for job in jobs:
             pending.append(submit(job))
-            if len(pending) > self._in_flight:
+            if len(pending) > self.backend.in_flight:
                 yield pending.pop(0)
         yield from pending
 
@@ -512,10 +743,10 @@ class MemoryFront(StoreView):
         if (X is None) == (ids is None):
             raise ValueError("within_radius takes exactly one of X and ids.")
         if ids is not None:
-            P = self._stored_points(self._located(ids)[1])
+            P = self.backend.points(self._located(ids)[1])
         else:
             P = np.array(X, dtype=np.float32) if prepared else self.prepare(X)
-            P = self._in_store_units(P, "Points")
+            P = self.backend.in_store_units(P, "Points")
         _, where = self._located(query_ids, "query_ids")
         radii = np.asarray(radii, dtype=np.float32)
         if radii.shape != where.shape:
@@ -523,7 +754,7 @@ class MemoryFront(StoreView):
                 f"radii must have shape {where.shape}, one per query id; got "
                 f"{radii.shape}."
             )
-        return self._within(where, radii, P)
+        return self.backend.within(where, radii, P)
 
     def _empty(self, k: int) -> Neighbors:
         return Neighbors.empty(k, self.classes, self._taxonomy)

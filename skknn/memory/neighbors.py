@@ -9,6 +9,7 @@ all read it; none of them touches the store's arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,6 +18,31 @@ from skknn._hierarchy import Taxonomy
 # The id of an empty slot (an approximate index found fewer than k). Ids users
 # give are >= 0, so it can never be confused with a sample.
 MISSING = -1
+
+
+class Hits(NamedTuple):
+    """A row backend's answer for one block of queries: what the memory front
+    makes a :class:`Neighbors` record of (adding the classes it owns).
+
+    Every field but the ``query_*`` ones has shape ``(n_queries, k)``, nearest
+    first, equal distances by sample id; the first five are what
+    :func:`~skknn.memory.merge.merge_top` merges.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn.memory.neighbors import Hits
+    >>> Hits(*(np.zeros((1, 1)),) * 5)._fields[:3]
+    ('distances', 'ids', 'codes')
+    """
+
+    distances: np.ndarray
+    ids: np.ndarray
+    codes: np.ndarray  # class codes, indices into the front's classes
+    reliability: np.ndarray
+    excluded: np.ndarray
+    query_ids: np.ndarray | None = None
+    query_codes: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

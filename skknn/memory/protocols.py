@@ -283,109 +283,151 @@ _documented_store()
 
 
 @runtime_checkable
-class RowStore(Protocol):
-    """What the memory front asks of where the rows live: the narrow contract.
+class RowBackend(Protocol):
+    """Where a memory's rows live: the narrow contract under the memory front.
 
-    :class:`~skknn.memory.base.MemoryFront` writes every public method of a
-    memory once (checks, ids, classes, the centre, the version and lock, query
-    blocking, the leave-one-out prologue, :class:`~skknn.Neighbors` records)
-    and calls these hooks for what depends on the rows' home. A row is
-    addressed by a *handle* the implementation chooses (a row position in this
-    process, a sample id across shards): :meth:`_locate` makes handles of ids,
-    and every other hook takes them. Implementations today:
-    :class:`~skknn.VectorStore` (rows in RAM, :class:`RowBackend`
-    ``RamRows``, or in memory-mapped files, ``DiskRows``) and
-    :class:`~skknn.distributed.ShardedStore` (rows in Dask shards, merged by
-    :func:`~skknn.memory.merge.merge_top`). ``tests/memory/
-    test_backend_contract.py`` is the shared suite a new one must pass.
+    :class:`~skknn.memory.base.MemoryFront` owns what the memory means (ids,
+    classes, the centre, the version and lock, query blocking, the
+    leave-one-out prologue, the :class:`~skknn.Neighbors` record) and holds
+    one row backend (its ``backend``) for what depends on where the rows live.
+    A row is addressed by a *handle* the backend chooses (a row position in
+    this process, a sample id across shards): :meth:`locate` makes handles of
+    ids, and every other method takes them. Backends today:
+    :class:`~skknn.memory.local.LocalRows` (rows in this process, kept in RAM
+    or in memory-mapped files by a :class:`RowStorage`) and
+    :class:`~skknn.memory.sharded.DaskRows` (rows in Dask shards).
+    ``tests/memory/test_backend_contract.py`` is the shared suite a new one
+    must pass.
 
-    The seven parts of the contract (issue 24), and the hooks that carry them:
+    The six parts of the contract (issue 24):
 
-    - *add rows*: :meth:`_add_rows`;
-    - *remove ids*: :meth:`_remove_ids`;
-    - *get rows by id*: :meth:`_locate`, :meth:`_fetch`, :meth:`_stored_points`;
-    - *search one block*: :meth:`_submit_block` then :meth:`_collect_block`
-      (submitted blocks may be in flight together, ``_in_flight`` of them),
-      and the leave-one-out variant :meth:`_self_jobs`, :meth:`_submit_self`,
-      :meth:`_collect_self`; :meth:`_within` for radii;
-    - *commit*: every edit hook makes its change durable before it returns
-      (:meth:`_set_column` too), or raises with nothing changed;
-    - *open*: a classmethod of the implementation (``VectorStore.open`` /
-      ``from_state``, ``ShardedStore.from_manifest``).
+    - *add rows*: :meth:`add`;
+    - *remove ids*: :meth:`remove`;
+    - *get rows by id*: :meth:`locate`, :meth:`fetch`, :meth:`points`;
+    - *search one block*: :meth:`submit` then :meth:`collect` (``in_flight``
+      submitted blocks may be out at once), giving
+      :class:`~skknn.memory.neighbors.Hits`: exact distances and ids, nearest
+      first, equal distances by sample id, the k-th place's tie whole; the
+      leave-one-out variant :meth:`self_jobs`, :meth:`submit_self`,
+      :meth:`collect_self`; :meth:`within` for radii;
+    - *commit*: every edit takes the front's :class:`~skknn.memory.base.Commit`,
+      makes the change durable with the front's state, and calls
+      ``commit.applied()`` once its new rows are in place; or it raises with
+      nothing changed;
+    - *open*: a classmethod of the backend (``LocalRows.from_state``,
+      ``DaskRows.opened``).
+
+    Exact distances and ties are settled where the rows are: a shard holds its
+    candidates' vectors, the client would have to fetch them
+    (``docs/architecture.md``).
 
     Examples
     --------
     >>> from skknn import VectorStore
-    >>> from skknn.memory.protocols import RowStore
-    >>> isinstance(VectorStore(2), RowStore)
+    >>> from skknn.memory.protocols import RowBackend
+    >>> isinstance(VectorStore(2).backend, RowBackend)
     True
     """
 
-    def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n_features: int
+    storage_dtype: str
+    sharded: bool
+    in_flight: int
+
+    @property
+    def n_samples(self) -> int:
+        """Rows held."""
+
+    def ids(self) -> np.ndarray:
+        """Every stored id, oldest first (a copy)."""
+
+    def stored(self, ids: np.ndarray) -> np.ndarray:
+        """Which of these ids are stored (the check of fresh ids)."""
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(handles, known)`` of checked int64 ids: each id's handle and
         whether it is stored."""
 
-    def _stored(self, ids: np.ndarray) -> np.ndarray:
-        """Which of these ids are stored (the check of fresh ids)."""
-
-    def _add_rows(self, new) -> None:
+    def add(self, new, commit) -> None:
         """Store a checked add (:class:`~skknn.memory.base.NewRows`): raw rows,
         labels, fresh ids, weights, the centre and the classes after it; all
         or nothing, committed."""
 
-    def _remove_ids(self, ids: np.ndarray, retrain: bool) -> None:
+    def remove(self, ids: np.ndarray, retrain: bool, commit) -> None:
         """Delete stored ids (sorted, unique) from the rows and any index."""
 
-    def _set_column(self, name: str, handles: np.ndarray, values) -> None:
+    def set_column(self, name: str, handles: np.ndarray, values, commit) -> None:
         """Set ``"reliability"`` or ``"excluded"`` of stored rows, committed."""
 
-    def _fetch(self, handles: np.ndarray, prepared: bool):
+    def set_index_params(self, params: dict, commit) -> None:
+        """Set the index's knobs (ValueError for one it lacks, nothing changed)."""
+
+    def retrain_index(self, commit) -> None:
+        """Build the index afresh on every stored row."""
+
+    def check_replaceable(self) -> None:
+        """Raise ValueError where every vector cannot be replaced in place."""
+
+    def replace_vectors(self, X: np.ndarray, mean, commit) -> None:
+        """Every stored row's new raw vector, pre-processed around ``mean``."""
+
+    def destroy(self) -> None:
+        """Zero and delete whatever the backend keeps outside the process."""
+
+    def fetch(self, handles: np.ndarray, prepared: bool):
         """A Bunch of ``X`` (pre-processed if ``prepared``, else raw less the
-        centre), ``labels`` and, unless ``prepared``, ``reliability``,
-        ``excluded``, ``sample_weight`` of these rows."""
+        centre), ``codes`` (class codes) and, unless ``prepared`` (optional
+        then), ``reliability``, ``excluded``, ``sample_weight`` of these rows."""
 
-    def _stored_points(self, handles: np.ndarray) -> np.ndarray:
+    def points(self, handles: np.ndarray) -> np.ndarray:
         """The rows' vectors in the units searches compare (as
-        :meth:`_in_store_units` makes queries)."""
+        :meth:`in_store_units` makes queries)."""
 
-    def _in_store_units(self, Q: np.ndarray, what: str) -> np.ndarray:
+    def in_store_units(self, Q: np.ndarray, what: str) -> np.ndarray:
         """Pre-processed float32 queries (a copy, modified) in the stored
         vectors' units; ValueError for values they cannot be compared in."""
 
-    def _search_knobs(self, index_params: dict):
+    def knobs(self, index_params: dict):
         """One search's knobs (``search(index_params=...)``), or ValueError."""
 
-    def _submit_block(self, Q: np.ndarray, k: int, exact: bool, knobs):
+    def submit(self, Q: np.ndarray, k: int, exact: bool, knobs):
         """Start the search of one block of queries; a pending answer."""
 
-    def _collect_block(self, pending, k: int) -> Neighbors:
-        """The ``k`` nearest of each query of a submitted block, nearest first,
-        equal distances by sample id, exact distances."""
+    def collect(self, pending, k: int):
+        """The :class:`~skknn.memory.neighbors.Hits` of a submitted block."""
 
-    def _all_queries(self) -> np.ndarray:
+    def all_queries(self) -> np.ndarray:
         """Handles of every stored row, oldest first (leave-one-out of all)."""
 
-    def _self_jobs(self, handles: np.ndarray, batch_size: int) -> list:
+    def self_jobs(self, handles: np.ndarray, batch_size: int) -> list:
         """The leave-one-out blocks of these queries (at most ``batch_size``
         each)."""
 
-    def _submit_self(self, handles: np.ndarray, job, k: int):
+    def submit_self(self, handles: np.ndarray, job, k: int):
         """Start the leave-one-out search of one block."""
 
-    def _collect_self(self, pending, k: int):
-        """``(positions or None, Neighbors)`` of a submitted block: the queries'
-        places among ``handles`` (None: in order), their ``k`` nearest others."""
+    def collect_self(self, pending, k: int):
+        """``(positions or None, Hits)`` of a submitted block: the queries'
+        places among ``handles`` (None: in order), their ``k`` nearest others,
+        with ``query_ids`` and ``query_codes``."""
 
-    def _within(self, handles: np.ndarray, radii: np.ndarray, P: np.ndarray):
+    def within(self, handles: np.ndarray, radii: np.ndarray, P: np.ndarray):
         """Whether some point of ``P`` lies within each stored query's radius."""
+
+    def state(self, meta: dict, arrays: dict) -> tuple[dict, dict]:
+        """The memory's ``(meta, arrays)``: the front's with the rows'."""
+
+    def check_picklable(self) -> None:
+        """Raise TypeError where the rows must not be pickled."""
 
 
 @dataclass(frozen=True)
 class RemovalSteps:
-    """What the front does around a row backend's removal (:meth:`RowBackend.remove`).
+    """What :class:`~skknn.memory.local.LocalRows` does around its storage's
+    removal (:meth:`RowStorage.remove`).
 
-    The backend decides when its rows move; the front owns the index and its
-    own state. Each step is a callable the front binds to this one removal.
+    The storage decides when its rows move; ``LocalRows`` owns the index and
+    the rows' state. Each step is a callable bound to this one removal.
 
     Parameters
     ----------
@@ -396,7 +438,7 @@ class RemovalSteps:
         Whether ``engine`` keys rows by position (it searches the arrays
         themselves) rather than by sample id.
     key : object
-        The state the removal starts from, for :meth:`RowBackend.order`.
+        The state the removal starts from, for :meth:`RowStorage.order`.
     edit_index : callable
         ``edit_index(X_kept, ids_kept)``: the kept rows, in memory order, to
         the index (all or nothing).
@@ -405,9 +447,9 @@ class RemovalSteps:
         failed after :attr:`edit_index`).
     commit : callable
         ``commit(bufs, n, removed=None)``: the state after the removal to the
-        backend's :meth:`RowBackend.commit` (``bufs`` None: the current arrays).
+        storage's :meth:`RowStorage.commit` (``bufs`` None: the current arrays).
     removed : callable
-        ``removed(n, bufs=None)``: the front's state once the removal is
+        ``removed(n, bufs=None)``: the rows' state once the removal is
         committed (``bufs``: the new arrays, None when the old ones hold it).
 
     Examples
@@ -427,26 +469,27 @@ class RemovalSteps:
 
 
 @runtime_checkable
-class RowBackend(Protocol):
-    """Where a memory's rows live: the narrow contract under the memory front.
+class RowStorage(Protocol):
+    """Where the arrays of rows searched in this process live: the storage of
+    :class:`~skknn.memory.local.LocalRows`.
 
-    The front (:class:`~skknn.VectorStore`) owns ids, classes, pre-processing,
-    the version and lock, the engine, blocking, ties and refinement; a row
-    backend only keeps the per-row arrays, in the front's order (vectors,
-    labels, ids, reliabilities, exclusions, sample weights and, when the
-    memory normalises, the raw lengths), and makes edits of them durable. A
-    new backend is one file under ``skknn/memory/backends/`` that passes
-    ``tests/memory/test_backend_contract.py``.
+    ``LocalRows`` owns the engine, the pre-processing of rows, the search,
+    refinement and ties; its storage only keeps the per-row arrays, in one
+    order (vectors, labels, ids, reliabilities, exclusions, sample weights
+    and, when the memory normalises, the raw lengths), and makes edits of
+    them durable. Rows kept elsewhere but searched here (memory-mapped,
+    fetched into RAM) are one file under ``skknn/memory/backends/`` that
+    implements this and passes ``tests/memory/test_backend_contract.py``.
 
-    Today's backends: :class:`~skknn.memory.backends.ram.RamRows` (numpy
+    Today's storages: :class:`~skknn.memory.backends.ram.RamRows` (numpy
     buffers) and :class:`~skknn.memory.backends.disk.DiskRows` (memory-mapped
     segment files, ``skknn/memory/segments.py``).
 
     Examples
     --------
     >>> from skknn.memory.backends.ram import RamRows
-    >>> from skknn.memory.protocols import RowBackend
-    >>> isinstance(RamRows(), RowBackend)
+    >>> from skknn.memory.protocols import RowStorage
+    >>> isinstance(RamRows(), RowStorage)
     True
     """
 

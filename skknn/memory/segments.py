@@ -425,7 +425,7 @@ class DiskVectors:
                     rows = np.memmap(fh, dtype=dtype, mode="r+", shape=shape)
         finally:
             os.close(fd)
-        rows._skknn_part = (part, int(gen))
+        rows.skknn_part = (part, int(gen))
         return rows
 
     def _width(self, part: str) -> int:
@@ -551,7 +551,7 @@ class DiskVectors:
             raise RuntimeError("a removal commits by commit(removed=rows)")
         cur = self._grown("order", np.dtype(np.int64), max(n, cap, 1))
         cur[base_n:n] = np.arange(self.next_seq, self.next_seq + n - base_n)
-        gen = cur._skknn_part[1]
+        gen = cur.skknn_part[1]
         total = _appended_sum(0 if info is None else info["blocksum"], cur, base_n, n)
         sync = self.path(gen, "order") if n > base_n or info is None else None
         seq = self.next_seq + n - base_n
@@ -572,14 +572,14 @@ class DiskVectors:
         cur, info = self._maps.get(part), self.parts.get(part)
         base_n = 0 if info is None else self.n
         if cur is not None and n >= base_n and n <= cur.shape[0]:
-            same = getattr(buf, "_skknn_part", None) == cur._skknn_part
+            same = getattr(buf, "skknn_part", None) == cur.skknn_part
             if not same and part != "vectors" and buf.dtype == cur.dtype:
                 # a copy the store made (set_reliability): unchanged committed rows
                 same = _same_bytes(buf[:base_n], cur[:base_n])
                 if same:
                     cur[base_n:n] = buf[base_n:n]
             if same:
-                gen = cur._skknn_part[1]
+                gen = cur.skknn_part[1]
                 sync = self.path(gen, part) if n > base_n or info is None else None
                 base = 0 if info is None else info["blocksum"]
                 total = _appended_sum(base, cur, base_n, n)

@@ -1,10 +1,11 @@
 """ShardedStore: a memory split into shards held by Dask actors on a cluster.
 
-The client side of ``KNNVoter(backend="dask")``. Its public surface is
-:class:`~skknn.memory.base.MemoryFront`'s, as :class:`~skknn.VectorStore`'s is,
-so the estimators vote on its :class:`~skknn.Neighbors` records without knowing
-where the rows are; this module implements the front's hooks
-(:class:`~skknn.memory.protocols.RowStore`) over the shards.
+The client side of ``KNNVoter(backend="dask")``: :class:`ShardedStore` is the
+memory front (:class:`~skknn.memory.base.MemoryFront`), as
+:class:`~skknn.VectorStore` is, so the estimators vote on its
+:class:`~skknn.Neighbors` records without knowing where the rows are; its row
+backend is :class:`DaskRows` (:class:`~skknn.memory.protocols.RowBackend`),
+which talks to the shards.
 
 Division of work (the design of cuML's multi-GPU kNN):
 
@@ -28,24 +29,24 @@ ids it held stay listed (unlearn them again once it is restored).
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 
 import numpy as np
 import torch
 from sklearn.utils import Bunch
 
 from skknn._docstrings import fill_doc
-from skknn._hierarchy import Taxonomy
 from skknn._labels import encode
 from skknn.memory.backends.dask import Shard
 from skknn.memory.base import MemoryFront, NewRows
-from skknn.memory.locks import edits
+from skknn.memory.locks import edits, reads
 from skknn.memory.merge import merge_top
 from skknn.memory.metric import METRICS
-from skknn.memory.neighbors import MISSING, Neighbors
+from skknn.memory.neighbors import MISSING, Hits
 from skknn.memory.sharded_files import (  # noqa: F401 (SAVING, LOADING, ... kept here)
     LOADING,
+    NOT_PICKLED,
     SAVING,
+    DaskFilesMixin,
     ShardedFilesMixin,
     local_state,
     shard_path,
@@ -59,17 +60,18 @@ from skknn.memory.shards import (  # noqa: F401 (imported from here)
     worker_addresses,
 )
 
-# Query blocks in flight at once: enough to keep every worker busy while the
-# client merges, few enough to bound the memory queued on the workers.
-IN_FLIGHT = 4
+IN_FLIGHT = 4  # query blocks a search keeps in flight (DaskRows.in_flight)
 
 
-@fill_doc
-class ShardedStore(ShardedFilesMixin, MemoryFront):
-    """A memory of labelled embeddings in shards on Dask workers.
+class DaskRows(DaskFilesMixin):
+    """A memory's rows in shards on Dask workers
+    (:class:`~skknn.memory.protocols.RowBackend`): the client's side.
 
-    Made by ``KNNVoter(backend="dask").fit``; see the module docstring and
-    ``docs/architecture.md`` ("Beyond one machine").
+    It keeps the ids in insertion order, each label key's class code (the
+    shards keep a fixed key per label) and which shard holds each id; each
+    shard (:class:`~skknn.memory.backends.dask.Shard`) ranks, refines and
+    breaks ties over its own rows, and the shards' lists are merged here by
+    :func:`~skknn.memory.merge.merge_top`.
 
     Parameters
     ----------
@@ -81,24 +83,11 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
     n_shards : int, default=None
         One per worker of the client's cluster when None.
     client : distributed.Client, default=None
-        The current client when None. It is used, never stored in a file or a
-        pickle.
+        The current client when None. It is used, never stored.
 
     Examples
     --------
-    >>> from skknn.distributed import ShardedStore
-    %(local_cluster)s
-    >>> config = dict(metric="cosine", preprocessing="l2", index="flat",
-    ...               index_params=None, device="cpu", storage_dtype="float32")
-    >>> store = ShardedStore(2, config)
-    >>> store.add([[1., 0.], [0., 1.], [.9, .1]], ["cat", "dog", "cat"])
-    array([0, 1, 2])
-    >>> store.n_shards, sum(store.shard_sizes)
-    (2, 3)
-    >>> nb = store.search([[1., .2]], k=2)
-    >>> nb.ids, nb.label_values()
-    (array([[2, 0]]), array([['cat', 'cat']], dtype='<U3'))
-    >>> client.close(); cluster.close()
+    A :class:`ShardedStore`'s backend (see there).
     """
 
     sharded = True
@@ -106,26 +95,18 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
     # the queries' shard, which sends back only the merged top k; False: the
     # client fetches the queries' vectors, sends them to every shard and merges.
     loo_on_workers = True
-    storage_folder = None
+    folder = None
     engine = None  # each shard has its own
-    _owner = "KNNVoter"
+    # Query blocks in flight at once: enough to keep every worker busy while
+    # the client merges, few enough to bound the memory queued on the workers.
+    in_flight = IN_FLIGHT
 
     def __init__(self, n_features: int, config: dict, n_shards=None, client=None):
-        self.n_features = int(n_features)
-        self.metric = METRICS[config["metric"]]
-        self.preprocessing = config["preprocessing"]
-        self.storage_dtype = config["storage_dtype"]
-        self._config = dict(config)
-        self.uid = uuid.uuid4().hex
-        self._version = 0
+        self._configure(n_features, config)
         self._n = 0
         self._ids = np.empty(0, np.int64)
-        self._next_id = 0
-        self._classes: np.ndarray | None = None
-        self._taxonomy: Taxonomy | None = None
         # Label key -> code in the sorted classes (identity for label paths).
         self._key_codes = np.empty(0, np.int64)
-        self._mean: np.ndarray | None = None
         self._sorted_ids = None
         client = current_client() if client is None else client
         workers = worker_addresses(client)
@@ -140,7 +121,12 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
         self._actors = [f.result() for f in futures]
         self._marks = [None] * self.n_shards  # (uid, version, n) of each shard
         self._describe(self._each("info"))
-        self._lock()
+
+    def _configure(self, n_features: int, config: dict) -> None:
+        self.n_features = int(n_features)
+        self.storage_dtype = config["storage_dtype"]
+        self._config = dict(config)
+        self._tag = uuid.uuid4().hex[:12]  # names the shards' Dask keys
 
     def _start_shard(self, client, worker: str, i: int, file=None, state=None):
         return client.submit(
@@ -152,7 +138,7 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
             actor=True,
             workers=[worker],
             allow_other_workers=False,
-            key=f"skknn-shard-{self.uid[:12]}-{i}-{uuid.uuid4().hex[:8]}",
+            key=f"skknn-shard-{self._tag}-{i}-{uuid.uuid4().hex[:8]}",
         )
 
     def _describe(self, infos: dict) -> None:
@@ -166,6 +152,20 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
 
     # -- what it holds ------------------------------------------------------------
     @property
+    def n_samples(self) -> int:
+        return self._n
+
+    def ids(self) -> np.ndarray:
+        """Every stored id in insertion order (a copy)."""
+        return self._ids[: self._n].copy()
+
+    def tuning_grid(self, n_features: int):
+        """The shards' index knob grid (every shard has the same index), or
+        None for an exact engine."""
+        shard = (self._live() or [0])[0]
+        return self._gather([self._call(shard, "tuning_grid")])[shard]
+
+    @property
     def engine_name(self) -> str:
         """The shards' engine; with ``index="auto"`` each shard switches by its
         own size, so this asks the first shard holding samples."""
@@ -178,6 +178,10 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
     def shard_sizes(self) -> list[int]:
         """Samples held by each shard."""
         return [m[2] for m in self._marks]
+
+    def mark(self, i: int) -> tuple:
+        """``(uid, version, n_samples)`` of shard ``i`` as last seen."""
+        return self._marks[i]
 
     @property
     def vector_nbytes(self) -> int:
@@ -235,8 +239,8 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
             if bounds[i + 1] > bounds[i]
         ]
 
-    # -- adding: the hooks of MemoryFront --------------------------------------------
-    def _add_rows(self, new: NewRows) -> None:
+    # -- adding ---------------------------------------------------------------------
+    def add(self, new: NewRows, commit) -> None:
         """Send each checked row, centred, to the shard its id is hashed to; an
         add that fails on one shard is taken back from the others."""
         key_codes, keys = self._keys_for(new)
@@ -258,6 +262,7 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
         self._n += m
         self._key_codes = key_codes
         self._sorted_ids = None
+        commit.applied()
 
     def _take_back(self, calls, ids, parts) -> None:
         """After a failed add, remove its rows from the shards that took them."""
@@ -290,7 +295,7 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
         code_to_key[key_codes] = np.arange(len(key_codes))
         return key_codes, code_to_key[encode(new.classes, new.labels)]
 
-    def _stored(self, ids: np.ndarray) -> np.ndarray:
+    def stored(self, ids: np.ndarray) -> np.ndarray:
         if self._sorted_ids is None:
             self._sorted_ids = np.sort(self._ids[: self._n])
         s = self._sorted_ids
@@ -299,12 +304,12 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
         pos = np.minimum(np.searchsorted(s, ids), s.size - 1)
         return s[pos] == ids
 
-    def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, known)``: a sharded memory addresses its rows by id."""
-        return ids, self._stored(ids)
+        return ids, self.stored(ids)
 
     # -- removing -------------------------------------------------------------------
-    def _remove_ids(self, uniq: np.ndarray, retrain: bool) -> None:
+    def remove(self, uniq: np.ndarray, retrain: bool, commit) -> None:
         """Delete the ids from the shards that hold them (physically, as the
         local store does); every shard checks first, then all remove."""
         parts = self._by_shard(uniq)
@@ -330,41 +335,38 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
                 self._ids = self._ids[: self._n][keep]
                 self._n = self._ids.size
                 self._sorted_ids = None
-                self._version += 1
+                commit.applied()
 
-    @edits
-    def retrain_index(self) -> None:
+    def retrain_index(self, commit) -> None:
         marks = self._gather([self._call(i, "retrain_index") for i in self._live()])
         for i, mark in marks.items():
             self._marks[i] = mark
-        self._version += 1
+        commit.applied()
+
+    def check_replaceable(self) -> None:
+        raise ValueError(
+            "replace_vectors works on a memory in this process; a sharded memory "
+            "(backend='dask') is rebuilt by fitting again."
+        )
+
+    def replace_vectors(self, X, mean, commit) -> None:
+        self.check_replaceable()
+
+    def destroy(self) -> None:
+        """Nothing of a sharded memory outlives its actors."""
 
     # -- reliabilities, exclusions, knobs -------------------------------------------
-    def _set_column(self, name: str, ids: np.ndarray, values: np.ndarray) -> None:
+    def set_column(self, name: str, ids: np.ndarray, values, commit) -> None:
         parts = self._by_shard(ids)
         marks = self._gather(
             [self._call(i, "set_" + name, ids[p], values[p]) for i, p in parts]
         )
         for i, mark in marks.items():
             self._marks[i] = mark
+        commit.applied()
 
-    @edits
-    def set_index_params(self, params: dict) -> None:
-        """Set every shard's search knobs; one shard refusing changes none.
-
-        Parameters
-        ----------
-        params : dict
-            The knobs by their FAISS names (``{"nprobe": 32}``), as
-            :meth:`VectorStore.set_index_params` takes them. A knob the index
-            does not have raises ValueError.
-        """
-        params = dict(params)
-        if self.auto and params != self.index_params:
-            raise ValueError(
-                "engine='auto' chooses its own index_params; name an index to set "
-                "its knobs."
-            )
+    def set_index_params(self, params: dict, commit) -> None:
+        """Set every shard's search knobs; one shard refusing changes none."""
         old = self.index_params
         self._gather([self._call(0, "set_index_params", params)])
         try:
@@ -382,51 +384,32 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
         for i, mark in marks.items():
             self._marks[i] = mark
         self.index_params = params
-        self._version += 1
+        commit.applied()
 
-    def tuning_grid(self, n_features: int | None = None):
-        """The shards' index knob grid, as ``KNNVoter.tune_index`` walks it (every
-        shard has the same index), or None for an exact engine.
-
-        Parameters
-        ----------
-        n_features : int, default=None
-            Unused: the shards know their width (kept for the engine's call).
-
-        Returns
-        -------
-        grid : tuple of (list of dict, list of int) or None
-            The knob settings and refine factors to try.
-        """
-        shard = (self._live() or [0])[0]
-        return self._gather([self._call(shard, "tuning_grid")])[shard]
-
-    # -- searching: the hooks of MemoryFront ------------------------------------------
-    _in_flight = IN_FLIGHT
-
-    def _search_knobs(self, index_params: dict):
+    # -- searching --------------------------------------------------------------------
+    def knobs(self, index_params: dict):
         raise ValueError(
             "A sharded memory searches with its shards' own knobs; set them with "
             "set_index_params."
         )
 
-    def _in_store_units(self, Q: np.ndarray, what: str) -> np.ndarray:
+    def in_store_units(self, Q: np.ndarray, what: str) -> np.ndarray:
         return Q  # each shard checks and scales its queries itself
 
-    def _submit_block(self, Q: np.ndarray, k: int, exact: bool, knobs) -> list:
+    def submit(self, Q: np.ndarray, k: int, exact: bool, knobs) -> list:
         """One block sent to every shard holding samples (answers in flight)."""
         return [
             self._call(i, "search", Q, min(k, self._marks[i][2]), exact)
             for i in self._live()
         ]
 
-    def _collect_block(self, calls: list, k: int) -> Neighbors:
+    def collect(self, calls: list, k: int) -> Hits:
         return self._merge(self._gather(calls).values(), k)
 
-    def _all_queries(self) -> np.ndarray:
+    def all_queries(self) -> np.ndarray:
         return self._ids[: self._n]
 
-    def _self_jobs(self, q_ids: np.ndarray, batch_size: int) -> list:
+    def self_jobs(self, q_ids: np.ndarray, batch_size: int) -> list:
         """``(shard, positions)`` blocks: each block's queries from one shard."""
         return [
             (a, p[s : s + batch_size])
@@ -434,7 +417,7 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
             for s in range(0, p.size, batch_size)
         ]
 
-    def _submit_self(self, q_ids: np.ndarray, job, k: int):
+    def submit_self(self, q_ids: np.ndarray, job, k: int):
         """A block of shard ``a``'s queries searched in their own shard leaving
         themselves out and in every other shard in full (FORMULAS.md 2): by
         shard ``a`` itself, which merges the lists (:attr:`loo_on_workers`), or
@@ -457,37 +440,29 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
             calls.append(self._call(a, "search_self", block, own_k))
         return pos, block, keys, calls
 
-    def _collect_self(self, pending, k: int):
+    def collect_self(self, pending, k: int):
         pos, block, keys, calls = pending
         if keys is None:  # merged by the queries' shard
             ((merged, keys),) = self._gather(calls).values()
             grids = [merged]
         else:
             grids = [g[:5] for g in self._gather(calls).values()]
-        record = replace(
-            self._merge(grids, k),
-            query_ids=block.copy(),
-            query_labels=self._key_codes[keys],
+        hits = self._merge(grids, k)
+        return pos, hits._replace(
+            query_ids=block.copy(), query_codes=self._key_codes[keys]
         )
-        return pos, record
 
-    def _merge(self, grids, k: int) -> Neighbors:
+    def _merge(self, grids, k: int) -> Hits:
         """The ``k`` nearest of the shards' candidates, equal distances by id."""
         D, ids, keys, rel, excl = merge_top(grids, k)
         present = ids != MISSING
-        return Neighbors(
-            distances=D,
-            ids=ids,
-            labels=np.where(present, self._key_codes[np.where(present, keys, 0)], 0),
-            reliability=rel,
-            excluded=excl & present,
-            classes=self.classes,
-            taxonomy=self._taxonomy,
-        )
+        codes = np.where(present, self._key_codes[np.where(present, keys, 0)], 0)
+        return Hits(D, ids, codes, rel, excl & present)
 
-    def _fetch(self, ids: np.ndarray, prepared: bool) -> Bunch:
-        """What :meth:`get` gives of these ids, before the centre is added;
-        with ``prepared``, ``X`` and ``labels`` only."""
+    def fetch(self, ids: np.ndarray, prepared: bool) -> Bunch:
+        """Vectors (centred, or ``prepared``), label codes, reliabilities,
+        exclusions and sample weights of these ids; with ``prepared``, ``X``
+        and ``codes`` only."""
         n, d = ids.shape[0], self.n_features
         X = np.empty((n, d), np.float32)
         keys = np.empty(n, np.int64)
@@ -501,17 +476,15 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
             X[p], keys[p] = got[i][0], got[i][1]
             if not prepared:
                 rel[p], excl[p], sw[p] = got[i][2:]
-        labels = self._label_values(self._key_codes[keys])
+        codes = self._key_codes[keys]
         if prepared:  # vectors() carries the rest only in get()
-            return Bunch(X=X, labels=labels)
-        return Bunch(
-            X=X, labels=labels, reliability=rel, excluded=excl, sample_weight=sw
-        )
+            return Bunch(X=X, codes=codes)
+        return Bunch(X=X, codes=codes, reliability=rel, excluded=excl, sample_weight=sw)
 
-    def _stored_points(self, ids: np.ndarray) -> np.ndarray:
-        return self._fetch(ids, True).X
+    def points(self, ids: np.ndarray) -> np.ndarray:
+        return self.fetch(ids, True).X
 
-    def _within(self, q: np.ndarray, radii: np.ndarray, P: np.ndarray) -> np.ndarray:
+    def within(self, q: np.ndarray, radii: np.ndarray, P: np.ndarray) -> np.ndarray:
         """Each query answered by its own shard."""
         out = np.zeros(q.shape[0], dtype=bool)
         parts = self._by_shard(q)
@@ -522,9 +495,129 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
             out[p] = got[i]
         return out
 
+    def check_picklable(self) -> None:
+        raise TypeError(NOT_PICKLED)
+
+
+@fill_doc
+class ShardedStore(ShardedFilesMixin, MemoryFront):
+    """A memory of labelled embeddings in shards on Dask workers: the memory
+    front over :class:`DaskRows`.
+
+    Made by ``KNNVoter(backend="dask").fit``; see the module docstring and
+    ``docs/architecture.md`` ("Beyond one machine").
+
+    Parameters
+    ----------
+    n_features : int
+        Embedding width.
+    config : dict
+        The estimator's ``metric``, ``preprocessing``, ``index``,
+        ``index_params``, ``device`` and ``storage_dtype``.
+    n_shards : int, default=None
+        One per worker of the client's cluster when None.
+    client : distributed.Client, default=None
+        The current client when None. It is used, never stored in a file or a
+        pickle.
+
+    Examples
+    --------
+    >>> from skknn.distributed import ShardedStore
+    %(local_cluster)s
+    >>> config = dict(metric="cosine", preprocessing="l2", index="flat",
+    ...               index_params=None, device="cpu", storage_dtype="float32")
+    >>> store = ShardedStore(2, config)
+    >>> store.add([[1., 0.], [0., 1.], [.9, .1]], ["cat", "dog", "cat"])
+    array([0, 1, 2])
+    >>> store.n_shards, sum(store.shard_sizes)
+    (2, 3)
+    >>> nb = store.search([[1., .2]], k=2)
+    >>> nb.ids, nb.label_values()
+    (array([[2, 0]]), array([['cat', 'cat']], dtype='<U3'))
+    >>> client.close(); cluster.close()
+    """
+
+    _owner = "KNNVoter"
+    _rows_type = DaskRows  # what ShardedFilesMixin opens a manifest's rows as
+
+    def __init__(self, n_features: int, config: dict, n_shards=None, client=None):
+        rows = DaskRows(n_features, config, n_shards, client)
+        self._front(
+            n_features, METRICS[config["metric"]], config["preprocessing"], rows
+        )
+
+    @property
+    def n_shards(self) -> int:
+        """How many shards hold the rows."""
+        return self.backend.n_shards
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        """Samples held by each shard."""
+        return self.backend.shard_sizes
+
+    def shard_info(self) -> list[dict]:
+        """Per shard: its worker, process id, samples, engine, device, vector
+        bytes and the seconds it has spent searching.
+
+        Returns
+        -------
+        info : list of dict
+            One dict per shard, in shard order: ``worker`` (its address),
+            ``pid``, ``n_samples``, ``uid``, ``version``, ``engine``,
+            ``index_params``, ``device``, ``vector_nbytes`` and
+            ``search_seconds``.
+        """
+        return self.backend.shard_info()
+
+    @edits
+    def restore(self, path) -> list[int]:
+        """Re-create lost shards from the save at ``path``; returns their numbers.
+
+        A shard is restored only if it has not changed since that save (its own
+        version matches the manifest's): edits made after the save exist nowhere
+        else. Otherwise load the whole save with ``skknn.load(path)``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file an estimator holding this memory was saved to
+            (``est.save(path)``); the shard files lie beside it.
+
+        Returns
+        -------
+        lost : list of int
+            The numbers of the shards re-created (empty when none was lost).
+        """
+        return self.backend.restore(path, self.uid)
+
+    @reads
+    def gathered_state(self, device) -> tuple[dict, dict]:
+        """The ``(meta, arrays)`` of one local store (on ``device``) holding every
+        shard's rows: :func:`skknn.distributed.to_local`.
+
+        Parameters
+        ----------
+        device : str or torch.device
+            Where the local store will search: its index is chosen for it.
+
+        Returns
+        -------
+        meta : dict
+            The local store's scalars, as :meth:`VectorStore.from_state` takes
+            them.
+        arrays : dict
+            Its arrays: every shard's rows in the memory's insertion order,
+            label keys turned into class codes.
+        """
+        return self.backend.gathered_state(*self._front_state(), device)
+
+    def __getstate__(self):
+        raise TypeError(NOT_PICKLED)
+
     def __repr__(self) -> str:
         return (
-            f"ShardedStore(n_samples={self._n}, n_shards={self.n_shards}, "
+            f"ShardedStore(n_samples={self.n_samples}, n_shards={self.n_shards}, "
             f"n_features={self.n_features}, metric={self.metric.name!r}, "
             f"engine={self.engine_name!r})"
         )

@@ -2,10 +2,13 @@
 files beside it, a local memory split into shards, and shards gathered into one
 local memory.
 
-A mixin of :class:`~skknn.distributed.ShardedStore`, in a file of its own as
-``skknn/memory/state.py`` is for :class:`~skknn.VectorStore`. The saved formats
-(the manifest's fields and arrays, one archive per shard) are those of skknn
-0.3's files.
+Two mixins, in a file of their own as ``skknn/memory/state.py`` is for
+:class:`~skknn.VectorStore`: :class:`DaskFilesMixin` of the row backend
+(:class:`~skknn.memory.sharded.DaskRows`: the manifest's rows, the shards'
+files, restoring lost shards) and :class:`ShardedFilesMixin` of the front
+(:class:`~skknn.distributed.ShardedStore`: opening a manifest or splitting a
+local memory). The saved formats (the manifest's fields and arrays, one
+archive per shard) are those of skknn 0.3's files.
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skknn._hierarchy import Taxonomy
 from skknn.memory.backends.dask import ROW_ARRAYS
-from skknn.memory.locks import edits, reads
 from skknn.memory.metric import METRICS
 from skknn.memory.shards import ShardLost, current_client, shard_of, worker_addresses
 
@@ -32,7 +33,7 @@ LOADING: contextvars.ContextVar = contextvars.ContextVar("skknn_loading", defaul
 _SHARD_FILE = re.compile(r"\.[0-9a-f]{12}-v\d+\.shard\d+")
 
 
-_NOT_PICKLED = (
+NOT_PICKLED = (
     "A sharded memory (backend='dask') is not pickled or copied: that "
     "would gather every shard's vectors into one process. Save it with "
     "est.save(path) (a manifest and one file per shard, written by the "
@@ -41,13 +42,14 @@ _NOT_PICKLED = (
 )
 
 
-class ShardedFilesMixin:
-    """``state()`` / ``from_manifest()`` / ``from_local_state()``, ``restore()``
-    and ``gathered_state()`` of a sharded memory."""
+class DaskFilesMixin:
+    """``state()``, ``restore()`` and ``gathered_state()`` of the rows of a
+    sharded memory, and the client's half of opening them."""
 
     # -- files ----------------------------------------------------------------------
-    def state(self) -> tuple[dict, dict]:
-        """The manifest ``(meta, arrays)``; the shards write their own files.
+    def state(self, meta: dict, arrays: dict) -> tuple[dict, dict]:
+        """The manifest ``(meta, arrays)``: the front's (``meta``, ``arrays``)
+        with the client's rows; the shards write their own files.
 
         Only inside ``est.save(path)``: a sharded memory is never gathered into
         one pickle behind the user's back.
@@ -69,12 +71,15 @@ class ShardedFilesMixin:
         """
         saving = SAVING.get()
         if saving is None:
-            raise TypeError(_NOT_PICKLED)
-        return self._write_shards(Path(saving["path"]), saving["after"])
+            raise TypeError(NOT_PICKLED)
+        return self._write_shards(
+            Path(saving["path"]), saving["after"], self._client_state(meta, arrays)
+        )
 
-    def _write_shards(self, path: Path, after: list) -> tuple[dict, dict]:
+    def _write_shards(self, path: Path, after: list, client) -> tuple[dict, dict]:
         folder = path.resolve().parent
-        tag = f"{self.uid[:12]}-v{self._version}"
+        meta, arrays = client
+        tag = f"{meta['uid'][:12]}-v{meta['version']}"
         names = [f"{path.name}.{tag}.shard{i}" for i in range(self.n_shards)]
         written = self._gather(
             [
@@ -82,7 +87,6 @@ class ShardedFilesMixin:
                 for i in range(self.n_shards)
             ]
         )
-        meta, arrays = self._client_state()
         meta["shards"] = [
             {"file": names[i], **written[i]} for i in range(self.n_shards)
         ]
@@ -91,37 +95,113 @@ class ShardedFilesMixin:
         after.append(lambda: _remove_stale(folder, path.name, set(names)))
         return meta, arrays
 
-    def _client_state(self) -> tuple[dict, dict]:
-        """What the client holds, as a manifest without its shard list."""
-        from skknn._archive import labels_to_json
-
+    def _client_state(self, meta: dict, arrays: dict) -> tuple[dict, dict]:
+        """What the client holds: the front's state (``meta``, ``arrays``) with
+        the rows', as a manifest without its shard list."""
         meta = {
             "sharded": True,
             "n_shards": self.n_shards,
-            "n_features": self.n_features,
-            "metric": self.metric.name,
-            "preprocessing": self.preprocessing,
+            **meta,
             "storage_dtype": self.storage_dtype,
             "index": self._config["index"],
             "index_params": self.index_params,
             "auto": self.auto,
             "engine": self.engine_name,
             "device": self._config["device"],
-            "next_id": int(self._next_id),
-            "uid": self.uid,
-            "version": int(self._version),
-            "classes": None if self._classes is None else labels_to_json(self._classes),
         }
         arrays = {
             "sample_ids": self._ids[: self._n].copy(),
             "key_codes": self._key_codes,
+            **arrays,
         }
-        if self._mean is not None:
-            arrays["mean"] = self._mean
-        if self._taxonomy is not None:
-            meta["taxonomy"] = [labels_to_json(c) for c in self._taxonomy.classes]
-            arrays["taxonomy_paths"] = self._taxonomy.paths
         return meta, arrays
+
+    @classmethod
+    def opened(cls, meta, arrays, client, *, files=None, states=None):
+        """The rows a manifest describes, its shards started on the cluster
+        from their ``files`` or ``states``."""
+        _check_manifest(meta, arrays)
+        self = cls.__new__(cls)
+        self._restore_client_state(meta, arrays)
+        client = current_client() if client is None else client
+        workers = worker_addresses(client)
+        self._futures = []
+        for i in range(self.n_shards):
+            worker = workers[i % len(workers)]
+            if files is not None:
+                fut = self._start_shard(client, worker, i, file=files[i])
+            else:  # the rows travel to their worker once, not inside the task
+                data = client.scatter([states[i]], workers=[worker])[0]
+                fut = self._start_shard(client, worker, i, state=data)
+            self._futures.append(fut)
+        self._actors = [f.result() for f in self._futures]
+        self._describe(self._each("info"))
+        return self
+
+    def _restore_client_state(self, meta: dict, arrays: dict) -> None:
+        self._configure(
+            meta["n_features"],
+            {
+                "metric": meta["metric"],
+                "preprocessing": meta["preprocessing"],
+                "index": meta["index"],
+                "index_params": meta["index_params"],
+                "device": meta["device"],
+                "storage_dtype": meta["storage_dtype"],
+            },
+        )
+        self.n_shards = meta["n_shards"]
+        self._ids = arrays["sample_ids"]
+        self._n = self._ids.size
+        self._key_codes = arrays["key_codes"]
+        self._sorted_ids = None
+        self._marks = [(s["uid"], s["version"], s["n_samples"]) for s in meta["shards"]]
+
+    def restore(self, path, uid: str) -> list[int]:
+        """Re-create lost shards from the save at ``path`` of the memory
+        ``uid`` (:meth:`ShardedStore.restore`); returns their numbers."""
+        from skknn._archive import read_archive
+
+        path = Path(path)
+        meta, _ = read_archive(path)
+        manifest = _find_manifest(meta["state"])
+        if manifest is None or manifest["uid"] != uid:
+            raise ValueError(f"{str(path)!r} is not a save of this memory.")
+        client = current_client()
+        lost = []
+        for i in range(self.n_shards):
+            try:
+                self._gather([self._call(i, "info")])
+            except ShardLost:
+                lost.append(i)
+        workers = worker_addresses(client)
+        for i in lost:
+            saved = manifest["shards"][i]
+            want = self._marks[i]
+            if (saved["uid"], saved["version"], saved["n_samples"]) != tuple(want):
+                raise ValueError(
+                    f"Shard {i} changed after the save at {str(path)!r} (it is at "
+                    f"version {want[1]}, the save holds {saved['version']}): its "
+                    "later edits exist nowhere. Load the whole save with "
+                    "skknn.load(path) instead."
+                )
+            file = shard_path(path.resolve().parent, saved["file"])
+            fut = self._start_shard(client, workers[i % len(workers)], i, str(file))
+            self._futures[i], self._actors[i] = fut, fut.result()
+        return lost
+
+    def gathered_state(self, meta: dict, arrays: dict, device) -> tuple[dict, dict]:
+        """One local store's ``(meta, arrays)`` holding every shard's rows,
+        with the front's state (:meth:`ShardedStore.gathered_state`)."""
+        meta, arrays = self._client_state(meta, arrays)
+        shards = self._each("state")
+        return local_state(
+            meta, arrays, [shards[i] for i in range(self.n_shards)], device
+        )
+
+
+class ShardedFilesMixin:
+    """``from_manifest()`` / ``from_local_state()`` of a sharded memory's front."""
 
     @classmethod
     def from_manifest(cls, meta: dict, arrays: dict, folder: Path, client=None):
@@ -148,7 +228,7 @@ class ShardedFilesMixin:
         files = [str(shard_path(Path(folder), s["file"])) for s in meta["shards"]]
         self = cls._opened(meta, arrays, client, files=files)
         for i, shard in enumerate(meta["shards"]):
-            got = self._marks[i]
+            got = self.backend.mark(i)
             want = (shard["uid"], shard["version"], shard["n_samples"])
             if tuple(got) != want:
                 raise ValueError(
@@ -230,136 +310,13 @@ class ShardedFilesMixin:
 
     @classmethod
     def _opened(cls, meta, arrays, client, *, files=None, states=None):
+        rows = cls._rows_type.opened(meta, arrays, client, files=files, states=states)
         self = cls.__new__(cls)
-        self._restore_client_state(meta, arrays)
-        client = current_client() if client is None else client
-        workers = worker_addresses(client)
-        self._futures = []
-        for i in range(self.n_shards):
-            worker = workers[i % len(workers)]
-            if files is not None:
-                fut = self._start_shard(client, worker, i, file=files[i])
-            else:  # the rows travel to their worker once, not inside the task
-                data = client.scatter([states[i]], workers=[worker])[0]
-                fut = self._start_shard(client, worker, i, state=data)
-            self._futures.append(fut)
-        self._actors = [f.result() for f in self._futures]
-        self._describe(self._each("info"))
-        self._lock()
+        self._front(
+            meta["n_features"], METRICS[meta["metric"]], meta["preprocessing"], rows
+        )
+        self._restore_front(meta, arrays)
         return self
-
-    def _restore_client_state(self, meta: dict, arrays: dict) -> None:
-        from skknn._archive import labels_from_json
-
-        _check_manifest(meta, arrays)
-        self.n_features = meta["n_features"]
-        self.metric = METRICS[meta["metric"]]
-        self.preprocessing = meta["preprocessing"]
-        self.storage_dtype = meta["storage_dtype"]
-        self._config = {
-            "metric": meta["metric"],
-            "preprocessing": meta["preprocessing"],
-            "index": meta["index"],
-            "index_params": meta["index_params"],
-            "device": meta["device"],
-            "storage_dtype": meta["storage_dtype"],
-        }
-        self.uid = meta["uid"]
-        self._version = meta["version"]
-        self.n_shards = meta["n_shards"]
-        self._ids = arrays["sample_ids"]
-        self._n = self._ids.size
-        self._next_id = meta["next_id"]
-        self._classes = (
-            None if meta["classes"] is None else labels_from_json(meta["classes"])
-        )
-        self._taxonomy = None
-        if meta.get("taxonomy") is not None:
-            self._taxonomy = Taxonomy(
-                tuple(labels_from_json(c) for c in meta["taxonomy"]),
-                arrays["taxonomy_paths"],
-            )
-        self._key_codes = arrays["key_codes"]
-        self._mean = arrays.get("mean")
-        self._sorted_ids = None
-        self._marks = [(s["uid"], s["version"], s["n_samples"]) for s in meta["shards"]]
-
-    @edits
-    def restore(self, path) -> list[int]:
-        """Re-create lost shards from the save at ``path``; returns their numbers.
-
-        A shard is restored only if it has not changed since that save (its own
-        version matches the manifest's): edits made after the save exist nowhere
-        else. Otherwise load the whole save with ``skknn.load(path)``.
-
-        Parameters
-        ----------
-        path : str or path-like
-            The file an estimator holding this memory was saved to
-            (``est.save(path)``); the shard files lie beside it.
-
-        Returns
-        -------
-        lost : list of int
-            The numbers of the shards re-created (empty when none was lost).
-        """
-        from skknn._archive import read_archive
-
-        path = Path(path)
-        meta, _ = read_archive(path)
-        manifest = _find_manifest(meta["state"])
-        if manifest is None or manifest["uid"] != self.uid:
-            raise ValueError(f"{str(path)!r} is not a save of this memory.")
-        client = current_client()
-        lost = []
-        for i in range(self.n_shards):
-            try:
-                self._gather([self._call(i, "info")])
-            except ShardLost:
-                lost.append(i)
-        workers = worker_addresses(client)
-        for i in lost:
-            saved = manifest["shards"][i]
-            want = self._marks[i]
-            if (saved["uid"], saved["version"], saved["n_samples"]) != tuple(want):
-                raise ValueError(
-                    f"Shard {i} changed after the save at {str(path)!r} (it is at "
-                    f"version {want[1]}, the save holds {saved['version']}): its "
-                    "later edits exist nowhere. Load the whole save with "
-                    "skknn.load(path) instead."
-                )
-            file = shard_path(path.resolve().parent, saved["file"])
-            fut = self._start_shard(client, workers[i % len(workers)], i, str(file))
-            self._futures[i], self._actors[i] = fut, fut.result()
-        return lost
-
-    @reads
-    def gathered_state(self, device) -> tuple[dict, dict]:
-        """The ``(meta, arrays)`` of one local store (on ``device``) holding every
-        shard's rows: :func:`skknn.distributed.to_local`.
-
-        Parameters
-        ----------
-        device : str or torch.device
-            Where the local store will search: its index is chosen for it.
-
-        Returns
-        -------
-        meta : dict
-            The local store's scalars, as :meth:`VectorStore.from_state` takes
-            them.
-        arrays : dict
-            Its arrays: every shard's rows in the memory's insertion order,
-            label keys turned into class codes.
-        """
-        meta, arrays = self._client_state()
-        shards = self._each("state")
-        return local_state(
-            meta, arrays, [shards[i] for i in range(self.n_shards)], device
-        )
-
-    def __getstate__(self):
-        raise TypeError(_NOT_PICKLED)
 
 
 def shard_path(folder: Path, name: str) -> Path:

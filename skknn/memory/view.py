@@ -1,9 +1,9 @@
-"""What every store shows of its state, the same way: the base of
-:class:`~skknn.VectorStore` and of the sharded store (``skknn/memory/sharded.py``).
+"""What the memory front shows of its state: the read-only half of
+:class:`~skknn.memory.base.MemoryFront`.
 
-It reads the attributes both keep under the same names: ``_version``, ``_n``,
-``_classes``, ``_taxonomy``, ``_mean``, ``_ids`` (insertion order), ``_next_id``,
-``preprocessing`` and ``metric``.
+It reads the front's own fields (``_version``, ``_classes``, ``_taxonomy``,
+``_mean``, ``_next_id``, ``preprocessing``, ``metric``) and asks its row
+backend (``backend``) how many rows it holds and their ids.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class StoreView(GuardedState):
 
     @property
     def n_samples(self) -> int:
-        return self._n
+        return self.backend.n_samples
 
     @property
     def classes(self) -> np.ndarray:
@@ -66,15 +66,76 @@ class StoreView(GuardedState):
         parameters."""
         return self._editing()
 
-    def _logical_rows(self) -> np.ndarray | None:
-        """The rows in memory order, or None when they lie in it."""
-        return None
+    # -- what the backend holds -------------------------------------------------------
+    @property
+    def sharded(self) -> bool:
+        """Whether the rows are in shards on a cluster (``backend="dask"``)."""
+        return self.backend.sharded
+
+    @property
+    def engine(self):
+        """The search engine (:class:`~skknn.memory.protocols.SearchEngine`) of
+        rows in this process; None for a sharded memory (each shard has its own)."""
+        return self.backend.engine
+
+    @property
+    def engine_name(self) -> str:
+        """The engine's name (``"flat"``, a factory string, ...)."""
+        return self.backend.engine_name
+
+    @property
+    def index_params(self) -> dict:
+        """The index's search knobs, by their FAISS names, and ``"refine"``."""
+        return self.backend.index_params
+
+    @property
+    def auto(self) -> bool:
+        """Whether the engine is chosen by the memory's size (``engine="auto"``)."""
+        return self.backend.auto
+
+    @property
+    def device(self):
+        """Where the engine searches."""
+        return self.backend.device
+
+    @property
+    def storage_dtype(self) -> str:
+        """How the pre-processed vectors are kept (``"float32"``, ``"float16"``)."""
+        return self.backend.storage_dtype
+
+    @property
+    def storage_folder(self):
+        """The folder holding the memory's files, or None (RAM, shards)."""
+        return self.backend.folder
+
+    @property
+    def vector_nbytes(self) -> int:
+        """Bytes of RAM held for the stored vectors (0 when they are
+        memory-mapped from a file; every worker's for shards)."""
+        return self.backend.vector_nbytes
+
+    def tuning_grid(self, n_features: int | None = None):
+        """The index's knob grid, as ``KNNVoter.tune_index`` walks it, or None
+        for an exact engine.
+
+        Parameters
+        ----------
+        n_features : int, default=None
+            The vectors' width (the memory's when None).
+
+        Returns
+        -------
+        grid : tuple of (list of dict, list of int) or None
+            The knob settings and refine factors to try.
+        """
+        return self.backend.tuning_grid(
+            self.n_features if n_features is None else n_features
+        )
 
     @reads
     def ids(self) -> np.ndarray:
         """Ids of every stored sample, oldest first (a copy)."""
-        rows = self._logical_rows()
-        return self._ids[: self._n].copy() if rows is None else self._ids[rows]
+        return self.backend.ids()
 
     @reads
     def next_ids(self, n: int) -> np.ndarray:

@@ -1,15 +1,16 @@
 """The row-backend contract: one suite, every backend (issue 24).
 
 A memory answers the same whichever backend keeps its rows: in RAM
-(``RamRows``), on disk (``DiskRows``, memory-mapped segment files) or in Dask
-shards (``ShardedStore`` over ``Shard`` actors, a ``LocalCluster`` of two
-processes). All three are the one front, ``MemoryFront``, over the ``RowStore``
-hooks (``skknn/memory/protocols.py``). Each test runs once per backend and
-compares with brute force or with the memory in RAM; a new backend joins by
-adding its name to :data:`BACKENDS` and a branch to :func:`make_memory`.
+(``LocalRows`` over ``RamRows``), on disk (``LocalRows`` over ``DiskRows``,
+memory-mapped segment files) or in Dask shards (``DaskRows`` over ``Shard``
+actors, a ``LocalCluster`` of two processes). All three are the one front,
+``MemoryFront``, over a ``RowBackend`` (``skknn/memory/protocols.py``). Each
+test runs once per backend and compares with brute force or with the memory in
+RAM; a new backend joins by adding its name to :data:`BACKENDS` and a branch to
+:func:`make_memory`.
 
-The lower half checks the narrow protocol itself (``RowBackend``) on the
-backends that implement it.
+The lower half checks the storage protocol of rows searched in this process
+(``RowStorage``) on the storages that implement it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from skknn import VectorStore
 from skknn.memory.backends.disk import DiskRows
 from skknn.memory.backends.ram import RamRows
 from skknn.memory.base import MemoryFront
-from skknn.memory.protocols import RemovalSteps, RowBackend, RowStore
+from skknn.memory.protocols import RemovalSteps, RowBackend, RowStorage
 from tests.conftest import HAS_FAISS
 
 BACKENDS = ["ram", "disk", "dask"]
@@ -122,19 +123,45 @@ def test_search_one_block_gives_the_exact_neighbours_ties_by_id(make_memory, dat
     assert set(dup) <= set(nb.ids[-3:].ravel())
 
 
-def test_every_backend_is_the_one_front_over_the_row_hooks(make_memory, data):
+def test_every_backend_is_the_one_front_over_a_row_backend(make_memory, data):
     X, labels, Q = data
     mem = make_memory()
     assert isinstance(mem, MemoryFront)
-    assert isinstance(mem, RowStore)
-    # The public surface is the front's, not re-written by a backend.
-    for name in ("add", "remove", "get", "search", "search_exact", "search_self"):
+    assert isinstance(mem.backend, RowBackend)
+    assert not isinstance(mem.backend, MemoryFront)
+    # Every public method and property of the front is the front's own: a
+    # memory's kind only chooses its backend and how it is opened.
+    public = [n for n in vars(MemoryFront) if not n.startswith("_")]
+    assert {"add", "remove", "get", "search", "search_self", "state"} <= set(public)
+    for name in public:
         assert getattr(type(mem), name) is getattr(MemoryFront, name), name
     mem.add(X, labels)
     exact = mem.search_exact(Q, 4, batch_size=7)  # several blocks, in flight
     np.testing.assert_array_equal(exact.ids, brute_force(X, np.arange(240), Q, 4)[1])
     with pytest.raises(TypeError, match="index_params"):
         mem.search_exact(Q, 4, index_params={})
+
+
+def test_the_backend_searches_one_block_exactly_ties_by_id(make_memory, data):
+    X, labels, Q = data
+    mem = make_memory()
+    mem.add(X, labels)
+    mem.add(X[:3], labels[:3])  # duplicates: equal distances, settled by id
+    rows = mem.backend
+    block = mem.prepare(np.vstack([Q, X[:3]]))
+    hits = rows.collect(rows.submit(rows.in_store_units(block, "Q"), 5, False, None), 5)
+    ref_d, ref_ids = brute_force(
+        np.vstack([X, X[:3]]), np.arange(243), np.vstack([Q, X[:3]]), 5
+    )
+    np.testing.assert_array_equal(hits.ids, ref_ids)
+    np.testing.assert_allclose(hits.distances, ref_d, atol=1e-5)
+    # codes index the front's classes; handles found by id give the same rows
+    np.testing.assert_array_equal(
+        mem.classes[hits.codes], np.append(labels, labels[:3])[ref_ids]
+    )
+    handles, known = rows.locate(ref_ids[0])
+    assert known.all()
+    np.testing.assert_array_equal(rows.fetch(handles, True).codes, hits.codes[0])
 
 
 def test_one_search_with_its_own_knobs(make_memory, backend, data):
@@ -247,8 +274,8 @@ def _committed(rows, n):
     return rows.published(bufs)
 
 
-def test_the_backends_follow_the_protocol(rows):
-    assert isinstance(rows, RowBackend)
+def test_the_storages_follow_the_protocol(rows):
+    assert isinstance(rows, RowStorage)
     bufs = _committed(rows, 6)
     assert len(bufs) == 6
     assert bufs[0].shape[0] >= 6

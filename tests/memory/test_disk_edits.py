@@ -604,7 +604,7 @@ def test_a_disk_memory_after_deletions_is_the_ram_memory(tmp_path, index):
         for name in arrays_a:
             np.testing.assert_array_equal(arrays_a[name], arrays_b[name], name)
 
-    order = disk.memory_._rows.sequence(disk.memory_.n_samples)
+    order = disk.memory_.backend.storage.sequence(disk.memory_.n_samples)
     assert not np.all(np.diff(order) > 0)  # rows were moved
     same(disk, ram)
     ram.save(tmp_path / "ram.skknn")

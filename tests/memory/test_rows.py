@@ -110,7 +110,7 @@ def test_a_memory_in_mapped_buffers_behaves_as_in_plain_ones(small_threshold, rn
     X = rng.normal(size=(3000, 16)).astype(np.float32)
     y = rng.integers(0, 4, 3000)
     est = KNNVoter(10, index="flat").fit(X[:2000], y[:2000])
-    assert _mapped(est.memory_._X)
+    assert _mapped(est.memory_.backend._X)
     est.partial_fit(X[2000:], y[2000:])  # grows into a second mapping
     est.unlearn(np.arange(0, 3000, 7))  # compacts the mapping in place
     again = pickle.loads(pickle.dumps(est))
@@ -122,7 +122,7 @@ def test_a_memory_in_mapped_buffers_behaves_as_in_plain_ones(small_threshold, rn
             model.kneighbors(Q, return_distance=False),
             plain.kneighbors(Q, return_distance=False),
         )
-    assert not est.memory_._X[est.memory_.n_samples :].any()  # no removed bytes
+    assert not est.memory_.backend._X[est.memory_.n_samples :].any()  # no removed bytes
 
 
 def test_a_store_faults_in_only_the_rows_it_adds(small_threshold, monkeypatch, rng):
@@ -136,7 +136,7 @@ def test_a_store_faults_in_only_the_rows_it_adds(small_threshold, monkeypatch, r
     monkeypatch.setattr(rows, "zeroed", spy)
     X = rng.normal(size=(3000, 16)).astype(np.float32)
     est = KNNVoter(10, index="flat").fit(X[:2000], np.arange(2000) % 3)
-    capacity = est.memory_._X.shape[0]
+    capacity = est.memory_.backend._X.shape[0]
     assert (capacity, 2000) in asked  # the vectors: headroom left unfaulted
     assert capacity > 2000
 
@@ -152,7 +152,7 @@ def test_defaults_on_real_data_are_those_of_plain_buffers(make, monkeypatch):
     plain = make().fit(X[train], y[train]).predict_proba(X[test])
     monkeypatch.setattr(rows, "POPULATE_BYTES", 1 << 12)
     est = make().fit(X[train], y[train])
-    assert _mapped(est.memory_._X)
+    assert _mapped(est.memory_.backend._X)
     np.testing.assert_array_equal(est.predict_proba(X[test]), plain)
 
 

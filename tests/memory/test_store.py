@@ -88,10 +88,12 @@ def test_growth_keeps_rows_and_reserves_headroom(rng):
     store = make()
     X = unit(rng, 100)
     store.add(X[:60], np.arange(60) % 3)
-    buffer = store._X
+    buffer = store.backend._X
     assert buffer.shape[0] > 60  # headroom at first build
     store.add(X[60:], np.arange(60, 100) % 3)
-    assert store._X is buffer  # fitted into spare capacity: no copy of the memory
+    assert (
+        store.backend._X is buffer
+    )  # fitted into spare capacity: no copy of the memory
     np.testing.assert_allclose(stored(store).vectors, X, atol=1e-6)
     store.add(unit(rng, 2000), np.zeros(2000, np.int64))
     np.testing.assert_allclose(stored(store).vectors[:100], X, atol=1e-6)
@@ -168,7 +170,7 @@ def test_remove_compacts_keeps_order_and_zeroes_the_tail(rng):
     store.set_reliability(ids, rel)
     store.remove(np.array([0, 100, 490]))
     assert store.n_samples == 47
-    assert not np.any(store._X[47:])  # spare capacity holds no removed vector
+    assert not np.any(store.backend._X[47:])  # spare capacity holds no removed vector
     keep = ~np.isin(ids, [0, 100, 490])
     data = stored(store)
     np.testing.assert_array_equal(data.ids, ids[keep])
@@ -515,7 +517,9 @@ def test_near_and_exact_ties_are_settled_by_id_like_brute_force(
         store.add(X, np.zeros(len(X), dtype=int), ids)
         Q = base[gen.integers(0, len(base), 20)]
         every = np.broadcast_to(np.arange(len(X)), (len(Q), len(X))).copy()
-        D = store.metric.pair_distances(store._X[: len(X)], store.prepare(Q), every)
+        D = store.metric.pair_distances(
+            store.backend._X[: len(X)], store.prepare(Q), every
+        )
         order = np.lexsort((ids[every], D), axis=-1)
         for k in (1, 3, 5):
             np.testing.assert_array_equal(store.search(Q, k).ids, ids[order[:, :k]])

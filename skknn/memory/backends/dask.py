@@ -130,10 +130,7 @@ class Shard:
     # -- reads ------------------------------------------------------------------------
     def tuning_grid(self):
         """The engine's knob grid for tuning, or None for an exact engine."""
-        engine = self.store.engine
-        if not hasattr(engine, "tuning_grid"):
-            return None
-        return engine.tuning_grid(self.store.n_features)
+        return self.store.tuning_grid()
 
     def search(self, Q, k: int, exact: bool = False):
         """Top ``k`` of prepared queries: ``(distances, ids, keys, reliability,

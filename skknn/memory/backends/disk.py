@@ -20,7 +20,7 @@ from skknn.memory.segments import DiskVectors
 
 class DiskRows:
     """Per-row arrays in memory-mapped files (:class:`~skknn.memory.protocols.
-    RowBackend`).
+    RowStorage`).
 
     Parameters
     ----------

@@ -13,7 +13,7 @@ from skknn.memory.rows import compact_inplace, expand_inplace, grow, kept_runs
 
 
 class RamRows:
-    """Per-row arrays in RAM (:class:`~skknn.memory.protocols.RowBackend`).
+    """Per-row arrays in RAM (:class:`~skknn.memory.protocols.RowStorage`).
 
     Examples
     --------
