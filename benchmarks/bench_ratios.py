@@ -102,11 +102,25 @@ def _instrument(clock: Clock) -> None:
         import skknn._store as store
 
     vs = store.VectorStore
+    # Where the rows' code lives: LocalRows (the row backend) since the front
+    # holds one; the store itself in earlier checkouts.
+    modules = [store]
+    try:
+        import skknn.memory.base as base
+        import skknn.memory.local as local
+        import skknn.memory.local_search as local_search
+
+        rows = local.LocalRows
+        modules += [base, local, local_search]
+    except (ImportError, AttributeError):
+        rows = vs
     clock.wrap(voter.KNNVoter, "_add", "fit")
     clock.wrap(vs, "add", "fit: store.add")
-    clock.wrap(store, "checked_rows", "fit: store's checks of X")
-    clock.wrap(store, "preprocess_into", "fit: copy + normalise")
-    clock.wrap(store, "preprocess_inplace", "fit: copy + normalise")
+    for module in modules:
+        clock.wrap(module, "checked_rows", "fit: store's checks of X")
+        clock.wrap(module, "preprocess_into", "fit: copy + normalise")
+        clock.wrap(module, "preprocess_inplace", "fit: copy + normalise")
+        clock.wrap(module, "nearest_first", "predict: re-sort", per_round=True)
     clock.wrap(voter.KNNVoter, "_answer_blocks", "predict")
     clock.wrap(voter.KNNVoter, "_queries", "predict: validate queries")
     clock.wrap(vs, "prepare", "predict: normalise queries")
@@ -115,9 +129,9 @@ def _instrument(clock: Clock) -> None:
     clock.wrap(Metric, "pair_distances", "predict: exact pair distances", True)
     clock.wrap(vs, "_nearest_first", "predict: re-sort", per_round=True)
     clock.wrap(vs, "_record", "predict: neighbour record")
+    clock.wrap(rows, "_hits", "predict: neighbour record")
     clock.wrap(voter.KNNVoter, "vote", "predict: vote")
-    clock.wrap(store, "nearest_first", "predict: re-sort", per_round=True)
-    search_prepared, candidates = vs._search_prepared, vs._candidates
+    search_prepared, candidates = rows._search_prepared, rows._candidates
 
     def counted_search(self, *args, **kwargs):
         clock.round = 0
@@ -129,7 +143,7 @@ def _instrument(clock: Clock) -> None:
             clock.spent[RESEARCHED] = clock.spent.get(RESEARCHED, 0) + len(args[1])
         return candidates(self, *args, **kwargs)
 
-    vs._search_prepared, vs._candidates = counted_search, counted_candidates
+    rows._search_prepared, rows._candidates = counted_search, counted_candidates
 
 
 def _raw_vote(idx: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import sklearn
 
 try:
@@ -77,6 +78,7 @@ def check_values(est, values: dict) -> None:
     hints = getattr(est, "_parameter_hints", {})
     owner = type(est).__name__
     for name, value in values.items():
+        _refuse_bool_as_number(owner, name, value, table[name])
         try:
             validate_parameter_constraints(
                 {name: table[name]}, {name: value}, caller_name=owner
@@ -85,3 +87,27 @@ def check_values(est, values: dict) -> None:
             if name not in hints:
                 raise
             raise InvalidParameterError(f"{exc} {hints[name]}") from None
+
+
+def _refuse_bool_as_number(owner: str, name: str, value, constraints) -> None:
+    """A bool where the table wants a number: sklearn's ``Interval`` takes
+    ``True`` as the int 1 (``KNeighborsClassifier(n_neighbors=True)`` fits,
+    then fails inside its tree search); skknn refuses it at once, as its
+    prediction-time checks do."""
+    if not isinstance(value, (bool, np.bool_)):
+        return
+    if any(c in ("boolean", bool) for c in constraints):
+        return
+    if not any(isinstance(c, Interval) for c in constraints):
+        return
+    wanted = [c for c in constraints if not isinstance(c, Interval)]
+    try:  # another constraint may still take a bool ("array-like", None, ...)
+        if wanted:
+            validate_parameter_constraints({name: wanted}, {name: value}, owner)
+            return
+    except InvalidParameterError:
+        pass
+    allowed = " or ".join(str(c) if c is not None else "None" for c in constraints)
+    raise InvalidParameterError(
+        f"The {name!r} parameter of {owner} must be {allowed}. Got {value!r} instead."
+    )

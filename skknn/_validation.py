@@ -19,6 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
 from skknn._labels import check_label_kind, has_one_dtype, refuse_mixed
+from skknn._param_validation import InvalidParameterError
 
 
 def _owner(est) -> str:
@@ -33,8 +34,9 @@ def check_int(est, name: str, value, *, low: int | None = None, allow_none=False
     if not ok or (low is not None and value < low):
         rng = f" in the range [{low}, inf)" if low is not None else ""
         none = " or None" if allow_none else ""
-        err = TypeError if not ok else ValueError
-        raise err(
+        # sklearn's error (a ValueError and a TypeError), as the fit-time table
+        # raises: a value loaded from a file is refused the same way.
+        raise InvalidParameterError(
             f"The '{name}' parameter of {_owner(est)} must be an int{rng}{none}. "
             f"Got {value!r} instead."
         )
@@ -65,7 +67,7 @@ def check_float(
         if high is not None:
             parts.append(f"{'<=' if high_inclusive else '<'} {high}")
         cond = (" " + " and ".join(parts)) if parts else ""
-        raise (ValueError if ok else TypeError)(
+        raise InvalidParameterError(
             f"The '{name}' parameter of {_owner(est)} must be a float{cond}. "
             f"Got {value!r} instead."
         )

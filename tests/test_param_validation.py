@@ -290,3 +290,32 @@ def test_a_joint_prediction_checks_the_parameters_again():
         InvalidParameterError, match=r"'interpolation' .*\[0\.0, 1\.0\]"
     ):
         clf.predict(X)
+
+
+def test_a_bool_is_not_taken_for_a_number():
+    """sklearn's Interval takes True as the int 1 (KNeighborsClassifier fits
+    with n_neighbors=True and fails inside its tree search): skknn refuses it
+    at fit, and a prediction after set_params or from a file that holds one
+    raises the same error, a ValueError and a TypeError."""
+    import numpy as np
+
+    from skknn import KNNVoter
+    from skknn._param_validation import InvalidParameterError
+
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.arange(20) % 2
+    for bad in (True, np.True_):
+        with pytest.raises(
+            InvalidParameterError, match=r"n_neighbors.*Got (np\.)?True"
+        ):
+            KNNVoter(n_neighbors=bad).fit(X, y)
+    est = KNNVoter(n_neighbors=3).fit(X, y)
+    est.n_neighbors = True  # as a damaged file's parameters would set it
+    for err in (ValueError, TypeError):
+        with pytest.raises(err, match="'n_neighbors' parameter"):
+            est.predict(X)
+    est.set_params(temperature=False)
+    with pytest.raises(InvalidParameterError, match="temperature"):
+        est.set_params(n_neighbors=3).predict_proba(X)
+    # a bool where the table takes one stays fine
+    KNNVoter(verbose=True).fit(X, y)

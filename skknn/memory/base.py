@@ -119,9 +119,19 @@ class Commit:
 class MemoryFront(StoreView):
     """A memory of labelled embeddings: the one front over a row backend.
 
-    Made by :class:`~skknn.VectorStore` (rows in this process) and
+    Usually made as :class:`~skknn.VectorStore` (rows in this process) or
     :class:`~skknn.distributed.ShardedStore` (rows in Dask shards), which choose
-    its ``backend`` (:class:`~skknn.memory.protocols.RowBackend`).
+    its backend; any :class:`~skknn.memory.protocols.RowBackend` will do.
+
+    Parameters
+    ----------
+    backend : RowBackend
+        Where the rows live, empty; the front reads ``n_features`` from it.
+    metric : {"cosine", "sqeuclidean", "euclidean"}, default="cosine"
+        The backend's metric (``backend.metric``).
+    preprocessing : {"l2", "center_l2"} or None, default="l2"
+        Applied to stored and query vectors alike; the backend normalises
+        what the front hands it when this or the metric says so.
 
     Examples
     --------
@@ -136,10 +146,32 @@ class MemoryFront(StoreView):
     array([0, 1])
     >>> store.search([[.9, .1]], k=1).label_values()
     array([['a']], dtype='<U1')
+
+    The same front over a row backend made by hand:
+
+    >>> from skknn.memory.local import LocalRows
+    >>> from skknn.memory.metric import METRICS
+    >>> rows = LocalRows(2, metric=METRICS["cosine"], normalizes=True)
+    >>> memory = MemoryFront(rows)
+    >>> memory.add([[1., 0.], [0., 1.]], ["a", "b"])
+    array([0, 1])
+    >>> memory.search([[.9, .1]], k=1).label_values()
+    array([['a']], dtype='<U1')
     """
 
     # The name label-type errors give (the estimator's, for a sharded memory).
     _owner = "VectorStore"
+
+    def __init__(
+        self,
+        backend,
+        *,
+        metric: str = "cosine",
+        preprocessing: str | None = "l2",
+    ):
+        from skknn.memory.metric import METRICS
+
+        self._front(backend.n_features, METRICS[metric], preprocessing, backend)
 
     def _front(self, n_features: int, metric, preprocessing, backend) -> None:
         """The front's own state, empty, over ``backend``."""

@@ -142,6 +142,28 @@ def test_every_backend_is_the_one_front_over_a_row_backend(make_memory, data):
         mem.search_exact(Q, 4, index_params={})
 
 
+def test_the_front_needs_no_subclass_over_a_backend(data):
+    """A fourth backend needs only its RowBackend: the front is a class of its
+    own, made over any backend, and answers as VectorStore does."""
+    from skknn.memory.local import LocalRows
+    from skknn.memory.metric import METRICS
+
+    X, labels, Q = data
+    rows = LocalRows(D, metric=METRICS["euclidean"], normalizes=True, engine=INDEX)
+    bare = MemoryFront(rows, metric="euclidean", preprocessing="center_l2")
+    store = VectorStore(D, metric="euclidean", preprocessing="center_l2", engine=INDEX)
+    for mem in (bare, store):
+        mem.add(X[:200], labels[:200])
+        mem.remove([3, 50])
+        mem.set_excluded([7], [True])
+    a, b = bare.search(Q, k=5), store.search(Q, k=5)
+    for field in ("ids", "distances", "labels", "reliability", "excluded"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    np.testing.assert_allclose(bare.mean, store.mean)
+    np.testing.assert_array_equal(bare.search_self(k=3).ids, store.search_self(k=3).ids)
+    assert bare.version == store.version == 3  # add, remove, exclusion
+
+
 def test_the_backend_searches_one_block_exactly_ties_by_id(make_memory, data):
     X, labels, Q = data
     mem = make_memory()
