@@ -552,6 +552,17 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
         return self.backend.n_shards
 
     @property
+    def loo_on_workers(self) -> bool:
+        """Leave-one-out searched and merged by the queries' own shard, which
+        sends back only the merged top k (default True); False: the client
+        fetches the queries' vectors, sends them to every shard and merges."""
+        return self.backend.loo_on_workers
+
+    @loo_on_workers.setter
+    def loo_on_workers(self, value: bool) -> None:
+        self.backend.loo_on_workers = bool(value)
+
+    @property
     def shard_sizes(self) -> list[int]:
         """Samples held by each shard."""
         return self.backend.shard_sizes

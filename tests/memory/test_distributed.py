@@ -234,13 +234,13 @@ def test_leave_one_out_on_the_workers_equals_the_clients(
     _, sharded = _pair(n_shards, preprocessing="center_l2")
     sharded.fit(X, y)
     memory = sharded.memory_
-    assert memory.backend.loo_on_workers  # the default
+    assert memory.loo_on_workers  # the default
     on_workers = memory.search_self(k=7, batch_size=128)
-    memory.backend.loo_on_workers = False
+    memory.loo_on_workers = False
     try:
         on_client = memory.search_self(k=7, batch_size=128)
     finally:
-        memory.backend.loo_on_workers = True
+        memory.loo_on_workers = True
     for field in ("distances", "ids", "labels", "reliability", "excluded"):
         np.testing.assert_array_equal(
             getattr(on_workers, field), getattr(on_client, field)
@@ -249,7 +249,7 @@ def test_leave_one_out_on_the_workers_equals_the_clients(
     np.testing.assert_array_equal(on_workers.query_labels, on_client.query_labels)
     tiny = KNNVoter(3, index="flat", backend="dask", n_shards=5).fit(X[:9], y[:9])
     a = tiny.memory_.search_self(k=3)
-    tiny.memory_.backend.loo_on_workers = False
+    tiny.memory_.loo_on_workers = False
     np.testing.assert_array_equal(a.ids, tiny.memory_.search_self(k=3).ids)
 
 
