@@ -283,6 +283,7 @@ _documented_store()
 
 
 @runtime_checkable
+@fill_doc
 class RowBackend(Protocol):
     """Where a memory's rows live: the narrow contract under the memory front.
 
@@ -321,6 +322,8 @@ class RowBackend(Protocol):
     candidates' vectors, the client would have to fetch them
     (``docs/architecture.md``).
 
+    %(protocol_parameters)s
+
     Examples
     --------
     >>> from skknn import VectorStore
@@ -342,34 +345,100 @@ class RowBackend(Protocol):
         """Every stored id, oldest first (a copy)."""
 
     def stored(self, ids: np.ndarray) -> np.ndarray:
-        """Which of these ids are stored (the check of fresh ids)."""
+        """Which of these ids are stored (the check of fresh ids).
+
+        Parameters
+        ----------
+        ids : ndarray of int64
+            Sample ids (checked by the front).
+        """
 
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(handles, known)`` of checked int64 ids: each id's handle and
-        whether it is stored."""
+        whether it is stored.
+
+        Parameters
+        ----------
+        ids : ndarray of int64
+            Sample ids (checked by the front).
+        """
 
     def add(self, new, commit) -> None:
         """Store a checked add (:class:`~skknn.memory.base.NewRows`): raw rows,
         labels, fresh ids, weights, the centre and the classes after it; all
-        or nothing, committed."""
+        or nothing, committed.
+
+        Parameters
+        ----------
+        new : NewRows
+            The checked add (:class:`~skknn.memory.base.NewRows`).
+        commit : Commit
+            The front's side of the edit (:class:`~skknn.memory.base.Commit`).
+        """
 
     def remove(self, ids: np.ndarray, retrain: bool, commit) -> None:
-        """Delete stored ids (sorted, unique) from the rows and any index."""
+        """Delete stored ids (sorted, unique) from the rows and any index.
+
+        Parameters
+        ----------
+        ids : ndarray of int64
+            Sample ids (checked by the front).
+        retrain : bool
+            Retrain an approximate index's trained parts on what remains.
+        commit : Commit
+            The front's side of the edit (:class:`~skknn.memory.base.Commit`).
+        """
 
     def set_column(self, name: str, handles: np.ndarray, values, commit) -> None:
-        """Set ``"reliability"`` or ``"excluded"`` of stored rows, committed."""
+        """Set ``"reliability"`` or ``"excluded"`` of stored rows, committed.
+
+        Parameters
+        ----------
+        name : {"reliability", "excluded"}
+            The column.
+        handles : ndarray
+            Rows as :meth:`locate` addresses them.
+        values : ndarray
+            One checked value per handle.
+        commit : Commit
+            The front's side of the edit (:class:`~skknn.memory.base.Commit`).
+        """
 
     def set_index_params(self, params: dict, commit) -> None:
-        """Set the index's knobs (ValueError for one it lacks, nothing changed)."""
+        """Set the index's knobs (ValueError for one it lacks, nothing changed).
+
+        Parameters
+        ----------
+        params : dict
+            Knobs by their FAISS names, and ``"refine"``.
+        commit : Commit
+            The front's side of the edit (:class:`~skknn.memory.base.Commit`).
+        """
 
     def retrain_index(self, commit) -> None:
-        """Build the index afresh on every stored row."""
+        """Build the index afresh on every stored row.
+
+        Parameters
+        ----------
+        commit : Commit
+            The front's side of the edit (:class:`~skknn.memory.base.Commit`).
+        """
 
     def check_replaceable(self) -> None:
         """Raise ValueError where every vector cannot be replaced in place."""
 
     def replace_vectors(self, X: np.ndarray, mean, commit) -> None:
-        """Every stored row's new raw vector, pre-processed around ``mean``."""
+        """Every stored row's new raw vector, pre-processed around ``mean``.
+
+        Parameters
+        ----------
+        X : ndarray of float32 of shape (n_samples, n_features)
+            The new raw vectors, aligned with :meth:`ids`.
+        mean : ndarray or None
+            The centre to subtract (``"center_l2"``).
+        commit : Commit
+            The front's side of the edit (:class:`~skknn.memory.base.Commit`).
+        """
 
     def destroy(self) -> None:
         """Zero and delete whatever the backend keeps outside the process."""
@@ -377,45 +446,138 @@ class RowBackend(Protocol):
     def fetch(self, handles: np.ndarray, prepared: bool):
         """A Bunch of ``X`` (pre-processed if ``prepared``, else raw less the
         centre), ``codes`` (class codes) and, unless ``prepared`` (optional
-        then), ``reliability``, ``excluded``, ``sample_weight`` of these rows."""
+        then), ``reliability``, ``excluded``, ``sample_weight`` of these rows.
+
+        Parameters
+        ----------
+        handles : ndarray
+            Rows as :meth:`locate` addresses them.
+        prepared : bool
+            Vectors as stored and searched instead of raw.
+        """
 
     def points(self, handles: np.ndarray) -> np.ndarray:
         """The rows' vectors in the units searches compare (as
-        :meth:`in_store_units` makes queries)."""
+        :meth:`in_store_units` makes queries).
+
+        Parameters
+        ----------
+        handles : ndarray
+            Rows as :meth:`locate` addresses them.
+        """
 
     def in_store_units(self, Q: np.ndarray, what: str) -> np.ndarray:
         """Pre-processed float32 queries (a copy, modified) in the stored
-        vectors' units; ValueError for values they cannot be compared in."""
+        vectors' units; ValueError for values they cannot be compared in.
+
+        Parameters
+        ----------
+        Q : ndarray of float32 of shape (n_queries, n_features)
+            Pre-processed queries.
+        what : str
+            What the vectors are, for the error message.
+        """
 
     def knobs(self, index_params: dict):
-        """One search's knobs (``search(index_params=...)``), or ValueError."""
+        """One search's knobs (``search(index_params=...)``), or ValueError.
+
+        Parameters
+        ----------
+        index_params : dict
+            Knobs for this search only.
+        """
 
     def submit(self, Q: np.ndarray, k: int, exact: bool, knobs):
-        """Start the search of one block of queries; a pending answer."""
+        """Start the search of one block of queries; a pending answer.
+
+        Parameters
+        ----------
+        Q : ndarray of float32 of shape (n_queries, n_features)
+            Pre-processed queries.
+        k : int
+            Neighbours per query.
+        exact : bool
+            Brute force over the stored vectors, whatever the engine.
+        knobs : object or None
+            What :meth:`knobs` made of a search's ``index_params``; None: the
+            memory's own.
+        """
 
     def collect(self, pending, k: int):
-        """The :class:`~skknn.memory.neighbors.Hits` of a submitted block."""
+        """The :class:`~skknn.memory.neighbors.Hits` of a submitted block.
+
+        Parameters
+        ----------
+        pending : object
+            What :meth:`submit` / :meth:`submit_self` returned.
+        k : int
+            Neighbours per query.
+        """
 
     def all_queries(self) -> np.ndarray:
         """Handles of every stored row, oldest first (leave-one-out of all)."""
 
     def self_jobs(self, handles: np.ndarray, batch_size: int) -> list:
         """The leave-one-out blocks of these queries (at most ``batch_size``
-        each)."""
+        each).
+
+        Parameters
+        ----------
+        handles : ndarray
+            Rows as :meth:`locate` addresses them.
+        batch_size : int
+            Queries per block at most.
+        """
 
     def submit_self(self, handles: np.ndarray, job, k: int):
-        """Start the leave-one-out search of one block."""
+        """Start the leave-one-out search of one block.
+
+        Parameters
+        ----------
+        handles : ndarray
+            Rows as :meth:`locate` addresses them.
+        job : object
+            One of :meth:`self_jobs`'s blocks.
+        k : int
+            Neighbours per query.
+        """
 
     def collect_self(self, pending, k: int):
         """``(positions or None, Hits)`` of a submitted block: the queries'
         places among ``handles`` (None: in order), their ``k`` nearest others,
-        with ``query_ids`` and ``query_codes``."""
+        with ``query_ids`` and ``query_codes``.
+
+        Parameters
+        ----------
+        pending : object
+            What :meth:`submit` / :meth:`submit_self` returned.
+        k : int
+            Neighbours per query.
+        """
 
     def within(self, handles: np.ndarray, radii: np.ndarray, P: np.ndarray):
-        """Whether some point of ``P`` lies within each stored query's radius."""
+        """Whether some point of ``P`` lies within each stored query's radius.
+
+        Parameters
+        ----------
+        handles : ndarray
+            Rows as :meth:`locate` addresses them.
+        radii : ndarray of float32
+            One radius per handle, under the memory's metric.
+        P : ndarray of float32 of shape (n_points, n_features)
+            Points in the stored vectors' units.
+        """
 
     def state(self, meta: dict, arrays: dict) -> tuple[dict, dict]:
-        """The memory's ``(meta, arrays)``: the front's with the rows'."""
+        """The memory's ``(meta, arrays)``: the front's with the rows'.
+
+        Parameters
+        ----------
+        meta : dict
+            The front's JSON-able state.
+        arrays : dict of str to ndarray
+            The front's arrays (centre, taxonomy paths).
+        """
 
     def check_picklable(self) -> None:
         """Raise TypeError where the rows must not be pickled."""
