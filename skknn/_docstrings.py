@@ -15,6 +15,27 @@ import re
 __all__ = ["DOCS", "fill_doc"]
 
 DOCS: dict[str, str] = {
+    # -- the row-backend protocol (memory/protocols.py) ---------------------------
+    "sharded_parameters": """\
+Parameters
+----------
+n_features : int
+    Embedding width.
+config : dict
+    The estimator's ``metric``, ``preprocessing``, ``index``,
+    ``index_params``, ``device`` and ``storage_dtype``.
+n_shards : int, default=None
+    One per worker of the client's cluster when None.
+client : distributed.Client, default=None
+    The current client when None. It is used, never stored in a file or a
+    pickle.""",
+    "backend_collect": """\
+Parameters
+----------
+pending : object
+    What :meth:`submit` / :meth:`submit_self` returned.
+k : int
+    Neighbours per query.""",
     # -- queries of the estimators (joint.py, pruning.py) -------------------------
     "X_queries": """\
 Parameters

@@ -657,17 +657,14 @@ class MemoryFront(StoreView):
 
     def _record(self, hits: Hits, directionless=None) -> Neighbors:
         """The neighbour record of a backend's hits, with the front's classes."""
+        # the first five fields are the record's first five, in its order
         return Neighbors(
-            distances=hits.distances,
-            ids=hits.ids,
-            labels=hits.codes,
-            reliability=hits.reliability,
-            excluded=hits.excluded,
-            classes=self.classes,
-            taxonomy=self._taxonomy,
-            query_ids=hits.query_ids,
-            query_labels=hits.query_codes,
-            directionless=directionless,
+            *hits[:5],
+            self.classes,
+            hits.query_ids,
+            hits.query_codes,
+            directionless,
+            self._taxonomy,
         )
 
     @reads

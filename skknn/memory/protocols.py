@@ -211,16 +211,7 @@ class Store(Protocol):
 
     def editing(self): ...
 
-    def state(self) -> tuple[dict, dict]:
-        """``(meta, arrays)`` describing the store, for files.
-
-        Returns
-        -------
-        meta : dict
-            JSON-able scalars.
-        arrays : dict of str to ndarray
-            The arrays.
-        """
+    def state(self) -> tuple[dict, dict]: ...
 
     def add(
         self, X, labels, ids=None, *, classes=None, sample_weight=None
@@ -503,15 +494,11 @@ class RowBackend(Protocol):
             memory's own.
         """
 
+    @fill_doc
     def collect(self, pending, k: int):
         """The :class:`~skknn.memory.neighbors.Hits` of a submitted block.
 
-        Parameters
-        ----------
-        pending : object
-            What :meth:`submit` / :meth:`submit_self` returned.
-        k : int
-            Neighbours per query.
+        %(backend_collect)s
         """
 
     def all_queries(self) -> np.ndarray:
@@ -542,17 +529,13 @@ class RowBackend(Protocol):
             Neighbours per query.
         """
 
+    @fill_doc
     def collect_self(self, pending, k: int):
         """``(positions or None, Hits)`` of a submitted block: the queries'
         places among ``handles`` (None: in order), their ``k`` nearest others,
         with ``query_ids`` and ``query_codes``.
 
-        Parameters
-        ----------
-        pending : object
-            What :meth:`submit` / :meth:`submit_self` returned.
-        k : int
-            Neighbours per query.
+        %(backend_collect)s
         """
 
     def within(self, handles: np.ndarray, radii: np.ndarray, P: np.ndarray):

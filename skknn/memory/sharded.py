@@ -63,6 +63,7 @@ from skknn.memory.shards import (  # noqa: F401 (imported from here)
 IN_FLIGHT = 4  # query blocks a search keeps in flight (DaskRows.in_flight)
 
 
+@fill_doc
 class DaskRows(DaskFilesMixin):
     """A memory's rows in shards on Dask workers
     (:class:`~skknn.memory.protocols.RowBackend`): the client's side.
@@ -73,17 +74,7 @@ class DaskRows(DaskFilesMixin):
     breaks ties over its own rows, and the shards' lists are merged here by
     :func:`~skknn.memory.merge.merge_top`.
 
-    Parameters
-    ----------
-    n_features : int
-        Embedding width.
-    config : dict
-        The estimator's ``metric``, ``preprocessing``, ``index``,
-        ``index_params``, ``device`` and ``storage_dtype``.
-    n_shards : int, default=None
-        One per worker of the client's cluster when None.
-    client : distributed.Client, default=None
-        The current client when None. It is used, never stored.
+    %(sharded_parameters)s
 
     Examples
     --------
@@ -189,17 +180,7 @@ class DaskRows(DaskFilesMixin):
         return sum(info["vector_nbytes"] for info in self.shard_info())
 
     def shard_info(self) -> list[dict]:
-        """Per shard: its worker, process id, samples, engine, device, vector
-        bytes and the seconds it has spent searching.
-
-        Returns
-        -------
-        info : list of dict
-            One dict per shard, in shard order: ``worker`` (its address),
-            ``pid``, ``n_samples``, ``uid``, ``version``, ``engine``,
-            ``index_params``, ``device``, ``vector_nbytes`` and
-            ``search_seconds``.
-        """
+        """What each shard says of itself (:meth:`ShardedStore.shard_info`)."""
         infos = self._each("info")
         return [
             {"worker": getattr(self._actors[i], "_address", None), **infos[i]}
@@ -507,18 +488,7 @@ class ShardedStore(ShardedFilesMixin, MemoryFront):
     Made by ``KNNVoter(backend="dask").fit``; see the module docstring and
     ``docs/architecture.md`` ("Beyond one machine").
 
-    Parameters
-    ----------
-    n_features : int
-        Embedding width.
-    config : dict
-        The estimator's ``metric``, ``preprocessing``, ``index``,
-        ``index_params``, ``device`` and ``storage_dtype``.
-    n_shards : int, default=None
-        One per worker of the client's cluster when None.
-    client : distributed.Client, default=None
-        The current client when None. It is used, never stored in a file or a
-        pickle.
+    %(sharded_parameters)s
 
     Examples
     --------

@@ -17,6 +17,11 @@ from skknn.memory.checks import MAX_ID
 from skknn.memory.locks import GuardedState, reads
 
 
+def _of_backend(name: str, doc: str) -> property:
+    """A read-only property of the front that is its backend's ``name``."""
+    return property(lambda self: getattr(self.backend, name), doc=doc)
+
+
 class StoreView(GuardedState):
     """Read-only properties of a store and the lock that holds one state."""
 
@@ -66,53 +71,26 @@ class StoreView(GuardedState):
         parameters."""
         return self._editing()
 
-    # -- what the backend holds -------------------------------------------------------
-    @property
-    def sharded(self) -> bool:
-        """Whether the rows are in shards on a cluster (``backend="dask"``)."""
-        return self.backend.sharded
-
-    @property
-    def engine(self):
-        """The search engine (:class:`~skknn.memory.protocols.SearchEngine`) of
-        rows in this process; None for a sharded memory (each shard has its own)."""
-        return self.backend.engine
-
-    @property
-    def engine_name(self) -> str:
-        """The engine's name (``"flat"``, a factory string, ...)."""
-        return self.backend.engine_name
-
-    @property
-    def index_params(self) -> dict:
-        """The index's search knobs, by their FAISS names, and ``"refine"``."""
-        return self.backend.index_params
-
-    @property
-    def auto(self) -> bool:
-        """Whether the engine is chosen by the memory's size (``engine="auto"``)."""
-        return self.backend.auto
-
-    @property
-    def device(self):
-        """Where the engine searches."""
-        return self.backend.device
-
-    @property
-    def storage_dtype(self) -> str:
-        """How the pre-processed vectors are kept (``"float32"``, ``"float16"``)."""
-        return self.backend.storage_dtype
-
-    @property
-    def storage_folder(self):
-        """The folder holding the memory's files, or None (RAM, shards)."""
-        return self.backend.folder
-
-    @property
-    def vector_nbytes(self) -> int:
-        """Bytes of RAM held for the stored vectors (0 when they are
-        memory-mapped from a file; every worker's for shards)."""
-        return self.backend.vector_nbytes
+    # -- what the backend holds, read through the front --------------------------------
+    engine = _of_backend(
+        "engine",
+        "The search engine of rows in this process (a :class:`~skknn.memory."
+        "protocols.SearchEngine`); None for shards (each has its own).",
+    )
+    engine_name = _of_backend("engine_name", "The engine's name (``'flat'``, ...).")
+    index_params = _of_backend("index_params", "The index's knobs, and ``'refine'``.")
+    auto = _of_backend("auto", "Whether the memory's size chooses the engine.")
+    device = _of_backend("device", "Where the engine searches.")
+    storage_dtype = _of_backend("storage_dtype", "How the stored vectors are kept.")
+    storage_folder = _of_backend(
+        "folder", "The memory's folder, or None (RAM, shards)."
+    )
+    vector_nbytes = _of_backend(
+        "vector_nbytes",
+        "Bytes of RAM held for the stored vectors (0 when they are memory-mapped "
+        "from a file; every worker's for shards).",
+    )
+    sharded = _of_backend("sharded", "Whether the rows are in shards on a cluster.")
 
     def tuning_grid(self, n_features: int | None = None):
         """The index's knob grid, as ``KNNVoter.tune_index`` walks it, or None

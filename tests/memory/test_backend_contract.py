@@ -131,8 +131,12 @@ def test_every_backend_is_the_one_front_over_a_row_backend(make_memory, data):
     assert not isinstance(mem.backend, MemoryFront)
     # Every public method and property of the front is the front's own: a
     # memory's kind only chooses its backend and how it is opened.
-    public = [n for n in vars(MemoryFront) if not n.startswith("_")]
-    assert {"add", "remove", "get", "search", "search_self", "state"} <= set(public)
+    from skknn.memory.view import StoreView
+
+    public = [
+        n for c in (MemoryFront, StoreView) for n in vars(c) if not n.startswith("_")
+    ]
+    assert {"add", "remove", "get", "search", "state", "engine"} <= set(public)
     for name in public:
         assert getattr(type(mem), name) is getattr(MemoryFront, name), name
     mem.add(X, labels)
