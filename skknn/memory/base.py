@@ -46,7 +46,7 @@ DEFAULT_BATCH_SIZE = 4096
 
 @dataclass(frozen=True)
 class NewRows:
-    """An add, checked: what the front hands to :meth:`MemoryFront._add_rows`.
+    """An add, checked: what the front hands to its backend's ``add``.
 
     Parameters
     ----------
@@ -126,12 +126,12 @@ class MemoryFront(StoreView):
     Parameters
     ----------
     backend : RowBackend
-        Where the rows live, empty; the front reads ``n_features`` from it.
-    metric : {"cosine", "sqeuclidean", "euclidean"}, default="cosine"
-        The backend's metric (``backend.metric``).
+        Where the rows live, empty; the front takes its ``n_features`` and
+        ``metric``.
     preprocessing : {"l2", "center_l2"} or None, default="l2"
-        Applied to stored and query vectors alike; the backend normalises
-        what the front hands it when this or the metric says so.
+        Applied to stored and query vectors alike. It must agree with the
+        backend's ``normalizes`` (any pre-processing, or cosine, normalises):
+        ValueError otherwise.
 
     Examples
     --------
@@ -162,16 +162,25 @@ class MemoryFront(StoreView):
     # The name label-type errors give (the estimator's, for a sharded memory).
     _owner = "VectorStore"
 
-    def __init__(
-        self,
-        backend,
-        *,
-        metric: str = "cosine",
-        preprocessing: str | None = "l2",
-    ):
-        from skknn.memory.metric import METRICS
+    def __init__(self, backend, *, preprocessing: str | None = "l2"):
+        from skknn.memory.preprocessing import PREPROCESSING
 
-        self._front(backend.n_features, METRICS[metric], preprocessing, backend)
+        if preprocessing is not None and preprocessing not in PREPROCESSING:
+            raise ValueError(
+                f"Unknown preprocessing {preprocessing!r}. Valid options are "
+                f"{[*PREPROCESSING, None]}."
+            )
+        metric = backend.metric
+        normalizes = preprocessing is not None or metric.name == "cosine"
+        if bool(backend.normalizes) != normalizes:
+            raise ValueError(
+                f"preprocessing={preprocessing!r} with metric={metric.name!r} "
+                f"{'normalises' if normalizes else 'does not normalise'} vectors, "
+                "but the backend was made to "
+                f"{'normalise' if backend.normalizes else 'keep'} them: make both "
+                "agree."
+            )
+        self._front(backend.n_features, metric, preprocessing, backend)
 
     def _front(self, n_features: int, metric, preprocessing, backend) -> None:
         """The front's own state, empty, over ``backend``."""
@@ -341,7 +350,7 @@ class MemoryFront(StoreView):
     # -- looking up -----------------------------------------------------------------
     def _located(self, ids, what: str = "ids") -> tuple[np.ndarray, np.ndarray]:
         """``(ids, where)`` of stored ids (1-d ints, every one in memory): the
-        checked ids and what :meth:`_locate` makes of them."""
+        checked ids and what the backend's ``locate`` makes of them."""
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise ValueError(f"{what} must be 1-d; got shape {ids.shape}.")
@@ -529,8 +538,7 @@ class MemoryFront(StoreView):
     def destroy(self) -> None:
         """Zero and delete the memory's files and empty it (a memory on disk
         that is being replaced). A memory in RAM is only emptied."""
-        self.backend.destroy()
-        self._version += 1
+        self.backend.destroy(self._commit())
 
     # -- searching --------------------------------------------------------------------
     def prepare(self, X) -> np.ndarray:

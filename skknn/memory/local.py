@@ -226,14 +226,16 @@ class LocalRows(LocalSearchMixin):
             if switch is None:
                 self._rebuild(self.engine)
             raise
-        self._use_engine(switch)
-        self._set_buffers(self.storage.published(bufs))
-        self._scale = scale
-        self._n = n + m
-        if m:
-            self._next_id = max(self._next_id, int(ids.max()) + 1)
-        self._sorted = None
-        self._applied(commit)
+        try:  # committed: the front takes the add whatever happens next
+            self._use_engine(switch)
+            self._set_buffers(self.storage.published(bufs))
+            self._scale = scale
+            self._n = n + m
+            if m:
+                self._next_id = max(self._next_id, int(ids.max()) + 1)
+            self._sorted = None
+        finally:
+            self._applied(commit)
 
     def _applied(self, commit) -> None:
         self.version = commit.version
@@ -280,12 +282,13 @@ class LocalRows(LocalSearchMixin):
         wb[n : n + m] = new.weights
         return [Xb, yb, idb, rb, eb, wb, nb][: len(bufs)]
 
-    def destroy(self) -> None:
+    def destroy(self, commit) -> None:
         """Zero and delete the rows' files and empty the rows."""
         self.storage.destroy()
         self._X = np.empty((0, self.n_features), dtype=self._X.dtype)
         self._n = 0
         self._sorted = None
+        self._applied(commit)
 
     def _scale_for(self, X: np.ndarray, first: bool) -> float:
         """The memory's scale once raw rows ``X`` are added: chosen by the

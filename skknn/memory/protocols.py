@@ -305,7 +305,9 @@ class RowBackend(Protocol):
     - *commit*: every edit takes the front's :class:`~skknn.memory.base.Commit`,
       makes the change durable with the front's state, and calls
       ``commit.applied()`` once its new rows are in place; or it raises with
-      nothing changed;
+      nothing changed. A backend over several machines may not manage that
+      for every failure: ``DaskRows`` names a shard lost during a removal or
+      a flag change, whose part did not happen, and applies the rest;
     - *open*: a classmethod of the backend (``LocalRows.from_state``,
       ``DaskRows.opened``).
 
@@ -324,9 +326,29 @@ class RowBackend(Protocol):
     """
 
     n_features: int
+    metric: Metric
+    normalizes: bool
     storage_dtype: str
     sharded: bool
     in_flight: int
+    # The index, as the front shows it (``engine`` None and ``folder`` None
+    # where the backend has no single engine or no files: shards).
+    engine: object
+    engine_name: str
+    index_params: dict
+    auto: bool
+    device: torch.device
+    folder: object
+    vector_nbytes: int
+
+    def tuning_grid(self, n_features: int):
+        """The index's knob grid, or None for an exact engine.
+
+        Parameters
+        ----------
+        n_features : int
+            The vectors' width.
+        """
 
     @property
     def n_samples(self) -> int:
@@ -431,8 +453,15 @@ class RowBackend(Protocol):
             The front's side of the edit (:class:`~skknn.memory.base.Commit`).
         """
 
-    def destroy(self) -> None:
-        """Zero and delete whatever the backend keeps outside the process."""
+    def destroy(self, commit) -> None:
+        """Zero and delete whatever the backend keeps outside the process, and
+        empty it (or raise where it keeps nothing to destroy).
+
+        Parameters
+        ----------
+        commit : Commit
+            The front's side of the edit (:class:`~skknn.memory.base.Commit`).
+        """
 
     def fetch(self, handles: np.ndarray, prepared: bool):
         """A Bunch of ``X`` (pre-processed if ``prepared``, else raw less the

@@ -115,6 +115,11 @@ class DaskRows(DaskFilesMixin):
 
     def _configure(self, n_features: int, config: dict) -> None:
         self.n_features = int(n_features)
+        self.metric = METRICS[config["metric"]]
+        # what the shards apply (the client only centres)
+        self.normalizes = (
+            config["preprocessing"] is not None or config["metric"] == "cosine"
+        )
         self.storage_dtype = config["storage_dtype"]
         self._config = dict(config)
         self._tag = uuid.uuid4().hex[:12]  # names the shards' Dask keys
@@ -333,8 +338,11 @@ class DaskRows(DaskFilesMixin):
     def replace_vectors(self, X, mean, commit) -> None:
         self.check_replaceable()
 
-    def destroy(self) -> None:
-        """Nothing of a sharded memory outlives its actors."""
+    def destroy(self, commit) -> None:
+        raise ValueError(
+            "A sharded memory has no files to destroy: its rows live in the "
+            "shards' actors, released with the memory."
+        )
 
     # -- reliabilities, exclusions, knobs -------------------------------------------
     def set_column(self, name: str, ids: np.ndarray, values, commit) -> None:

@@ -310,8 +310,10 @@ class ShardedFilesMixin:
 
     @classmethod
     def _opened(cls, meta, arrays, client, *, files=None, states=None):
-        rows = cls._rows_type.opened(meta, arrays, client, files=files, states=states)
         self = cls.__new__(cls)
+        _check_manifest(meta, arrays)
+        self._restore_front(meta, arrays)  # refused before any actor starts
+        rows = cls._rows_type.opened(meta, arrays, client, files=files, states=states)
         self._front(
             meta["n_features"], METRICS[meta["metric"]], meta["preprocessing"], rows
         )

@@ -154,7 +154,12 @@ def test_the_front_needs_no_subclass_over_a_backend(data):
 
     X, labels, Q = data
     rows = LocalRows(D, metric=METRICS["euclidean"], normalizes=True, engine=INDEX)
-    bare = MemoryFront(rows, metric="euclidean", preprocessing="center_l2")
+    bare = MemoryFront(rows, preprocessing="center_l2")
+    assert bare.metric.name == "euclidean"  # the backend's
+    with pytest.raises(ValueError, match="backend"):  # front and rows must agree
+        MemoryFront(LocalRows(D, metric=METRICS["euclidean"], normalizes=False))
+    with pytest.raises(ValueError, match="preprocessing"):
+        MemoryFront(rows, preprocessing="l3")
     store = VectorStore(D, metric="euclidean", preprocessing="center_l2", engine=INDEX)
     for mem in (bare, store):
         mem.add(X[:200], labels[:200])
@@ -166,6 +171,9 @@ def test_the_front_needs_no_subclass_over_a_backend(data):
     np.testing.assert_allclose(bare.mean, store.mean)
     np.testing.assert_array_equal(bare.search_self(k=3).ids, store.search_self(k=3).ids)
     assert bare.version == store.version == 3  # add, remove, exclusion
+    bare.destroy()  # an edit like any other: front and backend stay in step
+    assert bare.n_samples == 0
+    assert bare.version == rows.version == 4
 
 
 def test_the_backend_searches_one_block_exactly_ties_by_id(make_memory, data):
@@ -361,3 +369,19 @@ def test_a_failed_index_edit_changes_no_row(rows):
         rows.remove(bufs, np.array([0, 3]), 5, steps)
     for b, old in zip(bufs, before):
         np.testing.assert_array_equal(b[:5], old)
+
+
+def test_destroy_empties_the_memory_or_refuses(make_memory, backend, data):
+    X, labels, _ = data
+    mem = make_memory()
+    mem.add(X[:20], labels[:20])
+    version = mem.version
+    if backend == "dask":  # nothing to destroy: refused, nothing changed
+        with pytest.raises(ValueError, match="no files to destroy"):
+            mem.destroy()
+        assert (mem.version, mem.n_samples) == (version, 20)
+        return
+    folder = mem.storage_folder
+    mem.destroy()
+    assert (mem.version, mem.n_samples) == (version + 1, 0)
+    assert folder is None or not folder.exists()
