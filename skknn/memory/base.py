@@ -37,7 +37,11 @@ from skknn.memory.checks import (
 from skknn.memory.digest import rows_change
 from skknn.memory.locks import edits, reads
 from skknn.memory.neighbors import Hits, Neighbors
-from skknn.memory.preprocessing import fit_center, prepared_queries
+from skknn.memory.preprocessing import (
+    check_preprocessing,
+    fit_center,
+    prepared_queries,
+)
 from skknn.memory.rows import uninterrupted
 from skknn.memory.view import StoreView
 
@@ -163,13 +167,7 @@ class MemoryFront(StoreView):
     _owner = "VectorStore"
 
     def __init__(self, backend, *, preprocessing: str | None = "l2"):
-        from skknn.memory.preprocessing import PREPROCESSING
-
-        if preprocessing is not None and preprocessing not in PREPROCESSING:
-            raise ValueError(
-                f"Unknown preprocessing {preprocessing!r}. Valid options are "
-                f"{[*PREPROCESSING, None]}."
-            )
+        check_preprocessing(preprocessing)
         metric = backend.metric
         normalizes = preprocessing is not None or metric.name == "cosine"
         if bool(backend.normalizes) != normalizes:

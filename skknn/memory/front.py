@@ -21,7 +21,7 @@ from skknn.memory.base import (  # noqa: F401 (capped_k, query_blocks: old impor
 )
 from skknn.memory.local import LocalRows
 from skknn.memory.metric import METRICS
-from skknn.memory.preprocessing import PREPROCESSING
+from skknn.memory.preprocessing import check_preprocessing
 from skknn.memory.state import StoreStateMixin
 
 
@@ -131,11 +131,7 @@ class VectorStore(StoreStateMixin, MemoryFront):
             raise ValueError(
                 f"Unknown metric {metric!r}. Valid metrics are {list(METRICS)}."
             )
-        if preprocessing is not None and preprocessing not in PREPROCESSING:
-            raise ValueError(
-                f"Unknown preprocessing {preprocessing!r}. Valid options are "
-                f"{[*PREPROCESSING, None]}."
-            )
+        check_preprocessing(preprocessing)  # before a storage folder is made
         rows = LocalRows(
             n_features,
             metric=METRICS[metric],
@@ -146,7 +142,7 @@ class VectorStore(StoreStateMixin, MemoryFront):
             storage_dtype=storage_dtype,
             storage_path=storage_path,
         )
-        self._front(n_features, METRICS[metric], preprocessing, rows)
+        super().__init__(rows, preprocessing=preprocessing)
 
     def __repr__(self) -> str:
         return (

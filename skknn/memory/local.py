@@ -592,20 +592,7 @@ class LocalRows(LocalSearchMixin):
         lie), the arrays are then gathered in it."""
         from skknn._archive import RowsInOrder
 
-        now = {
-            "engine_name": self.engine_name,
-            "index_params": self.index_params,
-            "scale": self._scale,
-            **changes,
-        }
-        meta = {
-            **front[0],
-            "engine": now["engine_name"],
-            "auto": self.auto,
-            "storage_dtype": self.storage_dtype,
-            "index_params": now["index_params"],
-            "scale": float(now["scale"]),
-        }
+        meta = self._meta(front[0], **changes)
 
         def rows(b):
             return np.ascontiguousarray(b[:n] if order is None else b[order])
@@ -620,25 +607,43 @@ class LocalRows(LocalSearchMixin):
             "excluded": rows(excl),
             "sample_weight": rows(sw),
         }
-        if now["scale"] != 1.0:  # saved pre-processed, as a shard split reads them
-            arrays["embeddings"] = rescaled(arrays["embeddings"], 1.0 / now["scale"])
+        if meta["scale"] != 1.0:  # saved pre-processed, as a shard split reads them
+            arrays["embeddings"] = rescaled(arrays["embeddings"], 1.0 / meta["scale"])
         if len(bufs) > 6:
             arrays["norms"] = rows(bufs[6])
         arrays.update(front[1])
         return meta, arrays
 
+    def _meta(self, front_meta: dict, **changes) -> dict:
+        """The memory's JSON state: the front's with the rows' (engine, knobs,
+        storage type, scale), or with the ``changes`` (engine_name,
+        index_params, scale) an edit is about to make."""
+        now = {
+            "engine_name": self.engine_name,
+            "index_params": self.index_params,
+            "scale": self._scale,
+            **changes,
+        }
+        return {
+            **front_meta,
+            "engine": now["engine_name"],
+            "auto": self.auto,
+            "storage_dtype": self.storage_dtype,
+            "index_params": now["index_params"],
+            "scale": float(now["scale"]),
+        }
+
     def _write(self, bufs, n: int, commit, *, removed=None, **changes) -> None:
         """Commit to the storage (a no-op in RAM) the per-row ``bufs`` (None:
         the current ones), ``n`` rows and the ``changes`` an edit is about to
         make, with the front's state after ``commit``; with ``removed``, the
-        deletion of those committed rows (``skknn/memory/backends/disk.py``)."""
+        deletion of those committed rows (``skknn/memory/backends/disk.py``).
+        The manifest takes the meta and the front's small arrays (centre,
+        taxonomy paths); the rows go to their files from ``bufs``."""
 
         def describe():
-            front = commit.describe()
-            now = self._buffers() if bufs is None else bufs
-            meta, arrays = self._state_of(now, n, front, **changes)
-            small = {k: arrays[k] for k in ("mean", "taxonomy_paths") if k in arrays}
-            return meta, small
+            meta, small = commit.describe()
+            return self._meta(meta, **changes), small
 
         self.storage.commit(describe, bufs, n, removed=removed)
 
@@ -646,14 +651,9 @@ class LocalRows(LocalSearchMixin):
         """Commit the rows just loaded with the front's state ``front`` and map
         every per-row array from its file (on disk)."""
         bufs = self._buffers()
-        self.storage.commit(
-            lambda: self._small_state(bufs, front), bufs, self._n, removed=None
-        )
+        meta = self._meta(front[0])
+        self.storage.commit(lambda: (meta, front[1]), bufs, self._n, removed=None)
         self._set_buffers(self.storage.published(bufs))
-
-    def _small_state(self, bufs, front):
-        meta, arrays = self._state_of(bufs, self._n, front)
-        return meta, {k: arrays[k] for k in ("mean", "taxonomy_paths") if k in arrays}
 
     def adopt_storage(self, storage) -> None:
         """Keep the rows in ``storage`` (a folder just opened): every per-row

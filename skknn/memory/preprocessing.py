@@ -26,6 +26,15 @@ _COMFORT = (2.0**-30, 2.0**30)
 SCALED_LIMIT = 2.0**40
 
 
+def check_preprocessing(preprocessing) -> None:
+    """ValueError for a pre-processing the memory does not know."""
+    if preprocessing is not None and preprocessing not in PREPROCESSING:
+        raise ValueError(
+            f"Unknown preprocessing {preprocessing!r}. Valid options are "
+            f"{[*PREPROCESSING, None]}."
+        )
+
+
 def fit_center(X: np.ndarray) -> np.ndarray:
     """Mean of the raw memory embeddings, accumulated in float64."""
     return X.mean(axis=0, dtype=np.float64).astype(np.float32)

@@ -543,3 +543,21 @@ def test_neighbors_take_reorders_every_per_query_field():
         np.testing.assert_array_equal(getattr(taken, field), getattr(nb, field)[[2, 0]])
     np.testing.assert_array_equal(taken.query_ids, [2, 5])
     assert taken.classes is nb.classes
+
+
+def test_a_failure_after_the_commit_still_moves_the_front(monkeypatch, tmp_path):
+    """Once an add is committed (on disk: the rows and the front's next id and
+    version are in the manifest), the front takes it even if a later step
+    fails: an id the folder holds is never issued again."""
+    rng = np.random.default_rng(0)
+    store = VectorStore(4, engine="exact", storage_path=tmp_path)
+    store.add(rng.normal(size=(5, 4)), np.arange(5) % 2)
+
+    def broken(bufs):
+        raise OSError("map failed")
+
+    monkeypatch.setattr(store.backend.storage, "published", broken)
+    with pytest.raises(OSError, match="map failed"):
+        store.add(rng.normal(size=(3, 4)), [0, 1, 0])
+    assert store.version == 2
+    assert store.next_ids(1)[0] == 8
